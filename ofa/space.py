@@ -1,0 +1,586 @@
+"""The OFA-MobileNetV3 search space as data.
+
+Everything that needs the network layout -- the supernet, the analytic MACs counter, the
+latency-lookup-table keys and the accuracy-predictor encoding -- reads it from here, so
+nothing restates the layout. Torch-free on purpose (numpy and the standard library only).
+
+Reference: Cai et al., *Once-for-All*, ICLR 2020, section 3.1 and appendix (search space);
+the CIFAR variant follows Sahni et al. / *DεpS* (ECCV 2024) at 32x32 inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = [
+    "BlockShape",
+    "SearchSpace",
+    "StageSpec",
+    "SubnetConfig",
+    "make_divisible",
+    "register_preset",
+    "preset_names",
+    "get_space",
+]
+
+BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
+
+
+def make_divisible(value: float, divisor: int = 8, min_value: int | None = None) -> int:
+    """Round ``value`` to the nearest multiple of ``divisor`` (MobileNet convention).
+
+    Adds one ``divisor`` when rounding would go more than 10% below ``value``.
+    """
+    min_value = divisor if min_value is None else min_value
+    new_value = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    if new_value < 0.9 * value:
+        new_value += divisor
+    return int(new_value)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One elastic stage: output width (after the width multiplier), stride, act, SE flag."""
+
+    width: int
+    stride: int
+    act: str  # "relu" | "h_swish"
+    se: bool
+
+
+@dataclass(frozen=True)
+class BlockShape:
+    """The static shape of one layer group of a subnet, as a latency table keys it.
+
+    ``kind`` is one of ``stem``, ``mbconv``, ``final_expand``, ``pool``, ``feature_mix``,
+    ``classifier``. Spatial sizes are square (``in_size`` x ``in_size`` in, ``out_size`` out).
+    For ``mbconv`` ``mid`` is the middle (expanded) width; ``expand`` is False only for the
+    fixed first block, whose depthwise conv acts directly on its input.
+    """
+
+    kind: str
+    in_size: int
+    out_size: int
+    in_ch: int
+    out_ch: int
+    mid: int = 0
+    kernel: int = 0
+    stride: int = 1
+    shortcut: bool = False
+    se: bool = False
+    act: str = ""
+    expand: bool = True
+
+    def key(self) -> str:
+        """OFA-style latency-table key, e.g.
+        ``expanded_conv-input:16x16x24-output:8x8x40-expand:144-kernel:5-stride:2-idskip:0-se:1-hs:0``.
+        """
+        i = f"input:{self.in_size}x{self.in_size}x{self.in_ch}"
+        if self.kind == "stem":
+            return f"Conv-{i}-output:{self.out_size}x{self.out_size}x{self.out_ch}"
+        if self.kind == "final_expand":
+            return f"Conv_1-{i}-output:{self.out_size}x{self.out_size}x{self.out_ch}"
+        if self.kind == "pool":
+            return f"AvgPool2D-{i}-output:1x1x{self.out_ch}"
+        if self.kind == "feature_mix":
+            return f"Conv_2-{i}-output:1x1x{self.out_ch}"
+        if self.kind == "classifier":
+            return f"Logits-{i}-output:{self.out_ch}"
+        return (
+            f"expanded_conv-{i}-output:{self.out_size}x{self.out_size}x{self.out_ch}"
+            f"-expand:{self.mid}-kernel:{self.kernel}-stride:{self.stride}"
+            f"-idskip:{int(self.shortcut)}-se:{int(self.se)}-hs:{int(self.act == 'h_swish')}"
+        )
+
+    def macs(self, se_divisor: int = 8) -> int:
+        """Multiply-accumulates of this layer group (OFA convention: convs incl. SE, linear)."""
+        o2 = self.out_size * self.out_size
+        if self.kind == "stem":
+            return o2 * self.in_ch * self.out_ch * 9
+        if self.kind in ("final_expand", "feature_mix", "classifier"):
+            return o2 * self.in_ch * self.out_ch
+        if self.kind == "pool":
+            return 0
+        macs = 0
+        if self.expand:
+            macs += self.in_size * self.in_size * self.in_ch * self.mid
+        macs += o2 * self.mid * self.kernel * self.kernel
+        if self.se:
+            se_mid = make_divisible(self.mid // 4, se_divisor)
+            macs += 2 * self.mid * se_mid
+        macs += o2 * self.mid * self.out_ch
+        return macs
+
+    def params(self, se_divisor: int = 8) -> int:
+        """Parameters of this layer group (conv/linear weights, biases, BN affine)."""
+        if self.kind == "stem":
+            return self.in_ch * self.out_ch * 9 + 2 * self.out_ch
+        if self.kind == "final_expand":
+            return self.in_ch * self.out_ch + 2 * self.out_ch
+        if self.kind == "feature_mix":
+            return self.in_ch * self.out_ch
+        if self.kind == "classifier":
+            return self.in_ch * self.out_ch + self.out_ch
+        if self.kind == "pool":
+            return 0
+        p = 0
+        if self.expand:
+            p += self.in_ch * self.mid + 2 * self.mid
+        p += self.mid * self.kernel * self.kernel + 2 * self.mid
+        if self.se:
+            se_mid = make_divisible(self.mid // 4, se_divisor)
+            p += self.mid * se_mid + se_mid + se_mid * self.mid + self.mid
+        p += self.mid * self.out_ch + 2 * self.out_ch
+        return p
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; allowed values: {list(allowed)}")
+
+
+@dataclass(frozen=True)
+class SubnetConfig:
+    """One architecture of the space: ``ks`` and ``e`` per block, ``d`` per stage, ``r``.
+
+    ``ks`` and ``e`` hold one entry for every block of the supernet (20 for the MobileNetV3
+    spaces); entries of blocks beyond a stage's depth are ignored by the network but kept, as
+    in OFA's encoding. ``r`` is the square input resolution in pixels. Construction checks the
+    structure (types, equal lengths); :meth:`SearchSpace.validate` checks values against a space.
+
+    Raises:
+        ValueError: on wrong lengths or non-integer entries.
+    """
+
+    ks: tuple[int, ...]
+    e: tuple[float, ...]
+    d: tuple[int, ...]
+    r: int
+
+    def __post_init__(self) -> None:
+        for name in ("ks", "e", "d"):
+            v = getattr(self, name)
+            if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
+                raise ValueError(f"{name} must be a list, got {type(v).__name__}")
+            object.__setattr__(self, name, tuple(v))
+        if len(self.ks) != len(self.e):
+            raise ValueError(
+                f"ks has {len(self.ks)} entries but e has {len(self.e)}; one per block each"
+            )
+        if not self.d or len(self.ks) % len(self.d):
+            raise ValueError(f"d has {len(self.d)} entries; ks/e length {len(self.ks)} "
+                             "must be a multiple of it (one entry per stage)")
+        for name in ("ks", "d"):
+            for v in getattr(self, name):
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise ValueError(f"{name} entries must be integers, got {v!r}")
+        for v in self.e:
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"e entries must be numbers, got {v!r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, int):
+            raise ValueError(f"r must be an integer resolution, got {self.r!r}")
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-JSON dict ``{"ks": [...], "e": [...], "d": [...], "r": int}``."""
+        return {"ks": list(self.ks), "e": list(self.e), "d": list(self.d), "r": self.r}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubnetConfig:
+        """Build from a dict; ``r`` may also be given as a one-element list (OFA style).
+
+        Raises:
+            ValueError: missing or malformed fields.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"subnet config must be a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("ks", "e", "d", "r") if k not in data]
+        if missing:
+            raise ValueError(f"subnet config is missing field(s) {missing}")
+        r = data["r"]
+        if isinstance(r, list) and len(r) == 1:
+            r = r[0]
+        return cls(ks=data["ks"], e=data["e"], d=data["d"], r=r)
+
+    @classmethod
+    def from_json(cls, text: str) -> SubnetConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"subnet config is not valid JSON: {exc}") from None
+        return cls.from_dict(data)
+
+    def summary(self) -> str:
+        """Compact human string, e.g. ``r32 d[2,3,4,2,3] k[..] e[..]`` of active blocks only."""
+        per = len(self.ks) // len(self.d)
+        ks, es = [], []
+        for s, depth in enumerate(self.d):
+            ks.append("".join(str(k) for k in self.ks[s * per: s * per + depth]))
+            es.append("".join(f"{e:g}" for e in self.e[s * per: s * per + depth]))
+        return f"r{self.r} d{''.join(map(str, self.d))} k{'-'.join(ks)} e{'-'.join(es)}"
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """An elastic MobileNetV3 search space (OFA, ICLR 2020, section 3.1).
+
+    Attributes hold the widths after the width multiplier: ``stem_width``, ``first_width``
+    (the fixed expand-1 block), five :class:`StageSpec`, ``final_expand_width`` (960 at w1.0)
+    and ``feature_mix_width`` (1280 at w1.0). Choice lists: ``ks_list``, ``expand_list``,
+    ``depth_list`` (per stage, keeps the first d of ``max_depth`` blocks), ``resolutions``.
+    """
+
+    name: str
+    stem_width: int
+    stem_stride: int
+    first_width: int
+    first_stride: int
+    stages: tuple[StageSpec, ...]
+    final_expand_width: int
+    feature_mix_width: int
+    ks_list: tuple[int, ...] = (3, 5, 7)
+    expand_list: tuple[float, ...] = (3, 4, 6)
+    depth_list: tuple[int, ...] = (2, 3, 4)
+    resolutions: tuple[int, ...] = tuple(range(128, 225, 4))
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    dropout: float = 0.1
+    in_channels: int = 3
+    max_depth: int = 4
+    divisor: int = 8
+    preset: str = field(default="", compare=True)
+
+    def __post_init__(self) -> None:
+        for name in ("ks_list", "expand_list", "depth_list", "resolutions"):
+            v = tuple(sorted(set(getattr(self, name))))
+            if not v:
+                raise ValueError(f"{name} must not be empty")
+            object.__setattr__(self, name, v)
+        for k in self.ks_list:
+            if k not in (3, 5, 7):
+                raise ValueError(f"ks_list entry {k} not allowed; allowed values: [3, 5, 7]")
+        for d in self.depth_list:
+            if not 1 <= d <= self.max_depth:
+                raise ValueError(f"depth_list entry {d} not allowed; allowed: 1..{self.max_depth}")
+        for e in self.expand_list:
+            if e <= 0:
+                raise ValueError(f"expand_list entry {e} must be positive")
+        for r in self.resolutions:
+            if r < 8:
+                raise ValueError(f"resolution {r} too small; must be >= 8")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+
+    # --- shape helpers ---------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.num_stages * self.max_depth
+
+    def stage_in_width(self, stage: int) -> int:
+        return self.first_width if stage == 0 else self.stages[stage - 1].width
+
+    def block_in_width(self, block: int) -> int:
+        """Input width of elastic block ``block`` (0-based over all stages)."""
+        s, j = divmod(block, self.max_depth)
+        return self.stage_in_width(s) if j == 0 else self.stages[s].width
+
+    def mid_width(self, in_ch: int, e: float) -> int:
+        """Middle width of an MBConv: ``make_divisible(round(in_ch * e), 8)``."""
+        return make_divisible(round(in_ch * e), self.divisor)
+
+    def max_mid_width(self, block: int) -> int:
+        return self.mid_width(self.block_in_width(block), max(self.expand_list))
+
+    # --- configs ---------------------------------------------------------------------------
+    def validate(self, cfg: SubnetConfig) -> SubnetConfig:
+        """Check ``cfg`` against this space and return it.
+
+        Raises:
+            ValueError: naming the field (``ks[3]``, ``d[1]``, ``r``...) and the allowed values.
+        """
+        if not isinstance(cfg, SubnetConfig):
+            raise ValueError(f"expected a SubnetConfig, got {type(cfg).__name__}")
+        if len(cfg.ks) != self.num_blocks:
+            raise ValueError(f"ks has {len(cfg.ks)} entries; space {self.name!r} needs "
+                             f"{self.num_blocks} (one per block)")
+        if len(cfg.d) != self.num_stages:
+            raise ValueError(f"d has {len(cfg.d)} entries; space {self.name!r} needs "
+                             f"{self.num_stages} (one per stage)")
+        for i, k in enumerate(cfg.ks):
+            _check_choice(f"ks[{i}]", k, self.ks_list)
+        for i, e in enumerate(cfg.e):
+            _check_choice(f"e[{i}]", e, self.expand_list)
+        for i, d in enumerate(cfg.d):
+            _check_choice(f"d[{i}]", d, self.depth_list)
+        _check_choice("r", cfg.r, self.resolutions)
+        return cfg
+
+    def config(self, ks: Sequence[int] | int, e: Sequence[float] | float,
+               d: Sequence[int] | int, r: int | None = None) -> SubnetConfig:
+        """Build and validate a config; scalars are broadcast (``ks=7`` means all blocks)."""
+        ks = [ks] * self.num_blocks if isinstance(ks, int) else list(ks)
+        e = [e] * self.num_blocks if isinstance(e, (int, float)) else list(e)
+        d = [d] * self.num_stages if isinstance(d, int) else list(d)
+        r = max(self.resolutions) if r is None else r
+        return self.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
+
+    def max_subnet(self, r: int | None = None) -> SubnetConfig:
+        return self.config(max(self.ks_list), max(self.expand_list), max(self.depth_list), r)
+
+    def min_subnet(self, r: int | None = None) -> SubnetConfig:
+        r = min(self.resolutions) if r is None else r
+        return self.config(min(self.ks_list), min(self.expand_list), min(self.depth_list), r)
+
+    def sample(self, generator: random.Random | None = None, r: int | None = None,
+               ks_list: Sequence[int] | None = None, expand_list: Sequence[float] | None = None,
+               depth_list: Sequence[int] | None = None) -> SubnetConfig:
+        """Uniformly sample a subnet; optional sub-lists restrict choices (training phases)."""
+        g = generator or random.Random()
+        ks_c = list(ks_list or self.ks_list)
+        e_c = list(expand_list or self.expand_list)
+        d_c = list(depth_list or self.depth_list)
+        ks = [g.choice(ks_c) for _ in range(self.num_blocks)]
+        e = [g.choice(e_c) for _ in range(self.num_blocks)]
+        d = [g.choice(d_c) for _ in range(self.num_stages)]
+        r = g.choice(list(self.resolutions)) if r is None else r
+        return self.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
+
+    def num_subnets(self, per_resolution: bool = True) -> int:
+        """Exact count of distinct architectures (blocks beyond depth don't count).
+
+        For OFA-MobileNetV3: per stage 9^2 + 9^3 + 9^4 = 7371, so 7371^5 per resolution.
+        """
+        per_block = len(self.ks_list) * len(self.expand_list)
+        per_stage = sum(per_block ** d for d in self.depth_list)
+        n = per_stage ** self.num_stages
+        return n if per_resolution else n * len(self.resolutions)
+
+    def active_blocks(self, cfg: SubnetConfig) -> Iterator[int]:
+        """Indices of the elastic blocks that ``cfg`` keeps, in forward order."""
+        for s, depth in enumerate(cfg.d):
+            for j in range(depth):
+                yield s * self.max_depth + j
+
+    def block_shapes(self, cfg: SubnetConfig) -> list[BlockShape]:
+        """Every layer group of ``cfg`` at resolution ``cfg.r``, in forward order.
+
+        This is the one place that walks the layout: MACs, params, latency-table keys and
+        the LUT builder all derive from it.
+        """
+        out: list[BlockShape] = []
+        size = cfg.r
+        s_out = _conv_out(size, self.stem_stride)
+        out.append(BlockShape("stem", size, s_out, self.in_channels, self.stem_width,
+                              kernel=3, stride=self.stem_stride, act="h_swish"))
+        size = s_out
+        f_out = _conv_out(size, self.first_stride)
+        out.append(BlockShape("mbconv", size, f_out, self.stem_width, self.first_width,
+                              mid=self.stem_width, kernel=3, stride=self.first_stride,
+                              shortcut=self.first_stride == 1
+                              and self.stem_width == self.first_width,
+                              se=False, act="relu", expand=False))
+        size = f_out
+        for b in self.active_blocks(cfg):
+            s, j = divmod(b, self.max_depth)
+            st = self.stages[s]
+            stride = st.stride if j == 0 else 1
+            in_ch = self.block_in_width(b)
+            o = _conv_out(size, stride)
+            out.append(BlockShape("mbconv", size, o, in_ch, st.width,
+                                  mid=self.mid_width(in_ch, cfg.e[b]), kernel=cfg.ks[b],
+                                  stride=stride, shortcut=j > 0, se=st.se, act=st.act))
+            size = o
+        last = self.stages[-1].width
+        out.append(BlockShape("final_expand", size, size, last, self.final_expand_width))
+        out.append(BlockShape("pool", size, 1, self.final_expand_width, self.final_expand_width))
+        out.append(BlockShape("feature_mix", 1, 1, self.final_expand_width, self.feature_mix_width))
+        out.append(BlockShape("classifier", 1, 1, self.feature_mix_width, self.num_classes))
+        return out
+
+    def all_block_shapes(self, resolutions: Sequence[int] | None = None) -> list[BlockShape]:
+        """Every distinct layer-group shape any subnet can contain at ``resolutions``.
+
+        Used by the latency-table builder; order is deterministic.
+        """
+        seen: dict[str, BlockShape] = {}
+        for r in resolutions or self.resolutions:
+            _check_choice("resolution", r, self.resolutions)
+            base = self.block_shapes(self.max_subnet(r))
+            for bs in base[:2] + base[-4:]:
+                seen.setdefault(bs.key(), bs)
+            size = base[1].out_size
+            for s, st in enumerate(self.stages):
+                for j in range(self.max_depth):
+                    b = s * self.max_depth + j
+                    stride = st.stride if j == 0 else 1
+                    in_ch = self.block_in_width(b)
+                    o = _conv_out(size, stride)
+                    if j < max(self.depth_list):
+                        for k in self.ks_list:
+                            for e in self.expand_list:
+                                bs = BlockShape("mbconv", size, o, in_ch, st.width,
+                                                mid=self.mid_width(in_ch, e), kernel=k,
+                                                stride=stride, shortcut=j > 0, se=st.se,
+                                                act=st.act)
+                                seen.setdefault(bs.key(), bs)
+                    size = o
+        return list(seen.values())
+
+    def macs(self, cfg: SubnetConfig) -> int:
+        """Analytic MACs of ``cfg`` at ``cfg.r`` (OFA convention: convs incl. SE + classifier;
+        no BN, activations or pooling). No model is built."""
+        self.validate(cfg)
+        return sum(b.macs(self.divisor) for b in self.block_shapes(cfg))
+
+    def params(self, cfg: SubnetConfig) -> int:
+        """Parameters of the extracted subnet (weights, biases and BN affine parameters)."""
+        self.validate(cfg)
+        return sum(b.params(self.divisor) for b in self.block_shapes(cfg))
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Enough to rebuild the space: preset name plus every override."""
+        return {
+            "preset": self.preset or self.name,
+            "num_classes": self.num_classes,
+            "width_mult": self.width_mult,
+            "ks_list": list(self.ks_list),
+            "expand_list": list(self.expand_list),
+            "depth_list": list(self.depth_list),
+            "resolutions": list(self.resolutions),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        data = dict(data)
+        preset = data.pop("preset")
+        return get_space(preset, **data)
+
+    def with_choices(self, **kw: Any) -> SearchSpace:
+        return replace(self, **kw)
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Output size of a 'same'-padded odd-kernel conv: ``(size - 1) // stride + 1``."""
+    return (size - 1) // stride + 1
+
+
+# --- presets ---------------------------------------------------------------------------------
+_PRESETS: dict[str, Callable[..., SearchSpace]] = {}  # name -> builder
+
+
+PresetBuilder = Callable[..., SearchSpace]
+
+
+def register_preset(name: str) -> Callable[[PresetBuilder], PresetBuilder]:
+    """Register a preset builder under ``name`` (``f(**overrides) -> SearchSpace``)."""
+
+    def deco(fn: PresetBuilder) -> PresetBuilder:
+        _PRESETS[name] = fn
+        return fn
+
+    return deco
+
+
+def preset_names() -> list[str]:
+    return sorted(_PRESETS)
+
+
+def get_space(name: str, **overrides: Any) -> SearchSpace:
+    """Build a registered preset, e.g. ``get_space("mbv3-w1.2", num_classes=10, ks_list=[3, 5])``.
+
+    Raises:
+        ValueError: unknown preset name or invalid override.
+    """
+    if name not in _PRESETS:
+        raise ValueError(f"unknown search space {name!r}; known presets: {preset_names()}")
+    unknown = set(overrides) - {"num_classes", "width_mult", "ks_list", "expand_list",
+                                "depth_list", "resolutions", "dropout"}
+    if unknown:
+        raise ValueError(f"unknown search-space option(s) {sorted(unknown)}")
+    return _PRESETS[name](**overrides)
+
+
+_ACTS = ("relu", "relu", "h_swish", "h_swish", "h_swish")
+_SES = (False, True, False, True, True)
+
+
+def _mbv3(name: str, preset: str, default_width: float, stem_stride: int,
+          stage_strides: Sequence[int], default_res: Sequence[int], default_classes: int,
+          **overrides: Any) -> SearchSpace:
+    width_mult = float(overrides.pop("width_mult", default_width))
+    if width_mult <= 0:
+        raise ValueError(f"width_mult must be positive, got {width_mult}")
+    w = [make_divisible(b * width_mult, 8) for b in BASE_WIDTHS]
+    stages = tuple(StageSpec(w[2 + i], stage_strides[i], _ACTS[i], _SES[i]) for i in range(5))
+    kw: dict[str, Any] = {"resolutions": tuple(default_res), "num_classes": default_classes}
+    kw.update(overrides)
+    return SearchSpace(name=name, preset=preset, stem_width=w[0], stem_stride=stem_stride,
+                       first_width=w[1], first_stride=1, stages=stages,
+                       final_expand_width=w[7], feature_mix_width=w[8],
+                       width_mult=width_mult, **kw)
+
+
+@register_preset("mbv3-w1.0")
+def _mbv3_w10(**kw: Any) -> SearchSpace:
+    """OFA ImageNet space, width 1.0 (``ofa_mbv3_d234_e346_k357_w1.0``)."""
+    return _mbv3("mbv3-w1.0", "mbv3-w1.0", 1.0, 2, (2, 2, 2, 1, 2), range(128, 225, 4), 1000, **kw)
+
+
+@register_preset("mbv3-w1.2")
+def _mbv3_w12(**kw: Any) -> SearchSpace:
+    """OFA ImageNet space, width 1.2 (``ofa_mbv3_d234_e346_k357_w1.2``, the Note10 tables)."""
+    return _mbv3("mbv3-w1.2", "mbv3-w1.2", 1.2, 2, (2, 2, 2, 1, 2), range(128, 225, 4), 1000, **kw)
+
+
+@register_preset("mbv3-cifar")
+def _mbv3_cifar(**kw: Any) -> SearchSpace:
+    """DεpS CIFAR-10 space: stem stride 1, strides [1, 1, 2, 2, 1, 2] incl. the first block."""
+    return _mbv3("mbv3-cifar", "mbv3-cifar", 1.0, 1, (1, 2, 2, 1, 2), range(24, 33, 4), 10, **kw)
+
+
+@register_preset("mbv3-digits")
+def _mbv3_digits(**kw: Any) -> SearchSpace:
+    """Small CIFAR-layout space for the embedded 8x8 digits (upsampled to 12..20 px), w0.5.
+
+    Sized so that the end-to-end job trains in minutes on 2 CPU cores.
+    """
+    return _mbv3("mbv3-digits", "mbv3-digits", 0.5, 1, (1, 2, 2, 1, 2), range(12, 21, 4), 10, **kw)
+
+
+def describe(space: SearchSpace) -> dict[str, Any]:
+    """The facts ``ofa space`` prints: choices, exact counts, MACs/params of the extremes."""
+    rmin, rmax = min(space.resolutions), max(space.resolutions)
+    extremes = {}
+    for label, cfg_fn in (("largest", space.max_subnet), ("smallest", space.min_subnet)):
+        for r in (rmax, rmin):
+            cfg = cfg_fn(r)
+            extremes[f"{label}@{r}"] = {"macs": space.macs(cfg), "params": space.params(cfg)}
+    return {
+        "name": space.name,
+        "num_classes": space.num_classes,
+        "width_mult": space.width_mult,
+        "widths": [space.stem_width, space.first_width] + [s.width for s in space.stages]
+        + [space.final_expand_width, space.feature_mix_width],
+        "strides": [space.stem_stride, space.first_stride] + [s.stride for s in space.stages],
+        "ks_list": list(space.ks_list),
+        "expand_list": list(space.expand_list),
+        "depth_list": list(space.depth_list),
+        "resolutions": list(space.resolutions),
+        "num_subnets_per_resolution": space.num_subnets(),
+        "num_subnets_total": space.num_subnets(per_resolution=False),
+        "log10_num_subnets": math.log10(space.num_subnets(per_resolution=False)),
+        "extremes": extremes,
+    }
