@@ -71,13 +71,118 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width-mult", type=float)
     s.add_argument("--json", action="store_true", help="machine-readable output")
 
-    for extra in _EXTRA_PARSERS:
+    t = sub.add_parser("train", help="train a supernet once (progressive shrinking or DεpS)")
+    _train_args(t)
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--max-steps", type=int, help="stop (after checkpointing) at this step")
+
+    e = sub.add_parser("eval", help="top-1 of a subnet after BN recalibration")
+    e.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    e.add_argument("--subnet", default="max", help="max | min | random | a JSON file")
+    e.add_argument("--split", default="test", choices=["test", "holdout"])
+    e.add_argument("--data", help="override the run's --data path")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", action="store_true")
+
+    for extra in EXTRA_PARSERS:
         extra(sub)
     return p
 
 
-# other modules' parsers are added below as the product grows
-_EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _train_args(t: argparse.ArgumentParser) -> None:
+    from ofa.data import DATASETS
+
+    t.add_argument("--space", default="mbv3-digits", help="search-space preset")
+    t.add_argument("--dataset", default="digits", choices=DATASETS)
+    t.add_argument("--data", help=".npz file, dataset folder or ImageFolder tree")
+    t.add_argument("--schedule", default="deps", help="ps | deps | path to a schedule YAML")
+    t.add_argument("--epochs", type=float, default=6.0, help="total epochs over all phases")
+    t.add_argument("--batch-size", type=int, default=64, help="global batch size")
+    t.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every phase's lr")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--out", default="runs/demo")
+    t.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints "
+                   "(0 = every epoch)")
+    t.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    t.add_argument("--resolutions", help="override the space's resolutions, e.g. 16,20")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def train_config(args: argparse.Namespace):
+    from ofa.train.trainer import TrainConfig
+
+    over = {}
+    if getattr(args, "resolutions", None):
+        over["resolutions"] = [int(v) for v in args.resolutions.split(",")]
+    return TrainConfig(out=args.out, space=args.space, space_overrides=over,
+                       dataset=args.dataset, data=args.data, schedule=args.schedule,
+                       epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
+                       seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
+                       max_steps=getattr(args, "max_steps", None))
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> int:
+    from ofa.train.trainer import train
+
+    info = train(train_config(args), resume=args.resume)
+    if "stopped_at" in info:
+        print(f"stopped at step {info['stopped_at']}; continue with --resume")
+    else:
+        print(f"trained {info['global_steps']} steps; weights in {args.out}")
+    return 0
+
+
+def load_subnet_arg(value: str, space, seed: int = 0):
+    """``max`` | ``min`` | ``random`` | path to a JSON subnet config (or search result)."""
+    import random
+    from pathlib import Path
+
+    from ofa.fileio import read_json
+    from ofa.space import SubnetConfig
+
+    if value == "max":
+        return space.max_subnet()
+    if value == "min":
+        return space.min_subnet()
+    if value == "random":
+        return space.sample(random.Random(seed))
+    data = read_json(Path(value), "subnet config")
+    if isinstance(data, dict) and "config" in data:
+        data = data["config"]
+    return space.validate(SubnetConfig.from_dict(data))
+
+
+@command("eval")
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ofa.data import load_dataset
+    from ofa.evaluate import subnet_accuracy
+    from ofa.train.trainer import load_run
+
+    net, cfg, _ = load_run(args.checkpoint)
+    data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
+    sub_cfg = load_subnet_arg(args.subnet, net.space, args.seed)
+    acc = subnet_accuracy(net, sub_cfg, data, args.split, cfg.recal_images)
+    res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
+           "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{sub_cfg.summary()}: top-1 {acc:.2f}% on {args.split} "
+              f"({res['macs'] / 1e6:.1f} M MACs, {res['params'] / 1e6:.2f} M params)")
+    return 0
+
+
+# other modules add their sub-commands here (keeps this file a thin dispatcher)
+EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 class CliError(Exception):

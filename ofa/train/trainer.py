@@ -1,0 +1,421 @@
+"""Train the supernet once: one loop that runs any :class:`~ofa.train.schedule.Schedule`.
+
+- Progressive shrinking [OFA, ICLR 2020, section 3.3]: phases enlarge the elastic choices;
+  KD from the trained full network (teacher, T = 1); channel sorting before expand phases.
+- Delayed ε-shrinking [DεpS, ECCV 2024, section 3]: full network first, ε ramp of the subnets'
+  effective learning rate, sandwich sampling with in-place distillation.
+
+SGD with Nesterov momentum, no weight decay on BN/bias, warmup + per-iteration cosine,
+label smoothing. Resolution is sampled once per batch from the run's seeded RNG, identical
+on all ranks. Checkpoints are atomic and hold everything needed to continue exactly
+(weights, optimizer, phase, step, RNG states, space, schedule). Data-parallel training under
+``torchrun`` all-reduces the gradients of each step (gloo on CPU, nccl on GPU), as OFA's
+Horovod setup does, since each step accumulates several subnets' gradients.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ofa.data import Dataset, load_dataset
+from ofa.evaluate import subnet_accuracy
+from ofa.fileio import atomic_write_json
+from ofa.space import SearchSpace, get_space
+from ofa.supernet import OFAMobileNetV3
+from ofa.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
+from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
+
+__all__ = ["TrainConfig", "Trainer", "train", "load_run"]
+
+CKPT = "checkpoint.pt"
+WEIGHTS = "supernet.safetensors"
+RUN_JSON = "run.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on; stored in the checkpoint and in ``run.json``."""
+
+    out: str = "runs/demo"
+    space: str = "mbv3-digits"
+    space_overrides: dict = field(default_factory=dict)
+    dataset: str = "digits"
+    data: str | None = None
+    schedule: str = "deps"
+    epochs: float = 6.0
+    batch_size: int = 64
+    lr_scale: float = 1.0
+    seed: int = 0
+    ckpt_every: int = 0  # steps; 0 = once per epoch
+    eval_images: int = 500  # test images per phase-end evaluation (0 = skip)
+    recal_images: int = 2000
+    device: str = "cpu"
+    max_steps: int | None = None  # stop (after checkpointing) at this global step
+    holdout: int | None = None
+
+
+def _soft_ce(logits: Tensor, target_prob: Tensor) -> Tensor:
+    return -(target_prob * F.log_softmax(logits, dim=1)).sum(1).mean()
+
+
+def _param_groups(net: nn.Module, wd: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        is_bn_or_bias = p.ndim <= 1 or "bn" in name or name.endswith("bias")
+        (no_decay if is_bn_or_bias else decay).append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """Runs a schedule on a supernet, with checkpoints, resume and optional data parallelism."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
+            dist.init_process_group(backend)
+        self.device = torch.device(cfg.device)
+        self.data: Dataset = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout,
+                                          seed=cfg.seed)
+        self.space: SearchSpace = get_space(cfg.space, num_classes=self.data.num_classes,
+                                            **cfg.space_overrides)
+        self.schedule: Schedule = load_schedule(cfg.schedule).scaled(cfg.epochs)
+        self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
+        self.phase_steps = self.schedule.phase_steps(self.steps_per_epoch)
+        torch.manual_seed(cfg.seed)
+        self.net = OFAMobileNetV3(self.space).to(self.device)
+        self.rng = random.Random(cfg.seed)
+        self.teacher: nn.Module | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.opt_group = ""
+        self.phase = self.phase_step = self.global_step = 0
+        self._perm_cache: tuple[int, Tensor] | None = None
+        if resume and (self.out / CKPT).exists():
+            self._restore(load_checkpoint(self.out / CKPT))
+        elif resume and self.rank == 0:
+            print(f"no checkpoint in {self.out}; starting a new run")
+        elif not resume and (self.out / CKPT).exists():
+            raise ValueError(f"{self.out} already holds a run; pass --resume to continue it "
+                             "or choose another --out")
+        torch.manual_seed(cfg.seed * 7919 + self.rank + self.global_step)
+        if self.world > 1:
+            for p in self.net.state_dict().values():
+                dist.broadcast(p, 0)
+
+    # --- state -----------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {
+            "model": self.net.state_dict(),
+            "teacher": None if self.teacher is None else self.teacher.state_dict(),
+            "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            "opt_group": self.opt_group,
+            "phase": self.phase, "phase_step": self.phase_step,
+            "global_step": self.global_step,
+            "epoch": self.global_step / self.steps_per_epoch,
+            "rng_python": self.rng.getstate(),
+            "rng_torch": torch.get_rng_state(),
+            "config": asdict(self.cfg),
+            "space": self.space.to_dict(),
+            "schedule": self.schedule.to_dict(),
+        }
+
+    def _restore(self, st: dict[str, Any]) -> None:
+        if st["space"] != self.space.to_dict():
+            raise ValueError(f"{self.out / CKPT} was trained on space {st['space']['preset']} "
+                             "with other settings; resume with the same --space/--dataset")
+        if st["schedule"] != self.schedule.to_dict():
+            raise ValueError(f"{self.out / CKPT}: schedule/epochs differ from the checkpoint's; "
+                             "resume with the same --schedule and --epochs")
+        try:
+            self.net.load_state_dict(st["model"])
+        except RuntimeError as exc:
+            raise ValueError(f"{self.out / CKPT}: weights do not fit the supernet ({exc})") from None
+        if st["teacher"] is not None:
+            self.teacher = self._make_teacher()
+            self.teacher.load_state_dict(st["teacher"])
+        self.phase, self.phase_step = st["phase"], st["phase_step"]
+        self.global_step = st["global_step"]
+        self.rng.setstate(st["rng_python"])
+        if st["optimizer"] is not None and self.phase < len(self.phase_steps) and (
+                self.phase_step > 0 or self._group_of(self.phase) == st["opt_group"]):
+            self.optimizer = self._make_optimizer()
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.opt_group = st["opt_group"]
+        self._resumed_rng = st["rng_torch"]
+        if self.rank == 0:
+            print(f"resumed {self.out} at phase {self.phase} step {self.phase_step} "
+                  f"(global step {self.global_step})")
+
+    def _save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.out / CKPT, self._state())
+
+    # --- pieces ----------------------------------------------------------------------------
+    def _make_teacher(self) -> nn.Module:
+        cfg = self.net.get_active_subnet_config()
+        self.net.set_max_subnet()
+        t = self.net.get_active_subnet().eval()
+        self.net.set_active_subnet(cfg)
+        for p in t.parameters():
+            p.requires_grad_(False)
+        return t
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        s = self.schedule
+        return torch.optim.SGD(_param_groups(self.net, s.weight_decay), lr=0.0,
+                               momentum=s.momentum, nesterov=s.nesterov)
+
+    def _group_of(self, i: int) -> str:
+        return self.schedule.phases[i].group
+
+    def _group_span(self, i: int) -> tuple[int, int, int, float]:
+        """(steps before phase i in its group, group total steps, warmup steps, base lr)."""
+        g = self._group_of(i)
+        idx = [j for j in range(len(self.phase_steps)) if self._group_of(j) == g]
+        first = self.schedule.phases[idx[0]]
+        before = sum(self.phase_steps[j] for j in idx if j < i)
+        total = sum(self.phase_steps[j] for j in idx)
+        warm = round(first.warmup_epochs * self.steps_per_epoch)
+        base = first.lr * self.cfg.batch_size / self.schedule.lr_batch * self.cfg.lr_scale
+        return before, total, warm, base
+
+    def _batch(self, step: int) -> tuple[Tensor, Tensor, int]:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if self._perm_cache is None or self._perm_cache[0] != epoch:
+            g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+            self._perm_cache = (epoch, torch.randperm(len(self.data.train), generator=g))
+        bs = self.cfg.batch_size
+        idx = self._perm_cache[1][b * bs:(b + 1) * bs][self.rank::self.world]
+        r = self.rng.choice(self.space.resolutions)
+        x = self.data.transform(self.data.train.get_images(idx), r, train=True)
+        return x.to(self.device), self.data.train.labels[idx].to(self.device), r
+
+    def _phase_start(self, i: int) -> None:
+        ph = self.schedule.phases[i]
+        if ph.kd == "teacher" and self.teacher is None:
+            self.teacher = self._make_teacher()
+            if self.rank == 0:
+                save_weights(self.out / "teacher.safetensors", self.teacher.state_dict())
+        if ph.sort_channels != "none":
+            nested: list[float] = []
+            if ph.sort_channels == "nested":  # keep the previous phase's widths in front
+                prev = self.schedule.phases[i - 1].choices(self.space)["expand_list"] if i else []
+                nested = [e for e in prev if e != max(self.space.expand_list)]
+            self.net.sort_channels(nested_ratios=nested)
+            if self.optimizer is not None:  # momentum buffers no longer line up: reset them
+                self.optimizer.state.clear()
+        if self.optimizer is None or self.opt_group != ph.group:
+            self.optimizer = self._make_optimizer()
+            self.opt_group = ph.group
+
+    def _allreduce_grads(self) -> None:
+        if self.world == 1:
+            return
+        grads = []
+        for p in self.net.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat /= self.world
+        off = 0
+        for g in grads:
+            g.copy_(flat[off:off + g.numel()].view_as(g))
+            off += g.numel()
+
+    def _train_step(self, ph: Phase, x: Tensor, y: Tensor, r: int, beta: float) -> float:
+        sp, net, s = self.space, self.net, self.schedule
+        ch = ph.choices(sp)
+        ce = lambda out: F.cross_entropy(out, y, label_smoothing=s.label_smoothing)  # noqa: E731
+        net.train()
+        assert self.optimizer is not None
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        if ph.mode == "full":
+            net.set_active_subnet(sp.max_subnet(r))
+            loss = ce(net(x))
+            loss.backward()
+            total += loss.item()
+        elif ph.mode == "random":
+            soft = None
+            if ph.kd == "teacher":
+                assert self.teacher is not None
+                with torch.no_grad():
+                    soft = F.softmax(self.teacher(x), dim=1)
+            for _ in range(ph.subnets):
+                net.set_active_subnet(sp.sample(self.rng, r=r, **ch))
+                out = net(x)
+                loss = ce(out)
+                if soft is not None:
+                    loss = loss + s.kd_ratio * _soft_ce(out, soft)
+                loss.backward()
+                total += loss.item()
+        else:  # sandwich: largest (CE), smallest + random (in-place KD, no dropout)
+            net.set_active_subnet(sp.max_subnet(r))
+            out = net(x)
+            loss = ce(out)
+            loss.backward()
+            total += loss.item()
+            soft = F.softmax(out.detach(), dim=1)
+            drop = net.classifier[0]
+            p_drop, drop.p = drop.p, 0.0
+            try:
+                small = sp.config(min(ch["ks_list"]), min(ch["expand_list"]),
+                                  min(ch["depth_list"]), r)
+                cfgs = [small] + [sp.sample(self.rng, r=r, **ch) for _ in range(ph.subnets)]
+                for c in cfgs:
+                    net.set_active_subnet(c)
+                    kd = s.kd_ratio * _soft_ce(net(x), soft)
+                    (beta * kd).backward()
+                    total += kd.item()
+            finally:
+                drop.p = p_drop
+        self._allreduce_grads()
+        self.optimizer.step()
+        return total
+
+    # --- main loop -------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the end of the schedule (or ``max_steps``); returns ``run.json``'s dict."""
+        if hasattr(self, "_resumed_rng") and self.rank == 0:
+            torch.set_rng_state(self._resumed_rng)
+        cfg, phases = self.cfg, self.schedule.phases
+        ckpt_every = cfg.ckpt_every or self.steps_per_epoch
+        metrics_path = self.out / "metrics.jsonl"
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "schedule.json", self.schedule.to_dict())
+        while self.phase < len(phases):
+            i, ph = self.phase, phases[self.phase]
+            if self.phase_step == 0:
+                self._phase_start(i)
+            elif self.optimizer is None:
+                self.optimizer, self.opt_group = self._make_optimizer(), ph.group
+            before, total, warm, base = self._group_span(i)
+            ramp_lr_end = lr_at(before + self.phase_steps[i], total, warm, base)
+            n = self.phase_steps[i]
+            bar = tqdm(total=n, initial=self.phase_step, desc=f"{i + 1}/{len(phases)} {ph.name}",
+                       disable=self.rank != 0, leave=False, mininterval=1.0)
+            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            while self.phase_step < n:
+                lr = lr_at(before + self.phase_step, total, warm, base)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                beta = eps_beta(self.phase_step, n, lr, ramp_lr_end) if ph.eps_ramp else 1.0
+                x, y, r = self._batch(self.global_step)
+                loss = self._train_step(ph, x, y, r, beta)
+                loss_sum, loss_n, seen = loss_sum + loss, loss_n + 1, seen + x.size(0) * self.world
+                self.phase_step += 1
+                self.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", r=r)
+                if self.global_step % self.steps_per_epoch == 0 and self.rank == 0:
+                    dt = time.perf_counter() - t0
+                    _append_jsonl(metrics_path, {
+                        "epoch": self.global_step // self.steps_per_epoch, "phase": ph.name,
+                        "step": self.global_step, "lr": lr, "beta": beta,
+                        "loss": loss_sum / max(1, loss_n), "images_per_s": seen / max(dt, 1e-9)})
+                    t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+                if self.global_step % ckpt_every == 0 and self.phase_step < n:
+                    self._save()
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
+                    self._save()
+                    bar.close()
+                    return {"stopped_at": self.global_step}
+            bar.close()
+            self.phase, self.phase_step = i + 1, 0
+            self._phase_end(ph, metrics_path)
+            self._save()
+        return self._finish()
+
+    def _phase_end(self, ph: Phase, metrics_path: Path) -> None:
+        if self.rank != 0 or not self.cfg.eval_images:
+            return
+        acc = {}
+        for label, c in (("max", self.space.max_subnet()), ("min", self.space.min_subnet())):
+            acc[label] = subnet_accuracy(self.net, c, self.data, "test",
+                                         self.cfg.recal_images, limit=self.cfg.eval_images)
+        _append_jsonl(metrics_path, {"phase_end": ph.name, "step": self.global_step,
+                                     "top1_max": acc["max"], "top1_min": acc["min"]})
+        tqdm.write(f"phase {ph.name}: top-1 largest {acc['max']:.2f}%  smallest "
+                   f"{acc['min']:.2f}%  (test, {self.cfg.eval_images} images)")
+
+    def _finish(self) -> dict[str, Any]:
+        if self.world > 1:
+            for b in self.net.buffers():
+                dist.broadcast(b, 0)
+        info = {"config": asdict(self.cfg), "space": self.space.to_dict(),
+                "schedule": self.schedule.to_dict(), "dataset": self.data.name,
+                "classes": self.data.classes, "normalisation": self.data.normalisation(),
+                "global_steps": self.global_step, "weights": WEIGHTS}
+        if self.rank == 0:
+            save_weights(self.out / WEIGHTS, self.net.state_dict(),
+                         metadata={"space": json.dumps(self.space.to_dict())})
+            atomic_write_json(self.out / RUN_JSON, info)
+        return info
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run; see :class:`Trainer`."""
+    return Trainer(cfg, resume=resume).run()
+
+
+def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, Any]]:
+    """Load a finished run folder (``run.json`` + ``supernet.safetensors``), or a checkpoint
+    file / a run folder that only holds ``checkpoint.pt`` (an unfinished run).
+
+    Returns:
+        ``(supernet in eval mode, its TrainConfig, run info dict)``.
+
+    Raises:
+        ValueError: missing/corrupt files or weights that do not fit the space.
+    """
+    from ofa.fileio import read_json
+    from ofa.space import SearchSpace
+    from ofa.train.checkpoint import load_weights
+
+    run = Path(run)
+    if run.is_file():
+        st = load_checkpoint(run)
+        info = {"config": st["config"], "space": st["space"], "schedule": st["schedule"]}
+        weights = st["model"]
+    elif (run / RUN_JSON).exists():
+        info = read_json(run / RUN_JSON, "run file")
+        weights = load_weights(run / info.get("weights", WEIGHTS))
+    elif (run / CKPT).exists():
+        return load_run(run / CKPT)
+    else:
+        raise ValueError(f"{run} is not a run folder (no {RUN_JSON} or {CKPT})")
+    try:
+        space = SearchSpace.from_dict(info["space"])
+        cfg = TrainConfig(**info["config"])
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{run}: run description is incomplete ({exc})") from None
+    net = OFAMobileNetV3(space)
+    try:
+        net.load_state_dict(weights)
+    except RuntimeError as exc:
+        msg = str(exc).splitlines()[0]
+        raise ValueError(f"{run}: weights do not match space {space.name} ({msg})") from None
+    return net.eval(), cfg, info
