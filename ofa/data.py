@@ -214,14 +214,18 @@ def _load_npz(path: Path) -> tuple[ImageSplit, ImageSplit, list[str]]:
             if missing:
                 raise ValueError(f"{path}: .npz lacks arrays {sorted(missing)}")
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
-            tr, te = _from_arrays(z["x_train"], z["y_train"]), _from_arrays(z["x_test"], z["y_test"])
+            tr = _from_arrays(z["x_train"], z["y_train"])
+            te = _from_arrays(z["x_test"], z["y_test"])
     except (OSError, EOFError) as exc:
         raise ValueError(f"{path}: cannot read .npz ({exc})") from None
     n = int(tr.labels.max()) + 1
     return tr, te, classes or [str(i) for i in range(n)]
 
 
-def _load_torchvision(name: str, root: Path, download: bool) -> tuple[ImageSplit, ImageSplit, list[str]]:
+Splits = tuple[ImageSplit, ImageSplit, list[str]]
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> Splits:
     import torchvision.datasets as tvd
 
     cls = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "mnist": tvd.MNIST,

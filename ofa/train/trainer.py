@@ -144,7 +144,8 @@ class Trainer:
         try:
             self.net.load_state_dict(st["model"])
         except RuntimeError as exc:
-            raise ValueError(f"{self.out / CKPT}: weights do not fit the supernet ({exc})") from None
+            msg = str(exc).splitlines()[0]
+            raise ValueError(f"{self.out / CKPT}: weights do not fit ({msg})") from None
         if st["teacher"] is not None:
             self.teacher = self._make_teacher()
             self.teacher.load_state_dict(st["teacher"])

@@ -1,0 +1,147 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ofa.train.checkpoint import load_checkpoint
+from ofa.train.schedule import eps_beta, load_schedule, lr_at
+from ofa.train.trainer import TrainConfig, Trainer, load_run
+
+# A tiny schedule that exercises every mode: full net, PS-style random subnets with a teacher
+# and channel sorting, and the DεpS ε ramp + sandwich with in-place distillation.
+TINY = {
+    "name": "tiny", "lr_batch": 32,
+    "phases": [
+        {"name": "full", "epochs": 1, "lr": 0.05, "mode": "full"},
+        {"name": "expand", "epochs": 1, "lr": 0.05, "mode": "random", "subnets": 2,
+         "ks": "all", "expand": "top2", "depth": "all", "kd": "teacher", "sort_channels": "full"},
+        {"name": "ramp", "epochs": 1, "lr": 0.05, "mode": "sandwich", "subnets": 1,
+         "ks": "all", "expand": "all", "depth": "all", "kd": "inplace", "eps_ramp": True,
+         "sort_channels": "nested"},
+    ],
+}
+
+
+@pytest.fixture()
+def tiny_schedule(tmp_path):
+    p = tmp_path / "tiny.yaml"
+    p.write_text(yaml.safe_dump(TINY))
+    return str(p)
+
+
+def _cfg(out, schedule, **kw):
+    base = dict(out=str(out), space="mbv3-digits", space_overrides={"resolutions": [12, 16]},
+                schedule=schedule, epochs=0.3, batch_size=32, eval_images=0, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_shipped_schedules_follow_reference():
+    ps = load_schedule("ps")
+    assert [p.name for p in ps.phases] == ["full", "elastic_kernel", "elastic_depth_1",
+                                           "elastic_depth_2", "elastic_expand_1",
+                                           "elastic_expand_2"]
+    assert [p.lr for p in ps.phases] == [2.6, 0.96, 0.08, 0.24, 0.08, 0.24]
+    assert [p.subnets for p in ps.phases[1:]] == [1, 2, 2, 4, 4]
+    assert sum(p.epochs for p in ps.phases) == 605
+    scaled = ps.scaled(40)
+    assert abs(sum(p.epochs for p in scaled.phases) - 40) < 1e-9
+    assert abs(scaled.phases[0].epochs - 40 * 180 / 605) < 1e-9
+    deps = load_schedule("deps")
+    assert [p.mode for p in deps.phases] == ["full", "sandwich", "sandwich"]
+    assert deps.phases[1].eps_ramp and deps.phases[1].sort_channels == "full"
+    assert {p.group for p in deps.phases} == {"main"}
+
+
+def test_schedule_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown schedule 'nope'"):
+        load_schedule("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("phases: [{name: a, epochs: 1, lr: 0.1, mode: zigzag}]")
+    with pytest.raises(ValueError, match="mode 'zigzag'"):
+        load_schedule(str(bad))
+    bad.write_text("phases: [oops")
+    with pytest.raises(ValueError, match="invalid YAML"):
+        load_schedule(str(bad))
+
+
+def test_lr_and_eps_ramp_values():
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(10, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+    # effective subnet lr beta * lr rises linearly from lr_end/n to lr_end
+    lr_now = [1.0, 0.98, 0.96, 0.94]
+    eff = [eps_beta(i, 4, lr_now[i], 0.92) * lr_now[i] for i in range(4)]
+    assert eff == pytest.approx([0.23, 0.46, 0.69, 0.92])
+    assert eps_beta(0, 1000, 1.0, 1.0) == pytest.approx(0.001)  # the epsilon
+
+
+def test_phase_transitions_and_resume_equivalence(tmp_path, tiny_schedule):
+    straight = Trainer(_cfg(tmp_path / "a", tiny_schedule))
+    assert straight.phase_steps == [4, 4, 4]
+    straight.run()
+    assert straight.phase == 3 and straight.global_step == 12
+    assert (tmp_path / "a" / "teacher.safetensors").exists()  # PS teacher snapshot
+
+    # kill mid-phase (step 6: inside the PS phase), then resume
+    r1 = Trainer(_cfg(tmp_path / "b", tiny_schedule, max_steps=6)).run()
+    assert r1 == {"stopped_at": 6}
+    st = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert (st["phase"], st["phase_step"], st["global_step"]) == (1, 2, 6)
+    resumed = Trainer(_cfg(tmp_path / "b", tiny_schedule), resume=True)
+    assert (resumed.phase, resumed.phase_step) == (1, 2)
+    resumed.run()
+    a, b = straight.net.state_dict(), resumed.net.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_refuses_to_overwrite_and_mismatched_resume(tmp_path, tiny_schedule):
+    Trainer(_cfg(tmp_path, tiny_schedule, max_steps=1)).run()
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(_cfg(tmp_path, tiny_schedule))
+    with pytest.raises(ValueError, match="schedule/epochs differ"):
+        Trainer(_cfg(tmp_path, tiny_schedule, epochs=0.5), resume=True)
+
+
+def test_truncated_and_foreign_checkpoints(tmp_path, tiny_schedule):
+    Trainer(_cfg(tmp_path, tiny_schedule, max_steps=1)).run()
+    ck = tmp_path / "checkpoint.pt"
+    data = ck.read_bytes()
+    ck.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated or corrupt"):
+        load_checkpoint(ck)
+    torch.save({"hello": torch.zeros(1)}, ck)
+    with pytest.raises(ValueError, match="not an ofa-edge checkpoint"):
+        load_checkpoint(ck)
+    p = subprocess.run([sys.executable, "-m", "ofa.cli", "eval", "--checkpoint", str(ck)],
+                       capture_output=True, text=True)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_load_run_from_unfinished_checkpoint(tmp_path, tiny_schedule):
+    Trainer(_cfg(tmp_path, tiny_schedule, max_steps=2)).run()
+    net, cfg, _ = load_run(tmp_path)
+    assert cfg.schedule == tiny_schedule and net.space.name == "mbv3-digits"
+
+
+def test_ddp_two_ranks_equal_weights(tmp_path, tiny_schedule):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parent.parent)}
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+         "--master-port", "29533", str(Path(__file__).parent / "_ddp_worker.py"),
+         str(tmp_path), tiny_schedule],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert w0.keys() == w1.keys()
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), k
+    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "run.json").exists()
