@@ -84,6 +84,32 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
 
+    lut = sub.add_parser("lut", help="latency lookup tables: build, import-ofa, validate")
+    lsub = lut.add_subparsers(dest="lut_command", required=True)
+    b = lsub.add_parser("build", help="measure a table on this machine (resumable)")
+    b.add_argument("--space", default="mbv3-cifar")
+    b.add_argument("--num-classes", type=int)
+    b.add_argument("--resolutions", help="comma list (default: all of the space's)")
+    b.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert", "torch"])
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--warmup", type=int, default=10)
+    b.add_argument("--runs", type=int, default=50)
+    b.add_argument("--trials", type=int, default=3)
+    b.add_argument("--calib", type=int, default=10, help="whole subnets for calibration")
+    b.add_argument("--out", required=True)
+    i = lsub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
+    i.add_argument("dir")
+    i.add_argument("--out", required=True)
+    i.add_argument("--space", default="mbv3-w1.2")
+    i.add_argument("--device", default="Samsung Note10")
+    v = lsub.add_parser("validate", help="measure random subnets against a table")
+    v.add_argument("table")
+    v.add_argument("-n", type=int, default=100)
+    v.add_argument("--seed", type=int, default=1234)
+    v.add_argument("--plot", help="scatter plot PNG path")
+    v.add_argument("--out", help="write the report JSON here")
+    v.add_argument("--json", action="store_true")
+
     for extra in EXTRA_PARSERS:
         extra(sub)
     return p
@@ -178,6 +204,55 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"{sub_cfg.summary()}: top-1 {acc:.2f}% on {args.split} "
               f"({res['macs'] / 1e6:.1f} M MACs, {res['params'] / 1e6:.2f} M params)")
+    return 0
+
+
+def _space_from_table(table):
+    from ofa.space import SearchSpace
+
+    return SearchSpace.from_dict(table.space)
+
+
+@command("lut")
+def cmd_lut(args: argparse.Namespace) -> int:
+    from ofa.fileio import atomic_write_json
+    from ofa.space import get_space
+    from search.latency_table import LatencyTable, import_ofa_yaml
+
+    if args.lut_command == "import-ofa":
+        space = get_space(args.space)
+        table = import_ofa_yaml(args.dir, space, device=args.device)
+        table.save(args.out)
+        print(f"wrote {args.out}: {len(table.entries)} entries, resolutions {table.resolutions}")
+        return 0
+    from deploy.lut import build_table, validate_table
+    from deploy.runtimes import Protocol
+
+    if args.lut_command == "build":
+        kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
+        space = get_space(args.space, **kw)
+        res = ([int(r) for r in args.resolutions.split(",")] if args.resolutions
+               else list(space.resolutions))
+        t = build_table(space, res, args.runtime, args.out, threads=args.threads,
+                        protocol=Protocol(args.warmup, args.runs, args.trials),
+                        calib=args.calib)
+        print(f"wrote {args.out}: {len(t.entries)} entries ({t.describe()}); calibration "
+              f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
+        return 0
+    table = LatencyTable.load(args.table)
+    rep = validate_table(table, _space_from_table(table), n=args.n, seed=args.seed,
+                         plot=args.plot)
+    if args.out:
+        atomic_write_json(args.out, rep)
+    if args.json:
+        print(json.dumps({k: v for k, v in rep.items() if k != "samples"}))
+        return 0
+    print(f"{rep['context']}: {rep['n']} random subnets measured end to end")
+    print(f"{'':12}{'±5%':>8}{'±10%':>8}{'RMSPE':>8}{'tau':>8}")
+    for k in ("raw", "calibrated"):
+        m = rep[k]
+        print(f"{k:12}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%{m['rmspe']:7.2f}%"
+              f"{m['kendall_tau']:8.3f}")
     return 0
 
 

@@ -1,0 +1,223 @@
+"""Build and validate latency lookup tables by measuring on this machine (``ofa lut``).
+
+Build: every layer-group shape the space can produce at the requested resolutions is built as
+a tiny model, exported for the runtime, and timed with the protocol; then K whole random
+subnets are measured end to end to fit the calibration ``a * raw + b`` (REFERENCE section 6).
+A killed build resumes: measured entries are kept in ``<out>.partial.json`` (atomically
+rewritten after every entry) and skipped on the next run.
+
+Validate: N seeded random subnets (other seeds than calibration), measured end to end, against
+raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, and a scatter plot.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from deploy.devinfo import device_facts
+from deploy.export import export_model
+from deploy.runtimes import Protocol, get_runtime, stats_ms, time_invoke
+from ofa.fileio import atomic_write_json
+from ofa.space import SearchSpace, SubnetConfig
+from ofa.static import build_layer
+from ofa.supernet import OFAMobileNetV3
+from search.latency import LatencyPredictor
+from search.latency_table import LatencyTable
+
+__all__ = ["measure_module", "build_table", "validate_table", "runtime_context"]
+
+
+def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """The measurement context stored in a table's header."""
+    if runtime == "torch":
+        version, backend = torch.__version__, "eager CPU"
+    else:
+        rt = get_runtime(runtime, threads)
+        version, backend = rt.version(), rt.backend
+    return {"device": device_facts(), "runtime": runtime, "runtime_version": version,
+            "backend": backend, "threads": threads, "precision": precision, "batch": 1}
+
+
+def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
+                   protocol: Protocol, workdir: str | Path) -> dict[str, float]:
+    """Export ``model`` for ``runtime`` (unless ``torch``) and time one invoke (ms stats)."""
+    model = model.eval()
+    x = torch.randn(*input_shape)
+    if runtime == "torch":
+        torch.set_num_threads(threads)
+        times = []
+        with torch.inference_mode():
+            for _ in range(protocol.trials):
+                for _ in range(protocol.warmup):
+                    model(x)
+                for _ in range(protocol.runs):
+                    t = time.perf_counter()
+                    model(x)
+                    times.append((time.perf_counter() - t) * 1e3)
+        return stats_ms(times)
+    rt = get_runtime(runtime, threads)
+    path = Path(workdir) / f"m{rt.suffix}"
+    export_model(runtime, model, input_shape, path)
+    rt.load(str(path))
+    xin = x.numpy()
+    if len(rt.input_shape) == 4 and tuple(rt.input_shape) != tuple(input_shape):
+        xin = np.ascontiguousarray(xin.transpose(0, 2, 3, 1))  # NHWC model
+    return time_invoke(rt, xin.astype(np.float32), protocol)
+
+
+class _Overhead(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = OFAMobileNetV3(space)
+    net.set_active_subnet(cfg)
+    return net.get_active_subnet().eval()
+
+
+def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
+                     protocol: Protocol, desc: str) -> list[float]:
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False)):
+            m = _subnet(space, c, i)
+            out.append(measure_module(m, (1, 3, c.r, c.r), runtime, threads, protocol,
+                                      tmp)[protocol.statistic])
+    return out
+
+
+def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
+                threads: int = 1, protocol: Protocol | None = None, calib: int = 10,
+                seed: int = 0) -> LatencyTable:
+    """Measure every block shape and write the table to ``out`` (resumable).
+
+    Returns the finished :class:`LatencyTable`.
+
+    Raises:
+        ValueError: resolutions outside the space or an unknown runtime.
+    """
+    protocol = protocol or Protocol()
+    out = Path(out)
+    for r in resolutions:
+        space.validate(space.max_subnet(r))
+    partial_path = out.with_name(out.name + ".partial.json")
+    ctx = runtime_context(runtime, threads)
+    shapes = [(r, s) for r in resolutions for s in space.all_block_shapes([r])]
+    state: dict[str, Any] = {"space": space.to_dict(), "resolutions": resolutions,
+                             "runtime": runtime, "threads": threads,
+                             "protocol": asdict(protocol), "entries": {}}
+    if partial_path.exists():
+        try:
+            old = json.loads(partial_path.read_text())
+        except json.JSONDecodeError:
+            old = {}
+        if {k: old.get(k) for k in ("space", "resolutions", "runtime", "threads", "protocol")} \
+                == {k: state[k] for k in ("space", "resolutions", "runtime", "threads", "protocol")}:
+            state = old
+            print(f"resuming: {len(state['entries'])}/{len(shapes)} entries already measured")
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        if "overhead_ms" not in state:
+            state["overhead_ms"] = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads,
+                                                  protocol, tmp)[protocol.statistic]
+        ent = state["entries"]
+        todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
+        for r, s in tqdm(todo, desc=f"lut {runtime}", unit="block",
+                         initial=len(shapes) - len(todo), total=len(shapes)):
+            m = build_layer(s)
+            st = measure_module(m, (1, s.in_ch, s.in_size, s.in_size), runtime, threads,
+                                protocol, tmp)
+            ent.setdefault(str(r), {})[s.key()] = {
+                k: st[k] for k in ("median", "mean", "std", "p90", "count")}
+            atomic_write_json(partial_path, state)
+    table = LatencyTable(context=ctx, space=space.to_dict(), resolutions=sorted(resolutions),
+                         entries=state["entries"], protocol=asdict(protocol),
+                         overhead_ms=state["overhead_ms"], source=str(out))
+    if calib > 0:
+        g = random.Random(seed + 1)
+        cfgs = [space.sample(g, r=g.choice(resolutions)) for _ in range(calib)]
+        cfgs += [space.max_subnet(max(resolutions)), space.min_subnet(min(resolutions))]
+        measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration")
+        raw = [table.predict_raw(space, c) for c in cfgs]
+        a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
+        table.calibration = {"a": float(a), "b": float(b), "fitted_on": [
+            {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}
+            for c, s, m in zip(cfgs, raw, measured)]}
+    table.save(out)
+    partial_path.unlink(missing_ok=True)
+    return table
+
+
+def _kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def accuracy_report(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """% within ±5%/±10%, RMSPE (%), Kendall τ of predictions against measurements."""
+    err = (pred - meas) / meas
+    return {"within_5pct": float(np.mean(np.abs(err) <= 0.05) * 100),
+            "within_10pct": float(np.mean(np.abs(err) <= 0.10) * 100),
+            "rmspe": float(np.sqrt(np.mean(err ** 2)) * 100),
+            "kendall_tau": _kendall_tau(pred, meas)}
+
+
+def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
+                   plot: str | Path | None = None) -> dict[str, Any]:
+    """Measure ``n`` random subnets end to end in the table's context; compare with the table."""
+    runtime, threads = table.context["runtime"], int(table.context["threads"])
+    protocol = Protocol(**{k: v for k, v in table.protocol.items()
+                           if k in ("warmup", "runs", "trials", "statistic")})
+    g = random.Random(seed)
+    cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
+    measured = np.asarray(_measure_configs(space, cfgs, runtime, threads, protocol, "validate"))
+    raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs)
+    cal = LatencyPredictor(table, space, calibrated=True).predict_many(cfgs)
+    report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
+              "raw": accuracy_report(raw, measured), "calibrated": accuracy_report(cal, measured),
+              "samples": [{"config": c.to_dict(), "measured_ms": float(m), "raw_ms": float(r),
+                           "calibrated_ms": float(p)}
+                          for c, m, r, p in zip(cfgs, measured, raw, cal)]}
+    if plot:
+        _scatter(measured, raw, cal, Path(plot), table.describe())
+        report["plot"] = str(plot)
+    return report
+
+
+def _scatter(meas: np.ndarray, raw: np.ndarray, cal: np.ndarray, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ofa.fileio import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    lo, hi = min(meas.min(), raw.min(), cal.min()) * 0.9, max(meas.max(), raw.max(),
+                                                               cal.max()) * 1.1
+    xs = np.linspace(lo, hi, 10)
+    ax.fill_between(xs, xs * 0.9, xs * 1.1, color="0.9", label="±10%")
+    ax.plot(xs, xs, "k-", lw=0.8)
+    ax.scatter(meas, raw, s=10, alpha=0.6, label="raw sum")
+    ax.scatter(meas, cal, s=10, alpha=0.8, label="calibrated")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    ax.set_title(title, fontsize=7)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)

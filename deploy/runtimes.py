@@ -1,0 +1,230 @@
+"""Inference runtimes behind one narrow interface, and the timing protocol. Torch-free.
+
+A runtime loads a model file and runs it on numpy arrays. This module imports only numpy at
+import time; each runtime imports its own engine when used, so the device agent on a
+Raspberry Pi needs just numpy plus the one runtime it uses.
+
+Timing protocol (REFERENCE section 6): warm up, time only the invoke with a monotonic clock,
+many runs in several trials; report median, p90, mean, std, min.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "time_invoke",
+           "RuntimeMissing", "stats_ms"]
+
+
+class RuntimeMissing(RuntimeError):
+    """The runtime's Python package is not installed here."""
+
+
+class Runtime:
+    """Interface: ``load(path)``, ``input_shape``, ``input_dtype``, ``run(x) -> logits``."""
+
+    name = ""
+    suffix = ""
+    backend = ""
+
+    def __init__(self, threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = threads
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+    def load(self, path: str) -> None:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    @property
+    def input_dtype(self) -> Any:
+        return np.float32
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def invoke(self) -> None:
+        """Run once on the input already set (what the timer measures)."""
+        raise NotImplementedError
+
+    def set_input(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+def _check_file(path: str) -> None:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"model file {path} is empty")
+
+
+class OnnxRuntime(Runtime):
+    """ONNX Runtime, CPU execution provider, ``intra_op_num_threads = threads``."""
+
+    name, suffix, backend = "onnxruntime", ".onnx", "CPUExecutionProvider"
+
+    def _ort(self):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RuntimeMissing("onnxruntime is not installed (pip install onnxruntime)") from None
+        return ort
+
+    def version(self) -> str:
+        return self._ort().__version__
+
+    def load(self, path: str) -> None:
+        ort = self._ort()
+        _check_file(path)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.log_severity_level = 3
+        try:
+            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise ValueError(f"{path}: onnxruntime cannot load it "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+        self._in = self.sess.get_inputs()[0]
+        self._feed: dict[str, np.ndarray] = {}
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) if isinstance(d, int) else 1 for d in self._in.shape)
+
+    @property
+    def input_dtype(self) -> Any:
+        return np.uint8 if "uint8" in self._in.type else (
+            np.int8 if "int8" in self._in.type else np.float32)
+
+    def set_input(self, x: np.ndarray) -> None:
+        self._feed = {self._in.name: x}
+
+    def invoke(self) -> None:
+        self._out = self.sess.run(None, self._feed)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.set_input(x)
+        self.invoke()
+        return self._out[0]
+
+
+class LiteRTRuntime(Runtime):
+    """TFLite interpreter from ai-edge-litert (XNNPACK delegate), tflite-runtime fallback."""
+
+    name, suffix, backend = "litert", ".tflite", "XNNPACK"
+
+    def _interp_cls(self):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+
+            return Interpreter, "ai-edge-litert"
+        except ImportError:
+            pass
+        try:
+            from tflite_runtime.interpreter import Interpreter  # type: ignore
+
+            return Interpreter, "tflite-runtime"
+        except ImportError:
+            raise RuntimeMissing("neither ai-edge-litert nor tflite-runtime is installed "
+                                 "(pip install ai-edge-litert)") from None
+
+    def version(self) -> str:
+        _, pkg = self._interp_cls()
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return f"{pkg} {version(pkg)}"
+        except PackageNotFoundError:
+            return pkg
+
+    def load(self, path: str) -> None:
+        cls, _ = self._interp_cls()
+        _check_file(path)
+        try:
+            self.interp = cls(model_path=path, num_threads=self.threads)
+            self.interp.allocate_tensors()
+        except Exception as exc:
+            raise ValueError(f"{path}: LiteRT cannot load it "
+                             f"({str(exc).splitlines()[0][:160]})") from None
+        self._in = self.interp.get_input_details()[0]
+        self._out_d = self.interp.get_output_details()[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self._in["shape"])
+
+    @property
+    def input_dtype(self) -> Any:
+        return self._in["dtype"]
+
+    def quant(self) -> tuple[tuple[float, int], tuple[float, int]]:
+        return tuple(self._in.get("quantization", (0.0, 0))), tuple(
+            self._out_d.get("quantization", (0.0, 0)))
+
+    def set_input(self, x: np.ndarray) -> None:
+        self.interp.set_tensor(self._in["index"], x)
+
+    def invoke(self) -> None:
+        self.interp.invoke()
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.set_input(x)
+        self.invoke()
+        return self.interp.get_tensor(self._out_d["index"])
+
+
+RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntime, "litert": LiteRTRuntime}
+
+
+def get_runtime(name: str, threads: int = 1) -> Runtime:
+    """A runtime by name (``onnxruntime``, ``litert``; ``torch`` lives on the host side).
+
+    Raises:
+        ValueError: unknown name.
+    """
+    if name not in RUNTIMES:
+        raise ValueError(f"unknown runtime {name!r}; allowed: {sorted(RUNTIMES)}")
+    return RUNTIMES[name](threads)
+
+
+@dataclass
+class Protocol:
+    warmup: int = 10
+    runs: int = 50
+    trials: int = 3
+    statistic: str = "median"
+
+
+def stats_ms(times_ms: list[float]) -> dict[str, float]:
+    a = np.asarray(times_ms, dtype=np.float64)
+    return {"median": float(np.median(a)), "mean": float(a.mean()), "std": float(a.std()),
+            "p90": float(np.percentile(a, 90)), "min": float(a.min()), "count": int(a.size)}
+
+
+def time_invoke(rt: Runtime, x: np.ndarray, protocol: Protocol | None = None) -> dict[str, float]:
+    """Time ``rt.invoke()`` on input ``x``: per trial ``warmup`` untimed then ``runs`` timed
+    invokes; statistics (ms) over all timed invokes."""
+    p = protocol or Protocol()
+    rt.set_input(x)
+    times: list[float] = []
+    for _ in range(p.trials):
+        for _ in range(p.warmup):
+            rt.invoke()
+        for _ in range(p.runs):
+            t = time.perf_counter()
+            rt.invoke()
+            times.append((time.perf_counter() - t) * 1e3)
+    return stats_ms(times)

@@ -1,0 +1,224 @@
+"""Latency lookup tables: format, loading with context checks, OFA YAML import. Numpy-only.
+
+One JSON file per measurement context (see ``docs/formats.md``)::
+
+    {"schema": "ofa-edge-latency-table", "version": 1,
+     "context": {"device": {...}, "runtime": "onnxruntime", "runtime_version": "1.31.1",
+                 "backend": "CPUExecutionProvider", "threads": 1, "precision": "fp32",
+                 "batch": 1},
+     "space": {...SearchSpace.to_dict()...}, "resolutions": [32],
+     "protocol": {"warmup": 10, "runs": 50, "trials": 3, "statistic": "median"},
+     "overhead_ms": 0.01,
+     "calibration": {"a": 1.0, "b": 0.0, "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
+     "entries": {"<resolution>": {"<OFA-style key>": {"median": .., "mean": .., "std": ..,
+                                                       "p90": .., "count": ..}}}}
+
+Entries are grouped per input resolution like OFA's ``<r>_lookup_table.yaml`` files, since
+some keys (the head's) are the same at every resolution but were measured separately.
+
+Entry latencies are what the isolated layer measured, per-invoke overhead included; a network's
+raw prediction is ``sum(entry - overhead) + overhead`` (one invoke), and the calibrated one is
+``a * raw + b`` (REFERENCE section 6).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ofa.fileio import atomic_write_json
+from ofa.space import SearchSpace, SubnetConfig
+
+__all__ = ["SCHEMA", "LatencyTable", "TableError", "import_ofa_yaml"]
+
+SCHEMA = "ofa-edge-latency-table"
+VERSION = 1
+_CONTEXT_KEYS = ("device", "runtime", "runtime_version", "backend", "threads", "precision",
+                 "batch")
+
+
+class TableError(ValueError):
+    """A corrupt, incomplete or mismatched latency table."""
+
+
+@dataclass
+class LatencyTable:
+    context: dict[str, Any]
+    space: dict[str, Any]
+    resolutions: list[int]
+    entries: dict[str, dict[str, dict[str, float]]]
+    protocol: dict[str, Any] = field(default_factory=dict)
+    overhead_ms: float = 0.0
+    calibration: dict[str, Any] = field(default_factory=lambda: {"a": 1.0, "b": 0.0,
+                                                                 "fitted_on": []})
+    source: str = ""
+    statistic: str = "median"
+
+    # --- io ------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA, "version": VERSION, "context": self.context,
+                "space": self.space, "resolutions": self.resolutions,
+                "protocol": self.protocol, "overhead_ms": self.overhead_ms,
+                "calibration": self.calibration, "statistic": self.statistic,
+                "entries": self.entries}
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "table") -> LatencyTable:
+        if not isinstance(d, dict):
+            raise TableError(f"{source}: not a latency table (expected a JSON object)")
+        if d.get("schema") != SCHEMA:
+            raise TableError(f"{source}: not a latency table (schema {d.get('schema')!r})")
+        if d.get("version") != VERSION:
+            raise TableError(f"{source}: table version {d.get('version')} != {VERSION}")
+        for k in ("context", "space", "resolutions", "entries"):
+            if k not in d:
+                raise TableError(f"{source}: missing field {k!r}")
+        missing = [k for k in _CONTEXT_KEYS if k not in d["context"]]
+        if missing:
+            raise TableError(f"{source}: context lacks {missing}")
+        stat = d.get("statistic", "median")
+        if not isinstance(d["entries"], dict):
+            raise TableError(f"{source}: 'entries' must be an object keyed by resolution")
+        for r in d["resolutions"]:
+            if str(r) not in d["entries"]:
+                raise TableError(f"{source}: no entries for resolution {r}")
+        for r, group in d["entries"].items():
+            if not isinstance(group, dict):
+                raise TableError(f"{source}: entries[{r!r}] must be an object")
+            for key, e in group.items():
+                if not isinstance(e, dict) or not isinstance(e.get(stat), (int, float)):
+                    raise TableError(f"{source}: entry {r}/{key!r} has no numeric {stat!r}")
+        cal = d.get("calibration") or {"a": 1.0, "b": 0.0, "fitted_on": []}
+        if not all(isinstance(cal.get(k), (int, float)) for k in ("a", "b")):
+            raise TableError(f"{source}: calibration needs numeric 'a' and 'b'")
+        return cls(context=d["context"], space=d["space"], resolutions=list(d["resolutions"]),
+                   entries=d["entries"], protocol=d.get("protocol", {}),
+                   overhead_ms=float(d.get("overhead_ms", 0.0)), calibration=cal,
+                   source=source, statistic=stat)
+
+    @classmethod
+    def load(cls, path: str | Path, space: SearchSpace | None = None,
+             resolutions: list[int] | None = None, precision: str | None = None,
+             runtime: str | None = None, threads: int | None = None) -> LatencyTable:
+        """Read and check a table; the optional arguments are the caller's context.
+
+        Raises:
+            TableError: unreadable/corrupt file, or a context mismatch naming the field.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise TableError(f"latency table {path} does not exist")
+        try:
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise TableError(f"latency table {path} is not valid JSON ({exc})") from None
+        t = cls.from_dict(d, source=str(path))
+        t.check(space=space, resolutions=resolutions, precision=precision, runtime=runtime,
+                threads=threads)
+        return t
+
+    # --- context -------------------------------------------------------------------------
+    def check(self, space: SearchSpace | None = None, resolutions: list[int] | None = None,
+              precision: str | None = None, runtime: str | None = None,
+              threads: int | None = None) -> None:
+        """Refuse a table measured in another context.
+
+        Raises:
+            TableError: naming the mismatching field and both values.
+        """
+        src = self.source or "table"
+        if space is not None:
+            mine = self.space
+            theirs = space.to_dict()
+            for k in ("preset", "num_classes", "width_mult"):
+                if mine.get(k) != theirs.get(k):
+                    raise TableError(f"{src}: table is for space {k}={mine.get(k)!r}, "
+                                     f"not {theirs.get(k)!r}")
+            for k in ("ks_list", "expand_list", "depth_list"):
+                extra = set(theirs[k]) - set(mine.get(k, []))
+                if extra:
+                    raise TableError(f"{src}: table lacks {k} values {sorted(extra)}")
+        for r in resolutions or []:
+            if r not in self.resolutions:
+                raise TableError(f"{src}: resolution {r} missing (table has {self.resolutions})")
+        for name, want in (("precision", precision), ("runtime", runtime), ("threads", threads)):
+            if want is not None and self.context.get(name) != want:
+                raise TableError(f"{src}: table {name} is {self.context.get(name)!r}, "
+                                 f"not {want!r}")
+
+    def entry(self, r: int, key: str) -> float:
+        """The statistic (ms) of ``key`` measured at input resolution ``r``.
+
+        Raises:
+            TableError: no such entry.
+        """
+        try:
+            return float(self.entries[str(r)][key][self.statistic])
+        except KeyError:
+            raise TableError(f"{self.source or 'table'}: no entry for {key} at r={r}") from None
+
+    def predict_raw(self, space: SearchSpace, cfg: SubnetConfig) -> float:
+        """Sum of entries minus per-entry overhead, plus one invoke's overhead (ms)."""
+        ov = self.overhead_ms
+        return sum(self.entry(cfg.r, b.key()) - ov for b in space.block_shapes(cfg)) + ov
+
+    def predict(self, space: SearchSpace, cfg: SubnetConfig, calibrated: bool = True) -> float:
+        raw = self.predict_raw(space, cfg)
+        if not calibrated:
+            return raw
+        return float(self.calibration["a"]) * raw + float(self.calibration["b"])
+
+    def describe(self) -> str:
+        c = self.context
+        dev = c["device"].get("name", "?") if isinstance(c["device"], dict) else c["device"]
+        return (f"{dev} / {c['runtime']} {c['runtime_version']} / {c['backend']} / "
+                f"{c['threads']} thread(s) / {c['precision']} / batch {c['batch']}")
+
+
+def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsung Note10"
+                    ) -> LatencyTable:
+    """Convert OFA's ``<r>_lookup_table.yaml`` files (e.g. the Note10 tables) to this format.
+
+    OFA keys are kept as they are (they are this format's keys); each entry's ``mean`` becomes
+    the statistic (OFA published means), overhead 0 and identity calibration, so predictions
+    equal OFA's sums of the YAML entries.
+
+    Raises:
+        TableError: no tables in ``folder`` or an unreadable file.
+    """
+    import yaml
+
+    folder = Path(folder)
+    files = sorted(folder.glob("*_lookup_table.yaml"))
+    if not files:
+        raise TableError(f"{folder}: no '<resolution>_lookup_table.yaml' files found")
+    entries: dict[str, dict[str, dict[str, float]]] = {}
+    resolutions = []
+    for f in files:
+        try:
+            r = int(f.name.split("_")[0])
+            d = yaml.safe_load(f.read_text())
+        except (ValueError, yaml.YAMLError) as exc:
+            raise TableError(f"{f}: cannot read OFA table ({exc})") from None
+        if not isinstance(d, dict):
+            raise TableError(f"{f}: not an OFA lookup table")
+        resolutions.append(r)
+        group = entries.setdefault(str(r), {})
+        for key, v in d.items():
+            if not isinstance(v, dict) or "mean" not in v:
+                raise TableError(f"{f}: entry {key!r} lacks 'mean'")
+            group[key] = {"median": float(v["mean"]), "mean": float(v["mean"]),
+                            "std": float(v.get("std", 0.0)), "p90": None,
+                            "count": int(v.get("count", 0))}
+    ctx = {"device": {"name": device}, "runtime": "tflite (OFA published)",
+           "runtime_version": "unknown", "backend": "CPU", "threads": 1, "precision": "fp32",
+           "batch": 1}
+    t = LatencyTable(context=ctx, space=space.to_dict(), resolutions=sorted(resolutions),
+                     entries=entries, protocol={"statistic": "mean", "source": str(folder)},
+                     statistic="median", source=str(folder))
+    return t

@@ -1,0 +1,134 @@
+import json
+import random
+
+import pytest
+import yaml
+from conftest import shared_path
+
+from deploy.lut import build_table
+from deploy.runtimes import Protocol
+from ofa.space import SubnetConfig, get_space
+from ofa.supernet import OFAMobileNetV3
+from search.latency import LatencyPredictor
+from search.latency_table import LatencyTable, TableError, import_ofa_yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_table(tmp_path_factory):
+    """A real (tiny) build: 2 resolutions, restricted choices, onnxruntime, few runs."""
+    space = get_space("mbv3-digits", ks_list=[3, 5], expand_list=[3, 6], depth_list=[2, 3],
+                      resolutions=[12, 16])
+    out = tmp_path_factory.mktemp("lut") / "t.json"
+    t = build_table(space, [12, 16], "onnxruntime", out, protocol=Protocol(2, 5, 1), calib=3)
+    return space, out, t
+
+
+def test_keys_cover_every_block_of_extracted_subnets(tiny_table):
+    space, out, table = tiny_table
+    net = OFAMobileNetV3(space)
+    g = random.Random(0)
+    for _ in range(50):
+        cfg = net.sample_active_subnet(g)
+        sub = net.get_active_subnet()
+        shapes = space.block_shapes(cfg)
+        mb = [s for s in shapes if s.kind == "mbconv"]
+        assert len(mb) == len(sub.blocks)
+        for s, blk in zip(mb, sub.blocks):  # the key's shape is the module's real shape
+            conv = blk.depth_conv[0]
+            assert (conv.in_channels, conv.kernel_size[0], conv.stride[0]) == (s.mid, s.kernel,
+                                                                               s.stride)
+            assert blk.shortcut == s.shortcut and (blk.se is not None) == s.se
+        for s in shapes:
+            assert s.key() in table.entries[str(cfg.r)]
+
+
+def test_table_roundtrip_and_vectorised_prediction(tiny_table):
+    space, out, table = tiny_table
+    loaded = LatencyTable.load(out, space=space, resolutions=[12, 16], precision="fp32",
+                               runtime="onnxruntime", threads=1)
+    assert loaded.to_dict()["entries"] == table.entries
+    assert set(loaded.context) >= {"device", "runtime", "runtime_version", "backend",
+                                   "threads", "precision", "batch"}
+    assert len(loaded.calibration["fitted_on"]) == 5
+    for group in loaded.entries.values():
+        for e in group.values():
+            assert set(e) == {"median", "mean", "std", "p90", "count"} and e["count"] == 5
+    pred = LatencyPredictor(loaded, space)
+    g = random.Random(1)
+    cfgs = [space.sample(g) for _ in range(30)]
+    many = pred.predict_many(cfgs)
+    for c, v in zip(cfgs, many):
+        assert v == pytest.approx(loaded.predict(space, c), rel=1e-9)
+        assert pred.predict(c) == pytest.approx(v)
+    raw = LatencyPredictor(loaded, space, calibrated=False).predict(cfgs[0])
+    ov = loaded.overhead_ms
+    group = loaded.entries[str(cfgs[0].r)]
+    manual = sum(group[s.key()]["median"] - ov for s in space.block_shapes(cfgs[0])) + ov
+    assert raw == pytest.approx(manual)
+
+
+def test_mismatched_context_and_corrupt_tables(tiny_table, tmp_path):
+    space, out, table = tiny_table
+    with pytest.raises(TableError, match="resolution 20 missing"):
+        LatencyTable.load(out, resolutions=[20])
+    with pytest.raises(TableError, match="precision is 'fp32', not 'int8'"):
+        LatencyTable.load(out, precision="int8")
+    with pytest.raises(TableError, match="space preset='mbv3-digits', not 'mbv3-cifar'"):
+        LatencyTable.load(out, space=get_space("mbv3-cifar"))
+    with pytest.raises(TableError, match="lacks ks_list values \\[7\\]"):
+        LatencyTable.load(out, space=get_space("mbv3-digits", expand_list=[3, 6],
+                                               depth_list=[2, 3]))
+    bad = tmp_path / "bad.json"
+    bad.write_text(out.read_text()[:100])
+    with pytest.raises(TableError, match="not valid JSON"):
+        LatencyTable.load(bad)
+    d = json.loads(out.read_text())
+    d["entries"]["12"].pop(next(iter(d["entries"]["12"])))
+    bad.write_text(json.dumps(d))
+    with pytest.raises(TableError, match="no entry for"):
+        LatencyPredictor(LatencyTable.load(bad), space)
+    d = json.loads(out.read_text())
+    del d["context"]["threads"]
+    bad.write_text(json.dumps(d))
+    with pytest.raises(TableError, match="context lacks \\['threads'\\]"):
+        LatencyTable.load(bad)
+    bad.write_text(json.dumps({"schema": "other"}))
+    with pytest.raises(TableError, match="not a latency table"):
+        LatencyTable.load(bad)
+
+
+def test_build_resumes_from_partial(tmp_path):
+    space = get_space("mbv3-digits", ks_list=[3], expand_list=[3], depth_list=[2],
+                      resolutions=[12])
+    out = tmp_path / "t.json"
+    partial = tmp_path / "t.json.partial.json"
+    # a build killed after two entries left this partial file behind
+    keys = [s.key() for s in space.all_block_shapes([12])]
+    fake = {"median": 123.0, "mean": 123.0, "std": 0.0, "p90": 123.0, "count": 1}
+    state = {"space": space.to_dict(), "resolutions": [12], "runtime": "onnxruntime",
+             "threads": 1, "protocol": {"warmup": 1, "runs": 2, "trials": 1,
+                                        "statistic": "median"},
+             "entries": {"12": {keys[0]: fake, keys[1]: fake}}, "overhead_ms": 0.001}
+    partial.write_text(json.dumps(state))
+    t = build_table(space, [12], "onnxruntime", out, protocol=Protocol(1, 2, 1), calib=0)
+    assert t.entries["12"][keys[0]]["median"] == 123.0  # kept, not re-measured
+    assert t.entries["12"][keys[2]]["median"] < 100.0  # measured now
+    assert not partial.exists() and out.exists()
+
+
+def test_import_ofa_yaml_reproduces_yaml_sums():
+    folder = shared_path("ofa_reference", "note10")
+    space = get_space("mbv3-w1.2")
+    table = import_ofa_yaml(folder, space)
+    assert table.resolutions == [160, 176, 192, 208, 224]
+    sp = space.with_choices(resolutions=tuple(table.resolutions))
+    pred = LatencyPredictor(table, sp)
+    yamls = {r: yaml.safe_load((folder / f"{r}_lookup_table.yaml").read_text())
+             for r in table.resolutions}
+    g = random.Random(0)
+    for cfg in [sp.max_subnet(), sp.min_subnet()] + [sp.sample(g) for _ in range(20)]:
+        expected = sum(yamls[cfg.r][s.key()]["mean"] for s in sp.block_shapes(cfg))
+        assert pred.predict(cfg) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(TableError, match="no latencies for resolution"):
+        pred.predict_many([SubnetConfig(sp.max_subnet().ks, sp.max_subnet().e,
+                                        sp.max_subnet().d, 128)])
