@@ -124,8 +124,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
             old = json.loads(partial_path.read_text())
         except json.JSONDecodeError:
             old = {}
-        if {k: old.get(k) for k in ("space", "resolutions", "runtime", "threads", "protocol")} \
-                == {k: state[k] for k in ("space", "resolutions", "runtime", "threads", "protocol")}:
+        same = ("space", "resolutions", "runtime", "threads", "protocol")
+        if all(old.get(k) == state[k] for k in same):
             state = old
             print(f"resuming: {len(state['entries'])}/{len(shapes)} entries already measured")
     torch.manual_seed(seed)

@@ -110,6 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
 
+    q = sub.add_parser("search", help="best subnets for a budget, or the Pareto front")
+    q.add_argument("--space", default="mbv3-cifar")
+    q.add_argument("--num-classes", type=int)
+    q.add_argument("--predictor", required=True,
+                   help="accuracy predictor (.safetensors of ours, or OFA's .pth)")
+    q.add_argument("--table", help="latency lookup table JSON")
+    q.add_argument("--latency-ms", type=float)
+    q.add_argument("--macs", type=float, help="MACs budget (absolute)")
+    q.add_argument("--params", type=float, help="parameter budget (absolute)")
+    q.add_argument("--size-bytes", type=float, help="fp32 model size budget")
+    q.add_argument("--pareto", action="store_true", help="return the accuracy/latency front")
+    q.add_argument("--objective", default="latency_ms", choices=["latency_ms", "macs", "params"])
+    q.add_argument("--population", type=int, default=100)
+    q.add_argument("--generations", type=int, default=12)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--storage", help="Optuna storage URL or journal file (resumable)")
+    q.add_argument("--study-name", default="ofa-search")
+    q.add_argument("--out", help="write the result JSON here")
+    q.add_argument("--json", action="store_true")
+
     for extra in EXTRA_PARSERS:
         extra(sub)
     return p
@@ -236,7 +256,8 @@ def cmd_lut(args: argparse.Namespace) -> int:
         t = build_table(space, res, args.runtime, args.out, threads=args.threads,
                         protocol=Protocol(args.warmup, args.runs, args.trials),
                         calib=args.calib)
-        print(f"wrote {args.out}: {len(t.entries)} entries ({t.describe()}); calibration "
+        n = sum(len(g) for g in t.entries.values())
+        print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
               f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
         return 0
     table = LatencyTable.load(args.table)
@@ -253,6 +274,42 @@ def cmd_lut(args: argparse.Namespace) -> int:
         m = rep[k]
         print(f"{k:12}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%{m['rmspe']:7.2f}%"
               f"{m['kendall_tau']:8.3f}")
+    return 0
+
+
+@command("search")
+def cmd_search(args: argparse.Namespace) -> int:
+    from ofa.fileio import atomic_write_json
+    from ofa.space import get_space
+    from search.accuracy import load_accuracy_predictor
+    from search.evolution import Budget, run_search
+    from search.latency import LatencyPredictor
+    from search.latency_table import LatencyTable
+
+    kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    space = get_space(args.space, **kw)
+    lat = None
+    if args.table:
+        table = LatencyTable.load(args.table, space=space)
+        space = space.with_choices(resolutions=tuple(
+            r for r in space.resolutions if r in table.resolutions))
+        lat = LatencyPredictor(table, space)
+    acc = load_accuracy_predictor(args.predictor, space)
+    budget = Budget(args.latency_ms, args.macs, args.params, args.size_bytes)
+    res = run_search(space, acc, lat, budget, pareto=args.pareto, objective=args.objective,
+                     population=args.population, generations=args.generations, seed=args.seed,
+                     storage=args.storage, study_name=args.study_name,
+                     progress=not args.json)
+    if args.out:
+        atomic_write_json(args.out, res)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    rows = res.get("front", res["best"])
+    print(f"{'acc%':>7} {'lat ms':>8} {'MMACs':>7} {'Mparams':>8}  subnet")
+    for r in rows:
+        print(f"{r['acc']:7.2f} {r.get('latency_ms', float('nan')):8.2f} {r['macs'] / 1e6:7.1f} "
+              f"{r['params'] / 1e6:8.2f}  {r['summary']}")
     return 0
 
 

@@ -9,7 +9,8 @@ One JSON file per measurement context (see ``docs/formats.md``)::
      "space": {...SearchSpace.to_dict()...}, "resolutions": [32],
      "protocol": {"warmup": 10, "runs": 50, "trials": 3, "statistic": "median"},
      "overhead_ms": 0.01,
-     "calibration": {"a": 1.0, "b": 0.0, "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
+     "calibration": {"a": 1.0, "b": 0.0,
+                     "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
      "entries": {"<resolution>": {"<OFA-style key>": {"median": .., "mean": .., "std": ..,
                                                        "p90": .., "count": ..}}}}
 
