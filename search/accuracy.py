@@ -60,8 +60,8 @@ class AccuracyPredictor:
     def __init__(self, space: SearchSpace, hidden: int = 400, layers: int = 3) -> None:
         self.space = space
         self.hidden, self.layers = hidden, layers
-        self.dim = 2 * space.num_blocks * 0 + space.num_blocks * (
-            len(space.ks_list) + len(space.expand_list)) + len(space.resolutions)
+        self.dim = space.num_blocks * (len(space.ks_list) + len(space.expand_list)) + len(
+            space.resolutions)
         self.model = _mlp(self.dim, hidden, layers)
         self.base = 0.0  # mean accuracy; the MLP learns the residual
 
