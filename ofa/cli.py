@@ -129,9 +129,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--study-name", default="ofa-search")
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--json", action="store_true")
-
-    for extra in EXTRA_PARSERS:
-        extra(sub)
     return p
 
 
@@ -312,9 +309,6 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{r['params'] / 1e6:8.2f}  {r['summary']}")
     return 0
 
-
-# other modules add their sub-commands here (keeps this file a thin dispatcher)
-EXTRA_PARSERS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 class CliError(Exception):

@@ -159,8 +159,7 @@ class OFAAccuracyPredictor:
         self.model.eval()
 
     def features(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        f = onehot(self.space, enc, resolutions=self.RES)
-        return f
+        return onehot(self.space, enc, resolutions=self.RES)
 
     @torch.no_grad()
     def predict_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:

@@ -105,6 +105,7 @@ class Trainer:
         self.opt_group = ""
         self.phase = self.phase_step = self.global_step = 0
         self._perm_cache: tuple[int, Tensor] | None = None
+        self._resumed_rng: Tensor | None = None
         if resume and (self.out / CKPT).exists():
             self._restore(load_checkpoint(self.out / CKPT))
         elif resume and self.rank == 0:
@@ -294,7 +295,7 @@ class Trainer:
     # --- main loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to the end of the schedule (or ``max_steps``); returns ``run.json``'s dict."""
-        if hasattr(self, "_resumed_rng") and self.rank == 0:
+        if self._resumed_rng is not None and self.rank == 0:
             torch.set_rng_state(self._resumed_rng)
         cfg, phases = self.cfg, self.schedule.phases
         ckpt_every = cfg.ckpt_every or self.steps_per_epoch
