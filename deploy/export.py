@@ -7,15 +7,18 @@ dynamo exporter takes seconds), which matters when a latency table needs hundred
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ofa.fileio import atomic_write
 
-__all__ = ["export_onnx", "export_tflite", "export_model", "EXPORTERS"]
+__all__ = ["export_onnx", "export_tflite", "export_onnx_int8", "export_tflite_int8",
+           "export_model", "EXPORTERS"]
 
 OPSET = 17
 
@@ -53,10 +56,7 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: str | Pa
     Raises:
         RuntimeError: litert-torch is not installed.
     """
-    try:
-        import litert_torch
-    except ImportError:
-        raise RuntimeError("litert-torch is not installed (pip install litert-torch)") from None
+    litert_torch = _litert()
     model = model.eval()
     x = torch.zeros(*input_shape)
     if nhwc:
@@ -66,6 +66,91 @@ def export_tflite(model: nn.Module, input_shape: tuple[int, ...], path: str | Pa
         warnings.simplefilter("ignore")
         edge = litert_torch.convert(model, (x,))
     return atomic_write(path, lambda tmp: edge.export(tmp))
+
+
+def export_onnx_int8(model: nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                     calib: np.ndarray) -> Path:
+    """Full-integer ONNX: onnxruntime static quantization (QDQ, int8 per-channel weights,
+    int8 activations calibrated with min-max on ``calib`` ``(N, C, H, W)`` float images).
+
+    Raises:
+        ValueError: empty calibration set or an invalid graph.
+    """
+    if len(calib) == 0:
+        raise ValueError("int8 export needs a non-empty representative set")
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(calib[i:i + 1].astype(np.float32) for i in range(len(calib)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"input": x}
+
+    def write(tmp: str) -> None:
+        with tempfile.TemporaryDirectory() as d:
+            fp32, pre = Path(d) / "fp32.onnx", Path(d) / "pre.onnx"
+            export_onnx(model, input_shape, fp32)
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), tmp, Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            per_channel=True)
+
+    return atomic_write(path, write)
+
+
+def export_tflite_int8(model: nn.Module, input_shape: tuple[int, ...], path: str | Path,
+                       calib: np.ndarray, nhwc: bool = False) -> Path:
+    """Full-integer TFLite (int8 input, weights, activations and output) via PT2E
+    post-training quantization in litert-torch, calibrated on ``calib`` ``(N, C, H, W)``.
+
+    Raises:
+        ValueError: empty calibration set.
+        RuntimeError: litert-torch is not installed.
+    """
+    if len(calib) == 0:
+        raise ValueError("int8 export needs a non-empty representative set")
+    litert_torch = _litert()
+    from litert_torch.quantize.pt2e_quantizer import (
+        PT2EQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    model = model.eval()
+    xs = torch.from_numpy(np.asarray(calib, np.float32))
+    if nhwc:
+        model = litert_torch.to_channel_last_io(model, args=[0])
+        xs = xs.permute(0, 2, 3, 1).contiguous()
+    quantizer = PT2EQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        graph = torch.export.export(model, (xs[:1],)).module()
+        graph = prepare_pt2e(graph, quantizer)
+        with torch.no_grad():
+            for i in range(len(xs)):
+                graph(xs[i:i + 1])
+        graph = convert_pt2e(graph, fold_quantize=False)
+        edge = litert_torch.convert(graph, (xs[:1],),
+                                    quant_config=QuantConfig(pt2e_quantizer=quantizer))
+    return atomic_write(path, lambda tmp: edge.export(tmp))
+
+
+def _litert():
+    try:
+        import litert_torch
+    except ImportError:
+        raise RuntimeError("litert-torch is not installed (pip install litert-torch)") from None
+    return litert_torch
 
 
 EXPORTERS = {"onnxruntime": export_onnx, "litert": export_tflite}

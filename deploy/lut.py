@@ -70,10 +70,7 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     path = Path(workdir) / f"m{rt.suffix}"
     export_model(runtime, model, input_shape, path)
     rt.load(str(path))
-    xin = x.numpy()
-    if len(rt.input_shape) == 4 and tuple(rt.input_shape) != tuple(input_shape):
-        xin = np.ascontiguousarray(xin.transpose(0, 2, 3, 1))  # NHWC model
-    return time_invoke(rt, xin.astype(np.float32), protocol)
+    return time_invoke(rt, rt.prepare(x.numpy()), protocol)
 
 
 class _Overhead(nn.Module):

@@ -61,6 +61,35 @@ class Runtime:
     def set_input(self, x: np.ndarray) -> None:
         raise NotImplementedError
 
+    def prepare(self, x: np.ndarray) -> np.ndarray:
+        """A float NCHW input ``(1, C, H, W)`` -> this model's input: NHWC when the
+        model wants it, quantised with the input's scale/zero point for an int8 model."""
+        n, c, h, w = x.shape
+        if tuple(self.input_shape) != x.shape and tuple(self.input_shape) == (n, h, w, c):
+            x = x.transpose(0, 2, 3, 1)
+        scale, zero = self.input_quant()
+        if np.issubdtype(np.dtype(self.input_dtype), np.integer) and scale > 0:
+            info = np.iinfo(np.dtype(self.input_dtype))
+            x = np.clip(np.round(x / scale) + zero, info.min, info.max)
+        return np.ascontiguousarray(x.astype(self.input_dtype))
+
+    def input_quant(self) -> tuple[float, int]:
+        """(scale, zero point) of a quantised input; (0, 0) for a float input."""
+        return 0.0, 0
+
+    def output_quant(self) -> tuple[float, int]:
+        return 0.0, 0
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Float logits ``(N, classes)`` for normalised float images ``(N, 3, H, W)``, one
+        invoke per image (exported models have batch 1)."""
+        out = []
+        scale, zero = self.output_quant()
+        for i in range(len(x)):
+            y = np.asarray(self.run(self.prepare(x[i:i + 1])), dtype=np.float32)
+            out.append((y - zero) * scale if scale > 0 else y)
+        return np.concatenate(out).reshape(len(x), -1)
+
 
 def _check_file(path: str) -> None:
     if not os.path.isfile(path):
@@ -170,9 +199,13 @@ class LiteRTRuntime(Runtime):
     def input_dtype(self) -> Any:
         return self._in["dtype"]
 
-    def quant(self) -> tuple[tuple[float, int], tuple[float, int]]:
-        return tuple(self._in.get("quantization", (0.0, 0))), tuple(
-            self._out_d.get("quantization", (0.0, 0)))
+    def input_quant(self) -> tuple[float, int]:
+        scale, zero = self._in.get("quantization", (0.0, 0))
+        return float(scale), int(zero)
+
+    def output_quant(self) -> tuple[float, int]:
+        scale, zero = self._out_d.get("quantization", (0.0, 0))
+        return float(scale), int(zero)
 
     def set_input(self, x: np.ndarray) -> None:
         self.interp.set_tensor(self._in["index"], x)

@@ -110,6 +110,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
 
+    pr = sub.add_parser("predictor", help="accuracy predictor: build from a trained run")
+    psub = pr.add_subparsers(dest="predictor_command", required=True)
+    pb = psub.add_parser("build", help="measure subnets (resumable) and fit the MLP")
+    pb.add_argument("--checkpoint", required=True, help="run folder")
+    pb.add_argument("--samples", type=int, default=300, help="subnets to measure")
+    pb.add_argument("--split", default="holdout", choices=["holdout", "test"])
+    pb.add_argument("--data", help="override the run's --data path")
+    pb.add_argument("--epochs", type=int, default=300, help="MLP training epochs")
+    pb.add_argument("--seed", type=int, default=0)
+    pb.add_argument("--out", help="predictor path (default RUN/acc_predictor.safetensors)")
+    pb.add_argument("--json", action="store_true")
+
     q = sub.add_parser("search", help="best subnets for a budget, or the Pareto front")
     q.add_argument("--space", default="mbv3-cifar")
     q.add_argument("--num-classes", type=int)
@@ -129,7 +141,58 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--study-name", default="ofa-search")
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--json", action="store_true")
+    x = sub.add_parser("export", help="subnet -> ONNX/TFLite (fp32, int8) + model.json + parity")
+    x.add_argument("--checkpoint", required=True, help="run folder")
+    x.add_argument("--subnet", default="max", help="max | min | random | JSON config or "
+                   "search result")
+    x.add_argument("--formats", default="onnx-fp32,onnx-int8,tflite-fp32,tflite-int8")
+    x.add_argument("--nhwc", action="store_true", help="NHWC input for TFLite models")
+    x.add_argument("--data", help="override the run's --data path")
+    x.add_argument("--calib-images", type=int, default=128, help="int8 representative set")
+    x.add_argument("--parity-images", type=int, default=500)
+    x.add_argument("--out", required=True, help="bundle folder")
+    x.add_argument("--json", action="store_true")
+
+    bn = sub.add_parser("bench", help="measure a model on a target (local, ssh://, adb)")
+    bn.add_argument("model", help=".onnx or .tflite (a bundle's model file)")
+    _target_args(bn)
+    bn.add_argument("--data", help="eval .npz / image folder: also report top-1")
+    bn.add_argument("--json", action="store_true")
+
+    dp = sub.add_parser("deploy", help="export a search result's subnets, measure them on the "
+                        "target, compare predicted and measured latency")
+    dp.add_argument("result", help="search result JSON (ofa search --out)")
+    dp.add_argument("--checkpoint", required=True, help="run folder")
+    dp.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
+    dp.add_argument("--formats", default="onnx-fp32,tflite-fp32")
+    dp.add_argument("--out", required=True)
+    _target_args(dp)
+    dp.add_argument("--json", action="store_true")
     return p
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | "
+                   "adb[:serial]")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--python", default="python3", help="interpreter on an SSH device")
+    p.add_argument("--insecure", action="store_true", help="SSH: skip host-key checking")
+    p.add_argument("--known-hosts", help="SSH: known_hosts file to check against")
+    p.add_argument("--identity", help="SSH: private key file")
+    p.add_argument("--benchmark-binary", help="adb: TFLite benchmark_model for the phone")
+
+
+def _target(args: argparse.Namespace):
+    from deploy.runtimes import Protocol
+    from deploy.targets import parse_target
+
+    t = parse_target(args.target, python=args.python, insecure=args.insecure,
+                     known_hosts=args.known_hosts, identity=args.identity,
+                     benchmark_binary=args.benchmark_binary)
+    return t, Protocol(args.warmup, args.runs, args.trials)
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
@@ -274,6 +337,29 @@ def cmd_lut(args: argparse.Namespace) -> int:
     return 0
 
 
+@command("predictor")
+def cmd_predictor(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from search.acc_dataset import build_accuracy_dataset, fit_and_score
+
+    run = Path(args.checkpoint)
+    out = Path(args.out) if args.out else run / "acc_predictor.safetensors"
+    space, rows = build_accuracy_dataset(run, out.with_name(out.stem + ".dataset.jsonl"),
+                                  args.samples, seed=args.seed, split=args.split,
+                                  data=args.data, progress=not args.json)
+    pred, metrics = fit_and_score(space, rows, seed=args.seed, epochs=args.epochs)
+    pred.metrics = metrics
+    pred.save(out)
+    if args.json:
+        print(json.dumps({"predictor": str(out), **metrics}))
+    else:
+        print(f"wrote {out}: {len(rows)} subnets ({args.split} top-1 {metrics['acc_mean']:.2f}"
+              f" ± {metrics['acc_std']:.2f}%); held-out RMSE {metrics['rmse']:.3f} points, "
+              f"Kendall tau {metrics['kendall_tau']:.3f}")
+    return 0
+
+
 @command("search")
 def cmd_search(args: argparse.Namespace) -> int:
     from ofa.fileio import atomic_write_json
@@ -309,6 +395,73 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{r['params'] / 1e6:8.2f}  {r['summary']}")
     return 0
 
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> int:
+    from deploy.bundle import export_subnet
+    from ofa.train.trainer import load_run
+
+    net, _, _ = load_run(args.checkpoint)
+    cfg = load_subnet_arg(args.subnet, net.space)
+    rep = export_subnet(args.checkpoint, cfg, args.out,
+                        formats=[f.strip() for f in args.formats.split(",") if f.strip()],
+                        nhwc=args.nhwc, data=args.data, calib_images=args.calib_images,
+                        parity_images=args.parity_images, progress=not args.json)
+    if args.json:
+        print(json.dumps(rep))
+        return 0
+    print(f"{rep['summary']}: supernet subnet top-1 {rep['supernet_top1']:.2f}% on "
+          f"{rep['parity_images']} test images; wrote {args.out}")
+    print(f"{'format':<12}{'KB':>8}{'top-1 %':>9}{'agree %':>9}{'max|diff|':>11}")
+    for k, m in rep["models"].items():
+        print(f"{k:<12}{m['bytes'] / 1024:8.0f}{m['top1']:9.2f}{m['top1_agreement']:9.2f}"
+              f"{m['max_abs_diff']:11.2e}")
+    return 0
+
+
+@command("bench")
+def cmd_bench(args: argparse.Namespace) -> int:
+    from deploy.targets import TargetError
+
+    target, protocol = _target(args)
+    try:
+        res = target.bench(args.model, args.threads, protocol, data=args.data)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['model']} on {res['target']} ({res['runtime']}, {res['threads']} thread(s)): "
+          f"median {res['median']:.3f} ms, min {res['min']:.3f} ms over {res['runs']} runs")
+    if "accuracy" in res:
+        print(f"top-1 {res['accuracy']['top1']:.2f}% on {res['accuracy']['images']} images")
+    return 0
+
+
+@command("deploy")
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from deploy.targets import TargetError
+    from deploy.validate import markdown_table, validate_subnets, write_validation
+    from ofa.fileio import read_json
+
+    res = read_json(args.result, "search result")
+    rows = res.get("front") or res.get("best") if isinstance(res, dict) else None
+    if not rows:
+        raise CliError(f"{args.result}: no subnets (expected 'best' or 'front' rows)")
+    target, protocol = _target(args)
+    try:
+        out = validate_subnets(args.checkpoint, rows, args.out, target, runtime=args.runtime,
+                               threads=args.threads, protocol=protocol,
+                               formats=tuple(f for f in args.formats.split(",") if f),
+                               progress=not args.json)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    write_validation(out, args.out, f"{args.result} on {args.target}")
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(markdown_table(out))
+    return 0
 
 
 class CliError(Exception):

@@ -64,6 +64,7 @@ class AccuracyPredictor:
             space.resolutions)
         self.model = _mlp(self.dim, hidden, layers)
         self.base = 0.0  # mean accuracy; the MLP learns the residual
+        self.metrics: dict = {}  # held-out RMSE / Kendall tau, stored with the weights
 
     def features(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
         return onehot(self.space, encode_configs(self.space, cfgs))
@@ -114,7 +115,7 @@ class AccuracyPredictor:
         save_weights(path, self.model.state_dict())
         atomic_write_json(path.with_suffix(".json"), {
             "kind": self.kind, "space": self.space.to_dict(), "hidden": self.hidden,
-            "layers": self.layers, "base": self.base})
+            "layers": self.layers, "base": self.base, "metrics": self.metrics})
 
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
@@ -131,6 +132,7 @@ class AccuracyPredictor:
         except RuntimeError as exc:
             raise ValueError(f"{path}: weights do not fit ({str(exc).splitlines()[0]})") from None
         p.base = float(meta["base"])
+        p.metrics = meta.get("metrics", {})
         return p
 
 

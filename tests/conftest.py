@@ -27,3 +27,16 @@ def randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=g) * 0.4 - 0.2)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A briefly trained mbv3-digits supernet (2 resolutions, a few DεpS steps): a real run
+    folder for the predictor, export and deploy tests. Accuracy is not the point here."""
+    from ofa.train.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    train(TrainConfig(out=str(out), space="mbv3-digits",
+                      space_overrides={"resolutions": [12, 16]}, schedule="deps", epochs=0.4,
+                      batch_size=32, eval_images=0, recal_images=64, seed=0))
+    return out

@@ -1,0 +1,217 @@
+"""Device agent: benchmark an exported model and check its accuracy where it runs. Torch-free.
+
+    python -m deploy.agent MODEL [--threads N --runs N --warmup N --trials N]
+                                 [--data FILE.npz|FOLDER] [--json]
+
+Imports only numpy and the one runtime the model needs (onnxruntime for ``.onnx``;
+ai-edge-litert, or tflite-runtime as a fallback, for ``.tflite``), so it runs on a Raspberry
+Pi with the ``device`` extra. It is also what the SSH target copies and runs remotely.
+
+Output (``--json``): ``{"schema": "ofa-edge-agent", "version": 1, "model", "model_bytes",
+"runtime", "runtime_version", "backend", "threads", "input_shape", "input_dtype",
+"latency_ms": {"median", "p90", "mean", "std", "min", "count"}, "median", "p90", "min",
+"runs", "warmup", "trials", "device": {...}, ["accuracy": {"top1", "images"}]}``.
+Latencies are per invoke (batch 1), in milliseconds.
+
+Accuracy data: an ``.npz`` written by ``ofa export`` (``x``: float32 ``(N, 3, r, r)``
+already normalised, ``y``: int labels), or raw images (``x_test``/``y_test`` uint8
+``(N, H, W[, C])``) or an ImageFolder-style folder (needs Pillow), which are resized and
+normalised with the ``model.json`` beside the model.
+
+Exit codes: 0 ok, 2 bad input (missing/corrupt model or data), 3 runtime not installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deploy.devinfo import device_facts
+from deploy.runtimes import Protocol, Runtime, RuntimeMissing, get_runtime, time_invoke
+
+__all__ = ["benchmark", "load_eval_data", "top1", "main", "SCHEMA"]
+
+SCHEMA = "ofa-edge-agent"
+_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
+
+
+def runtime_for(model: str | Path) -> str:
+    """``onnxruntime`` for ``.onnx``, ``litert`` for ``.tflite``.
+
+    Raises:
+        ValueError: another suffix.
+    """
+    suffix = Path(model).suffix.lower()
+    if suffix not in _SUFFIX_RUNTIME:
+        raise ValueError(f"{model}: unknown model type {suffix!r} (expected .onnx or .tflite)")
+    return _SUFFIX_RUNTIME[suffix]
+
+
+def _meta(model: Path) -> dict[str, Any]:
+    """The ``model.json`` beside the model (or ``<stem>.json``); {} when there is none."""
+    p = model.with_name("model.json")
+    p = p if p.exists() else model.with_suffix(".json")
+    if p.exists():
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError:
+            raise ValueError(f"{p}: model description is not valid JSON") from None
+    return {}
+
+
+def _resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize of ``(C, H, W)`` float to ``(C, size, size)`` (half-pixel centres)."""
+    c, h, w = img.shape
+
+    def axis(n_in: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pos = np.clip((np.arange(size) + 0.5) * n_in / size - 0.5, 0, n_in - 1)
+        lo = np.floor(pos).astype(int)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, pos - lo
+
+    y0, y1, fy = axis(h)
+    x0, x1, fx = axis(w)
+    top = img[:, y0][:, :, x0] * (1 - fx) + img[:, y0][:, :, x1] * fx
+    bot = img[:, y1][:, :, x0] * (1 - fx) + img[:, y1][:, :, x1] * fx
+    return top * (1 - fy)[None, :, None] + bot * fy[None, :, None]
+
+
+def _normalise(raw: list[np.ndarray], meta: dict[str, Any]) -> np.ndarray:
+    """uint8 images (H, W[, C]) -> normalised float ``(N, 3, r, r)`` from model.json."""
+    try:
+        r = int(meta["resolution"])
+        norm = meta["normalisation"]
+        mean = np.asarray(norm["mean"], np.float32)[:, None, None]
+        std = np.asarray(norm["std"], np.float32)[:, None, None]
+    except (KeyError, TypeError):
+        raise ValueError("raw images need the model.json beside the model (resolution, "
+                         "normalisation); or pass the eval .npz that ofa export wrote") from None
+    out = []
+    for img in raw:
+        a = np.asarray(img, np.float32) / 255.0
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        if a.shape[0] == 1:
+            a = np.repeat(a, 3, axis=0)
+        out.append((_resize(a[:3], r) - mean) / std)
+    return np.stack(out).astype(np.float32)
+
+
+def load_eval_data(path: str | Path, meta: dict[str, Any], limit: int | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, r, r)`` float32 and labels ``(N,)`` from an ``.npz`` or a folder.
+
+    Raises:
+        ValueError: missing/malformed data, or raw images without a model.json.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"data {path} does not exist")
+    if path.is_dir():
+        try:
+            from PIL import Image
+        except ImportError:
+            raise ValueError("reading an image folder needs Pillow (pip install pillow)"
+                             ) from None
+        classes = sorted(d.name for d in path.iterdir() if d.is_dir())
+        names = meta.get("classes") or classes
+        files = [(f, names.index(c)) for c in classes if c in names
+                 for f in sorted((path / c).iterdir()) if f.is_file()]
+        files = files[:limit] if limit else files
+        if not files:
+            raise ValueError(f"{path}: no class folders with images (class/xxx.jpg)")
+        raw = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
+        return _normalise(raw, meta), np.array([y for _, y in files], np.int64)
+    try:
+        z = np.load(path)
+        keys = set(z.files)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
+    if {"x", "y"} <= keys:
+        x, y = z["x"].astype(np.float32), z["y"].astype(np.int64)
+    elif {"x_test", "y_test"} <= keys:
+        n = limit or len(z["y_test"])
+        x, y = _normalise(list(z["x_test"][:n]), meta), z["y_test"][:n].astype(np.int64)
+    else:
+        raise ValueError(f"{path}: expected arrays x, y (ofa export) or x_test, y_test")
+    if x.ndim != 4 or len(x) != len(y):
+        raise ValueError(f"{path}: x must be (N, 3, r, r) with one label each, got {x.shape}")
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def top1(rt: Runtime, x: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy (%) of the loaded model on ``x (N, 3, r, r)``, ``y (N,)``."""
+    pred = rt.logits(x).argmax(1)
+    return float((pred == y).mean() * 100)
+
+
+def benchmark(model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+              data: str | Path | None = None, limit: int | None = None) -> dict[str, Any]:
+    """Load ``model``, time one invoke per the protocol, optionally measure top-1.
+
+    Raises:
+        FileNotFoundError/ValueError: missing, empty or corrupt model or data.
+        RuntimeMissing: the runtime's package is not installed.
+    """
+    model = Path(model)
+    protocol = protocol or Protocol()
+    rt = get_runtime(runtime_for(model), threads)
+    rt.load(str(model))
+    meta = _meta(model)
+    shape = tuple(int(d) for d in rt.input_shape)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(np.float32)
+    if len(shape) == 4 and shape[-1] == 3 and shape[1] != 3:  # NHWC model
+        x = x.transpose(0, 3, 1, 2)
+    st = time_invoke(rt, rt.prepare(np.ascontiguousarray(x)), protocol)
+    out: dict[str, Any] = {
+        "schema": SCHEMA, "version": 1, "model": model.name,
+        "model_bytes": model.stat().st_size, "runtime": rt.name,
+        "runtime_version": rt.version(), "backend": rt.backend, "threads": threads,
+        "input_shape": list(shape), "input_dtype": np.dtype(rt.input_dtype).name,
+        "latency_ms": st, "median": st["median"], "p90": st["p90"], "min": st["min"],
+        "runs": protocol.runs, "warmup": protocol.warmup, "trials": protocol.trials,
+        "device": device_facts()}
+    if data is not None:
+        xs, ys = load_eval_data(data, meta, limit)
+        out["accuracy"] = {"top1": top1(rt, xs, ys), "images": int(len(ys))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deploy.agent", description=__doc__.splitlines()[0])
+    ap.add_argument("model", help=".onnx or .tflite file")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--data", help="eval .npz or image folder: also report top-1")
+    ap.add_argument("--limit", type=int, help="at most this many eval images")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+    try:
+        res = benchmark(a.model, a.threads, Protocol(a.warmup, a.runs, a.trials), a.data, a.limit)
+    except RuntimeMissing as exc:
+        print(f"agent: error: {exc}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as exc:
+        print(f"agent: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(res))
+    else:
+        d = res["device"]
+        print(f"{res['model']} on {d['cpu_model']} ({d['cores']} cores), {res['runtime']} "
+              f"{res['runtime_version']}, {res['threads']} thread(s): median "
+              f"{res['median']:.3f} ms, p90 {res['p90']:.3f} ms, min {res['min']:.3f} ms")
+        if "accuracy" in res:
+            print(f"top-1 {res['accuracy']['top1']:.2f}% on {res['accuracy']['images']} images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,294 @@
+"""Where a model is measured: this machine, a board over SSH, or an Android phone over adb.
+
+``parse_target("local" | "ssh://user@host[:port]" | "adb" | "adb:SERIAL")`` returns a target
+with ``bench(model, threads, protocol, data=None) -> dict`` in the device agent's JSON schema
+(see :mod:`deploy.agent`). Torch-free.
+
+- :class:`LocalTarget` runs the agent in a fresh Python process.
+- :class:`SSHTarget` copies the agent (four torch-free files) and the model with ``scp``,
+  runs ``PYTHON -m deploy.agent`` on the device with ``ssh`` and reads its JSON. Host keys are
+  checked (``StrictHostKeyChecking=yes`` against known_hosts) unless ``insecure=True``. Every
+  remote argument is quoted with :func:`shlex.quote`; no local shell is used.
+- :class:`AdbTarget` pushes the ``.tflite`` and a user-supplied TFLite ``benchmark_model``
+  binary to ``/data/local/tmp`` and parses its output (:func:`parse_benchmark_model`).
+
+Failures raise :class:`TargetError` with one line that names the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from deploy.runtimes import Protocol
+
+__all__ = ["TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
+           "parse_benchmark_model"]
+
+_AGENT_FILES = ("__init__.py", "agent.py", "runtimes.py", "devinfo.py")
+_PKG = Path(__file__).resolve().parent
+
+
+class TargetError(RuntimeError):
+    """A target could not measure (unreachable, auth, missing runtime, bad output)."""
+
+
+def _agent_args(model: str, threads: int, protocol: Protocol, data: str | None) -> list[str]:
+    args = [model, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
+            "--warmup", str(protocol.warmup), "--trials", str(protocol.trials)]
+    return args + (["--data", data] if data else [])
+
+
+def _agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if proc.returncode == 3:
+            raise TargetError(f"{where}: {msg.removeprefix('agent: error: ')} on the device "
+                              "(install the device extra there: pip install 'ofa-edge[device]'"
+                              " or the runtime's package)")
+        raise TargetError(f"{where}: agent failed: {msg}")
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise TargetError(f"{where}: agent printed no JSON") from None
+
+
+class LocalTarget:
+    """This machine; the agent runs in a fresh interpreter (``python``, default: this one)."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]:
+        protocol = protocol or Protocol()
+        cmd = [self.python, "-m", "deploy.agent",
+               *_agent_args(str(model), threads, protocol, str(data) if data else None)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
+        res = _agent_json(proc, "local")
+        res["target"] = "local"
+        return res
+
+
+class SSHTarget:
+    """A device reached with the OpenSSH client (e.g. a Raspberry Pi with the device extra).
+
+    Args:
+        user, host, port: the login.
+        python: the interpreter on the device that has numpy and the runtime.
+        insecure: skip host-key checking (explicit opt-in; default checks known_hosts).
+        known_hosts: a known_hosts file to check against (default: the user's).
+        identity: a private key file (default: the ssh agent / ``~/.ssh`` keys).
+        remote_dir: working folder on the device, relative to the login's home.
+    """
+
+    def __init__(self, user: str | None, host: str, port: int = 22, python: str = "python3",
+                 insecure: bool = False, known_hosts: str | None = None,
+                 identity: str | None = None, remote_dir: str = ".cache/ofa-edge-agent",
+                 timeout: float = 300.0) -> None:
+        self.user, self.host, self.port = user, host, port
+        self.python, self.remote_dir, self.timeout = python, remote_dir, timeout
+        self.name = f"ssh://{user + '@' if user else ''}{host}:{port}"
+        opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+        if insecure:
+            opts += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                     "-o", "LogLevel=ERROR"]
+        else:
+            opts += ["-o", "StrictHostKeyChecking=yes"]
+            if known_hosts:
+                opts += ["-o", f"UserKnownHostsFile={known_hosts}"]
+        if identity:
+            opts += ["-i", identity, "-o", "IdentitiesOnly=yes"]
+        self.opts = opts
+        self.dest = f"{user}@{host}" if user else host
+
+    def _explain(self, stderr: str) -> str:
+        s = stderr.strip()
+        low = s.lower()
+        if "host key verification failed" in low or "no matching host key" in low:
+            return (f"{self.name}: host key unknown or changed; add it with "
+                    f"`ssh-keyscan -p {self.port} {self.host} >> ~/.ssh/known_hosts` "
+                    "(or pass --insecure)")
+        if "permission denied" in low:
+            return (f"{self.name}: authentication failed; install your key with "
+                    f"`ssh-copy-id -p {self.port} {self.dest}` or pass --identity")
+        if any(k in low for k in ("connection refused", "timed out", "no route",
+                                  "could not resolve", "name or service not known",
+                                  "network is unreachable", "connection closed")):
+            return (f"{self.name}: host unreachable ({s.splitlines()[-1]}); check the "
+                    "address, port and that sshd runs on the device")
+        return f"{self.name}: {(s.splitlines() or ['ssh failed'])[-1]}"
+
+    def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+        try:
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+        except FileNotFoundError:
+            raise TargetError(f"{argv[0]} not found: install the OpenSSH client") from None
+        except subprocess.TimeoutExpired:
+            raise TargetError(f"{self.name}: {what} timed out after {self.timeout:.0f} s"
+                              ) from None
+        if proc.returncode == 255:
+            raise TargetError(self._explain(proc.stderr))
+        return proc
+
+    def ssh(self, remote_argv: list[str], what: str = "command") -> subprocess.CompletedProcess:
+        """Run ``remote_argv`` on the device (each argument shell-quoted for the remote)."""
+        cmd = " ".join(shlex.quote(a) for a in remote_argv)
+        return self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, cmd], what)
+
+    def copy(self, files: list[Path], remote_subdir: str) -> None:
+        rdir = f"{self.remote_dir}/{remote_subdir}"
+        proc = self.ssh(["mkdir", "-p", rdir], "mkdir")
+        if proc.returncode != 0:
+            raise TargetError(f"{self.name}: cannot create {rdir}: {proc.stderr.strip()}")
+        proc = self._run(["scp", "-q", "-P", str(self.port), *self.opts,
+                          *[str(f) for f in files], f"{self.dest}:{rdir}/"], "copy")
+        if proc.returncode != 0:
+            raise TargetError(f"{self.name}: copy failed: {proc.stderr.strip()}")
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]:
+        protocol = protocol or Protocol()
+        model = Path(model)
+        if not model.is_file():
+            raise TargetError(f"model file {model} does not exist")
+        self.copy([_PKG / f for f in _AGENT_FILES], "deploy")
+        extra = [p for p in (model.with_name("model.json"),) if p.exists()]
+        self.copy([model, *extra], "model")
+        rdata = None
+        if data:
+            self.copy([Path(data)], "data")
+            rdata = f"data/{Path(data).name}"
+        args = _agent_args(f"model/{model.name}", threads, protocol, rdata)
+        script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
+                  f"deploy.agent {' '.join(shlex.quote(a) for a in args)}")
+        proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, script], "agent")
+        if proc.returncode == 127 or "not found" in proc.stderr and "python" in proc.stderr:
+            raise TargetError(f"{self.name}: {self.python} not found on the device; pass "
+                              "--python /path/to/python (with numpy and the runtime)")
+        if "No module named 'numpy'" in proc.stderr:
+            raise TargetError(f"{self.name}: numpy is missing on the device; pip install "
+                              "'ofa-edge[device]' (or numpy) there")
+        res = _agent_json(proc, self.name)
+        res["target"] = self.name
+        return res
+
+
+_TIMINGS = re.compile(r"count=(\d+) first=(\S+) curr=(\S+) min=(\S+) max=(\S+) avg=(\S+) "
+                      r"std=(\S+)(?: p5=(\S+) median=(\S+) p95=(\S+))?")
+_SUMMARY = re.compile(r"Inference timings in us: Init: (\S+), First inference: (\S+), "
+                      r"Warmup \(avg\): (\S+), Inference \(avg\): (\S+)")
+
+
+def parse_benchmark_model(text: str) -> dict[str, Any]:
+    """Parse TFLite ``benchmark_model`` output into the agent's schema (ms).
+
+    Uses the last ``count=... first=... avg=... std=...`` line (the timed runs, after the
+    warm-up line) and the ``Inference timings in us`` summary.
+
+    Raises:
+        TargetError: no timing lines in ``text``.
+    """
+    rows = _TIMINGS.findall(text)
+    summary = _SUMMARY.search(text)
+    if not rows or not summary:
+        tail = text.strip().splitlines()[-1] if text.strip() else "no output"
+        raise TargetError(f"benchmark_model printed no timings (last line: {tail})")
+    count, first, _, lo, hi, avg, std, p5, median, p95 = rows[-1]
+    init, first_inf, warm, inf = (float(v) for v in summary.groups())
+    med = float(median) if median else float(avg)
+    lat = {"median": med / 1e3, "mean": float(avg) / 1e3, "std": float(std) / 1e3,
+           "min": float(lo) / 1e3, "max": float(hi) / 1e3, "count": int(count),
+           "p90": None}
+    if p95:
+        lat["p95"] = float(p95) / 1e3
+    return {"latency_ms": lat, "median": lat["median"], "p90": None, "min": lat["min"],
+            "runs": int(count), "inference_avg_ms": inf / 1e3, "init_ms": init / 1e3,
+            "first_inference_ms": first_inf / 1e3, "warmup_avg_ms": warm / 1e3}
+
+
+class AdbTarget:
+    """An Android phone: TFLite ``benchmark_model`` (user-supplied binary) over adb."""
+
+    remote = "/data/local/tmp/ofa-edge"
+
+    def __init__(self, serial: str | None = None, benchmark_binary: str | None = None,
+                 xnnpack: bool = True, adb: str = "adb") -> None:
+        self.serial, self.binary, self.xnnpack, self.adb = serial, benchmark_binary, xnnpack, adb
+        self.name = f"adb:{serial}" if serial else "adb"
+
+    def _adb(self, *args: str) -> subprocess.CompletedProcess:
+        cmd = [self.adb, *(["-s", self.serial] if self.serial else []), *args]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except FileNotFoundError:
+            raise TargetError("adb not found: install Android platform-tools and put adb on "
+                              "PATH") from None
+        if proc.returncode != 0:
+            msg = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()[-1]
+            if "no devices" in msg or "not found" in msg or "unauthorized" in msg:
+                raise TargetError(f"{self.name}: {msg} (check `adb devices` and authorise "
+                                  "USB debugging)")
+            raise TargetError(f"{self.name}: adb {args[0]} failed: {msg}")
+        return proc
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]:
+        protocol = protocol or Protocol()
+        model = Path(model)
+        if model.suffix != ".tflite":
+            raise TargetError(f"{self.name}: benchmark_model runs .tflite models, not {model}")
+        if not model.is_file():
+            raise TargetError(f"model file {model} does not exist")
+        if not self.binary or not Path(self.binary).is_file():
+            raise TargetError("adb target needs --benchmark-binary PATH: the TFLite "
+                              "benchmark_model for the phone's ABI (android_aarch64)")
+        self._adb("shell", "mkdir", "-p", self.remote)
+        self._adb("push", self.binary, f"{self.remote}/benchmark_model")
+        self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
+        self._adb("push", str(model), f"{self.remote}/{model.name}")
+        proc = self._adb("shell", f"{self.remote}/benchmark_model",
+                         f"--graph={self.remote}/{model.name}", f"--num_threads={threads}",
+                         f"--use_xnnpack={'true' if self.xnnpack else 'false'}",
+                         f"--warmup_runs={protocol.warmup}",
+                         f"--num_runs={protocol.runs * protocol.trials}")
+        res = parse_benchmark_model(proc.stdout + proc.stderr)
+        res.update({"schema": "ofa-edge-agent", "version": 1, "model": model.name,
+                    "model_bytes": model.stat().st_size, "runtime": "tflite benchmark_model",
+                    "backend": "XNNPACK" if self.xnnpack else "CPU", "threads": threads,
+                    "warmup": protocol.warmup, "trials": 1, "target": self.name,
+                    "device": {"name": self.name}})
+        return res
+
+
+def parse_target(spec: str, python: str = "python3", insecure: bool = False,
+                 known_hosts: str | None = None, identity: str | None = None,
+                 benchmark_binary: str | None = None):
+    """``local`` | ``ssh://user@host[:port]`` | ``adb`` | ``adb:SERIAL`` -> a target.
+
+    Raises:
+        ValueError: an unknown or malformed target.
+    """
+    if spec == "local":
+        return LocalTarget()
+    if spec == "adb" or spec.startswith("adb:"):
+        return AdbTarget(spec[4:] or None, benchmark_binary)
+    if spec.startswith("ssh://"):
+        u = urlparse(spec)
+        if not u.hostname:
+            raise ValueError(f"target {spec!r}: expected ssh://user@host[:port]")
+        try:
+            port = u.port or 22
+        except ValueError:
+            raise ValueError(f"target {spec!r}: bad port") from None
+        return SSHTarget(u.username, u.hostname, port, python=python, insecure=insecure,
+                         known_hosts=known_hosts, identity=identity)
+    raise ValueError(f"unknown target {spec!r}; use local, ssh://user@host[:port], adb[:serial]")

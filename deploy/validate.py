@@ -1,0 +1,102 @@
+"""Validate search results on the target: export, measure, compare with the predictions.
+
+``ofa deploy``: for every subnet a search returned, export it (:mod:`deploy.bundle`), run the
+model of the table's runtime on the target with the device agent (latency and top-1 on the
+exported evaluation images), and report predicted vs measured latency (error %, within
+±10%), measured accuracy vs the supernet subnet's, and model sizes, as JSON and Markdown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from deploy.bundle import export_subnet, read_bundle
+from deploy.runtimes import Protocol
+from ofa.fileio import atomic_write_json, atomic_write_text
+from ofa.space import SubnetConfig
+
+__all__ = ["validate_subnets", "markdown_table", "model_format", "write_validation"]
+
+
+def model_format(runtime: str, precision: str = "fp32") -> str:
+    """The bundle format that a table's runtime measures (``onnxruntime`` -> ``onnx-fp32``)."""
+    kind = {"onnxruntime": "onnx", "litert": "tflite"}.get(runtime)
+    if kind is None:
+        raise ValueError(f"no deployable format for runtime {runtime!r}")
+    return f"{kind}-{precision}"
+
+
+def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Path, target,
+                     runtime: str = "onnxruntime", threads: int = 1,
+                     formats: tuple[str, ...] = ("onnx-fp32", "tflite-fp32"),
+                     protocol: Protocol | None = None, progress: bool = True
+                     ) -> list[dict[str, Any]]:
+    """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
+    optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
+    are reused when already complete (same config, files intact).
+
+    Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
+    predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
+    measured_top1, sizes (bytes per format), measurement (agent JSON)``.
+    """
+    out = Path(out)
+    fmt = model_format(runtime)
+    formats = tuple(dict.fromkeys((fmt, *formats)))
+    results = []
+    for i, row in enumerate(rows):
+        label = row.get("label") or f"subnet{i}"
+        cfg = SubnetConfig.from_dict(row["config"])
+        folder = out / label
+        rep = read_bundle(folder)
+        if rep is None or rep["config"] != cfg.to_dict() or set(rep["models"]) < set(formats):
+            rep = export_subnet(run, cfg, folder, formats=formats, progress=progress,
+                                predicted={"acc": row.get("acc"),
+                                           "latency_ms": row.get("latency_ms")})
+        model = folder / rep["models"][fmt]["path"]
+        meas = target.bench(model, threads, protocol, data=folder / "eval.npz")
+        pred = row.get("latency_ms")
+        m = meas["median"]
+        err = None if pred is None else (pred - m) / m * 100
+        results.append({
+            "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
+            "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
+            "predicted_ms": pred, "measured_ms": m, "measured_p90_ms": meas.get("p90"),
+            "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
+            "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
+            "measured_top1": meas.get("accuracy", {}).get("top1"),
+            "sizes": {k: v["bytes"] for k, v in rep["models"].items()},
+            "parity": {k: {"max_abs_diff": v["max_abs_diff"],
+                           "top1_agreement": v["top1_agreement"]}
+                       for k, v in rep["models"].items()},
+            "model": str(model), "target": meas.get("target"), "measurement": meas})
+    return results
+
+
+def markdown_table(results: list[dict[str, Any]]) -> str:
+    """The validation table as Markdown (one row per subnet)."""
+    head = ("| subnet | budget ms | config | MMACs | Mparams | predicted ms | measured ms | "
+            "error | ±10% | predicted acc | supernet top-1 | exported top-1 | sizes KB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+
+    def f(v, fmt="{:.2f}"):
+        return "–" if v is None else fmt.format(v)
+
+    lines = []
+    for r in results:
+        sizes = ", ".join(f"{k} {v / 1024:.0f}" for k, v in r["sizes"].items())
+        lines.append(
+            f"| {r['label']} | {f(r['budget_ms'])} | `{r['summary']}` | {r['macs'] / 1e6:.2f} | "
+            f"{r['params'] / 1e6:.3f} | {f(r['predicted_ms'], '{:.3f}')} | "
+            f"{r['measured_ms']:.3f} | {f(r['error_pct'], '{:+.1f}%')} | "
+            f"{'–' if r['within_10pct'] is None else ('yes' if r['within_10pct'] else 'no')} | "
+            f"{f(r['predicted_acc'])} | {r['supernet_top1']:.2f} | {f(r['measured_top1'])} | "
+            f"{sizes} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def write_validation(results: list[dict[str, Any]], out: str | Path, title: str) -> None:
+    """``out/validation.json`` and ``out/validation.md``."""
+    out = Path(out)
+    atomic_write_json(out / "validation.json", {"title": title, "subnets": results})
+    atomic_write_text(out / "validation.md", f"# {title}\n\n" + markdown_table(results))

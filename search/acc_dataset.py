@@ -1,0 +1,177 @@
+"""Accuracy-predictor data: (subnet, measured top-1) pairs from a trained supernet (OFA §4).
+
+Subnets are sampled with a seeded RNG, stratified over the space: resolutions cycle evenly,
+and each sample draws its kernel/expand/depth genes around a *size level* that sweeps from the
+smallest to the largest choices, so the dataset covers the whole MACs range instead of
+piling up around the middle as uniform sampling does. The extremes (largest and smallest
+subnet at every resolution) are always included.
+
+Every subnet is BN-recalibrated and measured on the hold-out split. Rows are appended to a
+JSON-lines cache as they are measured (one fsync'd line each), so an interrupted build
+resumes; a header line pins the run, split and seed so a cache from another run is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ofa.fileio import atomic_write_text
+from ofa.space import SearchSpace, SubnetConfig
+
+__all__ = ["stratified_configs", "build_accuracy_dataset", "read_dataset", "fit_and_score",
+           "kendall_tau"]
+
+
+def _pick(g: random.Random, choices: Sequence, level: float) -> Any:
+    """A choice near ``level`` in [0, 1] along ``choices`` (sorted small to large)."""
+    n = len(choices)
+    w = [np.exp(-((i / max(1, n - 1) - level) ** 2) / 0.18) for i in range(n)]
+    return g.choices(list(choices), weights=w)[0]
+
+
+def stratified_configs(space: SearchSpace, n: int, seed: int = 0) -> list[SubnetConfig]:
+    """``n`` subnets: extremes first, then size-level-stratified samples (deterministic)."""
+    res = sorted(space.resolutions)
+    cfgs: list[SubnetConfig] = []
+    for r in res:
+        cfgs += [space.max_subnet(r), space.min_subnet(r)]
+    g = random.Random(seed)
+    i = 0
+    while len(cfgs) < n:
+        level = (i * 0.618034) % 1.0  # golden-ratio sweep: evenly spread levels
+        r = res[i % len(res)]
+        ks = [_pick(g, sorted(space.ks_list), level) for _ in range(space.num_blocks)]
+        e = [_pick(g, sorted(space.expand_list), level) for _ in range(space.num_blocks)]
+        d = [_pick(g, sorted(space.depth_list), level) for _ in range(space.num_stages)]
+        cfgs.append(space.validate(SubnetConfig(ks=ks, e=e, d=d, r=r)))
+        i += 1
+    return cfgs[:n]
+
+
+def read_dataset(path: str | Path, header: dict[str, Any] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Rows ``{"i", "config", "acc"}`` of a cache; a torn last line is ignored.
+
+    Raises:
+        ValueError: the file's header differs from ``header`` (another run/split/seed), or
+            the file is not an accuracy dataset.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    rows: list[dict[str, Any]] = []
+    for n, line in enumerate(lines):
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            if n == len(lines) - 1:
+                break  # killed mid-write
+            raise ValueError(f"{path}:{n + 1}: corrupt line in accuracy dataset") from None
+        if n == 0:
+            if obj.get("kind") != "ofa-edge-accuracy-dataset":
+                raise ValueError(f"{path}: not an accuracy dataset (bad header)")
+            if header is not None:
+                diff = [k for k in header if obj.get(k) != header[k]]
+                if diff:
+                    raise ValueError(f"{path}: cached for another {', '.join(diff)}; "
+                                     "delete it or use another --out")
+            continue
+        rows.append(obj)
+    return rows
+
+
+def _append_line(path: Path, obj: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed: int = 0,
+                           split: str = "holdout", data: str | None = None,
+                           recal_images: int | None = None,
+                           progress: bool = True
+                           ) -> tuple[SearchSpace, list[dict[str, Any]]]:
+    """Measure ``samples`` subnets of the run's supernet; returns the run's space and all
+    rows (cached ones too), sorted by index.
+
+    Each row: ``{"i": index, "config": dict, "acc": top-1 % on split, "macs": MACs}``.
+
+    Raises:
+        ValueError: unreadable run, a cache from another run, bad split.
+    """
+    from tqdm import tqdm
+
+    from ofa.data import load_dataset
+    from ofa.evaluate import subnet_accuracy
+    from ofa.train.trainer import load_run
+
+    net, cfg, _ = load_run(run)
+    space = net.space
+    header = {"kind": "ofa-edge-accuracy-dataset", "run": str(Path(run).resolve()),
+              "split": split, "seed": seed, "space": space.name}
+    out = Path(out)
+    rows = read_dataset(out, header)
+    # rewrite header + intact rows (drops a line torn by a kill), then append as we go
+    atomic_write_text(out, "".join(json.dumps(o) + "\n" for o in [header, *rows]))
+    done = {r["i"] for r in rows}
+    cfgs = stratified_configs(space, samples, seed)
+    todo = [i for i in range(samples) if i not in done]
+    if not todo:
+        return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
+    ds = load_dataset(cfg.dataset, data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
+    recal = recal_images or cfg.recal_images
+    bar = tqdm(todo, desc="accuracy dataset", unit="subnet", initial=len(done), total=samples,
+               disable=not progress)
+    for i in bar:
+        acc = subnet_accuracy(net, cfgs[i], ds, split, recal)
+        row = {"i": i, "config": cfgs[i].to_dict(), "acc": acc, "macs": space.macs(cfgs[i])}
+        _append_line(out, row)
+        rows.append(row)
+    return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy.stats import kendalltau
+
+    return float(kendalltau(a, b).statistic)
+
+
+def fit_and_score(space: SearchSpace, rows: list[dict[str, Any]], val_fraction: float = 0.2,
+                  seed: int = 0, epochs: int = 300):
+    """Fit an :class:`~search.accuracy.AccuracyPredictor` on a seeded split of ``rows`` and
+    score it on the held-out architectures.
+
+    Returns:
+        ``(predictor, metrics)`` with ``rmse`` (top-1 points), ``kendall_tau``, ``n_train``,
+        ``n_val``; the predictor is then refitted on every row.
+
+    Raises:
+        ValueError: fewer than 10 rows.
+    """
+    from search.accuracy import AccuracyPredictor
+
+    if len(rows) < 10:
+        raise ValueError(f"need at least 10 measured subnets to fit a predictor, have {len(rows)}")
+    cfgs = [space.validate(SubnetConfig.from_dict(r["config"])) for r in rows]
+    acc = np.array([r["acc"] for r in rows], dtype=float)
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    n_val = max(2, int(len(rows) * val_fraction))
+    val, tr = perm[:n_val], perm[n_val:]
+    pred = AccuracyPredictor(space)
+    pred.fit([cfgs[i] for i in tr], acc[tr], epochs=epochs, seed=seed)
+    p = pred.predict_many([cfgs[i] for i in val])
+    metrics = {"rmse": float(np.sqrt(np.mean((p - acc[val]) ** 2))),
+               "kendall_tau": kendall_tau(p, acc[val]), "n_train": len(tr), "n_val": len(val),
+               "acc_mean": float(acc.mean()), "acc_std": float(acc.std())}
+    final = AccuracyPredictor(space)
+    final.fit(cfgs, acc, epochs=epochs, seed=seed)
+    return final, metrics

@@ -1,0 +1,301 @@
+"""Export (ONNX/TFLite, fp32/int8), the torch-free device agent, and the targets."""
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from deploy.bundle import export_subnet, read_bundle
+from deploy.runtimes import Protocol
+from deploy.targets import (
+    AdbTarget,
+    LocalTarget,
+    SSHTarget,
+    TargetError,
+    parse_benchmark_model,
+    parse_target,
+)
+from ofa.space import get_space
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = Protocol(warmup=1, runs=3, trials=1)
+
+
+@pytest.fixture(scope="module")
+def bundles(tiny_run, tmp_path_factory):
+    """3 random subnets exported as fp32 ONNX + TFLite; the first also as int8."""
+    space = get_space("mbv3-digits", resolutions=(12, 16))
+    g = random.Random(5)
+    out = tmp_path_factory.mktemp("bundles")
+    reps = []
+    for i in range(3):
+        cfg = space.sample(g)
+        fmts = ("onnx-fp32", "tflite-fp32") + (("onnx-int8", "tflite-int8") if i == 0 else ())
+        reps.append((out / f"s{i}", export_subnet(tiny_run, cfg, out / f"s{i}", formats=fmts,
+                                                  parity_images=100, calib_images=32,
+                                                  progress=False)))
+    return reps
+
+
+def test_exports_match_pytorch(bundles):
+    for folder, rep in bundles:
+        for fmt in ("onnx-fp32", "tflite-fp32"):
+            m = rep["models"][fmt]
+            assert m["max_abs_diff"] <= 1e-4, (fmt, m)
+            assert m["top1_agreement"] == 100.0
+            assert m["top1"] == pytest.approx(rep["supernet_top1"])
+        meta = json.loads((folder / "onnx-fp32" / "model.json").read_text())
+        assert meta["config"] == rep["config"] and meta["resolution"] == rep["config"]["r"]
+        assert meta["input"]["layout"] == "NCHW" and meta["classes"] == [str(i) for i in range(10)]
+        assert meta["sha256"] == rep["models"]["onnx-fp32"]["sha256"]
+        assert read_bundle(folder) == rep
+    # int8 runs, really is integer, and agrees with the float model on most images
+    folder, rep = bundles[0]
+    for fmt in ("onnx-int8", "tflite-int8"):
+        m = rep["models"][fmt]
+        assert m["top1_agreement"] >= 90.0, (fmt, m)
+        assert m["bytes"] < 0.5 * rep["models"]["onnx-fp32"]["bytes"]
+    tfl = json.loads((folder / "tflite-int8" / "model.json").read_text())
+    assert tfl["input"]["dtype"] == "int8"
+
+
+def test_bundle_detects_tampering(bundles, tmp_path):
+    folder, _ = bundles[1]
+    copy = tmp_path / "b"
+    shutil.copytree(folder, copy)
+    with open(copy / "onnx-fp32" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    assert read_bundle(copy) is None
+
+
+def _agent(python, *args, env=None):
+    return subprocess.run([python, "-m", "deploy.agent", *args], capture_output=True, text=True,
+                          cwd=ROOT, env=env)
+
+
+def test_agent_json_and_accuracy(bundles):
+    folder, rep = bundles[0]
+    for fmt in ("onnx-fp32", "tflite-int8"):
+        model = folder / rep["models"][fmt]["path"]
+        p = _agent(sys.executable, str(model), "--json", "--runs", "3", "--warmup", "1",
+                   "--trials", "1", "--data", str(folder / "eval.npz"))
+        assert p.returncode == 0, p.stderr
+        res = json.loads(p.stdout)
+        assert res["schema"] == "ofa-edge-agent" and res["runs"] == 3
+        assert res["latency_ms"]["count"] == 3
+        assert 0 < res["min"] <= res["median"] <= res["p90"]
+        assert {"cpu_model", "cores", "governor", "arch"} <= set(res["device"])
+        assert res["accuracy"]["images"] == rep["parity_images"]
+        assert res["accuracy"]["top1"] == pytest.approx(rep["models"][fmt]["top1"])
+
+
+def test_agent_errors(tmp_path):
+    p = _agent(sys.executable, str(tmp_path / "missing.onnx"))
+    assert p.returncode == 2 and "does not exist" in p.stderr and len(p.stderr.splitlines()) == 1
+    bad = tmp_path / "corrupt.onnx"
+    bad.write_bytes(b"not a model at all")
+    p = _agent(sys.executable, str(bad))
+    assert p.returncode == 2 and "corrupt.onnx" in p.stderr and "Traceback" not in p.stderr
+    p = _agent(sys.executable, str(tmp_path / "model.pt"))
+    assert p.returncode == 2 and "unknown model type" in p.stderr
+
+
+def _torch_free_venv(path: Path) -> Path:
+    """A venv holding only numpy and onnxruntime (and their requirements), linked from here."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    site = next(path.glob("lib/python*/site-packages"))
+    todo, seen = ["numpy", "onnxruntime"], set()
+    while todo:
+        name = todo.pop()
+        try:
+            dist = distribution(name)
+        except PackageNotFoundError:
+            continue
+        if dist.metadata["Name"].lower() in seen:
+            continue
+        seen.add(dist.metadata["Name"].lower())
+        for req in dist.requires or []:
+            if "extra ==" not in req:
+                todo.append(req.split(";")[0].split("[")[0].split("<")[0].split(">")[0]
+                            .split("=")[0].split("!")[0].split("~")[0].strip())
+        tops = {Path(str(f)).parts[0] for f in dist.files or []}
+        for top in tops:
+            src = Path(dist.locate_file(top))
+            if src.exists() and not (site / top).exists() and top != "..":
+                (site / top).symlink_to(src)
+    assert "torch" not in seen
+    return path / "bin" / "python"
+
+
+def test_agent_runs_without_torch(bundles, tmp_path):
+    py = _torch_free_venv(tmp_path / "venv")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    assert subprocess.run([str(py), "-c", "import torch"], capture_output=True,
+                          env=env).returncode != 0
+    folder, rep = bundles[2]
+    p = _agent(str(py), str(folder / "onnx-fp32" / "model.onnx"), "--json", "--runs", "3",
+               "--warmup", "1", "--trials", "1", "--data", str(folder / "eval.npz"), env=env)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert res["runtime"] == "onnxruntime"
+    assert res["accuracy"]["top1"] == pytest.approx(rep["models"]["onnx-fp32"]["top1"])
+    # the same venv lacks LiteRT: a clear one-line error and exit code 3
+    p = _agent(str(py), str(folder / "tflite-fp32" / "model.tflite"), env=env)
+    assert p.returncode == 3 and "pip install ai-edge-litert" in p.stderr
+
+
+def test_local_target(bundles):
+    folder, _ = bundles[1]
+    res = LocalTarget().bench(folder / "onnx-fp32" / "model.onnx", 1, QUICK)
+    assert res["target"] == "local" and res["runs"] == 3
+
+
+def test_parse_target():
+    t = parse_target("ssh://pi@raspberrypi.local:2222")
+    assert isinstance(t, SSHTarget) and (t.user, t.host, t.port) == ("pi", "raspberrypi.local",
+                                                                     2222)
+    assert "StrictHostKeyChecking=yes" in t.opts
+    assert "StrictHostKeyChecking=no" in parse_target("ssh://h", insecure=True).opts
+    a = parse_target("adb:R58M12")
+    assert isinstance(a, AdbTarget) and a.serial == "R58M12"
+    with pytest.raises(ValueError, match="unknown target"):
+        parse_target("telnet://x")
+
+
+# TFLite benchmark_model output in the tool's two formats (with and without percentiles);
+# the samples are written for this test, following the format of the tool's log lines.
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_parse_benchmark_model():
+    r = parse_benchmark_model((DATA / "benchmark_model_xnnpack.txt").read_text())
+    assert r["runs"] == 836 and r["median"] == pytest.approx(1.184)
+    assert r["latency_ms"]["mean"] == pytest.approx(1.1964) and r["min"] == pytest.approx(1.098)
+    assert r["latency_ms"]["p95"] == pytest.approx(1.309) and r["init_ms"] == pytest.approx(31.207)
+    old = parse_benchmark_model((DATA / "benchmark_model_old.txt").read_text())
+    assert old["runs"] == 50 and old["median"] == pytest.approx(39.9512)  # no median: avg
+    assert old["inference_avg_ms"] == pytest.approx(39.9512) and old["min"] == 38.877
+    with pytest.raises(TargetError, match="no timings"):
+        parse_benchmark_model("ERROR: Could not open 'model.tflite'.\n")
+
+
+def test_adb_target_errors(tmp_path):
+    m = tmp_path / "m.tflite"
+    m.write_bytes(b"x")
+    with pytest.raises(TargetError, match="benchmark-binary"):
+        AdbTarget().bench(m, 1, QUICK)
+    with pytest.raises(TargetError, match=r"runs \.tflite"):
+        AdbTarget(benchmark_binary=str(m)).bench(tmp_path / "m.onnx", 1, QUICK)
+    with pytest.raises(TargetError, match="adb not found"):
+        AdbTarget(benchmark_binary=str(m), adb="/nonexistent/adb").bench(m, 1, QUICK)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """An OpenSSH server on 127.0.0.1 with a fresh host key and a client key."""
+    sshd_bin = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists()
+                                        else None)
+    if not sshd_bin or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server/client not installed (apt install openssh-server)")
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)],
+                       check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
+        "UsePAM no\nStrictModes no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+        "PermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n")
+    if os.geteuid() == 0:
+        Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(50):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.skip(f"sshd could not start here: {proc.stderr.read().strip()[-200:]}")
+            time.sleep(0.1)
+    host_pub = (d / "host.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    import getpass
+
+    yield {"port": port, "dir": d, "user": getpass.getuser()}
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_ssh_round_trip(sshd, bundles):
+    d = sshd["dir"]
+    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
+                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    folder, rep = bundles[0]
+    res = t.bench(folder / "onnx-fp32" / "model.onnx", 1, QUICK, data=folder / "eval.npz")
+    assert res["target"].startswith("ssh://") and res["runs"] == 3
+    assert res["accuracy"]["top1"] == pytest.approx(rep["models"]["onnx-fp32"]["top1"])
+
+
+def test_ssh_errors(sshd, bundles, tmp_path):
+    d = sshd["dir"]
+    model = bundles[0][0] / "onnx-fp32" / "model.onnx"
+    (tmp_path / "empty_known_hosts").write_text("")
+    unknown = SSHTarget(sshd["user"], "127.0.0.1", sshd["port"], python=sys.executable,
+                        known_hosts=str(tmp_path / "empty_known_hosts"),
+                        identity=str(d / "client"))
+    with pytest.raises(TargetError, match="host key unknown"):
+        unknown.bench(model, 1, QUICK)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")],
+                   check=True)
+    stranger = SSHTarget(sshd["user"], "127.0.0.1", sshd["port"],
+                         known_hosts=str(d / "known_hosts"), identity=str(tmp_path / "k"))
+    with pytest.raises(TargetError, match="authentication failed"):
+        stranger.bench(model, 1, QUICK)
+    no_python = SSHTarget(sshd["user"], "127.0.0.1", sshd["port"], python="/nonexistent/python3",
+                          known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    with pytest.raises(TargetError, match="not found on the device"):
+        no_python.bench(model, 1, QUICK)
+
+
+def test_unreachable_host(tmp_path):
+    m = tmp_path / "m.onnx"
+    m.write_bytes(b"x")
+    t = SSHTarget("nobody", "127.0.0.1", _free_port(), insecure=True)
+    with pytest.raises(TargetError, match="host unreachable"):
+        t.bench(m, 1, QUICK)
+
+
+def test_cli_bench_unreachable_is_one_line(tmp_path):
+    m = tmp_path / "m.onnx"
+    m.write_bytes(b"x")
+    p = subprocess.run([sys.executable, "-m", "ofa.cli", "bench", str(m), "--target",
+                        f"ssh://nobody@127.0.0.1:{_free_port()}", "--insecure"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
+    assert "host unreachable" in p.stderr
+
+
+def test_export_rejects_unknown_format(tiny_run, tmp_path):
+    space = get_space("mbv3-digits", resolutions=(12, 16))
+    with pytest.raises(ValueError, match="unknown format"):
+        export_subnet(tiny_run, space.max_subnet(12), tmp_path / "x", formats=("onnx-fp64",))
+    assert not (tmp_path / "x").exists()
