@@ -7,6 +7,7 @@ dynamo exporter takes seconds), which matters when a latency table needs hundred
 
 from __future__ import annotations
 
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -146,6 +147,9 @@ def export_tflite_int8(model: nn.Module, input_shape: tuple[int, ...], path: str
 
 
 def _litert():
+    # our own progress bars say what is happening; litert-torch's step log would drown them
+    os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         import litert_torch
     except ImportError:

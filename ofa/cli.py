@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--split", default="holdout", choices=["holdout", "test"])
     pb.add_argument("--data", help="override the run's --data path")
     pb.add_argument("--epochs", type=int, default=300, help="MLP training epochs")
+    pb.add_argument("--recal-images", type=int, help="BN-recalibration images per subnet "
+                    "(default: the run's)")
     pb.add_argument("--seed", type=int, default=0)
     pb.add_argument("--out", help="predictor path (default RUN/acc_predictor.safetensors)")
     pb.add_argument("--json", action="store_true")
@@ -141,6 +143,33 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--study-name", default="ofa-search")
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--json", action="store_true")
+    rn = sub.add_parser("run", help="the whole job: train, predictor, table, search, export, "
+                        "measure, report (resumable)")
+    rn.add_argument("--name", default="demo", help="runs/<name>/")
+    rn.add_argument("--root", default="runs")
+    rn.add_argument("--dataset", default="digits")
+    rn.add_argument("--data", help=".npz file / dataset folder / ImageFolder tree")
+    rn.add_argument("--space", default="mbv3-digits")
+    rn.add_argument("--resolutions", help="override the space's resolutions, e.g. 12,16")
+    rn.add_argument("--schedule", default="deps")
+    rn.add_argument("--epochs", type=float, default=6.0)
+    rn.add_argument("--batch-size", type=int, default=64)
+    rn.add_argument("--samples", type=int, default=100, help="subnets for the predictor")
+    rn.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
+    rn.add_argument("--budgets", help="latency budgets in ms, e.g. 5,8,12 (default: 3 spread "
+                    "between the smallest and largest subnet)")
+    rn.add_argument("--table", help="latency table to use instead of a shipped/built one")
+    rn.add_argument("--generations", type=int, default=12)
+    rn.add_argument("--population", type=int, default=100)
+    rn.add_argument("--lut-runs", type=int, default=50)
+    rn.add_argument("--lut-calib", type=int, default=10, help="whole subnets for calibration")
+    rn.add_argument("--formats", default="onnx-fp32,tflite-fp32", help="exported per subnet "
+                    "(the runtime's own format is always included)")
+    rn.add_argument("--bench-runs", type=int, default=100)
+    rn.add_argument("--seed", type=int, default=0)
+    rn.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    _target_args(rn)
+
     x = sub.add_parser("export", help="subnet -> ONNX/TFLite (fp32, int8) + model.json + parity")
     x.add_argument("--checkpoint", required=True, help="run folder")
     x.add_argument("--subnet", default="max", help="max | min | random | JSON config or "
@@ -347,7 +376,8 @@ def cmd_predictor(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run / "acc_predictor.safetensors"
     space, rows = build_accuracy_dataset(run, out.with_name(out.stem + ".dataset.jsonl"),
                                   args.samples, seed=args.seed, split=args.split,
-                                  data=args.data, progress=not args.json)
+                                  data=args.data, recal_images=args.recal_images,
+                                  progress=not args.json)
     pred, metrics = fit_and_score(space, rows, seed=args.seed, epochs=args.epochs)
     pred.metrics = metrics
     pred.save(out)
@@ -393,6 +423,38 @@ def cmd_search(args: argparse.Namespace) -> int:
     for r in rows:
         print(f"{r['acc']:7.2f} {r.get('latency_ms', float('nan')):8.2f} {r['macs'] / 1e6:7.1f} "
               f"{r['params'] / 1e6:8.2f}  {r['summary']}")
+    return 0
+
+
+@command("run")
+def cmd_run(args: argparse.Namespace) -> int:
+    from deploy.pipeline import RunConfig, run_pipeline, summary_lines
+    from deploy.targets import TargetError
+
+    opts = {}
+    if args.target.startswith("ssh://"):
+        opts = {"python": args.python, "insecure": args.insecure,
+                "known_hosts": args.known_hosts, "identity": args.identity}
+    elif args.target.startswith("adb"):
+        opts = {"benchmark_binary": args.benchmark_binary}
+    rc = RunConfig(
+        name=args.name, root=args.root, dataset=args.dataset, data=args.data, space=args.space,
+        resolutions=[int(v) for v in args.resolutions.split(",")] if args.resolutions else None,
+        schedule=args.schedule, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
+        target_options=opts, table=args.table,
+        budgets=[float(v) for v in args.budgets.split(",")] if args.budgets else None,
+        population=args.population, generations=args.generations, device=args.device,
+        lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
+        lut_calib=args.lut_calib, formats=[f for f in args.formats.split(",") if f],
+        bench_protocol={"warmup": args.warmup, "runs": args.bench_runs, "trials": args.trials})
+    try:
+        rep = run_pipeline(rc)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    print()
+    print("\n".join(summary_lines(rep)))
+    print(f"report: {rc.folder / 'report.md'} (and report.json, pareto.png)")
     return 0
 
 

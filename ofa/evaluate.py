@@ -10,17 +10,36 @@ from ofa.data import BatchLoader, Dataset
 from ofa.space import SubnetConfig
 from ofa.supernet import OFAMobileNetV3
 
-__all__ = ["evaluate", "recalibrated_subnet", "subnet_accuracy"]
+__all__ = ["evaluate", "recalibrated_subnet", "subnet_accuracy", "recal_batches"]
+
+
+def recal_batches(data: Dataset, r: int, num_images: int = 2000, batch_size: int = 200,
+                  seed: int = 0) -> list[torch.Tensor]:
+    """The BN-recalibration images at resolution ``r``: ``num_images`` training images with
+    training transforms, drawn with a fixed seed (the global RNG is left as it was).
+    Returns batches ``(<= batch_size, 3, r, r)``; materialised so that many subnets at one
+    resolution can share them (the transforms cost more than a small subnet's forward)."""
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        return [x for x, _ in BatchLoader(data, "train", batch_size, r, train=True, seed=seed,
+                                          drop_last=False, limit=num_images)]
+    finally:
+        torch.set_rng_state(state)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: str, r: int, batch_size: int = 200,
-             limit: int | None = None) -> float:
-    """Top-1 accuracy in % of ``model`` on ``split`` at resolution ``r`` (eval transforms)."""
+             limit: int | None = None,
+             batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
+    """Top-1 accuracy in % of ``model`` on ``split`` at resolution ``r`` (eval transforms).
+    ``batches``: pre-transformed ``(images, labels)`` of that split to use instead."""
     model.eval()
     device = next(model.parameters()).device
     correct = total = 0
-    for x, y in BatchLoader(data, split, batch_size, r, train=False, limit=limit):
+    if batches is None:
+        batches = BatchLoader(data, split, batch_size, r, train=False, limit=limit)
+    for x, y in batches:
         pred = model(x.to(device)).argmax(1).cpu()
         correct += int((pred == y).sum())
         total += y.numel()
@@ -28,26 +47,34 @@ def evaluate(model: nn.Module, data: Dataset, split: str, r: int, batch_size: in
 
 
 def recalibrated_subnet(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
-                        num_images: int = 2000, batch_size: int = 200, seed: int = 0) -> nn.Module:
+                        num_images: int = 2000, batch_size: int = 200, seed: int = 0,
+                        batches: list[torch.Tensor] | None = None) -> nn.Module:
     """Extract ``cfg`` as a static network and recompute its BN statistics on ``num_images``
-    training images (training transforms at ``cfg.r``, fixed seed, as OFA). The supernet is
-    left untouched. Returns the subnet in eval mode."""
+    training images (:func:`recal_batches` at ``cfg.r``, fixed seed, as OFA; pass
+    ``batches`` to reuse them). The supernet is left untouched. Returns the subnet in eval
+    mode."""
     net.set_active_subnet(cfg)
     sub = net.get_active_subnet()
-    state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        loader = BatchLoader(data, "train", batch_size, cfg.r, train=True, seed=seed,
-                             drop_last=False, limit=num_images)
-        recalibrate_bn(sub, loader, num_images=num_images)
-    finally:
-        torch.set_rng_state(state)
+    if batches is None:
+        batches = recal_batches(data, cfg.r, num_images, batch_size, seed)
+    recalibrate_bn(sub, batches, num_images=num_images)
     return sub.eval()
 
 
 def subnet_accuracy(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
                     split: str = "test", recal_images: int = 2000,
-                    limit: int | None = None) -> float:
-    """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration."""
-    sub = recalibrated_subnet(net, cfg, data, recal_images)
-    return evaluate(sub, data, split, cfg.r, limit=limit)
+                    limit: int | None = None, cache: dict | None = None) -> float:
+    """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration.
+
+    ``cache``: a dict kept across calls; recalibration and evaluation images are transformed
+    once per resolution and reused (same images, same result, many times faster)."""
+    if cache is None:
+        return evaluate(recalibrated_subnet(net, cfg, data, recal_images), data, split, cfg.r,
+                        limit=limit)
+    rk, ek = ("recal", cfg.r, recal_images), ("eval", split, cfg.r, limit)
+    if rk not in cache:
+        cache[rk] = recal_batches(data, cfg.r, recal_images)
+    if ek not in cache:
+        cache[ek] = list(BatchLoader(data, split, 200, cfg.r, train=False, limit=limit))
+    sub = recalibrated_subnet(net, cfg, data, recal_images, batches=cache[rk])
+    return evaluate(sub, data, split, cfg.r, batches=cache[ek])

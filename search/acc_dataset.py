@@ -116,8 +116,9 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
 
     net, cfg, _ = load_run(run)
     space = net.space
+    recal = recal_images or cfg.recal_images
     header = {"kind": "ofa-edge-accuracy-dataset", "run": str(Path(run).resolve()),
-              "split": split, "seed": seed, "space": space.name}
+              "split": split, "seed": seed, "space": space.name, "recal_images": recal}
     out = Path(out)
     rows = read_dataset(out, header)
     # rewrite header + intact rows (drops a line torn by a kill), then append as we go
@@ -128,11 +129,11 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     if not todo:
         return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
     ds = load_dataset(cfg.dataset, data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
-    recal = recal_images or cfg.recal_images
     bar = tqdm(todo, desc="accuracy dataset", unit="subnet", initial=len(done), total=samples,
                disable=not progress)
+    cache: dict = {}
     for i in bar:
-        acc = subnet_accuracy(net, cfgs[i], ds, split, recal)
+        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache)
         row = {"i": i, "config": cfgs[i].to_dict(), "acc": acc, "macs": space.macs(cfgs[i])}
         _append_line(out, row)
         rows.append(row)

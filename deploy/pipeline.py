@@ -1,0 +1,317 @@
+"""``ofa run``: the whole product on one dataset, step by step, resumable.
+
+train -> accuracy predictor -> latency lookup table -> search (budgets + Pareto front) ->
+export (ONNX + TFLite) -> measure on the target -> report. Every step writes into
+``runs/<name>/`` and is skipped on a re-run when its output is already there and valid::
+
+    runs/<name>/supernet/          the trained run (checkpoint, safetensors, run.json, metrics)
+    runs/<name>/supernet/acc_predictor.safetensors (+ .json, .dataset.jsonl)
+    runs/<name>/latency_table.json (unless a shipped table in latency_tables/ matches)
+    runs/<name>/search.json        chosen subnet per budget + the Pareto front
+    runs/<name>/models/<label>/    export bundles (see deploy.bundle)
+    runs/<name>/validation.json    measured latency and accuracy per subnet
+    runs/<name>/report.json, report.md, pareto.png
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deploy.runtimes import Protocol
+from ofa.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+
+__all__ = ["RunConfig", "run_pipeline", "find_shipped_table", "auto_budgets", "SHIPPED"]
+
+SHIPPED = Path(__file__).resolve().parents[1] / "latency_tables"
+
+
+@dataclass
+class RunConfig:
+    """What ``ofa run`` does; every field has a CLI flag of the same name."""
+
+    name: str = "demo"
+    root: str = "runs"
+    dataset: str = "digits"
+    data: str | None = None
+    space: str = "mbv3-digits"
+    resolutions: list[int] | None = None
+    schedule: str = "deps"
+    epochs: float = 6.0
+    batch_size: int = 64
+    seed: int = 0
+    samples: int = 100  # subnets measured for the accuracy predictor
+    predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
+    runtime: str = "onnxruntime"
+    threads: int = 1
+    target: str = "local"
+    target_options: dict[str, Any] = field(default_factory=dict)
+    budgets: list[float] | None = None  # ms; None = 3 spread over the table's range
+    table: str | None = None  # explicit table; default: shipped match or build one
+    lut_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 10, "runs": 50,
+                                                                  "trials": 3})
+    lut_calib: int = 10
+    formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
+    population: int = 100
+    generations: int = 12
+    bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
+                                                                    "trials": 3})
+    device: str = "cpu"
+
+    @property
+    def folder(self) -> Path:
+        return Path(self.root) / self.name
+
+
+def _log(msg: str) -> None:
+    print(f"[ofa run] {msg}", flush=True)
+
+
+def find_shipped_table(space, runtime: str, threads: int, folder: Path = SHIPPED):
+    """A table in ``folder`` measured on a CPU like this one for this space/runtime/threads
+    (fp32) covering every resolution of ``space``; None when there is none."""
+    from deploy.devinfo import device_facts
+    from search.latency_table import LatencyTable, TableError
+
+    cpu = device_facts()["cpu_model"]
+    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            t = LatencyTable.load(p, space=space, resolutions=list(space.resolutions),
+                                  precision="fp32", runtime=runtime, threads=threads)
+        except TableError:
+            continue
+        if t.space.get("resolutions") and t.context["device"].get("cpu_model") == cpu:
+            return p
+    return None
+
+
+def auto_budgets(lat, space, n: int = 3) -> list[float]:
+    """``n`` latency budgets (ms) spread evenly strictly between the smallest and the
+    largest subnet's predicted latency."""
+    lo = min(lat.predict_many([space.min_subnet(r) for r in space.resolutions]))
+    hi = max(lat.predict_many([space.max_subnet(r) for r in space.resolutions]))
+    return [round(float(lo + (hi - lo) * (i + 1) / (n + 1)), 4) for i in range(n)]
+
+
+def _train(rc: RunConfig) -> Path:
+    from ofa.train.trainer import CKPT, RUN_JSON, TrainConfig, train
+
+    out = rc.folder / "supernet"
+    if (out / RUN_JSON).exists():
+        _log(f"train: done ({out})")
+        return out
+    resume = (out / CKPT).exists()
+    _log(f"train: {rc.schedule} on {rc.dataset}, {rc.epochs:g} epochs"
+         + (" (resuming)" if resume else ""))
+    over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
+    train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
+                      data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
+                      batch_size=rc.batch_size, seed=rc.seed, device=rc.device), resume=resume)
+    return out
+
+
+def _predictor(rc: RunConfig, run: Path):
+    from search.acc_dataset import build_accuracy_dataset, fit_and_score
+    from search.accuracy import AccuracyPredictor
+
+    path = run / "acc_predictor.safetensors"
+    try:
+        pred = AccuracyPredictor.load(path)
+        if pred.metrics.get("n_train", 0) + pred.metrics.get("n_val", 0) >= rc.samples:
+            _log(f"accuracy predictor: done ({path})")
+            return pred
+    except (ValueError, OSError):
+        pass
+    _log(f"accuracy predictor: measuring {rc.samples} subnets on the hold-out split")
+    space, rows = build_accuracy_dataset(run, path.with_name(path.stem + ".dataset.jsonl"),
+                                         rc.samples, seed=rc.seed, data=rc.data,
+                                         recal_images=rc.predictor_recal_images)
+    pred, metrics = fit_and_score(space, rows, seed=rc.seed)
+    pred.metrics = metrics
+    pred.save(path)
+    _log(f"accuracy predictor: held-out RMSE {metrics['rmse']:.2f} points, "
+         f"Kendall tau {metrics['kendall_tau']:.2f}")
+    return pred
+
+
+def _table(rc: RunConfig, space):
+    from deploy.lut import build_table
+    from search.latency_table import LatencyTable, TableError
+
+    if rc.table:
+        return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
+                                 runtime=rc.runtime, threads=rc.threads)
+    if rc.target == "local":
+        shipped = find_shipped_table(space, rc.runtime, rc.threads)
+        if shipped is not None:
+            _log(f"latency table: using shipped {shipped}")
+            return LatencyTable.load(shipped, space=space)
+    path = rc.folder / "latency_table.json"
+    try:
+        t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
+                              runtime=rc.runtime, threads=rc.threads)
+        _log(f"latency table: done ({path})")
+        return t
+    except TableError:
+        pass
+    if rc.target != "local":
+        raise ValueError(f"no latency table for {rc.target}: build one on the device "
+                         "(ofa lut build there) and pass --table")
+    _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.threads} thread(s))")
+    return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
+                       protocol=Protocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed)
+
+
+def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, Any]:
+    from search.evolution import Budget, run_search
+
+    path = rc.folder / "search.json"
+    key = {"budgets": budgets, "population": rc.population, "generations": rc.generations,
+           "seed": rc.seed, "table": lat.table.source}
+    if path.exists():
+        old = read_json(path, "search result")
+        if old.get("key") == key:
+            _log("search: done")
+            return old
+    _log(f"search: budgets {budgets} ms + Pareto front")
+    chosen = []
+    for i, b in enumerate(budgets):
+        res = run_search(space, acc, lat, Budget(latency_ms=b), population=rc.population,
+                         generations=rc.generations, seed=rc.seed)
+        chosen.append({**res["best"][0], "budget_ms": b, "label": f"budget{i + 1}"})
+    front = run_search(space, acc, lat, pareto=True, population=rc.population,
+                       generations=rc.generations, seed=rc.seed)["front"]
+    out = {"key": key, "chosen": chosen, "front": front}
+    atomic_write_json(path, out)
+    return out
+
+
+def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from deploy.targets import parse_target
+    from deploy.validate import validate_subnets
+
+    path = rc.folder / "validation.json"
+    if path.exists():
+        old = read_json(path, "validation")
+        if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen]:
+            _log("export + measure: done")
+            return old["subnets"]
+    _log(f"export + measure: {len(chosen)} subnets on {rc.target}")
+    target = parse_target(rc.target, **rc.target_options)
+    res = validate_subnets(run, chosen, rc.folder / "models", target, runtime=rc.runtime,
+                           threads=rc.threads, formats=tuple(rc.formats),
+                           protocol=Protocol(**rc.bench_protocol))
+    atomic_write_json(path, {"subnets": res})
+    return res
+
+
+def _plot(front: list[dict[str, Any]], results: list[dict[str, Any]], path: Path,
+          title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["latency_ms"] for p in front], [p["acc"] for p in front], "o-", ms=3,
+            color="0.6", label="predicted Pareto front")
+    for r in results:
+        ax.plot([r["predicted_ms"], r["measured_ms"]], [r["predicted_acc"]] * 2, "k:", lw=0.8)
+        ax.scatter(r["predicted_ms"], r["predicted_acc"], marker="o", color="C0", zorder=3)
+        ax.scatter(r["measured_ms"], r["predicted_acc"], marker="x", color="C3", zorder=3)
+        if r.get("budget_ms"):
+            ax.axvline(r["budget_ms"], color="C2", lw=0.6, ls="--")
+    ax.scatter([], [], marker="o", color="C0", label="chosen (predicted latency)")
+    ax.scatter([], [], marker="x", color="C3", label="chosen (measured latency)")
+    ax.plot([], [], color="C2", lw=0.6, ls="--", label="budgets")
+    ax.set_xlabel("latency (ms)")
+    ax.set_ylabel("predicted top-1 (%)")
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
+            front: list[dict[str, Any]]) -> dict[str, Any]:
+    from deploy.validate import markdown_table
+
+    folder = rc.folder
+    _plot(front, results, folder / "pareto.png", f"{rc.space} on {rc.dataset}: "
+          f"{info['table']['context']}")
+    rep = {"kind": "ofa-edge-report", "config": asdict(rc), **info, "subnets": results,
+           "pareto_front": front,
+           "summary": {
+               "all_within_10pct": all(bool(r["within_10pct"]) for r in results),
+               "min_measured_top1": min(r["measured_top1"] for r in results),
+               "max_abs_error_pct": max(abs(r["error_pct"]) for r in results)}}
+    atomic_write_json(folder / "report.json", rep)
+    p = info["predictor"]
+    md = (f"# ofa run: {rc.name}\n\n"
+          f"- data: `{rc.dataset}`; space `{rc.space}`; schedule `{rc.schedule}`, "
+          f"{rc.epochs:g} epochs\n"
+          f"- supernet: largest subnet top-1 {info['supernet']['largest_top1']:.2f}%, "
+          f"smallest {info['supernet']['smallest_top1']:.2f}% (test, after BN recalibration)\n"
+          f"- accuracy predictor: {p['n_train'] + p['n_val']} subnets, held-out RMSE "
+          f"{p['rmse']:.2f} points, Kendall tau {p['kendall_tau']:.2f}\n"
+          f"- latency table: `{info['table']['path']}` ({info['table']['context']})\n"
+          f"- target: `{rc.target}`, {rc.threads} thread(s)\n\n"
+          "## Chosen subnets: predicted vs measured\n\n" + markdown_table(results) +
+          f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; largest error "
+          f"{rep['summary']['max_abs_error_pct']:.1f}%; lowest exported top-1 "
+          f"{rep['summary']['min_measured_top1']:.2f}%.\n\n"
+          f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n")
+    atomic_write_text(folder / "report.md", md)
+    return rep
+
+
+def run_pipeline(rc: RunConfig) -> dict[str, Any]:
+    """Run every step of ``ofa run`` that is not done yet; returns ``report.json``'s dict.
+
+    Raises:
+        ValueError: bad data/config, an infeasible budget, a mismatched table.
+        deploy.targets.TargetError: the target could not measure.
+    """
+    from ofa.fileio import atomic_write_json as _w
+    from ofa.train.trainer import load_run
+    from search.latency import LatencyPredictor
+
+    rc.folder.mkdir(parents=True, exist_ok=True)
+    _w(rc.folder / "config.json", asdict(rc))
+    run = _train(rc)
+    net, _, info = load_run(run)
+    space = net.space
+    acc = _predictor(rc, run)
+    table = _table(rc, space)
+    lat = LatencyPredictor(table, space)
+    budgets = list(rc.budgets) if rc.budgets else auto_budgets(lat, space)
+    found = _search(rc, space, acc, lat, budgets)
+    results = _validate(rc, run, found["chosen"])
+    phase_ends = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                  if '"phase_end"' in line] if (run / "metrics.jsonl").exists() else []
+    last = phase_ends[-1] if phase_ends else {}
+    meta = {
+        "supernet": {"run": str(run), "largest_top1": last.get("top1_max", float("nan")),
+                     "smallest_top1": last.get("top1_min", float("nan")),
+                     "global_steps": info.get("global_steps")},
+        "predictor": acc.metrics,
+        "table": {"path": table.source, "context": table.describe(),
+                  "calibration": {k: table.calibration[k] for k in ("a", "b")}},
+        "budgets_ms": budgets}
+    return _report(rc, meta, results, found["front"])
+
+
+def summary_lines(rep: dict[str, Any]) -> list[str]:
+    """The short terminal table printed at the end of ``ofa run``."""
+    out = [f"{'subnet':<9}{'budget':>8}{'pred ms':>9}{'meas ms':>9}{'err':>8}{'MMACs':>7}"
+           f"{'pred acc':>9}{'top-1':>7}"]
+    for r in rep["subnets"]:
+        out.append(f"{r['label']:<9}{r['budget_ms'] or float('nan'):8.3f}"
+                   f"{r['predicted_ms']:9.3f}{r['measured_ms']:9.3f}{r['error_pct']:+7.1f}%"
+                   f"{r['macs'] / 1e6:7.2f}{r['predicted_acc']:9.2f}"
+                   f"{r['measured_top1']:7.2f}")
+    return out
+

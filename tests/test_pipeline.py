@@ -1,0 +1,68 @@
+"""`ofa run` end to end with a tiny configuration, then a re-run that skips every step."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ofa.cli import main
+
+TINY = ["run", "--name", "t", "--resolutions", "12,16", "--epochs", "0.3", "--samples", "12",
+        "--lut-runs", "3", "--lut-calib", "3", "--generations", "2", "--population", "16",
+        "--bench-runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
+
+
+@pytest.fixture(scope="module")
+def tiny_job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ofa-run")
+    assert main([*TINY, "--root", str(root)]) == 0
+    return root / "t"
+
+
+def test_run_writes_every_artifact(tiny_job: Path):
+    d = tiny_job
+    for f in ("config.json", "supernet/run.json", "supernet/supernet.safetensors",
+              "supernet/acc_predictor.safetensors", "supernet/acc_predictor.json",
+              "latency_table.json", "search.json", "validation.json", "report.json",
+              "report.md", "pareto.png"):
+        assert (d / f).is_file(), f
+    assert (d / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["kind"] == "ofa-edge-report"
+    assert len(rep["budgets_ms"]) == 3 and rep["budgets_ms"] == sorted(rep["budgets_ms"])
+    assert len(rep["subnets"]) == 3 and len(rep["pareto_front"]) >= 1
+    assert set(rep["predictor"]) >= {"rmse", "kendall_tau", "n_train", "n_val"}
+    assert rep["predictor"]["n_train"] + rep["predictor"]["n_val"] == 12
+    for r, b in zip(rep["subnets"], rep["budgets_ms"]):
+        assert r["budget_ms"] == b and r["predicted_ms"] <= b + 1e-9
+        assert r["measured_ms"] > 0 and r["macs"] > 0 and r["params"] > 0
+        assert r["error_pct"] == pytest.approx((r["predicted_ms"] - r["measured_ms"])
+                                               / r["measured_ms"] * 100)
+        assert r["within_10pct"] == (abs(r["error_pct"]) <= 10)
+        # the exported ONNX model scores exactly what the supernet subnet scores
+        assert r["measured_top1"] == pytest.approx(r["supernet_top1"])
+        assert r["parity"]["onnx-fp32"]["max_abs_diff"] <= 1e-4
+        bundle = d / "models" / r["label"]
+        meta = json.loads((bundle / "onnx-fp32" / "model.json").read_text())
+        assert meta["config"] == r["config"] and meta["predicted"]["acc"] == r["predicted_acc"]
+        assert r["sizes"]["onnx-fp32"] == (bundle / "onnx-fp32" / "model.onnx").stat().st_size
+    md = (d / "report.md").read_text()
+    assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) == 3
+    front = rep["pareto_front"]
+    for p in front:  # mutually non-dominated
+        assert not any(q["acc"] >= p["acc"] and q["latency_ms"] < p["latency_ms"]
+                       for q in front if q is not p)
+
+
+def test_rerun_skips_finished_steps(tiny_job: Path, capsys):
+    d = tiny_job
+    stamps = {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()
+              and p.name not in ("report.json", "report.md", "pareto.png", "config.json")}
+    capsys.readouterr()
+    assert main([*TINY, "--root", str(d.parent)]) == 0
+    out = capsys.readouterr().out
+    for step in ("train: done", "accuracy predictor: done", "latency table: done",
+                 "search: done", "export + measure: done"):
+        assert step in out, step
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
