@@ -50,6 +50,7 @@ class RunConfig:
     target_options: dict[str, Any] = field(default_factory=dict)
     budgets: list[float] | None = None  # ms; None = 3 spread over the table's range
     table: str | None = None  # explicit table; default: shipped match or build one
+    tables_dir: str = str(SHIPPED)  # where shipped tables are looked for
     lut_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 10, "runs": 50,
                                                                   "trials": 3})
     lut_calib: int = 10
@@ -144,7 +145,7 @@ def _table(rc: RunConfig, space):
         return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
                                  runtime=rc.runtime, threads=rc.threads)
     if rc.target == "local":
-        shipped = find_shipped_table(space, rc.runtime, rc.threads)
+        shipped = find_shipped_table(space, rc.runtime, rc.threads, Path(rc.tables_dir))
         if shipped is not None:
             _log(f"latency table: using shipped {shipped}")
             return LatencyTable.load(shipped, space=space)

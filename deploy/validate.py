@@ -49,7 +49,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
         cfg = SubnetConfig.from_dict(row["config"])
         folder = out / label
         rep = read_bundle(folder)
-        if rep is None or rep["config"] != cfg.to_dict() or set(rep["models"]) < set(formats):
+        if (rep is None or rep["config"] != cfg.to_dict()
+                or not set(formats) <= set(rep["models"])):
             rep = export_subnet(run, cfg, folder, formats=formats, progress=progress,
                                 predicted={"acc": row.get("acc"),
                                            "latency_ms": row.get("latency_ms")})

@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--budgets", help="latency budgets in ms, e.g. 5,8,12 (default: 3 spread "
                     "between the smallest and largest subnet)")
     rn.add_argument("--table", help="latency table to use instead of a shipped/built one")
+    rn.add_argument("--tables-dir", default=None, help="where to look for a table measured on "
+                    "this machine (default: the shipped latency_tables/)")
     rn.add_argument("--generations", type=int, default=12)
     rn.add_argument("--population", type=int, default=100)
     rn.add_argument("--lut-runs", type=int, default=50)
@@ -443,6 +445,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         schedule=args.schedule, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=opts, table=args.table,
+        **({"tables_dir": args.tables_dir} if args.tables_dir else {}),
         budgets=[float(v) for v in args.budgets.split(",")] if args.budgets else None,
         population=args.population, generations=args.generations, device=args.device,
         lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
