@@ -51,12 +51,12 @@ def ofa_evolution(space, acc, lat, budget: float, population: int = 100, generat
     def valid(n, make):
         out, tries = None, 0
         while out is None or len(out["r"]) < n:
-            cand = make(4 * n)
+            cand = make(max(4 * n, 4096))
             ok = lat.predict_encoded(cand) <= budget
             cand = take(cand, np.nonzero(ok)[0])
             out = cand if out is None else cat(out, cand)
             tries += 1
-            if tries > 1000:
+            if tries > 2000:
                 raise RuntimeError("budget too tight for rejection sampling")
         return take(out, np.arange(n))
 
@@ -133,8 +133,11 @@ def main() -> None:
             ev = res["evaluations"]
             rnd.append(random_search(space, acc, lat, b, ev, seed))
             t = time.perf_counter()
-            best, ofa_ev = ofa_evolution(space, acc, lat, b, generations=args.ofa_generations,
-                                         seed=seed)
+            try:
+                best, ofa_ev = ofa_evolution(space, acc, lat, b,
+                                             generations=args.ofa_generations, seed=seed)
+            except RuntimeError:  # rejection sampling found no feasible population
+                best, ofa_ev = float("nan"), 0
             t_ofa.append(time.perf_counter() - t)
             ofa_acc.append(best)
         rows.append({"budget_ms": b, "ours_acc": float(np.mean(ours)),
