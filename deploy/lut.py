@@ -32,6 +32,7 @@ from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, SubnetConfig
 from ofa.static import build_layer
 from ofa.supernet import OFAMobileNetV3
+from search.acc_dataset import kendall_tau
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 
@@ -158,19 +159,13 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     return table
 
 
-def _kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
-
-
 def accuracy_report(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     """% within ±5%/±10%, RMSPE (%), Kendall τ of predictions against measurements."""
     err = (pred - meas) / meas
     return {"within_5pct": float(np.mean(np.abs(err) <= 0.05) * 100),
             "within_10pct": float(np.mean(np.abs(err) <= 0.10) * 100),
             "rmspe": float(np.sqrt(np.mean(err ** 2)) * 100),
-            "kendall_tau": _kendall_tau(pred, meas)}
+            "kendall_tau": kendall_tau(pred, meas)}
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,

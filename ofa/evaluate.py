@@ -17,8 +17,8 @@ def recal_batches(data: Dataset, r: int, num_images: int = 2000, batch_size: int
                   seed: int = 0) -> list[torch.Tensor]:
     """The BN-recalibration images at resolution ``r``: ``num_images`` training images with
     training transforms, drawn with a fixed seed (the global RNG is left as it was).
-    Returns batches ``(<= batch_size, 3, r, r)``; materialised so that many subnets at one
-    resolution can share them (the transforms cost more than a small subnet's forward)."""
+    Returns batches ``(<= batch_size, 3, r, r)``, materialised so that many subnets at one
+    resolution are recalibrated on the same tensors without re-running the transforms."""
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -67,7 +67,7 @@ def subnet_accuracy(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
     """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration.
 
     ``cache``: a dict kept across calls; recalibration and evaluation images are transformed
-    once per resolution and reused (same images, same result, many times faster)."""
+    once per resolution and reused (same images, same result as without the cache)."""
     if cache is None:
         return evaluate(recalibrated_subnet(net, cfg, data, recal_images), data, split, cfg.r,
                         limit=limit)
