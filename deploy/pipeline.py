@@ -276,12 +276,11 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
         ValueError: bad data/config, an infeasible budget, a mismatched table.
         deploy.targets.TargetError: the target could not measure.
     """
-    from ofa.fileio import atomic_write_json as _w
     from ofa.train.trainer import load_run
     from search.latency import LatencyPredictor
 
     rc.folder.mkdir(parents=True, exist_ok=True)
-    _w(rc.folder / "config.json", asdict(rc))
+    atomic_write_json(rc.folder / "config.json", asdict(rc))
     run = _train(rc)
     net, _, info = load_run(run)
     space = net.space

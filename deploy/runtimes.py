@@ -63,7 +63,8 @@ class Runtime:
 
     def prepare(self, x: np.ndarray) -> np.ndarray:
         """A float NCHW input ``(1, C, H, W)`` -> this model's input: NHWC when the
-        model wants it, quantised with the input's scale/zero point for an int8 model."""
+        model wants it (an input already in the model's shape passes as it is), quantised
+        with the input's scale/zero point for an int8 model."""
         n, c, h, w = x.shape
         if tuple(self.input_shape) != x.shape and tuple(self.input_shape) == (n, h, w, c):
             x = x.transpose(0, 2, 3, 1)

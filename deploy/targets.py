@@ -161,8 +161,8 @@ class SSHTarget:
         if not model.is_file():
             raise TargetError(f"model file {model} does not exist")
         self.copy([_PKG / f for f in _AGENT_FILES], "deploy")
-        extra = [p for p in (model.with_name("model.json"),) if p.exists()]
-        self.copy([model, *extra], "model")
+        meta = model.with_name("model.json")
+        self.copy([model, meta] if meta.exists() else [model], "model")
         rdata = None
         if data:
             self.copy([Path(data)], "data")

@@ -167,10 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--lut-calib", type=int, default=10, help="whole subnets for calibration")
     rn.add_argument("--formats", default="onnx-fp32,tflite-fp32", help="exported per subnet "
                     "(the runtime's own format is always included)")
-    rn.add_argument("--bench-runs", type=int, default=100)
     rn.add_argument("--seed", type=int, default=0)
     rn.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    _target_args(rn)
+    _target_args(rn, runs=100)
 
     x = sub.add_parser("export", help="subnet -> ONNX/TFLite (fp32, int8) + model.json + parity")
     x.add_argument("--checkpoint", required=True, help="run folder")
@@ -202,11 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _target_args(p: argparse.ArgumentParser) -> None:
+def _target_args(p: argparse.ArgumentParser, runs: int = 50) -> None:
     p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | "
                    "adb[:serial]")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=int, default=runs, help="timed invokes per trial")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--trials", type=int, default=3)
     p.add_argument("--python", default="python3", help="interpreter on an SSH device")
@@ -216,13 +215,17 @@ def _target_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-binary", help="adb: TFLite benchmark_model for the phone")
 
 
+def _target_options(args: argparse.Namespace) -> dict:
+    """The ``parse_target`` keyword arguments given by :func:`_target_args`'s flags."""
+    return {"python": args.python, "insecure": args.insecure, "known_hosts": args.known_hosts,
+            "identity": args.identity, "benchmark_binary": args.benchmark_binary}
+
+
 def _target(args: argparse.Namespace):
     from deploy.runtimes import Protocol
     from deploy.targets import parse_target
 
-    t = parse_target(args.target, python=args.python, insecure=args.insecure,
-                     known_hosts=args.known_hosts, identity=args.identity,
-                     benchmark_binary=args.benchmark_binary)
+    t = parse_target(args.target, **_target_options(args))
     return t, Protocol(args.warmup, args.runs, args.trials)
 
 
@@ -433,24 +436,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from deploy.pipeline import RunConfig, run_pipeline, summary_lines
     from deploy.targets import TargetError
 
-    opts = {}
-    if args.target.startswith("ssh://"):
-        opts = {"python": args.python, "insecure": args.insecure,
-                "known_hosts": args.known_hosts, "identity": args.identity}
-    elif args.target.startswith("adb"):
-        opts = {"benchmark_binary": args.benchmark_binary}
     rc = RunConfig(
         name=args.name, root=args.root, dataset=args.dataset, data=args.data, space=args.space,
         resolutions=[int(v) for v in args.resolutions.split(",")] if args.resolutions else None,
         schedule=args.schedule, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
-        target_options=opts, table=args.table,
+        target_options=_target_options(args), table=args.table,
         **({"tables_dir": args.tables_dir} if args.tables_dir else {}),
         budgets=[float(v) for v in args.budgets.split(",")] if args.budgets else None,
         population=args.population, generations=args.generations, device=args.device,
         lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
         lut_calib=args.lut_calib, formats=[f for f in args.formats.split(",") if f],
-        bench_protocol={"warmup": args.warmup, "runs": args.bench_runs, "trials": args.trials})
+        bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
     try:
         rep = run_pipeline(rc)
     except TargetError as exc:

@@ -10,7 +10,7 @@ from ofa.cli import main
 
 TINY = ["run", "--name", "t", "--resolutions", "12,16", "--epochs", "0.3", "--samples", "12",
         "--lut-runs", "3", "--lut-calib", "3", "--generations", "2", "--population", "16",
-        "--bench-runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
+        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
 
 
 @pytest.fixture(scope="module")
