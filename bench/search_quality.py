@@ -3,11 +3,13 @@
 For several latency budgets between 12 and 35 ms, compares the predicted top-1 of the subnet
 returned by
 
-- ``ofa-edge``: our Optuna NSGA-II search (``search.evolution.run_search``, default settings),
+- ``ofa-edge``: our Optuna NSGA-II search with its memetic helpers (``search.evolution.run_search``,
+  default settings: population 100 x 15 generations, pre-screen, vectorised refinement),
 - ``ofa-evo``: OFA's own evolutionary finder with its published settings (population 100,
   500 generations, 25% parents, half mutation (p = 0.1 per gene, 0.5 resolution), half
   uniform crossover, constraints by rejection), re-implemented here on the same predictors,
-- ``random``: random search with as many evaluations as ours,
+- ``random``: random search with as many predictor evaluations as ours (trials, pre-screen
+  and neighbours all count),
 
 and times one single-budget query and one Pareto front. Needs ``../shared/ofa_reference``.
 
@@ -96,10 +98,14 @@ def random_search(space, acc, lat, budget: float, evaluations: int, seed: int = 
     from search.latency import encode_configs
 
     g = random.Random(seed)
-    enc = encode_configs(space, [space.sample(g) for _ in range(evaluations)])
-    a, t = acc.predict_encoded(enc), lat.predict_encoded(enc)
-    ok = t <= budget
-    return float(a[ok].max()) if ok.any() else float("nan")
+    best = float("nan")
+    for start in range(0, evaluations, 20_000):
+        n = min(20_000, evaluations - start)
+        enc = encode_configs(space, [space.sample(g) for _ in range(n)])
+        a, t = acc.predict_encoded(enc), lat.predict_encoded(enc)
+        if (t <= budget).any():
+            best = float(np.nanmax([best, a[t <= budget].max()]))
+    return best
 
 
 def main() -> None:
@@ -143,11 +149,12 @@ def main() -> None:
         rows.append({"budget_ms": b, "ours_acc": float(np.mean(ours)),
                      "ofa_evo_acc": float(np.mean(ofa_acc)), "random_acc": float(np.mean(rnd)),
                      "ours_minus_ofa": float(np.mean(ours) - np.mean(ofa_acc)),
-                     "ours_s": float(np.median(t_ours)), "ofa_evo_s": float(np.median(t_ofa)),
+                     "ours_s": float(np.median(t_ours)), "ours_max_s": float(np.max(t_ours)),
+                     "ofa_evo_s": float(np.median(t_ofa)),
                      "ours_evals": ev, "ofa_evals": ofa_ev})
         print_table(rows[-1:])
     t = time.perf_counter()
-    front = run_search(space, acc, lat, pareto=True, generations=20, seed=0)["front"]
+    front = run_search(space, acc, lat, pareto=True, seed=0)["front"]
     pareto = {"points": len(front), "seconds": time.perf_counter() - t}
     print()
     print_table(rows)

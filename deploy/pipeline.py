@@ -56,7 +56,7 @@ class RunConfig:
     lut_calib: int = 10
     formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
     population: int = 100
-    generations: int = 12
+    generations: int = 15
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
     device: str = "cpu"

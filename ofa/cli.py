@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pareto", action="store_true", help="return the accuracy/latency front")
     q.add_argument("--objective", default="latency_ms", choices=["latency_ms", "macs", "params"])
     q.add_argument("--population", type=int, default=100)
-    q.add_argument("--generations", type=int, default=12)
+    q.add_argument("--generations", type=int, default=15)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--storage", help="Optuna storage URL or journal file (resumable)")
     q.add_argument("--study-name", default="ofa-search")
@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--table", help="latency table to use instead of a shipped/built one")
     rn.add_argument("--tables-dir", default=None, help="where to look for a table measured on "
                     "this machine (default: the shipped latency_tables/)")
-    rn.add_argument("--generations", type=int, default=12)
+    rn.add_argument("--generations", type=int, default=15)
     rn.add_argument("--population", type=int, default=100)
     rn.add_argument("--lut-runs", type=int, default=50)
     rn.add_argument("--lut-calib", type=int, default=10, help="whole subnets for calibration")
@@ -230,7 +230,7 @@ def _target(args: argparse.Namespace):
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
-    from ofa.data import DATASETS
+    from ofa import DATASETS
 
     t.add_argument("--space", default="mbv3-digits", help="search-space preset")
     t.add_argument("--dataset", default="digits", choices=DATASETS)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 __all__ = ["DATASETS", "ImageSplit", "Dataset", "load_dataset", "BatchLoader"]
 
-DATASETS = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist", "imagefolder")
+from ofa import DATASETS
 
 _MEANS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 

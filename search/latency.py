@@ -8,14 +8,14 @@ scored with one gather and one masked sum, millions of configs per second.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from ofa.space import SearchSpace, SubnetConfig
+from ofa.space import BlockShape, SearchSpace, SubnetConfig
 from search.latency_table import LatencyTable, TableError
 
-__all__ = ["LatencyPredictor", "encode_configs"]
+__all__ = ["BlockSum", "LatencyPredictor", "encode_configs"]
 
 
 def encode_configs(space: SearchSpace, cfgs: Sequence[SubnetConfig]) -> dict[str, np.ndarray]:
@@ -33,8 +33,62 @@ def encode_configs(space: SearchSpace, cfgs: Sequence[SubnetConfig]) -> dict[str
     }
 
 
+class BlockSum:
+    """A per-subnet quantity that is a sum over its layer groups, compiled for batches.
+
+    ``cost(r, shape)`` gives one layer group's contribution at resolution ``r``. It is
+    evaluated once per (resolution, block, kernel, expand) into dense arrays ``base[r]``
+    (stem, first block, head) and ``block[r, b, k, e]``; a batch of encoded configs is then
+    scored with one gather and one masked sum. Latency (from a table), MACs and parameters
+    are all such sums (``SearchSpace.macs``/``params`` sum ``BlockShape.macs``/``params``).
+
+    Args:
+        space: the search space.
+        cost: ``(resolution, BlockShape) -> float``.
+        resolutions: resolutions to compile (default: all of the space's).
+    """
+
+    def __init__(self, space: SearchSpace, cost: Callable[[int, BlockShape], float],
+                 resolutions: Sequence[int] | None = None) -> None:
+        self.space = space
+        self.resolutions = sorted(resolutions or space.resolutions)
+        nb, nk, ne = space.num_blocks, len(space.ks_list), len(space.expand_list)
+        size = max(space.resolutions) + 1
+        self.block = np.zeros((size, nb, nk, ne))
+        self.base = np.full(size, np.nan)
+        dmax = max(space.depth_list)
+        for r in self.resolutions:
+            for ki, k in enumerate(space.ks_list):
+                for ei, e in enumerate(space.expand_list):
+                    shapes = space.block_shapes(space.config(k, e, dmax, r))
+                    blocks = shapes[2:-4]
+                    for b, s in zip(space.active_blocks(space.config(k, e, dmax, r)), blocks):
+                        self.block[r, b, ki, ei] = cost(r, s)
+            self.base[r] = sum(cost(r, s) for s in shapes[:2] + shapes[-4:])
+        self.block_flat = self.block.ravel()
+        self.stage_of = np.arange(nb) // space.max_depth
+        self.pos_in_stage = np.arange(nb) % space.max_depth
+
+    def missing(self, r: np.ndarray) -> list[int]:
+        """Resolutions in ``r`` that were not compiled."""
+        return sorted(set(r[np.isnan(self.base[r])].tolist()))
+
+    def __call__(self, enc: dict[str, np.ndarray]) -> np.ndarray:
+        """Sums ``(N,)`` for encoded configs (see :func:`encode_configs`); NaN for a
+        resolution that was not compiled."""
+        r = enc["r"]
+        _, nb, nk, ne = self.block.shape
+        flat = (r[:, None] * nb + np.arange(nb)[None, :]) * (nk * ne) + enc["ks"] * ne + enc["e"]
+        val = np.take(self.block_flat, flat)
+        val *= self.pos_in_stage[None, :] < np.take(enc["d"], self.stage_of, axis=1)
+        return self.base[r] + val.sum(1)
+
+
 class LatencyPredictor:
     """Latency (ms) of subnets of ``space`` from a :class:`LatencyTable`.
+
+    Raw prediction = one invoke's overhead + the sum of the table's entries (each minus the
+    overhead it includes) for the subnet's layer groups (a :class:`BlockSum`).
 
     Args:
         table: the lookup table (its context is checked against ``space``).
@@ -55,37 +109,20 @@ class LatencyPredictor:
         self.a = float(table.calibration["a"]) if calibrated else 1.0
         self.b = float(table.calibration["b"]) if calibrated else 0.0
         ov = table.overhead_ms
-        nb, nk, ne = space.num_blocks, len(space.ks_list), len(space.expand_list)
-        size = max(space.resolutions) + 1
-        self.block = np.zeros((size, nb, nk, ne))
-        self.base = np.full(size, np.nan)
-        dmax = max(space.depth_list)
-        for r in self.resolutions:
-            for ki, k in enumerate(space.ks_list):
-                for ei, e in enumerate(space.expand_list):
-                    shapes = space.block_shapes(space.config(k, e, dmax, r))
-                    blocks = shapes[2:-4]
-                    for b, s in zip(space.active_blocks(space.config(k, e, dmax, r)), blocks):
-                        self.block[r, b, ki, ei] = table.entry(r, s.key()) - ov
-            fixed = shapes[:2] + shapes[-4:]
-            self.base[r] = sum(table.entry(r, s.key()) - ov for s in fixed) + ov
-        self.block_flat = self.block.ravel()
-        self.stage_of = np.arange(nb) // space.max_depth
-        self.pos_in_stage = np.arange(nb) % space.max_depth
+        self.sum = BlockSum(space, lambda r, s: table.entry(r, s.key()) - ov, self.resolutions)
+        self.overhead_ms = ov
 
     def predict_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """Latency (ms) ``(N,)`` of encoded configs (see :func:`encode_configs`)."""
-        r = enc["r"]
-        base = self.base[r]
-        if np.isnan(base).any():
-            bad = sorted(set(r[np.isnan(base)].tolist()))
-            raise TableError(f"{self.table.source}: no latencies for resolution(s) {bad} "
-                             f"(table has {self.resolutions})")
-        _, nb, nk, ne = self.block.shape
-        flat = (r[:, None] * nb + np.arange(nb)[None, :]) * (nk * ne) + enc["ks"] * ne + enc["e"]
-        lat = np.take(self.block_flat, flat)
-        lat *= self.pos_in_stage[None, :] < np.take(enc["d"], self.stage_of, axis=1)
-        return self.a * (base + lat.sum(1)) + self.b
+        """Latency (ms) ``(N,)`` of encoded configs (see :func:`encode_configs`).
+
+        Raises:
+            TableError: a resolution the table has no entries for.
+        """
+        raw = self.sum(enc)
+        if np.isnan(raw).any():
+            raise TableError(f"{self.table.source}: no latencies for resolution(s) "
+                             f"{self.sum.missing(enc['r'])} (table has {self.resolutions})")
+        return self.a * (raw + self.overhead_ms) + self.b
 
     def predict_many(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
         return self.predict_encoded(encode_configs(self.space, cfgs))

@@ -6,7 +6,7 @@ from conftest import shared_path
 
 from ofa.space import get_space
 from search.accuracy import AccuracyPredictor, OFAAccuracyPredictor, onehot
-from search.evolution import Budget, run_search
+from search.evolution import Budget, Scorer, _refine, run_search, sample_stratified
 from search.latency import LatencyPredictor, encode_configs
 from search.latency_table import LatencyTable
 
@@ -80,6 +80,60 @@ def test_pareto_points_mutually_non_dominated(setup):
             dominates = (b["acc"] >= a["acc"] and b["latency_ms"] <= a["latency_ms"]
                          and (b["acc"] > a["acc"] or b["latency_ms"] < a["latency_ms"]))
             assert not dominates
+
+
+def test_scorer_sums_equal_the_space_analytics(setup):
+    space, pred, lat = setup
+    g = random.Random(3)
+    cfgs = [space.sample(g) for _ in range(40)] + [space.min_subnet(24), space.max_subnet(32)]
+    m = Scorer(space, pred, lat)(encode_configs(space, cfgs))
+    assert m["macs"].tolist() == [space.macs(c) for c in cfgs]
+    assert m["params"].tolist() == [space.params(c) for c in cfgs]
+    assert m["size_bytes"].tolist() == [4 * space.params(c) for c in cfgs]
+    assert np.allclose(m["latency_ms"], lat.predict_many(cfgs))
+    assert np.allclose(m["acc"], pred.predict_many(cfgs))
+
+
+def test_stratified_sampling_is_valid_and_covers_sizes(setup):
+    space, pred, lat = setup
+    enc = sample_stratified(space, 2000, np.random.default_rng(0))
+    for i in range(0, 2000, 97):
+        cfg = type(space.max_subnet())(ks=[space.ks_list[j] for j in enc["ks"][i]],
+                                       e=[space.expand_list[j] for j in enc["e"][i]],
+                                       d=enc["d"][i].tolist(), r=int(enc["r"][i]))
+        space.validate(cfg)
+    macs = Scorer(space, pred)(enc)["macs"]
+    lo, hi = space.macs(space.min_subnet(24)), space.macs(space.max_subnet(32))
+    # uniform sampling almost never comes within 10% of either end; stratified does
+    assert (macs < lo + 0.1 * (hi - lo)).sum() > 20
+    assert (macs > hi - 0.2 * (hi - lo)).sum() > 20
+
+
+def test_refine_keeps_only_improving_feasible_neighbours(setup):
+    space, pred, lat = setup
+    scorer = Scorer(space, pred, lat)
+    mid = space.config(5, 4, 3, 28)
+    enc = encode_configs(space, [mid])
+    m = scorer(enc)
+    budget = {"latency_ms": float(m["latency_ms"][0])}
+    kids = _refine(scorer, enc, m, budget, False, "latency_ms", np.random.default_rng(0))
+    assert len(kids["r"]) == 1  # 256 neighbours of a mid-size subnet: one beats it
+    km = scorer(kids)
+    assert km["acc"][0] > m["acc"][0] and km["latency_ms"][0] <= budget["latency_ms"]
+    low = encode_configs(space, [space.min_subnet(24)])
+    ml = scorer(low)
+    tight = {"latency_ms": float(ml["latency_ms"][0])}  # only the smallest subnet fits
+    assert len(_refine(scorer, low, ml, tight, False, "latency_ms",
+                       np.random.default_rng(0))["r"]) == 0
+
+
+def test_memetic_search_beats_plain_nsga2_at_equal_generations(setup):
+    space, pred, lat = setup
+    b = Budget(latency_ms=float(lat.predict(space.config(5, 4, 3, 28))))
+    plain = run_search(space, pred, lat, b, population=20, generations=5, memetic=False)
+    memetic = run_search(space, pred, lat, b, population=20, generations=5)
+    assert memetic["best"][0]["acc"] > plain["best"][0]["acc"]
+    assert memetic["evaluations"] > memetic["trials"] == plain["trials"] == 100
 
 
 def test_resumed_study_continues(setup, tmp_path):
