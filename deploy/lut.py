@@ -145,17 +145,35 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                          entries=state["entries"], protocol=asdict(protocol),
                          overhead_ms=state["overhead_ms"], source=str(out))
     if calib > 0:
-        g = random.Random(seed + 1)
-        cfgs = [space.sample(g, r=g.choice(resolutions)) for _ in range(calib)]
-        cfgs += [space.max_subnet(max(resolutions)), space.min_subnet(min(resolutions))]
-        measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration")
-        raw = [table.predict_raw(space, c) for c in cfgs]
-        a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
-        table.calibration = {"a": float(a), "b": float(b), "fitted_on": [
-            {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}
-            for c, s, m in zip(cfgs, raw, measured)]}
+        calibrate(table, space, calib, protocol, seed)
     table.save(out)
     partial_path.unlink(missing_ok=True)
+    return table
+
+
+def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
+              protocol: Protocol | None = None, seed: int = 0) -> LatencyTable:
+    """Fit the table's calibration ``measured = a * sum + b`` (ms) on this machine, in place.
+
+    Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
+    table's context (runtime, threads) and least-squares fits ``a, b`` against the raw block
+    sums. The block entries say what costs more; the calibration absorbs what a sum of
+    isolated blocks misses (per-invoke overhead, cache effects) and, for a table copied from
+    another machine of the same type, that machine's speed. Returns ``table``.
+    """
+    runtime, threads = table.context["runtime"], int(table.context["threads"])
+    protocol = protocol or Protocol(**{k_: v for k_, v in table.protocol.items()
+                                       if k_ in ("warmup", "runs", "trials", "statistic")})
+    res = sorted(table.resolutions)
+    g = random.Random(seed + 1)
+    cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
+    cfgs += [space.max_subnet(max(res)), space.min_subnet(min(res))]
+    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration")
+    raw = [table.predict_raw(space, c) for c in cfgs]
+    a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
+    table.calibration = {"a": float(a), "b": float(b), "fitted_on": [
+        {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}
+        for c, s, m in zip(cfgs, raw, measured)]}
     return table
 
 

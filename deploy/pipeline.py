@@ -39,8 +39,9 @@ class RunConfig:
     space: str = "mbv3-digits"
     resolutions: list[int] | None = None
     schedule: str = "deps"
-    epochs: float = 6.0
+    epochs: float = 14.0
     batch_size: int = 64
+    lr_scale: float = 1.0
     seed: int = 0
     samples: int = 100  # subnets measured for the accuracy predictor
     predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
@@ -109,7 +110,8 @@ def _train(rc: RunConfig) -> Path:
     over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
     train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
                       data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
-                      batch_size=rc.batch_size, seed=rc.seed, device=rc.device), resume=resume)
+                      batch_size=rc.batch_size, lr_scale=rc.lr_scale, seed=rc.seed,
+                      device=rc.device), resume=resume)
     return out
 
 
@@ -138,18 +140,24 @@ def _predictor(rc: RunConfig, run: Path):
 
 
 def _table(rc: RunConfig, space):
-    from deploy.lut import build_table
+    from deploy.lut import build_table, calibrate
     from search.latency_table import LatencyTable, TableError
 
     if rc.table:
         return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
                                  runtime=rc.runtime, threads=rc.threads)
-    if rc.target == "local":
+    path = rc.folder / "latency_table.json"
+    if rc.target == "local" and not path.exists():
         shipped = find_shipped_table(space, rc.runtime, rc.threads, Path(rc.tables_dir))
         if shipped is not None:
-            _log(f"latency table: using shipped {shipped}")
-            return LatencyTable.load(shipped, space=space)
-    path = rc.folder / "latency_table.json"
+            # same CPU model, but VMs of one type differ in speed: refit a, b here
+            _log(f"latency table: shipped {shipped}, recalibrating on {rc.lut_calib + 2} "
+                 "subnets measured here")
+            t = calibrate(LatencyTable.load(shipped, space=space), space, rc.lut_calib,
+                          seed=rc.seed)
+            t.context = {**t.context, "recalibrated_from": str(shipped)}
+            t.save(path)
+            return t
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
                               runtime=rc.runtime, threads=rc.threads)

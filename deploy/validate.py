@@ -43,9 +43,9 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     out = Path(out)
     fmt = model_format(runtime)
     formats = tuple(dict.fromkeys((fmt, *formats)))
-    results = []
-    for i, row in enumerate(rows):
-        label = row.get("label") or f"subnet{i}"
+    bundles = []
+    for i, row in enumerate(rows):  # export everything first: conversions must not
+        label = row.get("label") or f"subnet{i}"  # overlap (or warm up) the timed runs
         cfg = SubnetConfig.from_dict(row["config"])
         folder = out / label
         rep = read_bundle(folder)
@@ -54,6 +54,9 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
             rep = export_subnet(run, cfg, folder, formats=formats, progress=progress,
                                 predicted={"acc": row.get("acc"),
                                            "latency_ms": row.get("latency_ms")})
+        bundles.append((label, cfg, folder, rep))
+    results = []
+    for row, (label, cfg, folder, rep) in zip(rows, bundles):
         model = folder / rep["models"][fmt]["path"]
         meas = target.bench(model, threads, protocol, data=folder / "eval.npz")
         pred = row.get("latency_ms")

@@ -152,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--space", default="mbv3-digits")
     rn.add_argument("--resolutions", help="override the space's resolutions, e.g. 12,16")
     rn.add_argument("--schedule", default="deps")
-    rn.add_argument("--epochs", type=float, default=6.0)
+    rn.add_argument("--epochs", type=float, default=14.0)
     rn.add_argument("--batch-size", type=int, default=64)
+    rn.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every phase's lr")
     rn.add_argument("--samples", type=int, default=100, help="subnets for the predictor")
     rn.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
     rn.add_argument("--budgets", help="latency budgets in ms, e.g. 5,8,12 (default: 3 spread "
@@ -236,7 +237,7 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", default="digits", choices=DATASETS)
     t.add_argument("--data", help=".npz file, dataset folder or ImageFolder tree")
     t.add_argument("--schedule", default="deps", help="ps | deps | path to a schedule YAML")
-    t.add_argument("--epochs", type=float, default=6.0, help="total epochs over all phases")
+    t.add_argument("--epochs", type=float, default=14.0, help="total epochs over all phases")
     t.add_argument("--batch-size", type=int, default=64, help="global batch size")
     t.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every phase's lr")
     t.add_argument("--seed", type=int, default=0)
@@ -439,7 +440,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     rc = RunConfig(
         name=args.name, root=args.root, dataset=args.dataset, data=args.data, space=args.space,
         resolutions=[int(v) for v in args.resolutions.split(",")] if args.resolutions else None,
-        schedule=args.schedule, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+        schedule=args.schedule, epochs=args.epochs, batch_size=args.batch_size,
+        lr_scale=args.lr_scale, seed=args.seed,
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=_target_options(args), table=args.table,
         **({"tables_dir": args.tables_dir} if args.tables_dir else {}),

@@ -53,7 +53,14 @@ def _mlp(d_in: int, hidden: int = 400, layers: int = 3) -> nn.Sequential:
 
 
 class AccuracyPredictor:
-    """MLP accuracy predictor over :func:`onehot` features; predicts top-1 in %."""
+    """MLP accuracy predictor over :func:`onehot` features; predicts top-1 in %.
+
+    The output is ``100 * sigmoid(mlp(x) + base)`` with ``base`` the logit of the mean
+    training accuracy: predictions stay inside (0, 100) and keep their order near the top,
+    where a linear head extrapolates past 100% for the largest subnets of a well-trained
+    supernet (seen on digits) and the search would chase those. Trained on squared error
+    in percentage points.
+    """
 
     kind = "ofa-edge-mlp"
 
@@ -63,7 +70,7 @@ class AccuracyPredictor:
         self.dim = space.num_blocks * (len(space.ks_list) + len(space.expand_list)) + len(
             space.resolutions)
         self.model = _mlp(self.dim, hidden, layers)
-        self.base = 0.0  # mean accuracy; the MLP learns the residual
+        self.base = 0.0  # logit of the mean accuracy; the MLP learns the residual
         self.metrics: dict = {}  # held-out RMSE / Kendall tau, stored with the weights
 
     def features(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
@@ -76,7 +83,8 @@ class AccuracyPredictor:
         torch.manual_seed(seed)
         x = torch.from_numpy(self.features(cfgs))
         y = torch.tensor(acc, dtype=torch.float32)
-        self.base = float(y.mean())
+        mean = float(np.clip(y.mean() / 100.0, 1e-3, 1 - 1e-3))
+        self.base = float(np.log(mean / (1 - mean)))
         opt = torch.optim.Adam(self.model.parameters(), lr=lr, weight_decay=weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
         hist = []
@@ -86,7 +94,8 @@ class AccuracyPredictor:
             tot = 0.0
             for i in range(0, len(y), batch_size):
                 idx = perm[i:i + batch_size]
-                loss = ((self.model(x[idx]).squeeze(1) + self.base - y[idx]) ** 2).mean()
+                pred = 100.0 * torch.sigmoid(self.model(x[idx]).squeeze(1) + self.base)
+                loss = ((pred - y[idx]) ** 2).mean()
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -97,8 +106,10 @@ class AccuracyPredictor:
 
     @torch.no_grad()
     def predict_features(self, feats: np.ndarray) -> np.ndarray:
+        """Top-1 (%) ``(N,)`` from :func:`onehot` features ``(N, dim)``."""
         self.model.eval()
-        return self.model(torch.from_numpy(feats)).squeeze(1).numpy() + self.base
+        z = self.model(torch.from_numpy(feats)).squeeze(1) + self.base
+        return (100.0 * torch.sigmoid(z.double())).numpy()
 
     def predict_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:
         """Top-1 (%) ``(N,)`` for encoded configs."""
@@ -115,7 +126,8 @@ class AccuracyPredictor:
         save_weights(path, self.model.state_dict())
         atomic_write_json(path.with_suffix(".json"), {
             "kind": self.kind, "space": self.space.to_dict(), "hidden": self.hidden,
-            "layers": self.layers, "base": self.base, "metrics": self.metrics})
+            "layers": self.layers, "base": self.base, "output": "sigmoid",
+            "metrics": self.metrics})
 
     @classmethod
     def load(cls, path: str | Path) -> AccuracyPredictor:
@@ -124,8 +136,9 @@ class AccuracyPredictor:
 
         path = Path(path)
         meta = read_json(path.with_suffix(".json"), "predictor description")
-        if meta.get("kind") != cls.kind:
-            raise ValueError(f"{path}: not an ofa-edge accuracy predictor")
+        if meta.get("kind") != cls.kind or meta.get("output") != "sigmoid":
+            raise ValueError(f"{path}: not an ofa-edge accuracy predictor (or one from before "
+                             "the sigmoid head: rebuild it with `ofa predictor build`)")
         p = cls(SearchSpace.from_dict(meta["space"]), meta["hidden"], meta["layers"])
         try:
             p.model.load_state_dict(load_weights(path))

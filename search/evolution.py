@@ -233,9 +233,13 @@ def _refine(scorer: Scorer, enc: dict[str, np.ndarray], m: dict[str, np.ndarray]
     if pareto:
         viol = viol + np.maximum(km[objective] - m[objective][idx], 0.0) \
             / np.maximum(np.abs(m[objective][idx]), 1e-12)
-    key = _key(km, viol).reshape(n, k)
+    same = np.ones(n * k, dtype=bool)
+    for g, v in kids.items():
+        same &= (v == enc[g][idx]).reshape(n * k, -1).all(1)
+    key = np.where(same, -np.inf, _key(km, viol)).reshape(n, k)  # a copy is no neighbour
     best = key.argmax(1)
-    better = key[np.arange(n), best] > _key(m, _violation(m, cons)) + 1e-9
+    # batched float32 predictions differ in the last bits: demand a real improvement
+    better = key[np.arange(n), best] > _key(m, _violation(m, cons)) + 1e-6
     return _take(kids, (np.arange(n) * k + best)[better])
 
 

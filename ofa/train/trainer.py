@@ -54,7 +54,7 @@ class TrainConfig:
     dataset: str = "digits"
     data: str | None = None
     schedule: str = "deps"
-    epochs: float = 6.0
+    epochs: float = 14.0
     batch_size: int = 64
     lr_scale: float = 1.0
     seed: int = 0
@@ -117,6 +117,7 @@ class Trainer:
         if self.world > 1:
             for p in self.net.state_dict().values():
                 dist.broadcast(p, 0)
+        self._nhwc()
 
     # --- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -163,6 +164,14 @@ class Trainer:
             print(f"resumed {self.out} at phase {self.phase} step {self.phase_step} "
                   f"(global step {self.global_step})")
 
+    def _nhwc(self) -> None:
+        """Keep the supernet and teacher weights channels-last (NHWC), whatever changed them
+        (restore, channel sorting): depthwise convolutions train 1.5-1.8x faster on CPU in
+        NHWC (measured on mbv3-digits), and one layout keeps resumed runs bit-identical."""
+        for m in (self.net, self.teacher):
+            if m is not None:
+                m.to(memory_format=torch.channels_last)
+
     def _save(self) -> None:
         if self.rank == 0:
             save_checkpoint(self.out / CKPT, self._state())
@@ -205,12 +214,14 @@ class Trainer:
         idx = self._perm_cache[1][b * bs:(b + 1) * bs][self.rank::self.world]
         r = self.rng.choice(self.space.resolutions)
         x = self.data.transform(self.data.train.get_images(idx), r, train=True)
-        return x.to(self.device), self.data.train.labels[idx].to(self.device), r
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return x, self.data.train.labels[idx].to(self.device), r
 
     def _phase_start(self, i: int) -> None:
         ph = self.schedule.phases[i]
         if ph.kd == "teacher" and self.teacher is None:
             self.teacher = self._make_teacher()
+            self._nhwc()
             if self.rank == 0:
                 save_weights(self.out / "teacher.safetensors", self.teacher.state_dict())
         if ph.sort_channels != "none":
@@ -219,6 +230,7 @@ class Trainer:
                 prev = self.schedule.phases[i - 1].choices(self.space)["expand_list"] if i else []
                 nested = [e for e in prev if e != max(self.space.expand_list)]
             self.net.sort_channels(nested_ratios=nested)
+            self._nhwc()
             if self.optimizer is not None:  # momentum buffers no longer line up: reset them
                 self.optimizer.state.clear()
         if self.optimizer is None or self.opt_group != ph.group:
@@ -291,6 +303,26 @@ class Trainer:
         self._allreduce_grads()
         self.optimizer.step()
         return total
+
+    def estimate_epoch_seconds(self, steps: int = 3) -> float:
+        """Wall seconds one epoch of this schedule takes here, from a short probe.
+
+        Times ``steps`` training steps of every phase (after one warm-up step) and weights
+        them by the phases' share of the epochs; used to give schedules equal compute
+        budgets. Trains the probe steps: call it on a throwaway trainer.
+        """
+        total = sum(p.epochs for p in self.schedule.phases)
+        seconds = 0.0
+        for i, ph in enumerate(self.schedule.phases):
+            self._phase_start(i)
+            times = []
+            for k in range(steps + 1):
+                x, y, r = self._batch(k)
+                t = time.perf_counter()
+                self._train_step(ph, x, y, r, 1.0)
+                times.append(time.perf_counter() - t)
+            seconds += ph.epochs / total * self.steps_per_epoch * sum(times[1:]) / steps
+        return seconds
 
     # --- main loop -------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

@@ -1,0 +1,128 @@
+"""Progressive shrinking vs delayed ε-shrinking at the same compute budget, plus scratch baselines.
+
+Trains ``mbv3-cifar`` on CIFAR-10 (``../shared/data/cifar10.npz`` by default) with the ``ps``
+and the ``deps`` schedule, each for as many epochs as fit in ``--minutes`` of wall time on this
+machine (estimated from a short probe of every phase), then reports top-1 on the whole test
+split, after BN recalibration, of the smallest, the largest and 3 fixed mid-size subnets, with
+wall time and images per second. Two of the mid-size subnets are also trained from scratch
+(``scratch`` schedule: one full-network phase) for the DεpS run's number of epochs.
+
+    python bench/train_compare.py --minutes 60            # the issue's setting (~4.5 h in all)
+    python bench/train_compare.py --minutes 8 --runs /tmp/tc   # a quick look
+
+Each training run lives in ``--runs``/<name> and resumes when interrupted; finished runs are
+not retrained. Writes ``bench/results/train_compare.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_json  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10.npz"
+# uniform mid-size subnets (kernel, expand, depth) at the largest resolution
+MID = [(5, 4, 3), (3, 6, 3), (7, 3, 2)]
+
+
+def _cfg(out: Path, schedule: str, epochs: float, args, **over):
+    from ofa.train.trainer import TrainConfig
+
+    return TrainConfig(out=str(out), space="mbv3-cifar", dataset="cifar10", data=str(args.data),
+                       schedule=schedule, epochs=epochs, batch_size=args.batch_size,
+                       seed=0, eval_images=1000, space_overrides=over)
+
+
+def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
+    """(epochs that fit in ``args.minutes``, probed seconds per epoch)."""
+    from ofa.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sec = Trainer(_cfg(Path(tmp), schedule, 1.0, args, **over)).estimate_epoch_seconds()
+    return max(0.2, round(args.minutes * 60 / sec, 2)), sec
+
+
+def _train(name: str, schedule: str, epochs: float, args, **over) -> tuple[Path, float]:
+    from ofa.train.trainer import CKPT, RUN_JSON, train
+
+    out = Path(args.runs) / name
+    if (out / RUN_JSON).exists():
+        print(f"{name}: trained already ({out})")
+        return out, float("nan")
+    t = time.perf_counter()
+    train(_cfg(out, schedule, epochs, args, **over), resume=(out / CKPT).exists())
+    return out, time.perf_counter() - t
+
+
+def _top1(run: Path, cfgs) -> list[float]:
+    from ofa.data import load_dataset
+    from ofa.evaluate import subnet_accuracy
+    from ofa.train.trainer import load_run
+
+    net, cfg, _ = load_run(run)
+    data = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout, seed=cfg.seed)
+    return [subnet_accuracy(net, c, data, "test", 2000) for c in cfgs]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget per schedule")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--runs", default="runs/bench_train")
+    args = ap.parse_args()
+    if not Path(args.data).exists():
+        print(f"skipped: {args.data} is absent (CIFAR-10 .npz from ../shared/data)")
+        return
+    from ofa.space import get_space
+
+    space = get_space("mbv3-cifar")
+    r = max(space.resolutions)
+    subnets = {"smallest": space.min_subnet(r), "largest": space.max_subnet(r)}
+    for k, e, d in MID:
+        subnets[f"k{k}e{e}d{d}"] = space.config(k, e, d, r)
+    rows, epochs_of = [], {}
+    for sched in ("ps", "deps"):
+        epochs, sec = _epochs_for(sched, args)
+        epochs_of[sched] = epochs
+        run, wall = _train(f"cifar10-{sched}", sched, epochs, args)
+        acc = _top1(run, list(subnets.values()))
+        rows.append({"method": sched, "epochs": epochs, "probe_s_per_epoch": sec,
+                     "wall_min": wall / 60, "images_per_s": _img_per_s(run),
+                     **{k: a for k, a in zip(subnets, acc)}})
+        print_table(rows[-1:])
+    for k, e, d in MID[:2]:
+        name = f"k{k}e{e}d{d}"
+        over = {"ks_list": [k], "expand_list": [e], "depth_list": [d]}
+        run, wall = _train(f"cifar10-scratch-{name}", "scratch", epochs_of["deps"], args, **over)
+        acc = _top1(run, [get_space("mbv3-cifar", **over).max_subnet(r)])[0]
+        rows.append({"method": f"scratch {name}", "epochs": epochs_of["deps"],
+                     "probe_s_per_epoch": float("nan"), "wall_min": wall / 60,
+                     "images_per_s": _img_per_s(run),
+                     **{s: (acc if s == name else float("nan")) for s in subnets}})
+        print_table(rows[-1:])
+    print()
+    print_table(rows)
+    write_json("train_compare", {"data": str(args.data), "space": "mbv3-cifar",
+                                 "resolution": r, "minutes_per_schedule": args.minutes,
+                                 "batch_size": args.batch_size, "test_images": 10000,
+                                 "rows": rows})
+
+
+def _img_per_s(run: Path) -> float:
+    """Mean training throughput (images/s) over the run's epochs, from metrics.jsonl."""
+    import json
+
+    vals = [json.loads(line).get("images_per_s") for line in
+            (run / "metrics.jsonl").read_text().splitlines()]
+    vals = [v for v in vals if v]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+if __name__ == "__main__":
+    main()
