@@ -44,7 +44,10 @@ def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         sec = Trainer(_cfg(Path(tmp), schedule, 1.0, args, **over)).estimate_epoch_seconds()
-    return max(0.2, round(args.minutes * 60 / sec, 2)), sec
+    epochs = max(0.2, round(args.minutes * 60 / sec, 2))
+    print(f"{schedule}: probe says {sec / 60:.1f} min per epoch here -> {epochs:g} epochs "
+          f"in {args.minutes:g} min", flush=True)
+    return epochs, sec
 
 
 def _train(name: str, schedule: str, epochs: float, args, **over) -> tuple[Path, float]:

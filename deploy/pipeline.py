@@ -157,6 +157,7 @@ def _table(rc: RunConfig, space):
                           seed=rc.seed)
             t.context = {**t.context, "recalibrated_from": str(shipped)}
             t.save(path)
+            t.source = str(path)
             return t
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),

@@ -145,3 +145,29 @@ def test_ddp_two_ranks_equal_weights(tmp_path, tiny_schedule):
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "run.json").exists()
+
+
+def test_metrics_mirrored_to_tensorboard(tmp_path, tiny_schedule, monkeypatch):
+    import json
+
+    import ofa.train.trainer as trainer_mod
+
+    class Recorder:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+        def flush(self):
+            pass
+
+    rec = Recorder()
+    monkeypatch.setattr(trainer_mod, "_tensorboard", lambda out: rec)
+    Trainer(_cfg(tmp_path, tiny_schedule, epochs=3.0, eval_images=40, recal_images=64)).run()
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("phase_end" in r for r in rows) and any("epoch" in r for r in rows)
+    expected = [(("eval/" if "phase_end" in r else "train/") + k, v, r["step"])
+                for r in rows for k, v in r.items()
+                if k != "step" and isinstance(v, (int, float))]
+    assert rec.scalars == expected

@@ -331,7 +331,7 @@ class Trainer:
             torch.set_rng_state(self._resumed_rng)
         cfg, phases = self.cfg, self.schedule.phases
         ckpt_every = cfg.ckpt_every or self.steps_per_epoch
-        metrics_path = self.out / "metrics.jsonl"
+        log = _MetricsLog(self.out) if self.rank == 0 else None
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "schedule.json", self.schedule.to_dict())
@@ -361,7 +361,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", r=r)
                 if self.global_step % self.steps_per_epoch == 0 and self.rank == 0:
                     dt = time.perf_counter() - t0
-                    _append_jsonl(metrics_path, {
+                    assert log is not None
+                    log.write({
                         "epoch": self.global_step // self.steps_per_epoch, "phase": ph.name,
                         "step": self.global_step, "lr": lr, "beta": beta,
                         "loss": loss_sum / max(1, loss_n), "images_per_s": seen / max(dt, 1e-9)})
@@ -374,19 +375,19 @@ class Trainer:
                     return {"stopped_at": self.global_step}
             bar.close()
             self.phase, self.phase_step = i + 1, 0
-            self._phase_end(ph, metrics_path)
+            self._phase_end(ph, log)
             self._save()
         return self._finish()
 
-    def _phase_end(self, ph: Phase, metrics_path: Path) -> None:
-        if self.rank != 0 or not self.cfg.eval_images:
+    def _phase_end(self, ph: Phase, log: _MetricsLog | None) -> None:
+        if log is None or not self.cfg.eval_images:
             return
         acc = {}
         for label, c in (("max", self.space.max_subnet()), ("min", self.space.min_subnet())):
             acc[label] = subnet_accuracy(self.net, c, self.data, "test",
                                          self.cfg.recal_images, limit=self.cfg.eval_images)
-        _append_jsonl(metrics_path, {"phase_end": ph.name, "step": self.global_step,
-                                     "top1_max": acc["max"], "top1_min": acc["min"]})
+        log.write({"phase_end": ph.name, "step": self.global_step,
+                   "top1_max": acc["max"], "top1_min": acc["min"]})
         tqdm.write(f"phase {ph.name}: top-1 largest {acc['max']:.2f}%  smallest "
                    f"{acc['min']:.2f}%  (test, {self.cfg.eval_images} images)")
 
@@ -408,6 +409,38 @@ class Trainer:
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def _tensorboard(out: Path):
+    """A TensorBoard ``SummaryWriter`` logging to ``out/tensorboard``, or None when the
+    tensorboard package is not installed (it is optional)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` (one JSON object per line), mirrored to TensorBoard when installed.
+
+    Per-epoch rows become ``train/<key>`` scalars and phase-end rows ``eval/<key>``
+    scalars, both at the row's global ``step``.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / "metrics.jsonl"
+        self.writer = _tensorboard(out)
+
+    def write(self, row: dict[str, Any]) -> None:
+        _append_jsonl(self.path, row)
+        if self.writer is None:
+            return
+        group = "eval" if "phase_end" in row else "train"
+        for k, v in row.items():
+            if k != "step" and isinstance(v, (int, float)):
+                self.writer.add_scalar(f"{group}/{k}", v, row["step"])
+        self.writer.flush()
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
