@@ -51,9 +51,19 @@ def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict
 
 
 def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
-                   protocol: Protocol, workdir: str | Path) -> dict[str, float]:
-    """Export ``model`` for ``runtime`` (unless ``torch``) and time one invoke (ms stats)."""
+                   protocol: Protocol, workdir: str | Path, target=None) -> dict[str, float]:
+    """Export ``model`` for ``runtime`` (unless ``torch``) and time one invoke (ms stats).
+
+    With ``target`` (an SSH or adb target from :mod:`deploy.targets`) the exported file is
+    copied to the device and timed there by the agent or ``benchmark_model``; otherwise it is
+    timed in this process. Returns ``{"median", "mean", "std", "p90", "min", "count"}``.
+
+    Raises:
+        deploy.targets.TargetError: the device is unreachable or lacks the runtime.
+    """
     model = model.eval()
+    if target is not None and runtime == "torch":
+        raise ValueError("the torch runtime is measured in this process only (no --target)")
     x = torch.randn(*input_shape)
     if runtime == "torch":
         torch.set_num_threads(threads)
@@ -70,6 +80,8 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     rt = get_runtime(runtime, threads)
     path = Path(workdir) / f"m{rt.suffix}"
     export_model(runtime, model, input_shape, path)
+    if target is not None:
+        return target.bench(path, threads, protocol)["latency_ms"]
     rt.load(str(path))
     return time_invoke(rt, rt.prepare(x.numpy()), protocol)
 
@@ -87,79 +99,98 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
 
 
 def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
-                     protocol: Protocol, desc: str) -> list[float]:
+                     protocol: Protocol, desc: str, target=None) -> list[float]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False)):
             m = _subnet(space, c, i)
             out.append(measure_module(m, (1, 3, c.r, c.r), runtime, threads, protocol,
-                                      tmp)[protocol.statistic])
+                                      tmp, target)[protocol.statistic])
     return out
 
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
                 threads: int = 1, protocol: Protocol | None = None, calib: int = 10,
-                seed: int = 0) -> LatencyTable:
+                seed: int = 0, target=None) -> LatencyTable:
     """Measure every block shape and write the table to ``out`` (resumable).
 
-    Returns the finished :class:`LatencyTable`.
+    ``target`` (SSH or adb, :mod:`deploy.targets`): the blocks are exported here and timed on
+    that device, whose facts and runtime version go into the table's context; None = this
+    machine, in process. Returns the finished :class:`LatencyTable`.
 
     Raises:
         ValueError: resolutions outside the space or an unknown runtime.
+        deploy.targets.TargetError: the device is unreachable or lacks the runtime.
     """
     protocol = protocol or Protocol()
     out = Path(out)
     for r in resolutions:
         space.validate(space.max_subnet(r))
     partial_path = out.with_name(out.name + ".partial.json")
-    ctx = runtime_context(runtime, threads)
+    where = "local" if target is None else target.name
     shapes = [(r, s) for r in resolutions for s in space.all_block_shapes([r])]
     state: dict[str, Any] = {"space": space.to_dict(), "resolutions": resolutions,
-                             "runtime": runtime, "threads": threads,
+                             "runtime": runtime, "threads": threads, "target": where,
                              "protocol": asdict(protocol), "entries": {}}
     if partial_path.exists():
         try:
             old = json.loads(partial_path.read_text())
         except json.JSONDecodeError:
             old = {}
-        same = ("space", "resolutions", "runtime", "threads", "protocol")
+        old.setdefault("target", "local")  # partial files from before device targets
+        same = ("space", "resolutions", "runtime", "threads", "target", "protocol")
         if all(old.get(k) == state[k] for k in same):
             state = old
             print(f"resuming: {len(state['entries'])}/{len(shapes)} entries already measured")
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
-        if "overhead_ms" not in state:
-            state["overhead_ms"] = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads,
-                                                  protocol, tmp)[protocol.statistic]
+        if "context" not in state:
+            if target is None:
+                state["context"] = runtime_context(runtime, threads)
+                state["overhead_ms"] = measure_module(_Overhead(), (1, 8, 1, 1), runtime,
+                                                      threads, protocol, tmp)[protocol.statistic]
+            else:  # the device describes itself in the agent's JSON
+                rt = get_runtime(runtime, threads)
+                path = Path(tmp) / f"overhead{rt.suffix}"
+                export_model(runtime, _Overhead().eval(), (1, 8, 1, 1), path)
+                res = target.bench(path, threads, protocol)
+                state["overhead_ms"] = res["latency_ms"][protocol.statistic]
+                state["context"] = {
+                    "device": res.get("device", {"name": where}), "runtime": runtime,
+                    "runtime_version": res.get("runtime_version"),
+                    "backend": res.get("backend"), "threads": threads, "precision": "fp32",
+                    "batch": 1, "target": where}
+        ctx = state["context"]
         ent = state["entries"]
         todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
         for r, s in tqdm(todo, desc=f"lut {runtime}", unit="block",
                          initial=len(shapes) - len(todo), total=len(shapes)):
             m = build_layer(s)
             st = measure_module(m, (1, s.in_ch, s.in_size, s.in_size), runtime, threads,
-                                protocol, tmp)
+                                protocol, tmp, target)
             ent.setdefault(str(r), {})[s.key()] = {
-                k: st[k] for k in ("median", "mean", "std", "p90", "count")}
+                k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
             atomic_write_json(partial_path, state)
     table = LatencyTable(context=ctx, space=space.to_dict(), resolutions=sorted(resolutions),
                          entries=state["entries"], protocol=asdict(protocol),
                          overhead_ms=state["overhead_ms"], source=str(out))
     if calib > 0:
-        calibrate(table, space, calib, protocol, seed)
+        calibrate(table, space, calib, protocol, seed, target)
     table.save(out)
     partial_path.unlink(missing_ok=True)
     return table
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
-              protocol: Protocol | None = None, seed: int = 0) -> LatencyTable:
+              protocol: Protocol | None = None, seed: int = 0, target=None) -> LatencyTable:
     """Fit the table's calibration ``measured = a * sum + b`` (ms) on this machine, in place.
 
     Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
     table's context (runtime, threads) and least-squares fits ``a, b`` against the raw block
     sums. The block entries say what costs more; the calibration absorbs what a sum of
     isolated blocks misses (per-invoke overhead, cache effects) and, for a table copied from
-    another machine of the same type, that machine's speed. Returns ``table``.
+    another machine of the same type, that machine's speed. ``target``: measure on that
+    device (see :func:`build_table`). Returns ``table``.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
     protocol = protocol or Protocol(**{k_: v for k_, v in table.protocol.items()
@@ -168,7 +199,7 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     g = random.Random(seed + 1)
     cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
     cfgs += [space.max_subnet(max(res)), space.min_subnet(min(res))]
-    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration")
+    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target)
     raw = [table.predict_raw(space, c) for c in cfgs]
     a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
     table.calibration = {"a": float(a), "b": float(b), "fitted_on": [
@@ -187,14 +218,17 @@ def accuracy_report(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
-                   plot: str | Path | None = None) -> dict[str, Any]:
-    """Measure ``n`` random subnets end to end in the table's context; compare with the table."""
+                   plot: str | Path | None = None, target=None) -> dict[str, Any]:
+    """Measure ``n`` random subnets end to end in the table's context (on ``target`` when
+    given, see :func:`build_table`); compare with the table's raw and calibrated
+    predictions (:func:`accuracy_report`), optionally with a scatter plot PNG."""
     runtime, threads = table.context["runtime"], int(table.context["threads"])
     protocol = Protocol(**{k: v for k, v in table.protocol.items()
                            if k in ("warmup", "runs", "trials", "statistic")})
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
-    measured = np.asarray(_measure_configs(space, cfgs, runtime, threads, protocol, "validate"))
+    measured = np.asarray(_measure_configs(space, cfgs, runtime, threads, protocol, "validate",
+                                           target))
     raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs)
     cal = LatencyPredictor(table, space, calibrated=True).predict_many(cfgs)
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,

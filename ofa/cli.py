@@ -97,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--trials", type=int, default=3)
     b.add_argument("--calib", type=int, default=10, help="whole subnets for calibration")
     b.add_argument("--out", required=True)
+    _device_args(b)
     i = lsub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
     i.add_argument("--out", required=True)
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--plot", help="scatter plot PNG path")
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
+    _device_args(v)
 
     pr = sub.add_parser("predictor", help="accuracy predictor: build from a trained run")
     psub = pr.add_subparsers(dest="predictor_command", required=True)
@@ -203,12 +205,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _target_args(p: argparse.ArgumentParser, runs: int = 50) -> None:
-    p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | "
-                   "adb[:serial]")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--runs", type=int, default=runs, help="timed invokes per trial")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--trials", type=int, default=3)
+    _device_args(p)
+
+
+def _device_args(p: argparse.ArgumentParser) -> None:
+    """Where to measure: ``--target`` and the SSH/adb connection options."""
+    p.add_argument("--target", default="local", help="local | ssh://user@host[:port] | "
+                   "adb[:serial]")
     p.add_argument("--python", default="python3", help="interpreter on an SSH device")
     p.add_argument("--insecure", action="store_true", help="SSH: skip host-key checking")
     p.add_argument("--known-hosts", help="SSH: known_hosts file to check against")
@@ -330,9 +337,8 @@ def _space_from_table(table):
 
 @command("lut")
 def cmd_lut(args: argparse.Namespace) -> int:
-    from ofa.fileio import atomic_write_json
     from ofa.space import get_space
-    from search.latency_table import LatencyTable, import_ofa_yaml
+    from search.latency_table import import_ofa_yaml
 
     if args.lut_command == "import-ofa":
         space = get_space(args.space)
@@ -340,8 +346,24 @@ def cmd_lut(args: argparse.Namespace) -> int:
         table.save(args.out)
         print(f"wrote {args.out}: {len(table.entries)} entries, resolutions {table.resolutions}")
         return 0
+    from deploy.targets import TargetError, parse_target
+
+    # local: timed in this process; a device: blocks exported here, timed there by the agent
+    target = (None if args.target == "local"
+              else parse_target(args.target, **_target_options(args)))
+    try:
+        return _lut_measure(args, target)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _lut_measure(args: argparse.Namespace, target) -> int:
+    """``ofa lut build`` / ``ofa lut validate`` (on ``target``, None = in this process)."""
     from deploy.lut import build_table, validate_table
     from deploy.runtimes import Protocol
+    from ofa.fileio import atomic_write_json
+    from ofa.space import get_space
+    from search.latency_table import LatencyTable
 
     if args.lut_command == "build":
         kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
@@ -350,14 +372,14 @@ def cmd_lut(args: argparse.Namespace) -> int:
                else list(space.resolutions))
         t = build_table(space, res, args.runtime, args.out, threads=args.threads,
                         protocol=Protocol(args.warmup, args.runs, args.trials),
-                        calib=args.calib)
+                        calib=args.calib, target=target)
         n = sum(len(g) for g in t.entries.values())
         print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
               f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
         return 0
     table = LatencyTable.load(args.table)
     rep = validate_table(table, _space_from_table(table), n=args.n, seed=args.seed,
-                         plot=args.plot)
+                         plot=args.plot, target=target)
     if args.out:
         atomic_write_json(args.out, rep)
     if args.json:

@@ -302,3 +302,25 @@ def test_export_rejects_unknown_format(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         export_subnet(tiny_run, space.max_subnet(12), tmp_path / "x", formats=("onnx-fp64",))
     assert not (tmp_path / "x").exists()
+
+
+def test_lut_build_on_ssh_device(sshd, tmp_path):
+    """The table builder exports blocks here and times them on the device (the agent over
+    SSH): every block shape gets an entry and the context is the device's."""
+    from deploy.lut import build_table
+    from ofa.space import get_space
+
+    d = sshd["dir"]
+    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
+                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    space = get_space("mbv3-digits", ks_list=[3], expand_list=[3], depth_list=[2],
+                      resolutions=[12])
+    table = build_table(space, [12], "onnxruntime", tmp_path / "t.json", protocol=QUICK,
+                        calib=1, target=t)
+    keys = {s.key() for s in space.all_block_shapes([12])}
+    assert set(table.entries["12"]) == keys
+    assert all(e["median"] > 0 for e in table.entries["12"].values())
+    assert table.context["target"] == t.name and table.context["runtime_version"]
+    assert table.context["device"]["cores"] >= 1  # facts reported by the device's agent
+    assert len(table.calibration["fitted_on"]) == 3
+    assert json.loads((tmp_path / "t.json").read_text())["context"]["target"] == t.name

@@ -67,3 +67,28 @@ def test_rerun_skips_finished_steps(tiny_job: Path, capsys):
                  "search: done", "export + measure: done"):
         assert step in out, step
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_shipped_table_is_recalibrated_here(tiny_job: Path, tmp_path: Path):
+    """A table for this CPU model in the tables folder is reused, with a, b refitted on
+    subnets measured on this machine and saved in the run folder."""
+    from deploy.pipeline import RunConfig, _table
+    from ofa.space import get_space
+    from search.latency_table import LatencyTable
+
+    space = get_space("mbv3-digits", resolutions=[12, 16])
+    shipped_dir = tmp_path / "tables"
+    shipped_dir.mkdir()
+    src = LatencyTable.load(tiny_job / "latency_table.json", space=space)
+    src.calibration = {"a": 3.0, "b": 1.0, "fitted_on": []}  # as if from a slower VM
+    src.save(shipped_dir / "x86_64_mbv3-digits_onnxruntime_fp32_t1.json")
+    rc = RunConfig(name="r", root=str(tmp_path), space="mbv3-digits", resolutions=[12, 16],
+                   tables_dir=str(shipped_dir), lut_calib=2)
+    t = _table(rc, space)
+    saved = json.loads((tmp_path / "r" / "latency_table.json").read_text())
+    assert saved["context"]["recalibrated_from"] == str(
+        shipped_dir / "x86_64_mbv3-digits_onnxruntime_fp32_t1.json")
+    assert len(saved["calibration"]["fitted_on"]) == 4  # 2 random + largest + smallest
+    assert saved["calibration"]["a"] == t.calibration["a"] != 3.0
+    assert saved["entries"] == json.loads(
+        (tiny_job / "latency_table.json").read_text())["entries"]
