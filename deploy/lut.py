@@ -77,13 +77,23 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
                     model(x)
                     times.append((time.perf_counter() - t) * 1e3)
         return stats_ms(times)
+    if target is not None:
+        return _bench_on(target, model, input_shape, runtime, threads, protocol,
+                         workdir)["latency_ms"]
     rt = get_runtime(runtime, threads)
     path = Path(workdir) / f"m{rt.suffix}"
     export_model(runtime, model, input_shape, path)
-    if target is not None:
-        return target.bench(path, threads, protocol)["latency_ms"]
     rt.load(str(path))
     return time_invoke(rt, rt.prepare(x.numpy()), protocol)
+
+
+def _bench_on(target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
+              threads: int, protocol: Protocol, workdir: str | Path) -> dict[str, Any]:
+    """Export ``model`` here and time it on ``target``; the agent's whole JSON (latency
+    statistics, device facts, runtime version)."""
+    path = Path(workdir) / f"m{get_runtime(runtime, threads).suffix}"
+    export_model(runtime, model.eval(), input_shape, path)
+    return target.bench(path, threads, protocol)
 
 
 class _Overhead(nn.Module):
@@ -150,10 +160,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                 state["overhead_ms"] = measure_module(_Overhead(), (1, 8, 1, 1), runtime,
                                                       threads, protocol, tmp)[protocol.statistic]
             else:  # the device describes itself in the agent's JSON
-                rt = get_runtime(runtime, threads)
-                path = Path(tmp) / f"overhead{rt.suffix}"
-                export_model(runtime, _Overhead().eval(), (1, 8, 1, 1), path)
-                res = target.bench(path, threads, protocol)
+                res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol,
+                                tmp)
                 state["overhead_ms"] = res["latency_ms"][protocol.statistic]
                 state["context"] = {
                     "device": res.get("device", {"name": where}), "runtime": runtime,
@@ -200,7 +208,7 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
     cfgs += [space.max_subnet(max(res)), space.min_subnet(min(res))]
     measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target)
-    raw = [table.predict_raw(space, c) for c in cfgs]
+    raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs).tolist()
     a, b = np.polyfit(np.asarray(raw), np.asarray(measured), 1)
     table.calibration = {"a": float(a), "b": float(b), "fitted_on": [
         {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}

@@ -43,9 +43,10 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     out = Path(out)
     fmt = model_format(runtime)
     formats = tuple(dict.fromkeys((fmt, *formats)))
+    # export everything first: conversions must not overlap (or warm up) the timed runs
     bundles = []
-    for i, row in enumerate(rows):  # export everything first: conversions must not
-        label = row.get("label") or f"subnet{i}"  # overlap (or warm up) the timed runs
+    for i, row in enumerate(rows):
+        label = row.get("label") or f"subnet{i}"
         cfg = SubnetConfig.from_dict(row["config"])
         folder = out / label
         rep = read_bundle(folder)

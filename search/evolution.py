@@ -125,6 +125,17 @@ def sample_stratified(space: SearchSpace, n: int, rng: np.random.Generator
             "d": depth[pick(depth, ns)], "r": res[pick(res, 1)[:, 0]]}
 
 
+PRESCREEN = 20_000  # stratified subnets scored to seed a fresh study's first generation
+NEIGHBOURS = 256  # neighbours per elite in each local-search step
+
+
+def _front(idx: np.ndarray, m: dict[str, np.ndarray], objective: str) -> np.ndarray:
+    """The non-dominated subset of ``idx`` (accuracy up, ``objective`` down), by objective."""
+    idx = idx[np.lexsort((-m["acc"][idx], m[objective][idx]))]
+    acc = m["acc"][idx]
+    return idx[acc > np.maximum.accumulate(np.r_[-np.inf, acc[:-1]])]
+
+
 def _take(enc: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
     return {g: v[idx] for g, v in enc.items()}
 
@@ -164,9 +175,7 @@ class _Archive:
             ok = first[viol[first] == 0]
             if len(ok) == 0:
                 return first[np.argsort(viol[first])][:n]
-            ok = ok[np.lexsort((-self.m["acc"][ok], self.m[objective][ok]))]
-            acc = self.m["acc"][ok]
-            front = ok[acc > np.maximum.accumulate(np.r_[-np.inf, acc[:-1]])]
+            front = _front(ok, self.m, objective)
             if len(front) > n:
                 front = front[np.linspace(0, len(front) - 1, n).round().astype(int)]
             return front
@@ -186,7 +195,7 @@ class _Archive:
 
 
 def _prescreen(scorer: Scorer, cons: dict[str, float], n: int, pareto: bool, objective: str,
-               rng: np.random.Generator, count: int = 20_000) -> dict[str, np.ndarray]:
+               rng: np.random.Generator, count: int = PRESCREEN) -> dict[str, np.ndarray]:
     """Seed the first generation: score ``count`` stratified subnets in one batched call.
 
     Single-budget mode keeps the ``n`` best by :func:`_key`; Pareto mode the most accurate
@@ -210,7 +219,7 @@ def _prescreen(scorer: Scorer, cons: dict[str, float], n: int, pareto: bool, obj
 
 def _refine(scorer: Scorer, enc: dict[str, np.ndarray], m: dict[str, np.ndarray],
             cons: dict[str, float], pareto: bool, objective: str, rng: np.random.Generator,
-            k: int = 256, p_gene: float = 0.1, p_res: float = 0.2) -> dict[str, np.ndarray]:
+            k: int = NEIGHBOURS, p_gene: float = 0.1, p_res: float = 0.2) -> dict[str, np.ndarray]:
     """One vectorised local-search step for each of ``n`` elites (the memetic operator).
 
     Each elite gets ``k`` neighbours: half are uniform crossovers with another elite, then
@@ -363,7 +372,7 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
         archive.add(enc, scorer(enc))
     elif memetic:
         seeds = _prescreen(scorer, cons, population, pareto, objective, rng)
-        evaluations += 20_000
+        evaluations += PRESCREEN
         for i in range(len(seeds["r"])):
             study.enqueue_trial(_params(space, _decode(space, seeds, i)))
     gens = range(done // population, generations)
@@ -391,7 +400,7 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
             assert archive.enc is not None and archive.m is not None
             kids = _refine(scorer, _take(archive.enc, elite), _take(archive.m, elite), cons,
                            pareto, objective, rng)
-            evaluations += 256 * len(elite)
+            evaluations += NEIGHBOURS * len(elite)
             for i in range(len(kids["r"])):
                 study.enqueue_trial(_params(space, _decode(space, kids, i)))
     assert archive.m is not None
@@ -413,9 +422,6 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
     res: dict[str, Any] = {"best": [row(best)], "trials": len(study.get_trials(deepcopy=False)),
                            "budget": cons, "evaluations": evaluations}
     if pareto:
-        pts = feasible[np.lexsort((-m["acc"][feasible], m[objective][feasible]))]
-        acc = m["acc"][pts]
-        front = pts[acc > np.maximum.accumulate(np.r_[-np.inf, acc[:-1]])]
-        res["front"] = [row(int(i)) for i in front]
+        res["front"] = [row(int(i)) for i in _front(feasible, m, objective)]
         res["objective"] = objective
     return res
