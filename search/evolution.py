@@ -136,6 +136,16 @@ def _front(idx: np.ndarray, m: dict[str, np.ndarray], objective: str) -> np.ndar
     return idx[acc > np.maximum.accumulate(np.r_[-np.inf, acc[:-1]])]
 
 
+def _network_rows(space: SearchSpace, enc: dict[str, np.ndarray]) -> np.ndarray:
+    """One row per encoded subnet that identifies the network ``(N, 2B + S + 1)``: kernel
+    and expand genes of blocks beyond a stage's depth are masked (-1), since they do not
+    change the network (nor its predicted accuracy or latency)."""
+    b = np.arange(space.num_blocks)
+    active = (b % space.max_depth)[None, :] < np.take(enc["d"], b // space.max_depth, axis=1)
+    return np.concatenate([np.where(active, enc["ks"], -1), np.where(active, enc["e"], -1),
+                           enc["d"], enc["r"][:, None]], axis=1)
+
+
 def _take(enc: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
     return {g: v[idx] for g, v in enc.items()}
 
@@ -148,7 +158,8 @@ def _key(m: dict[str, np.ndarray], viol: np.ndarray) -> np.ndarray:
 class _Archive:
     """Every subnet scored so far (encoded, with metrics), for choosing elites to refine."""
 
-    def __init__(self) -> None:
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
         self.enc: dict[str, np.ndarray] | None = None
         self.m: dict[str, np.ndarray] | None = None
 
@@ -167,9 +178,7 @@ class _Archive:
         (accuracy up, ``objective`` down), evenly thinned to ``n``.
         """
         assert self.enc is not None and self.m is not None
-        rows = np.concatenate([self.enc["ks"], self.enc["e"], self.enc["d"],
-                               self.enc["r"][:, None]], axis=1)
-        _, first = np.unique(rows, axis=0, return_index=True)
+        _, first = np.unique(_network_rows(self.space, self.enc), axis=0, return_index=True)
         viol = _violation(self.m, cons)
         if pareto:
             ok = first[viol[first] == 0]
@@ -202,7 +211,7 @@ def _prescreen(scorer: Scorer, cons: dict[str, float], n: int, pareto: bool, obj
     feasible candidate in each of ``n`` quantile bins of the objective.
     """
     enc = sample_stratified(scorer.space, count, rng)
-    archive = _Archive()
+    archive = _Archive(scorer.space)
     m = scorer(enc)
     archive.add(enc, m)
     if not pareto:
@@ -249,10 +258,10 @@ def _refine(scorer: Scorer, enc: dict[str, np.ndarray], m: dict[str, np.ndarray]
     if pareto:
         viol = viol + np.maximum(km[objective] - m[objective][idx], 0.0) \
             / np.maximum(np.abs(m[objective][idx]), 1e-12)
-    same = np.ones(n * k, dtype=bool)
-    for g, v in kids.items():
-        same &= (v == enc[g][idx]).reshape(n * k, -1).all(1)
-    key = np.where(same, -np.inf, _key(km, viol)).reshape(n, k)  # a copy is no neighbour
+    # a neighbour that is the same network (a copy, or changed only in genes of blocks beyond
+    # the depth) is no neighbour
+    same = (_network_rows(space, kids) == _network_rows(space, enc)[idx]).all(1)
+    key = np.where(same, -np.inf, _key(km, viol)).reshape(n, k)
     best = key.argmax(1)
     # batched float32 predictions differ in the last bits: demand a real improvement
     better = key[np.arange(n), best] > _key(m, _violation(m, cons)) + 1e-6
@@ -363,7 +372,7 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
                                 storage=open_storage(storage), study_name=study_name,
                                 load_if_exists=True)
     rng = np.random.default_rng(seed)
-    archive = _Archive()
+    archive = _Archive(space)
     done_trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     done = len(done_trials)
     evaluations = done
