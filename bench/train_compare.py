@@ -35,7 +35,7 @@ def _cfg(out: Path, schedule: str, epochs: float, args, **over):
 
     return TrainConfig(out=str(out), space="mbv3-cifar", dataset="cifar10", data=str(args.data),
                        schedule=schedule, epochs=epochs, batch_size=args.batch_size,
-                       seed=0, eval_images=1000, space_overrides=over)
+                       lr_scale=args.lr_scale, seed=0, eval_images=1000, space_overrides=over)
 
 
 def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
@@ -69,7 +69,8 @@ def _top1(run: Path, cfgs) -> list[float]:
 
     net, cfg, _ = load_run(run)
     data = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout, seed=cfg.seed)
-    return [subnet_accuracy(net, c, data, "test", 2000) for c in cfgs]
+    cache: dict = {}
+    return [subnet_accuracy(net, c, data, "test", 2000, cache=cache) for c in cfgs]
 
 
 def main() -> None:
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-time budget per schedule")
     ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="multiplies every phase's lr (1 = the reference rates, both schedules)")
     ap.add_argument("--runs", default="runs/bench_train")
     args = ap.parse_args()
     if not Path(args.data).exists():
@@ -113,7 +116,8 @@ def main() -> None:
     print_table(rows)
     write_json("train_compare", {"data": str(args.data), "space": "mbv3-cifar",
                                  "resolution": r, "minutes_per_schedule": args.minutes,
-                                 "batch_size": args.batch_size, "test_images": 10000,
+                                 "batch_size": args.batch_size, "lr_scale": args.lr_scale,
+                                 "test_images": 10000,
                                  "rows": rows})
 
 

@@ -39,9 +39,9 @@ class RunConfig:
     space: str = "mbv3-digits"
     resolutions: list[int] | None = None
     schedule: str = "deps"
-    epochs: float = 14.0
+    epochs: float | None = None  # None: the schedule's short_run epochs (deps 14, ps 24)
     batch_size: int = 64
-    lr_scale: float = 1.0
+    lr_scale: float | None = None  # None: the schedule's short_run lr_scale (deps 1, ps 3)
     seed: int = 0
     samples: int = 100  # subnets measured for the accuracy predictor
     predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
@@ -61,6 +61,11 @@ class RunConfig:
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        from ofa.train.schedule import run_settings
+
+        self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
 
     @property
     def folder(self) -> Path:

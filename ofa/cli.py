@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", action="store_true")
 
-    lut = sub.add_parser("lut", help="latency lookup tables: build, import-ofa, validate")
+    lut = sub.add_parser("lut", help="latency lookup tables: build, calibrate, import-ofa, "
+                         "validate")
     lsub = lut.add_subparsers(dest="lut_command", required=True)
     b = lsub.add_parser("build", help="measure a table on this machine (resumable)")
     b.add_argument("--space", default="mbv3-cifar")
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--calib", type=int, default=10, help="whole subnets for calibration")
     b.add_argument("--out", required=True)
     _device_args(b)
+    c = lsub.add_parser("calibrate", help="refit a table's a*sum+b on whole subnets measured "
+                        "here (e.g. a shipped table on another machine of its type)")
+    c.add_argument("table")
+    c.add_argument("--calib", type=int, default=10, help="random subnets (+ largest, smallest)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
+    _device_args(c)
     i = lsub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
     i.add_argument("--out", required=True)
@@ -154,9 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--space", default="mbv3-digits")
     rn.add_argument("--resolutions", help="override the space's resolutions, e.g. 12,16")
     rn.add_argument("--schedule", default="deps")
-    rn.add_argument("--epochs", type=float, default=14.0)
+    rn.add_argument("--epochs", type=float, help="total epochs (default: the schedule's "
+                    "short_run setting, deps 14, ps 24)")
     rn.add_argument("--batch-size", type=int, default=64)
-    rn.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every phase's lr")
+    rn.add_argument("--lr-scale", type=float, help="multiplies every phase's lr (default: the "
+                    "schedule's short_run setting, deps 1, ps 3)")
     rn.add_argument("--samples", type=int, default=100, help="subnets for the predictor")
     rn.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
     rn.add_argument("--budgets", help="latency budgets in ms, e.g. 5,8,12 (default: 3 spread "
@@ -244,9 +254,11 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dataset", default="digits", choices=DATASETS)
     t.add_argument("--data", help=".npz file, dataset folder or ImageFolder tree")
     t.add_argument("--schedule", default="deps", help="ps | deps | path to a schedule YAML")
-    t.add_argument("--epochs", type=float, default=14.0, help="total epochs over all phases")
+    t.add_argument("--epochs", type=float, help="total epochs over all phases (default: the "
+                   "schedule's short_run setting, deps 14, ps 24)")
     t.add_argument("--batch-size", type=int, default=64, help="global batch size")
-    t.add_argument("--lr-scale", type=float, default=1.0, help="multiplies every phase's lr")
+    t.add_argument("--lr-scale", type=float, help="multiplies every phase's lr (default: the "
+                   "schedule's short_run setting, deps 1, ps 3)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="runs/demo")
     t.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints "
@@ -358,8 +370,8 @@ def cmd_lut(args: argparse.Namespace) -> int:
 
 
 def _lut_measure(args: argparse.Namespace, target) -> int:
-    """``ofa lut build`` / ``ofa lut validate`` (on ``target``, None = in this process)."""
-    from deploy.lut import build_table, validate_table
+    """``ofa lut build|calibrate|validate`` (on ``target``, None = in this process)."""
+    from deploy.lut import build_table, calibrate, validate_table
     from deploy.runtimes import Protocol
     from ofa.fileio import atomic_write_json
     from ofa.space import get_space
@@ -378,6 +390,15 @@ def _lut_measure(args: argparse.Namespace, target) -> int:
               f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
         return 0
     table = LatencyTable.load(args.table)
+    if args.lut_command == "calibrate":
+        old = dict(table.calibration)
+        calibrate(table, _space_from_table(table), args.calib, seed=args.seed, target=target)
+        out = args.out or args.table
+        table.save(out)
+        print(f"wrote {out}: calibration a={old.get('a', 1):.3f} b={old.get('b', 0):.3f} -> "
+              f"a={table.calibration['a']:.3f} b={table.calibration['b']:.3f} ms "
+              f"({len(table.calibration['fitted_on'])} subnets)")
+        return 0
     rep = validate_table(table, _space_from_table(table), n=args.n, seed=args.seed,
                          plot=args.plot, target=target)
     if args.out:

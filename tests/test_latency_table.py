@@ -97,6 +97,32 @@ def test_mismatched_context_and_corrupt_tables(tiny_table, tmp_path):
         LatencyTable.load(bad)
 
 
+def test_cli_calibrate_refits_a_copied_table(tiny_table, tmp_path, capsys):
+    """`ofa lut calibrate` refits a, b on subnets measured here (a table from another machine
+    of the type); bad input fails in one line and writes nothing."""
+    from ofa.cli import main
+
+    space, out, _ = tiny_table
+    d = json.loads(out.read_text())
+    d["calibration"] = {"a": 3.0, "b": 5.0, "fitted_on": []}  # another machine's speed
+    copied, new = tmp_path / "copied.json", tmp_path / "new.json"
+    copied.write_text(json.dumps(d))
+    assert main(["lut", "calibrate", str(copied), "--calib", "2", "--out", str(new)]) == 0
+    t = LatencyTable.load(new)
+    assert len(t.calibration["fitted_on"]) == 4  # 2 random + largest + smallest
+    assert t.calibration["a"] != 3.0 and t.entries == LatencyTable.load(copied).entries
+    assert json.loads(copied.read_text())["calibration"]["a"] == 3.0  # --out: source kept
+    for f in t.calibration["fitted_on"]:  # the fit explains the subnets it was fitted on
+        pred = LatencyPredictor(t, space).predict(SubnetConfig.from_dict(f["config"]))
+        assert pred == pytest.approx(t.calibration["a"] * f["sum_ms"] + t.calibration["b"])
+    copied.write_text(out.read_text()[:200])
+    capsys.readouterr()
+    assert main(["lut", "calibrate", str(copied), "--out", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ofa lut: error:") and "copied.json" in err and "\n" not in err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_build_resumes_from_partial(tmp_path):
     space = get_space("mbv3-digits", ks_list=[3], expand_list=[3], depth_list=[2],
                       resolutions=[12])

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from ofa.train.checkpoint import load_checkpoint
-from ofa.train.schedule import eps_beta, load_schedule, lr_at
+from ofa.train.schedule import eps_beta, load_schedule, lr_at, run_settings
 from ofa.train.trainer import TrainConfig, Trainer, load_run
 
 # A tiny schedule that exercises every mode: full net, PS-style random subnets with a teacher
@@ -67,6 +67,24 @@ def test_schedule_errors(tmp_path):
     bad.write_text("phases: [oops")
     with pytest.raises(ValueError, match="invalid YAML"):
         load_schedule(str(bad))
+    bad.write_text("short_run: {epochs: -2}\nphases: [{name: a, epochs: 1, lr: 0.1, mode: full}]")
+    with pytest.raises(ValueError, match="bad.yaml: short_run must map"):
+        load_schedule(str(bad))
+
+
+def test_short_run_settings_come_from_the_schedule(tmp_path, tiny_schedule):
+    # the minutes-long default run: deps at reference rates, ps with 3x rates over 24 epochs
+    assert run_settings("deps") == (14.0, 1.0)
+    assert run_settings("ps") == (24.0, 3.0)
+    assert run_settings("ps", epochs=40) == (40.0, 3.0)
+    assert run_settings("ps", lr_scale=1) == (24.0, 1.0)
+    assert run_settings(tiny_schedule) == (14.0, 1.0)  # no short_run: reference rates
+    cfg = TrainConfig(out=str(tmp_path / "r"), schedule="ps")
+    assert (cfg.epochs, cfg.lr_scale) == (24.0, 3.0)
+    from deploy.pipeline import RunConfig
+
+    assert (RunConfig(schedule="ps").epochs, RunConfig(schedule="ps").lr_scale) == (24.0, 3.0)
+    assert (RunConfig(epochs=6).epochs, RunConfig(epochs=6).lr_scale) == (6.0, 1.0)
 
 
 def test_lr_and_eps_ramp_values():

@@ -19,7 +19,7 @@ import yaml
 
 from ofa.space import SearchSpace
 
-__all__ = ["Phase", "Schedule", "load_schedule", "lr_at", "eps_beta"]
+__all__ = ["Phase", "Schedule", "load_schedule", "run_settings", "lr_at", "eps_beta"]
 
 SCHEDULE_DIR = Path(__file__).resolve().parent / "schedules"
 _CHOICE_WORDS = ("all", "max", "min", "top2")
@@ -97,6 +97,7 @@ class Schedule:
     weight_decay: float = 3e-5
     label_smoothing: float = 0.1
     kd_ratio: float = 1.0
+    short_run: dict = field(default_factory=dict)  # {"epochs", "lr_scale"} for minutes-long runs
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -116,10 +117,15 @@ class Schedule:
         if not phases:
             raise ValueError(f"{source}: 'phases' is empty")
         known = {"name", "lr_batch", "momentum", "nesterov", "weight_decay", "label_smoothing",
-                 "kd_ratio", "extra"}
+                 "kd_ratio", "short_run", "extra"}
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown schedule key(s) {sorted(unknown)}")
+        short = data.get("short_run") or {}
+        if not isinstance(short, dict) or set(short) - {"epochs", "lr_scale"} or not all(
+                isinstance(v, (int, float)) and v > 0 for v in short.values()):
+            raise ValueError(f"{source}: short_run must map epochs / lr_scale to positive "
+                             f"numbers, got {short!r}")
         return cls(phases=phases, **data)
 
     def scaled(self, total_epochs: float) -> Schedule:
@@ -155,6 +161,21 @@ def load_schedule(name_or_path: str) -> Schedule:
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     return Schedule.from_dict(data, source=str(path))
+
+
+def run_settings(schedule: str, epochs: float | None = None,
+                 lr_scale: float | None = None) -> tuple[float, float]:
+    """``(epochs, lr_scale)`` for a run: the values given, else the schedule's ``short_run``
+    settings (the minutes-long default run), else 14 epochs at the reference rates.
+
+    Raises:
+        ValueError: unknown or malformed schedule (see :func:`load_schedule`).
+    """
+    if epochs is not None and lr_scale is not None:
+        return float(epochs), float(lr_scale)
+    short = load_schedule(schedule).short_run
+    return (float(epochs if epochs is not None else short.get("epochs", 14.0)),
+            float(lr_scale if lr_scale is not None else short.get("lr_scale", 1.0)))
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:

@@ -35,7 +35,7 @@ from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import OFAMobileNetV3
 from ofa.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
+from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at, run_settings
 
 __all__ = ["TrainConfig", "Trainer", "train", "load_run"]
 
@@ -54,9 +54,9 @@ class TrainConfig:
     dataset: str = "digits"
     data: str | None = None
     schedule: str = "deps"
-    epochs: float = 14.0
+    epochs: float | None = None  # None: the schedule's short_run epochs
     batch_size: int = 64
-    lr_scale: float = 1.0
+    lr_scale: float | None = None  # None: the schedule's short_run lr_scale
     seed: int = 0
     ckpt_every: int = 0  # steps; 0 = once per epoch
     eval_images: int = 500  # test images per phase-end evaluation (0 = skip)
@@ -64,6 +64,9 @@ class TrainConfig:
     device: str = "cpu"
     max_steps: int | None = None  # stop (after checkpointing) at this global step
     holdout: int | None = None
+
+    def __post_init__(self) -> None:
+        self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
 
 
 def _soft_ce(logits: Tensor, target_prob: Tensor) -> Tensor:
