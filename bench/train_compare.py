@@ -4,8 +4,10 @@ Trains ``mbv3-cifar`` on CIFAR-10 (``../shared/data/cifar10.npz`` by default) wi
 and the ``deps`` schedule, each for as many epochs as fit in ``--minutes`` of wall time on this
 machine (estimated from a short probe of every phase), then reports top-1 on the whole test
 split, after BN recalibration, of the smallest, the largest and 3 fixed mid-size subnets, with
-wall time and images per second. Two of the mid-size subnets are also trained from scratch
-(``scratch`` schedule: one full-network phase) for the DεpS run's number of epochs.
+wall time and training images per second (data images, whatever the number of subnets a step
+trains; the wall time of a resumed run covers only its last stretch). Two of the mid-size
+subnets are also trained from scratch (``scratch`` schedule: one full-network phase) for the
+DεpS run's number of epochs.
 
     python bench/train_compare.py --minutes 60            # the issue's setting (~4.5 h in all)
     python bench/train_compare.py --minutes 8 --runs /tmp/tc   # a quick look
@@ -35,7 +37,8 @@ def _cfg(out: Path, schedule: str, epochs: float, args, **over):
 
     return TrainConfig(out=str(out), space="mbv3-cifar", dataset="cifar10", data=str(args.data),
                        schedule=schedule, epochs=epochs, batch_size=args.batch_size,
-                       lr_scale=args.lr_scale, seed=0, eval_images=1000, space_overrides=over)
+                       lr_scale=args.lr_scale, seed=0, eval_images=1000, space_overrides=over,
+                       ckpt_every=100)  # a killed run loses at most 100 steps
 
 
 def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
@@ -62,7 +65,9 @@ def _train(name: str, schedule: str, epochs: float, args, **over) -> tuple[Path,
     return out, time.perf_counter() - t
 
 
-def _top1(run: Path, cfgs) -> list[float]:
+def _top1(run: Path, cfgs) -> tuple[list[float], int]:
+    """Top-1 (%) of ``cfgs`` on the whole test split after BN recalibration, and the number
+    of training images per epoch."""
     from ofa.data import load_dataset
     from ofa.evaluate import subnet_accuracy
     from ofa.train.trainer import load_run
@@ -70,7 +75,8 @@ def _top1(run: Path, cfgs) -> list[float]:
     net, cfg, _ = load_run(run)
     data = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     cache: dict = {}
-    return [subnet_accuracy(net, c, data, "test", 2000, cache=cache) for c in cfgs]
+    return ([subnet_accuracy(net, c, data, "test", 2000, cache=cache) for c in cfgs],
+            len(data.split("train")))
 
 
 def main() -> None:
@@ -97,19 +103,19 @@ def main() -> None:
         epochs, sec = _epochs_for(sched, args)
         epochs_of[sched] = epochs
         run, wall = _train(f"cifar10-{sched}", sched, epochs, args)
-        acc = _top1(run, list(subnets.values()))
+        acc, n_train = _top1(run, list(subnets.values()))
         rows.append({"method": sched, "epochs": epochs, "probe_s_per_epoch": sec,
-                     "wall_min": wall / 60, "images_per_s": _img_per_s(run),
+                     "wall_min": wall / 60, "images_per_s": epochs * n_train / wall,
                      **{k: a for k, a in zip(subnets, acc)}})
         print_table(rows[-1:])
     for k, e, d in MID[:2]:
         name = f"k{k}e{e}d{d}"
         over = {"ks_list": [k], "expand_list": [e], "depth_list": [d]}
         run, wall = _train(f"cifar10-scratch-{name}", "scratch", epochs_of["deps"], args, **over)
-        acc = _top1(run, [get_space("mbv3-cifar", **over).max_subnet(r)])[0]
+        (acc,), n_train = _top1(run, [get_space("mbv3-cifar", **over).max_subnet(r)])
         rows.append({"method": f"scratch {name}", "epochs": epochs_of["deps"],
                      "probe_s_per_epoch": float("nan"), "wall_min": wall / 60,
-                     "images_per_s": _img_per_s(run),
+                     "images_per_s": epochs_of["deps"] * n_train / wall,
                      **{s: (acc if s == name else float("nan")) for s in subnets}})
         print_table(rows[-1:])
     print()
@@ -119,16 +125,6 @@ def main() -> None:
                                  "batch_size": args.batch_size, "lr_scale": args.lr_scale,
                                  "test_images": 10000,
                                  "rows": rows})
-
-
-def _img_per_s(run: Path) -> float:
-    """Mean training throughput (images/s) over the run's epochs, from metrics.jsonl."""
-    import json
-
-    vals = [json.loads(line).get("images_per_s") for line in
-            (run / "metrics.jsonl").read_text().splitlines()]
-    vals = [v for v in vals if v]
-    return sum(vals) / len(vals) if vals else float("nan")
 
 
 if __name__ == "__main__":
