@@ -67,9 +67,15 @@ def test_schedule_errors(tmp_path):
     bad.write_text("phases: [oops")
     with pytest.raises(ValueError, match="invalid YAML"):
         load_schedule(str(bad))
-    bad.write_text("short_run: {epochs: -2}\nphases: [{name: a, epochs: 1, lr: 0.1, mode: full}]")
+    phases = "phases: [{name: a, epochs: 1, lr: 0.1, mode: full}]"
+    bad.write_text("name: x\nshort_run: {epochs: -2}\n" + phases)
     with pytest.raises(ValueError, match="bad.yaml: short_run must map"):
         load_schedule(str(bad))
+    bad.write_text(phases)
+    with pytest.raises(ValueError, match="bad.yaml: a schedule needs a 'name'"):
+        load_schedule(str(bad))
+    bad.write_text("name: x\nshort_run:\n" + phases)  # empty: the reference rates, 14 epochs
+    assert run_settings(str(bad)) == (14.0, 1.0)
 
 
 def test_short_run_settings_come_from_the_schedule(tmp_path, tiny_schedule):

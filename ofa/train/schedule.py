@@ -121,11 +121,13 @@ class Schedule:
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"{source}: unknown schedule key(s) {sorted(unknown)}")
-        short = data.get("short_run") or {}
+        short = data["short_run"] = data.get("short_run") or {}
         if not isinstance(short, dict) or set(short) - {"epochs", "lr_scale"} or not all(
                 isinstance(v, (int, float)) and v > 0 for v in short.values()):
             raise ValueError(f"{source}: short_run must map epochs / lr_scale to positive "
                              f"numbers, got {short!r}")
+        if "name" not in data:
+            raise ValueError(f"{source}: a schedule needs a 'name'")
         return cls(phases=phases, **data)
 
     def scaled(self, total_epochs: float) -> Schedule:
