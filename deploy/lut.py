@@ -6,6 +6,9 @@ subnets are measured end to end to fit the calibration ``a * raw + b`` (REFERENC
 A killed build resumes: measured entries are kept in ``<out>.partial.json`` (atomically
 rewritten after every entry) and skipped on the next run.
 
+Whole subnets (calibration, validation) are exported first and then timed in interleaved
+trials, so that a drift of the machine's speed does not favour the subnets timed first.
+
 Validate: N seeded random subnets (other seeds than calibration), measured end to end, against
 raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, and a scatter plot.
 """
@@ -27,7 +30,7 @@ from tqdm import tqdm
 
 from deploy.devinfo import device_facts
 from deploy.export import export_model
-from deploy.runtimes import Protocol, get_runtime, stats_ms, time_invoke
+from deploy.runtimes import Protocol, get_runtime, stats_ms, time_interleaved, time_invoke
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, SubnetConfig
 from ofa.static import build_layer
@@ -110,13 +113,29 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
 
 def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
                      protocol: Protocol, desc: str, target=None) -> list[float]:
-    out = []
+    """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
+
+    Here, with an exported runtime, every subnet is exported and loaded first and then timed
+    in interleaved trials (:func:`deploy.runtimes.time_interleaved`), so a drift of the
+    machine's speed during the minutes this takes spreads over all subnets alike; on a
+    device target or with eager torch, each subnet is timed in turn."""
     with tempfile.TemporaryDirectory() as tmp:
-        for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False)):
-            m = _subnet(space, c, i)
-            out.append(measure_module(m, (1, 3, c.r, c.r), runtime, threads, protocol,
-                                      tmp, target)[protocol.statistic])
-    return out
+        if target is not None or runtime == "torch":
+            return [measure_module(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
+                                   protocol, tmp, target)[protocol.statistic]
+                    for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False))]
+        rts, xs = [], []
+        for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
+            rt = get_runtime(runtime, threads)
+            path = Path(tmp) / f"s{i}{rt.suffix}"
+            export_model(runtime, _subnet(space, c, i), (1, 3, c.r, c.r), path)
+            rt.load(str(path))
+            rts.append(rt)
+            xs.append(rt.prepare(torch.randn(1, 3, c.r, c.r).numpy()))
+        with tqdm(total=len(cfgs) * protocol.trials, leave=False,
+                  desc=f"{desc}: time ({protocol.trials} interleaved trials)") as bar:
+            stats = time_interleaved(rts, xs, protocol, progress=bar.update)
+        return [st[protocol.statistic] for st in stats]
 
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,

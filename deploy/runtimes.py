@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -262,3 +263,36 @@ def time_invoke(rt: Runtime, x: np.ndarray, protocol: Protocol | None = None) ->
             rt.invoke()
             times.append((time.perf_counter() - t) * 1e3)
     return stats_ms(times)
+
+
+def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
+                     protocol: Protocol | None = None,
+                     progress: Callable[[], None] | None = None) -> list[dict[str, float]]:
+    """Time several loaded models in rounds: trial ``t`` times every model (``warmup``
+    untimed, then ``runs`` timed invokes) before trial ``t + 1`` starts.
+
+    A machine whose speed drifts over minutes (a VM's neighbours, clocks) then shifts every
+    model alike instead of whichever was timed in a slow minute, so the models' statistics
+    (ms, one dict per model as :func:`time_invoke`) compare fairly. ``progress`` is called
+    after each model's trial.
+
+    Raises:
+        ValueError: as many inputs as runtimes are needed.
+    """
+    p = protocol or Protocol()
+    if len(rts) != len(xs):
+        raise ValueError(f"{len(rts)} runtimes but {len(xs)} inputs")
+    times: list[list[float]] = [[] for _ in rts]
+    for rt, x in zip(rts, xs):
+        rt.set_input(x)
+    for _ in range(p.trials):
+        for rt, out in zip(rts, times):
+            for _ in range(p.warmup):
+                rt.invoke()
+            for _ in range(p.runs):
+                t = time.perf_counter()
+                rt.invoke()
+                out.append((time.perf_counter() - t) * 1e3)
+            if progress is not None:
+                progress()
+    return [stats_ms(t) for t in times]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.runtimes import Protocol
+from deploy.runtimes import Protocol, Runtime, time_interleaved
 from deploy.targets import (
     AdbTarget,
     LocalTarget,
@@ -154,6 +154,32 @@ def test_agent_runs_without_torch(bundles, tmp_path):
     # the same venv lacks LiteRT: a clear one-line error and exit code 3
     p = _agent(str(py), str(folder / "tflite-fp32" / "model.tflite"), env=env)
     assert p.returncode == 3 and "pip install ai-edge-litert" in p.stderr
+
+
+def test_interleaved_timing_visits_every_model_each_trial():
+    """Trial t times every model before trial t + 1 (a drifting machine shifts all alike)."""
+    log: list[tuple[str, object]] = []
+
+    class Fake(Runtime):
+        def __init__(self, name: str) -> None:
+            super().__init__(1)
+            self.name = name
+
+        def set_input(self, x):
+            log.append(("set", self.name))
+
+        def invoke(self):
+            log.append(("invoke", self.name))
+
+    ticks = []
+    stats = time_interleaved([Fake("a"), Fake("b")], [None, None], Protocol(1, 2, 3),
+                             progress=lambda: ticks.append(1))
+    invokes = [n for k, n in log if k == "invoke"]
+    assert invokes == (["a"] * 3 + ["b"] * 3) * 3  # (warmup 1 + runs 2) per model per trial
+    assert [n for k, n in log if k == "set"] == ["a", "b"]
+    assert [st["count"] for st in stats] == [6, 6] and len(ticks) == 6
+    with pytest.raises(ValueError, match="2 runtimes but 1 inputs"):
+        time_interleaved([Fake("a"), Fake("b")], [None])
 
 
 def test_local_target(bundles):
