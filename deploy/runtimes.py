@@ -252,17 +252,7 @@ def stats_ms(times_ms: list[float]) -> dict[str, float]:
 def time_invoke(rt: Runtime, x: np.ndarray, protocol: Protocol | None = None) -> dict[str, float]:
     """Time ``rt.invoke()`` on input ``x``: per trial ``warmup`` untimed then ``runs`` timed
     invokes; statistics (ms) over all timed invokes."""
-    p = protocol or Protocol()
-    rt.set_input(x)
-    times: list[float] = []
-    for _ in range(p.trials):
-        for _ in range(p.warmup):
-            rt.invoke()
-        for _ in range(p.runs):
-            t = time.perf_counter()
-            rt.invoke()
-            times.append((time.perf_counter() - t) * 1e3)
-    return stats_ms(times)
+    return time_interleaved([rt], [x], protocol)[0]
 
 
 def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
