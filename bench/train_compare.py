@@ -42,11 +42,18 @@ def _cfg(out: Path, schedule: str, epochs: float, args, **over):
 
 
 def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
-    """(epochs that fit in ``args.minutes``, probed seconds per epoch)."""
+    """(epochs that fit in ``args.minutes``, probed seconds per epoch); the probe is kept in
+    ``--runs``/probe-<schedule>.json so that a resumed benchmark keeps its budgets."""
+    from ofa.fileio import atomic_write_json, read_json
     from ofa.train.trainer import Trainer
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sec = Trainer(_cfg(Path(tmp), schedule, 1.0, args, **over)).estimate_epoch_seconds()
+    saved = Path(args.runs) / f"probe-{schedule}.json"
+    if saved.exists():
+        sec = float(read_json(saved, "probe file")["seconds_per_epoch"])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            sec = Trainer(_cfg(Path(tmp), schedule, 1.0, args, **over)).estimate_epoch_seconds()
+        atomic_write_json(saved, {"schedule": schedule, "seconds_per_epoch": sec})
     epochs = max(0.2, round(args.minutes * 60 / sec, 2))
     print(f"{schedule}: probe says {sec / 60:.1f} min per epoch here -> {epochs:g} epochs "
           f"in {args.minutes:g} min", flush=True)
@@ -67,16 +74,25 @@ def _train(name: str, schedule: str, epochs: float, args, **over) -> tuple[Path,
 
 def _top1(run: Path, cfgs) -> tuple[list[float], int]:
     """Top-1 (%) of ``cfgs`` on the whole test split after BN recalibration, and the number
-    of training images per epoch."""
+    of training images per epoch (kept in ``run``/bench_top1.json for a resumed benchmark)."""
     from ofa.data import load_dataset
     from ofa.evaluate import subnet_accuracy
+    from ofa.fileio import atomic_write_json, read_json
     from ofa.train.trainer import load_run
 
+    saved = run / "bench_top1.json"
+    if saved.exists():
+        d = read_json(saved, "benchmark result")
+        if d["configs"] == [c.to_dict() for c in cfgs]:
+            return d["top1"], d["train_images"]
     net, cfg, _ = load_run(run)
     data = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     cache: dict = {}
-    return ([subnet_accuracy(net, c, data, "test", 2000, cache=cache) for c in cfgs],
-            len(data.split("train")))
+    top1 = [subnet_accuracy(net, c, data, "test", 2000, cache=cache) for c in cfgs]
+    n_train = len(data.split("train"))
+    atomic_write_json(saved, {"configs": [c.to_dict() for c in cfgs], "top1": top1,
+                              "train_images": n_train})
+    return top1, n_train
 
 
 def main() -> None:
@@ -105,6 +121,7 @@ def main() -> None:
         run, wall = _train(f"cifar10-{sched}", sched, epochs, args)
         acc, n_train = _top1(run, list(subnets.values()))
         rows.append({"method": sched, "epochs": epochs, "probe_s_per_epoch": sec,
+                     "probe_images_per_s": n_train / sec,
                      "wall_min": wall / 60, "images_per_s": epochs * n_train / wall,
                      **{k: a for k, a in zip(subnets, acc)}})
         print_table(rows[-1:])
@@ -114,7 +131,8 @@ def main() -> None:
         run, wall = _train(f"cifar10-scratch-{name}", "scratch", epochs_of["deps"], args, **over)
         (acc,), n_train = _top1(run, [get_space("mbv3-cifar", **over).max_subnet(r)])
         rows.append({"method": f"scratch {name}", "epochs": epochs_of["deps"],
-                     "probe_s_per_epoch": float("nan"), "wall_min": wall / 60,
+                     "probe_s_per_epoch": float("nan"), "probe_images_per_s": float("nan"),
+                     "wall_min": wall / 60,
                      "images_per_s": epochs_of["deps"] * n_train / wall,
                      **{s: (acc if s == name else float("nan")) for s in subnets}})
         print_table(rows[-1:])
