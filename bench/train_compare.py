@@ -48,12 +48,14 @@ def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
     from ofa.train.trainer import Trainer
 
     saved = Path(args.runs) / f"probe-{schedule}.json"
-    if saved.exists():
-        sec = float(read_json(saved, "probe file")["seconds_per_epoch"])
-    else:
+    probe = read_json(saved, "probe file") if saved.exists() else {}
+    if probe.get("batch_size") == args.batch_size:
+        sec = float(probe["seconds_per_epoch"])
+    else:  # none yet, or probed for another batch size
         with tempfile.TemporaryDirectory() as tmp:
             sec = Trainer(_cfg(Path(tmp), schedule, 1.0, args, **over)).estimate_epoch_seconds()
-        atomic_write_json(saved, {"schedule": schedule, "seconds_per_epoch": sec})
+        atomic_write_json(saved, {"schedule": schedule, "batch_size": args.batch_size,
+                                  "seconds_per_epoch": sec})
     epochs = max(0.2, round(args.minutes * 60 / sec, 2))
     print(f"{schedule}: probe says {sec / 60:.1f} min per epoch here -> {epochs:g} epochs "
           f"in {args.minutes:g} min", flush=True)

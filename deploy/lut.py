@@ -67,8 +67,8 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     model = model.eval()
     if target is not None and runtime == "torch":
         raise ValueError("the torch runtime is measured in this process only (no --target)")
-    x = torch.randn(*input_shape)
     if runtime == "torch":
+        x = torch.randn(*input_shape)
         torch.set_num_threads(threads)
         times = []
         with torch.inference_mode():
@@ -83,11 +83,18 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     if target is not None:
         return _bench_on(target, model, input_shape, runtime, threads, protocol,
                          workdir)["latency_ms"]
+    rt, x_rt = _exported(model, input_shape, runtime, threads, Path(workdir) / "m")
+    return time_invoke(rt, x_rt, protocol)
+
+
+def _exported(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
+              stem: Path) -> tuple[Any, np.ndarray]:
+    """Export ``model`` to ``stem`` + the runtime's suffix, load it; (runtime, random input)."""
     rt = get_runtime(runtime, threads)
-    path = Path(workdir) / f"m{rt.suffix}"
+    path = stem.with_name(stem.name + rt.suffix)
     export_model(runtime, model, input_shape, path)
     rt.load(str(path))
-    return time_invoke(rt, rt.prepare(x.numpy()), protocol)
+    return rt, rt.prepare(torch.randn(*input_shape).numpy())
 
 
 def _bench_on(target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
@@ -126,12 +133,10 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                     for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False))]
         rts, xs = [], []
         for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
-            rt = get_runtime(runtime, threads)
-            path = Path(tmp) / f"s{i}{rt.suffix}"
-            export_model(runtime, _subnet(space, c, i), (1, 3, c.r, c.r), path)
-            rt.load(str(path))
+            rt, x = _exported(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
+                              Path(tmp) / f"s{i}")
             rts.append(rt)
-            xs.append(rt.prepare(torch.randn(1, 3, c.r, c.r).numpy()))
+            xs.append(x)
         with tqdm(total=len(cfgs) * protocol.trials, leave=False,
                   desc=f"{desc}: time ({protocol.trials} interleaved trials)") as bar:
             stats = time_interleaved(rts, xs, protocol, progress=bar.update)
