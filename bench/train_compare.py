@@ -5,9 +5,9 @@ and the ``deps`` schedule, each for as many epochs as fit in ``--minutes`` of wa
 machine (estimated from a short probe of every phase), then reports top-1 on the whole test
 split, after BN recalibration, of the smallest, the largest and 3 fixed mid-size subnets, with
 wall time and training images per second (data images, whatever the number of subnets a step
-trains; the wall time of a resumed run covers only its last stretch). Two of the mid-size
-subnets are also trained from scratch (``scratch`` schedule: one full-network phase) for the
-DεpS run's number of epochs.
+trains; wall time sums every stretch of a resumed run, phase-end evaluations included). Two of
+the mid-size subnets are also trained from scratch (``scratch`` schedule: one full-network
+phase) for the DεpS run's number of epochs.
 
     python bench/train_compare.py --minutes 60            # the issue's setting (~4.5 h in all)
     python bench/train_compare.py --minutes 8 --runs /tmp/tc   # a quick look
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,15 +62,18 @@ def _epochs_for(schedule: str, args, **over) -> tuple[float, float]:
 
 
 def _train(name: str, schedule: str, epochs: float, args, **over) -> tuple[Path, float]:
+    """(run folder, training wall time in s summed over resumed stretches; NaN for a run
+    finished before the trainer recorded it)."""
+    from ofa.fileio import read_json
     from ofa.train.trainer import CKPT, RUN_JSON, train
 
     out = Path(args.runs) / name
     if (out / RUN_JSON).exists():
         print(f"{name}: trained already ({out})")
-        return out, float("nan")
-    t = time.perf_counter()
-    train(_cfg(out, schedule, epochs, args, **over), resume=(out / CKPT).exists())
-    return out, time.perf_counter() - t
+        info = read_json(out / RUN_JSON, "run file")
+    else:
+        info = train(_cfg(out, schedule, epochs, args, **over), resume=(out / CKPT).exists())
+    return out, float(info.get("train_seconds", float("nan")))
 
 
 def _top1(run: Path, cfgs) -> tuple[list[float], int]:

@@ -120,7 +120,9 @@ def test_phase_transitions_and_resume_equivalence(tmp_path, tiny_schedule):
     assert (st["phase"], st["phase_step"], st["global_step"]) == (1, 2, 6)
     resumed = Trainer(_cfg(tmp_path / "b", tiny_schedule), resume=True)
     assert (resumed.phase, resumed.phase_step) == (1, 2)
-    resumed.run()
+    assert resumed.train_seconds == st["train_seconds"] > 0  # wall time carries over
+    info = resumed.run()
+    assert info["train_seconds"] >= round(st["train_seconds"], 1)
     a, b = straight.net.state_dict(), resumed.net.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k

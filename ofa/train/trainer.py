@@ -107,6 +107,8 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.opt_group = ""
         self.phase = self.phase_step = self.global_step = 0
+        self.train_seconds = 0.0  # wall time of run() so far, summed over resumed stretches
+        self._clock = time.perf_counter()
         self._perm_cache: tuple[int, Tensor] | None = None
         self._resumed_rng: Tensor | None = None
         if resume and (self.out / CKPT).exists():
@@ -132,6 +134,7 @@ class Trainer:
             "phase": self.phase, "phase_step": self.phase_step,
             "global_step": self.global_step,
             "epoch": self.global_step / self.steps_per_epoch,
+            "train_seconds": self._elapsed(),
             "rng_python": self.rng.getstate(),
             "rng_torch": torch.get_rng_state(),
             "config": asdict(self.cfg),
@@ -156,6 +159,7 @@ class Trainer:
             self.teacher.load_state_dict(st["teacher"])
         self.phase, self.phase_step = st["phase"], st["phase_step"]
         self.global_step = st["global_step"]
+        self.train_seconds = float(st.get("train_seconds", 0.0))
         self.rng.setstate(st["rng_python"])
         if st["optimizer"] is not None and self.phase < len(self.phase_steps) and (
                 self.phase_step > 0 or self._group_of(self.phase) == st["opt_group"]):
@@ -174,6 +178,11 @@ class Trainer:
         for m in (self.net, self.teacher):
             if m is not None:
                 m.to(memory_format=torch.channels_last)
+
+    def _elapsed(self) -> float:
+        """Seconds of training wall time (phase-end evaluations included) over every stretch
+        of this run, up to now."""
+        return self.train_seconds + time.perf_counter() - self._clock
 
     def _save(self) -> None:
         if self.rank == 0:
@@ -333,6 +342,7 @@ class Trainer:
         if self._resumed_rng is not None and self.rank == 0:
             torch.set_rng_state(self._resumed_rng)
         cfg, phases = self.cfg, self.schedule.phases
+        self._clock = time.perf_counter()
         ckpt_every = cfg.ckpt_every or self.steps_per_epoch
         log = _MetricsLog(self.out) if self.rank == 0 else None
         if self.rank == 0:
@@ -401,7 +411,8 @@ class Trainer:
         info = {"config": asdict(self.cfg), "space": self.space.to_dict(),
                 "schedule": self.schedule.to_dict(), "dataset": self.data.name,
                 "classes": self.data.classes, "normalisation": self.data.normalisation(),
-                "global_steps": self.global_step, "weights": WEIGHTS}
+                "global_steps": self.global_step, "train_seconds": round(self._elapsed(), 1),
+                "weights": WEIGHTS}
         if self.rank == 0:
             save_weights(self.out / WEIGHTS, self.net.state_dict(),
                          metadata={"space": json.dumps(self.space.to_dict())})
