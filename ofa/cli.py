@@ -263,6 +263,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", default="runs/demo")
     t.add_argument("--ckpt-every", type=int, default=0, help="steps between checkpoints "
                    "(0 = every epoch)")
+    t.add_argument("--eval-images", type=int, default=500, help="test images for the "
+                   "smallest/largest top-1 at the end of each phase (0 = skip)")
     t.add_argument("--device", default="cuda" if _cuda() else "cpu")
     t.add_argument("--resolutions", help="override the space's resolutions, e.g. 16,20")
 
@@ -286,6 +288,7 @@ def train_config(args: argparse.Namespace):
                        dataset=args.dataset, data=args.data, schedule=args.schedule,
                        epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
                        seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
+                       eval_images=getattr(args, "eval_images", 500),
                        max_steps=getattr(args, "max_steps", None))
 
 

@@ -1,6 +1,8 @@
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,43 @@ def test_phase_transitions_and_resume_equivalence(tmp_path, tiny_schedule):
     info = resumed.run()
     assert info["train_seconds"] >= round(st["train_seconds"], 1)
     a, b = straight.net.state_dict(), resumed.net.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_sigkill_mid_epoch_then_resume_matches_straight_run(tmp_path, tiny_schedule):
+    """`ofa train` killed with SIGKILL between checkpoints loses only the steps since the last
+    checkpoint: `--resume` ends with the straight run's weights, bit for bit."""
+    from ofa.train.checkpoint import load_weights
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "ofa.cli", "train", "--space", "mbv3-digits",
+                "--resolutions", "12,16", "--schedule", tiny_schedule, "--epochs", "0.75",
+                "--batch-size", "32", "--seed", "3", "--ckpt-every", "5", "--eval-images", "0",
+                "--device", "cpu",
+                "--out", str(out), *extra]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = subprocess.run(cmd(tmp_path / "a"), capture_output=True, text=True, env=env)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(cmd(tmp_path / "b"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+    ck = tmp_path / "b" / "checkpoint.pt"
+    while not ck.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run.json").exists()  # killed before the end
+    total = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["global_step"]
+    killed_at = load_checkpoint(ck)["global_step"]
+    assert killed_at % 5 == 0 and 0 < killed_at < total
+    resumed = subprocess.run(cmd(tmp_path / "b", "--resume"), capture_output=True, text=True,
+                             env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"global step {killed_at})" in resumed.stdout
+    a = load_weights(tmp_path / "a" / "supernet.safetensors")
+    b = load_weights(tmp_path / "b" / "supernet.safetensors")
+    assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
 
