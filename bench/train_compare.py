@@ -13,7 +13,7 @@ phase) for the DεpS run's number of epochs.
     python bench/train_compare.py --minutes 8 --runs /tmp/tc   # a quick look
 
 Each training run lives in ``--runs``/<name> and resumes when interrupted; finished runs are
-not retrained. Writes ``bench/results/train_compare.json``.
+not retrained. Writes ``bench/results/train_compare_<minutes>min.json``.
 """
 
 from __future__ import annotations
@@ -142,11 +142,10 @@ def main() -> None:
         print_table(rows[-1:])
     print()
     print_table(rows)
-    write_json("train_compare", {"data": str(args.data), "space": "mbv3-cifar",
-                                 "resolution": r, "minutes_per_schedule": args.minutes,
-                                 "batch_size": args.batch_size, "lr_scale": args.lr_scale,
-                                 "test_images": 10000,
-                                 "rows": rows})
+    write_json(f"train_compare_{args.minutes:g}min", {
+        "data": str(args.data), "space": "mbv3-cifar", "resolution": r,
+        "minutes_per_schedule": args.minutes, "batch_size": args.batch_size,
+        "lr_scale": args.lr_scale, "test_images": 10000, "rows": rows})
 
 
 if __name__ == "__main__":
