@@ -139,8 +139,7 @@ def test_sigkill_mid_epoch_then_resume_matches_straight_run(tmp_path, tiny_sched
         return [sys.executable, "-m", "ofa.cli", "train", "--space", "mbv3-digits",
                 "--resolutions", "12,16", "--schedule", tiny_schedule, "--epochs", "0.75",
                 "--batch-size", "32", "--seed", "3", "--ckpt-every", "5", "--eval-images", "0",
-                "--device", "cpu",
-                "--out", str(out), *extra]
+                "--device", "cpu", "--out", str(out), *extra]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     straight = subprocess.run(cmd(tmp_path / "a"), capture_output=True, text=True, env=env)
