@@ -288,8 +288,7 @@ def train_config(args: argparse.Namespace):
                        dataset=args.dataset, data=args.data, schedule=args.schedule,
                        epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
                        seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
-                       eval_images=getattr(args, "eval_images", 500),
-                       max_steps=getattr(args, "max_steps", None))
+                       eval_images=args.eval_images, max_steps=args.max_steps)
 
 
 @command("train")

@@ -42,6 +42,13 @@ def _cfg(out, schedule, **kw):
     return TrainConfig(**base)
 
 
+def _assert_same_weights(a: dict, b: dict) -> None:
+    """Two state dicts hold the same tensor names and bit-identical values."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
 def test_shipped_schedules_follow_reference():
     ps = load_schedule("ps")
     assert [p.name for p in ps.phases] == ["full", "elastic_kernel", "elastic_depth_1",
@@ -125,9 +132,7 @@ def test_phase_transitions_and_resume_equivalence(tmp_path, tiny_schedule):
     assert resumed.train_seconds == st["train_seconds"] > 0  # wall time carries over
     info = resumed.run()
     assert info["train_seconds"] >= round(st["train_seconds"], 1)
-    a, b = straight.net.state_dict(), resumed.net.state_dict()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _assert_same_weights(straight.net.state_dict(), resumed.net.state_dict())
 
 
 def test_sigkill_mid_epoch_then_resume_matches_straight_run(tmp_path, tiny_schedule):
@@ -159,11 +164,8 @@ def test_sigkill_mid_epoch_then_resume_matches_straight_run(tmp_path, tiny_sched
                              env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"global step {killed_at})" in resumed.stdout
-    a = load_weights(tmp_path / "a" / "supernet.safetensors")
-    b = load_weights(tmp_path / "b" / "supernet.safetensors")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    _assert_same_weights(load_weights(tmp_path / "a" / "supernet.safetensors"),
+                         load_weights(tmp_path / "b" / "supernet.safetensors"))
 
 
 def test_refuses_to_overwrite_and_mismatched_resume(tmp_path, tiny_schedule):
@@ -203,11 +205,8 @@ def test_ddp_two_ranks_equal_weights(tmp_path, tiny_schedule):
          str(tmp_path), tiny_schedule],
         capture_output=True, text=True, env=env, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
-    w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    assert w0.keys() == w1.keys()
-    for k in w0:
-        assert torch.equal(w0[k], w1[k]), k
+    _assert_same_weights(torch.load(tmp_path / "rank0.pt", weights_only=True),
+                         torch.load(tmp_path / "rank1.pt", weights_only=True))
     assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "run.json").exists()
 
 
