@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ofa.fileio import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,10 +53,7 @@ def _strict(v: Any) -> Any:
 
 def write_json(name: str, data: Any) -> Path:
     """Write ``data`` to ``bench/results/<name>.json`` atomically, NaN as null."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_strict(data), indent=2, allow_nan=False))
-    os.replace(tmp, path)
+    path = atomic_write_text(RESULTS / f"{name}.json",
+                             json.dumps(_strict(data), indent=2, allow_nan=False))
     print(f"wrote {path}")
     return path
