@@ -95,13 +95,14 @@ def ofa_evolution(space, acc, lat, budget: float, population: int = 100, generat
 def random_search(space, acc, lat, budget: float, evaluations: int, seed: int = 0) -> float:
     import random
 
-    from search.latency import encode_configs
+    from search.encoding import ArchEncoder
 
+    encoder = ArchEncoder(space)
     g = random.Random(seed)
     best = float("nan")
     for start in range(0, evaluations, 20_000):
         n = min(20_000, evaluations - start)
-        enc = encode_configs(space, [space.sample(g) for _ in range(n)])
+        enc = encoder.encode([space.sample(g) for _ in range(n)])
         a, t = acc.predict_encoded(enc), lat.predict_encoded(enc)
         if (t <= budget).any():
             best = float(np.nanmax([best, a[t <= budget].max()]))
@@ -118,8 +119,8 @@ def main() -> None:
         print(f"skipped: {REF} (the published OFA predictor and Note10 tables) is absent")
         return
     from ofa.space import get_space
-    from search.accuracy import OFAAccuracyPredictor
-    from search.evolution import Budget, run_search
+    from search.accuracy import load_accuracy_predictor
+    from search.evolution import Budget, SearchConfig, run_search
     from search.latency import LatencyPredictor
     from search.latency_table import import_ofa_yaml
 
@@ -127,13 +128,13 @@ def main() -> None:
     table = import_ofa_yaml(REF / "note10", space)
     space = space.with_choices(resolutions=tuple(table.resolutions))
     lat = LatencyPredictor(table, space, calibrated=False)
-    acc = OFAAccuracyPredictor(REF / "acc_predictor.pth", space)
+    acc = load_accuracy_predictor(REF / "acc_predictor.pth", space)
     rows = []
     for b in [float(v) for v in args.budgets.split(",")]:
         ours, ofa_acc, rnd, t_ours, t_ofa, ev = [], [], [], [], [], 0
         for seed in range(args.seeds):
             t = time.perf_counter()
-            res = run_search(space, acc, lat, Budget(latency_ms=b), seed=seed)
+            res = run_search(space, acc, lat, SearchConfig(Budget(latency_ms=b), seed=seed))
             t_ours.append(time.perf_counter() - t)
             ours.append(res["best"][0]["acc"])
             ev = res["evaluations"]
@@ -154,7 +155,7 @@ def main() -> None:
                      "ours_evals": ev, "ofa_evals": ofa_ev})
         print_table(rows[-1:])
     t = time.perf_counter()
-    front = run_search(space, acc, lat, pareto=True, seed=0)["front"]
+    front = run_search(space, acc, lat, SearchConfig(pareto=True, seed=0))["front"]
     pareto = {"points": len(front), "seconds": time.perf_counter() - t}
     print()
     print_table(rows)

@@ -20,20 +20,20 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from deploy.device.runtimes import get_runtime
+from deploy.formats import FORMATS, ExportFormat, get_format, parse_formats
 from ofa.fileio import atomic_write_json, read_json
 from ofa.space import SubnetConfig
 
-__all__ = ["FORMATS", "export_subnet", "sha256", "read_bundle"]
-
-FORMATS = ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8")
-_RUNTIME = {"onnx": "onnxruntime", "tflite": "litert"}
+__all__ = ["export_subnet", "sha256", "read_bundle"]
 
 
 def sha256(path: str | Path) -> str:
@@ -54,30 +54,72 @@ def _images(data, split: str, r: int, n: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.int64)
 
 
-def _write_model(fmt: str, model: torch.nn.Module, shape: tuple[int, ...], path: Path,
-                 calib: np.ndarray, nhwc: bool) -> None:
-    from deploy import export as ex
+def _bundle_model(fmt: ExportFormat, sub: torch.nn.Module, folder: Path, parity: _Parity,
+                  calib: np.ndarray, nhwc: bool, facts: dict[str, Any]) -> dict[str, Any]:
+    """Write one format's model and ``model.json`` under ``folder / fmt.name``; run it on the
+    parity images; returns its ``export.json`` entry."""
+    rel = Path(fmt.name) / f"model{fmt.suffix}"
+    path = folder / rel
+    path.parent.mkdir()
+    fmt.export(sub, parity.shape, path, calib, nhwc)
+    rt = get_runtime(fmt.runtime, 1)
+    rt.load(str(path))
+    logits = rt.logits(parity.x)
+    pred = logits.argmax(1)
+    m = {"path": str(rel), "format": fmt.kind, "precision": fmt.precision,
+         "runtime": rt.name, "bytes": path.stat().st_size, "sha256": sha256(path),
+         "top1": float((pred == parity.y).mean() * 100),
+         "top1_agreement": float((pred == parity.ref_pred).mean() * 100),
+         "max_abs_diff": float(np.abs(logits - parity.ref).max())}
+    layout = "NHWC" if fmt.kind == "tflite" and nhwc else "NCHW"
+    atomic_write_json(path.with_name("model.json"), {
+        "kind": "ofa-edge-model", "model": path.name, "format": fmt.kind,
+        "precision": fmt.precision, "sha256": m["sha256"], "bytes": m["bytes"], **facts,
+        "input": {"name": "input", "shape": list(rt.input_shape), "layout": layout,
+                  "dtype": str(np.dtype(rt.input_dtype))},
+        "parity": {k: m[k] for k in ("top1", "top1_agreement", "max_abs_diff")}})
+    return m
 
-    if fmt == "onnx-fp32":
-        ex.export_onnx(model, shape, path)
-    elif fmt == "onnx-int8":
-        ex.export_onnx_int8(model, shape, path, calib)
-    elif fmt == "tflite-fp32":
-        ex.export_tflite(model, shape, path, nhwc=nhwc)
-    elif fmt == "tflite-int8":
-        ex.export_tflite_int8(model, shape, path, calib, nhwc=nhwc)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+@dataclass
+class _Parity:
+    """Evaluation images ``x (N, 3, r, r)``, labels ``y (N,)`` and the PyTorch subnet's
+    logits ``ref (N, classes)`` the exported models are compared with."""
+
+    x: np.ndarray
+    y: np.ndarray
+    ref: np.ndarray
+    shape: tuple[int, ...]
+
+    @property
+    def ref_pred(self) -> np.ndarray:
+        return self.ref.argmax(1)
+
+
+def _assemble(out: Path, write: Callable[[Path], None]) -> None:
+    """Build a bundle in a hidden temp folder beside ``out`` and rename it into place; the
+    temp folder is removed on any failure or interrupt."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        write(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
-                  formats: Sequence[str] = FORMATS, nhwc: bool = False,
+                  formats: Sequence[str] = tuple(FORMATS), nhwc: bool = False,
                   predicted: dict[str, float] | None = None, data: str | None = None,
                   calib_images: int = 128, parity_images: int = 500,
                   progress: bool = True) -> dict[str, Any]:
     """Export subnet ``cfg`` of the supernet in ``run`` to ``out`` (see module docstring).
 
     Args:
+        formats: names from ``deploy/formats.py`` (``onnx-fp32`` ...).
         predicted: ``{"acc": %, "latency_ms": ms}`` from the search, stored in model.json.
         nhwc: give TFLite models an NHWC input (ONNX stays NCHW).
 
@@ -91,14 +133,11 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
     """
     from tqdm import tqdm
 
-    from deploy.runtimes import get_runtime
     from ofa.data import load_dataset
     from ofa.evaluate import recalibrated_subnet
-    from ofa.train.trainer import load_run
+    from ofa.train.run import load_run
 
-    bad = [f for f in formats if f not in FORMATS]
-    if bad:
-        raise ValueError(f"unknown format(s) {bad}; allowed: {', '.join(FORMATS)}")
+    fmts = [get_format(f) for f in parse_formats(formats)]
     net, tcfg, _ = load_run(run)
     space = net.space
     cfg = space.validate(cfg)
@@ -107,54 +146,25 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
     x, y = _images(ds, "test", cfg.r, parity_images)
     calib, _ = _images(ds, "train", cfg.r, calib_images)
     with torch.no_grad():
-        ref = sub(torch.from_numpy(x)).numpy()
-    ref_pred = ref.argmax(1)
-    shape = (1, 3, cfg.r, cfg.r)
-    out = Path(out)
+        parity = _Parity(x, y, sub(torch.from_numpy(x)).numpy(), (1, 3, cfg.r, cfg.r))
     report: dict[str, Any] = {
         "kind": "ofa-edge-export", "config": cfg.to_dict(), "summary": cfg.summary(),
         "resolution": cfg.r, "macs": space.macs(cfg), "params": space.params(cfg),
         "source_run": str(Path(run).resolve()), "space": space.name, "dataset": ds.name,
         "predicted": predicted or {}, "parity_images": int(len(y)),
-        "supernet_top1": float((ref_pred == y).mean() * 100), "models": {}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+        "supernet_top1": float((parity.ref_pred == y).mean() * 100), "models": {}}
+    facts = {k: report[k] for k in ("config", "summary", "resolution", "macs", "params",
+                                    "predicted", "source_run")}
+    facts.update({"normalisation": ds.normalisation(), "classes": ds.classes})
+
+    def write(tmp: Path) -> None:
         np.savez_compressed(tmp / "eval.npz", x=x, y=y)
-        for fmt in tqdm(formats, desc="export", unit="model", disable=not progress):
-            kind, precision = fmt.split("-")
-            rel = Path(fmt) / f"model.{kind}"
-            path = tmp / rel
-            path.parent.mkdir()
-            _write_model(fmt, sub, shape, path, calib, nhwc)
-            rt = get_runtime(_RUNTIME[kind], 1)
-            rt.load(str(path))
-            logits = rt.logits(x)
-            pred = logits.argmax(1)
-            m = {"path": str(rel), "format": kind, "precision": precision,
-                 "runtime": rt.name, "bytes": path.stat().st_size, "sha256": sha256(path),
-                 "top1": float((pred == y).mean() * 100),
-                 "top1_agreement": float((pred == ref_pred).mean() * 100),
-                 "max_abs_diff": float(np.abs(logits - ref).max())}
-            report["models"][fmt] = m
-            layout = "NHWC" if kind == "tflite" and nhwc else "NCHW"
-            atomic_write_json(path.with_name("model.json"), {
-                "kind": "ofa-edge-model", "model": path.name, "format": kind,
-                "precision": precision, "sha256": m["sha256"], "bytes": m["bytes"],
-                "config": cfg.to_dict(), "summary": cfg.summary(), "resolution": cfg.r,
-                "input": {"name": "input", "shape": list(rt.input_shape), "layout": layout,
-                          "dtype": str(np.dtype(rt.input_dtype))},
-                "normalisation": ds.normalisation(), "classes": ds.classes,
-                "macs": report["macs"], "params": report["params"],
-                "predicted": predicted or {}, "source_run": report["source_run"],
-                "parity": {k: m[k] for k in ("top1", "top1_agreement", "max_abs_diff")}})
+        for fmt in tqdm(fmts, desc="export", unit="model", disable=not progress):
+            report["models"][fmt.name] = _bundle_model(fmt, sub, tmp, parity, calib, nhwc,
+                                                       facts)
         atomic_write_json(tmp / "export.json", report)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    _assemble(Path(out), write)
     return report
 
 

@@ -1,5 +1,7 @@
 """Export static networks to ONNX (and TFLite through litert-torch). Host side (torch).
 
+Which function writes which format is the table in ``deploy/formats.py``.
+
 ONNX: one self-contained file, opset 17, checked with ``onnx.checker``. The TorchScript-based
 exporter is used because it turns a small block into a file in tens of milliseconds (the
 dynamo exporter takes seconds), which matters when a latency table needs hundreds of them.
@@ -18,8 +20,7 @@ from torch import nn
 
 from ofa.fileio import atomic_write
 
-__all__ = ["export_onnx", "export_tflite", "export_onnx_int8", "export_tflite_int8",
-           "export_model", "EXPORTERS"]
+__all__ = ["export_onnx", "export_tflite", "export_onnx_int8", "export_tflite_int8"]
 
 OPSET = 17
 
@@ -155,18 +156,3 @@ def _litert():
     except ImportError:
         raise RuntimeError("litert-torch is not installed (pip install litert-torch)") from None
     return litert_torch
-
-
-EXPORTERS = {"onnxruntime": export_onnx, "litert": export_tflite}
-
-
-def export_model(runtime: str, model: nn.Module, input_shape: tuple[int, ...],
-                 path: str | Path) -> Path:
-    """Export for the runtime that will run it (``onnxruntime`` -> .onnx, ``litert`` -> .tflite).
-
-    Raises:
-        ValueError: unknown runtime.
-    """
-    if runtime not in EXPORTERS:
-        raise ValueError(f"no exporter for runtime {runtime!r}; allowed: {sorted(EXPORTERS)}")
-    return EXPORTERS[runtime](model, input_shape, path)

@@ -2,7 +2,9 @@
 
 Build: every layer-group shape the space can produce at the requested resolutions is built as
 a tiny model, exported for the runtime, and timed with the protocol; then K whole random
-subnets are measured end to end to fit the calibration ``a * raw + b`` (REFERENCE section 6).
+subnets are measured end to end to fit the calibration ``a * raw + b`` (block sums miss
+fusion and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Formats are in
+``docs/formats.md``.
 A killed build resumes: measured entries are kept in ``<out>.partial.json`` (atomically
 rewritten after every entry) and skipped on the next run.
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import random
 import tempfile
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -28,34 +29,64 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deploy.devinfo import device_facts
-from deploy.export import export_model
-from deploy.runtimes import Protocol, get_runtime, stats_ms, time_interleaved, time_invoke
+from deploy.device.devinfo import device_facts
+from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
+from deploy.formats import format_for
+from deploy.targets import Target
+from deploy.torch_runtime import TorchRuntime
 from ofa.fileio import atomic_write_json
-from ofa.space import SearchSpace, SubnetConfig
+from ofa.space import BlockShape, SearchSpace, SubnetConfig
 from ofa.static import build_layer
-from ofa.supernet import OFAMobileNetV3
-from search.acc_dataset import kendall_tau
+from ofa.supernet import build_supernet
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
+from search.metrics import relative_error_report
 
-__all__ = ["measure_module", "build_table", "validate_table", "runtime_context"]
+__all__ = ["measure_module", "build_table", "calibrate", "validate_table", "runtime_context"]
 
 
 def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
-    """The measurement context stored in a table's header."""
-    if runtime == "torch":
-        version, backend = torch.__version__, "eager CPU"
+    """The measurement context stored in a table's header (this machine)."""
+    rt = get_runtime(runtime, threads)
+    return {"device": device_facts(), "runtime": runtime, "runtime_version": rt.version(),
+            "backend": rt.backend, "threads": threads, "precision": precision, "batch": 1}
+
+
+def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
+            stem: Path) -> tuple[Runtime, np.ndarray]:
+    """``model`` ready to time in ``runtime``: exported to ``stem`` + the format's suffix and
+    loaded (the torch runtime takes the module itself); (runtime, random input)."""
+    rt = get_runtime(runtime, threads)
+    if isinstance(rt, TorchRuntime):
+        rt.load_module(model, input_shape)
     else:
-        rt = get_runtime(runtime, threads)
-        version, backend = rt.version(), rt.backend
-    return {"device": device_facts(), "runtime": runtime, "runtime_version": version,
-            "backend": backend, "threads": threads, "precision": precision, "batch": 1}
+        fmt = format_for(runtime)
+        path = stem.with_name(stem.name + fmt.suffix)
+        fmt.export(model.eval(), input_shape, path)
+        rt.load(str(path))
+    return rt, rt.prepare(torch.randn(*input_shape).numpy())
+
+
+def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
+              threads: int, protocol: TimingProtocol, workdir: str | Path) -> dict[str, Any]:
+    """Export ``model`` here and time it on ``target``; the agent's whole JSON (latency
+    statistics, device facts, runtime version).
+
+    Raises:
+        ValueError: the torch runtime (it runs in this process only).
+    """
+    if runtime == "torch":
+        raise ValueError("the torch runtime is measured in this process only (no --target)")
+    fmt = format_for(runtime)
+    path = Path(workdir) / f"m{fmt.suffix}"
+    fmt.export(model.eval(), input_shape, path)
+    return target.bench(path, threads, protocol)
 
 
 def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
-                   protocol: Protocol, workdir: str | Path, target=None) -> dict[str, float]:
-    """Export ``model`` for ``runtime`` (unless ``torch``) and time one invoke (ms stats).
+                   protocol: TimingProtocol, workdir: str | Path,
+                   target: Target | None = None) -> dict[str, float]:
+    """Time one invoke of ``model`` (input ``input_shape``, NCHW) in ``runtime`` (ms stats).
 
     With ``target`` (an SSH or adb target from :mod:`deploy.targets`) the exported file is
     copied to the device and timed there by the agent or ``benchmark_model``; otherwise it is
@@ -64,46 +95,11 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     Raises:
         deploy.targets.TargetError: the device is unreachable or lacks the runtime.
     """
-    model = model.eval()
-    if target is not None and runtime == "torch":
-        raise ValueError("the torch runtime is measured in this process only (no --target)")
-    if runtime == "torch":
-        x = torch.randn(*input_shape)
-        torch.set_num_threads(threads)
-        times = []
-        with torch.inference_mode():
-            for _ in range(protocol.trials):
-                for _ in range(protocol.warmup):
-                    model(x)
-                for _ in range(protocol.runs):
-                    t = time.perf_counter()
-                    model(x)
-                    times.append((time.perf_counter() - t) * 1e3)
-        return stats_ms(times)
     if target is not None:
         return _bench_on(target, model, input_shape, runtime, threads, protocol,
                          workdir)["latency_ms"]
-    rt, x_rt = _exported(model, input_shape, runtime, threads, Path(workdir) / "m")
-    return time_invoke(rt, x_rt, protocol)
-
-
-def _exported(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
-              stem: Path) -> tuple[Any, np.ndarray]:
-    """Export ``model`` to ``stem`` + the runtime's suffix, load it; (runtime, random input)."""
-    rt = get_runtime(runtime, threads)
-    path = stem.with_name(stem.name + rt.suffix)
-    export_model(runtime, model, input_shape, path)
-    rt.load(str(path))
-    return rt, rt.prepare(torch.randn(*input_shape).numpy())
-
-
-def _bench_on(target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
-              threads: int, protocol: Protocol, workdir: str | Path) -> dict[str, Any]:
-    """Export ``model`` here and time it on ``target``; the agent's whole JSON (latency
-    statistics, device facts, runtime version)."""
-    path = Path(workdir) / f"m{get_runtime(runtime, threads).suffix}"
-    export_model(runtime, model.eval(), input_shape, path)
-    return target.bench(path, threads, protocol)
+    rt, x = _loaded(model, input_shape, runtime, threads, Path(workdir) / "m")
+    return time_interleaved([rt], [x], protocol)[0]
 
 
 class _Overhead(nn.Module):
@@ -113,28 +109,29 @@ class _Overhead(nn.Module):
 
 def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = OFAMobileNetV3(space)
+    net = build_supernet(space)
     net.set_active_subnet(cfg)
     return net.get_active_subnet().eval()
 
 
 def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
-                     protocol: Protocol, desc: str, target=None) -> list[float]:
+                     protocol: TimingProtocol, desc: str, target: Target | None = None
+                     ) -> list[float]:
     """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
 
-    Here, with an exported runtime, every subnet is exported and loaded first and then timed
-    in interleaved trials (:func:`deploy.runtimes.time_interleaved`), so a drift of the
-    machine's speed during the minutes this takes spreads over all subnets alike; on a
-    device target or with eager torch, each subnet is timed in turn."""
+    Here, every subnet is exported and loaded first and then timed in interleaved trials
+    (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the machine's speed
+    during the minutes this takes spreads over all subnets alike; on a device target each
+    subnet is timed in turn."""
     with tempfile.TemporaryDirectory() as tmp:
-        if target is not None or runtime == "torch":
+        if target is not None:
             return [measure_module(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
                                    protocol, tmp, target)[protocol.statistic]
                     for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False))]
         rts, xs = [], []
         for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
-            rt, x = _exported(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
-                              Path(tmp) / f"s{i}")
+            rt, x = _loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
+                            Path(tmp) / f"s{i}")
             rts.append(rt)
             xs.append(x)
         with tqdm(total=len(cfgs) * protocol.trials, leave=False,
@@ -143,11 +140,42 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
         return [st[protocol.statistic] for st in stats]
 
 
+def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict[str, Any]:
+    """The saved build state in ``partial_path`` when it was made with the same settings
+    (space, resolutions, runtime, threads, target, protocol), else ``state``."""
+    try:
+        old = json.loads(partial_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return state
+    old.setdefault("target", "local")  # partial files from before device targets
+    same = ("space", "resolutions", "runtime", "threads", "target", "protocol")
+    if not isinstance(old, dict) or any(old.get(k) != state[k] for k in same):
+        return state
+    done = sum(len(g) for g in old.get("entries", {}).values())
+    print(f"resuming: {done}/{total} entries already measured")
+    return old
+
+
+def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
+             target: Target | None) -> tuple[dict[str, Any], float]:
+    """The table's context and the per-invoke overhead (ms) of an almost empty model,
+    measured here or on ``target`` (the device describes itself in the agent's JSON)."""
+    if target is None:
+        st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp)
+        return runtime_context(runtime, threads), st[protocol.statistic]
+    res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp)
+    ctx = {"device": res.get("device", {"name": target.name}), "runtime": runtime,
+           "runtime_version": res.get("runtime_version"), "backend": res.get("backend"),
+           "threads": threads, "precision": "fp32", "batch": 1, "target": target.name}
+    return ctx, res["latency_ms"][protocol.statistic]
+
+
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
-                threads: int = 1, protocol: Protocol | None = None, calib: int = 10,
-                seed: int = 0, target=None) -> LatencyTable:
+                threads: int = 1, protocol: TimingProtocol | None = None, calib: int = 10,
+                seed: int = 0, target: Target | None = None) -> LatencyTable:
     """Measure every block shape and write the table to ``out`` (resumable).
 
+    Entries are kept in ``<out>.partial.json`` after each block, so a killed build resumes.
     ``target`` (SSH or adb, :mod:`deploy.targets`): the blocks are exported here and timed on
     that device, whose facts and runtime version go into the table's context; None = this
     machine, in process. Returns the finished :class:`LatencyTable`.
@@ -156,55 +184,33 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         ValueError: resolutions outside the space or an unknown runtime.
         deploy.targets.TargetError: the device is unreachable or lacks the runtime.
     """
-    protocol = protocol or Protocol()
+    protocol = protocol or TimingProtocol()
     out = Path(out)
     for r in resolutions:
         space.validate(space.max_subnet(r))
     partial_path = out.with_name(out.name + ".partial.json")
-    where = "local" if target is None else target.name
-    shapes = [(r, s) for r in resolutions for s in space.all_block_shapes([r])]
-    state: dict[str, Any] = {"space": space.to_dict(), "resolutions": resolutions,
-                             "runtime": runtime, "threads": threads, "target": where,
-                             "protocol": asdict(protocol), "entries": {}}
-    if partial_path.exists():
-        try:
-            old = json.loads(partial_path.read_text())
-        except json.JSONDecodeError:
-            old = {}
-        old.setdefault("target", "local")  # partial files from before device targets
-        same = ("space", "resolutions", "runtime", "threads", "target", "protocol")
-        if all(old.get(k) == state[k] for k in same):
-            state = old
-            print(f"resuming: {len(state['entries'])}/{len(shapes)} entries already measured")
+    shapes: list[tuple[int, BlockShape]] = [(r, s) for r in resolutions
+                                            for s in space.all_block_shapes([r])]
+    state = _resume_state(partial_path, {
+        "space": space.to_dict(), "resolutions": resolutions, "runtime": runtime,
+        "threads": threads, "target": "local" if target is None else target.name,
+        "protocol": asdict(protocol), "entries": {}}, len(shapes))
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         if "context" not in state:
-            if target is None:
-                state["context"] = runtime_context(runtime, threads)
-                state["overhead_ms"] = measure_module(_Overhead(), (1, 8, 1, 1), runtime,
-                                                      threads, protocol, tmp)[protocol.statistic]
-            else:  # the device describes itself in the agent's JSON
-                res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol,
-                                tmp)
-                state["overhead_ms"] = res["latency_ms"][protocol.statistic]
-                state["context"] = {
-                    "device": res.get("device", {"name": where}), "runtime": runtime,
-                    "runtime_version": res.get("runtime_version"),
-                    "backend": res.get("backend"), "threads": threads, "precision": "fp32",
-                    "batch": 1, "target": where}
-        ctx = state["context"]
+            state["context"], state["overhead_ms"] = _context(runtime, threads, protocol, tmp,
+                                                              target)
         ent = state["entries"]
         todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
         for r, s in tqdm(todo, desc=f"lut {runtime}", unit="block",
                          initial=len(shapes) - len(todo), total=len(shapes)):
-            m = build_layer(s)
-            st = measure_module(m, (1, s.in_ch, s.in_size, s.in_size), runtime, threads,
-                                protocol, tmp, target)
+            st = measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime,
+                                threads, protocol, tmp, target)
             ent.setdefault(str(r), {})[s.key()] = {
                 k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
             atomic_write_json(partial_path, state)
-    table = LatencyTable(context=ctx, space=space.to_dict(), resolutions=sorted(resolutions),
-                         entries=state["entries"], protocol=asdict(protocol),
+    table = LatencyTable(context=state["context"], space=space.to_dict(),
+                         resolutions=sorted(resolutions), entries=ent, protocol=asdict(protocol),
                          overhead_ms=state["overhead_ms"], source=str(out))
     if calib > 0:
         calibrate(table, space, calib, protocol, seed, target)
@@ -214,7 +220,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
-              protocol: Protocol | None = None, seed: int = 0, target=None) -> LatencyTable:
+              protocol: TimingProtocol | None = None, seed: int = 0,
+              target: Target | None = None) -> LatencyTable:
     """Fit the table's calibration ``measured = a * sum + b`` (ms) on this machine, in place.
 
     Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
@@ -225,7 +232,7 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     device (see :func:`build_table`). Returns ``table``.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = protocol or Protocol(**{k_: v for k_, v in table.protocol.items()
+    protocol = protocol or TimingProtocol(**{k_: v for k_, v in table.protocol.items()
                                        if k_ in ("warmup", "runs", "trials", "statistic")})
     res = sorted(table.resolutions)
     g = random.Random(seed + 1)
@@ -240,22 +247,15 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     return table
 
 
-def accuracy_report(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
-    """% within ±5%/±10%, RMSPE (%), Kendall τ of predictions against measurements."""
-    err = (pred - meas) / meas
-    return {"within_5pct": float(np.mean(np.abs(err) <= 0.05) * 100),
-            "within_10pct": float(np.mean(np.abs(err) <= 0.10) * 100),
-            "rmspe": float(np.sqrt(np.mean(err ** 2)) * 100),
-            "kendall_tau": kendall_tau(pred, meas)}
-
-
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
-                   plot: str | Path | None = None, target=None) -> dict[str, Any]:
+                   plot: str | Path | None = None, target: Target | None = None
+                   ) -> dict[str, Any]:
     """Measure ``n`` random subnets end to end in the table's context (on ``target`` when
     given, see :func:`build_table`); compare with the table's raw and calibrated
-    predictions (:func:`accuracy_report`), optionally with a scatter plot PNG."""
+    predictions (:func:`search.metrics.relative_error_report`), optionally with a scatter
+    plot PNG."""
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = Protocol(**{k: v for k, v in table.protocol.items()
+    protocol = TimingProtocol(**{k: v for k, v in table.protocol.items()
                            if k in ("warmup", "runs", "trials", "statistic")})
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
@@ -264,7 +264,8 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs)
     cal = LatencyPredictor(table, space, calibrated=True).predict_many(cfgs)
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
-              "raw": accuracy_report(raw, measured), "calibrated": accuracy_report(cal, measured),
+              "raw": relative_error_report(raw, measured),
+              "calibrated": relative_error_report(cal, measured),
               "samples": [{"config": c.to_dict(), "measured_ms": float(m), "raw_ms": float(r),
                            "calibrated_ms": float(p)}
                           for c, m, r, p in zip(cfgs, measured, raw, cal)]}

@@ -2,11 +2,12 @@
 
 ``parse_target("local" | "ssh://user@host[:port]" | "adb" | "adb:SERIAL")`` returns a target
 with ``bench(model, threads, protocol, data=None) -> dict`` in the device agent's JSON schema
-(see :mod:`deploy.agent`). Torch-free.
+(see :mod:`deploy.device.agent`). Torch-free.
 
 - :class:`LocalTarget` runs the agent in a fresh Python process.
-- :class:`SSHTarget` copies the agent (four torch-free files) and the model with ``scp``,
-  runs ``PYTHON -m deploy.agent`` on the device with ``ssh`` and reads its JSON. Host keys are
+- :class:`SSHTarget` copies the agent (the torch-free ``deploy/device`` package) and the model
+  with ``scp``, runs ``PYTHON -m deploy.device.agent`` on the device with ``ssh`` and reads its
+  JSON. Host keys are
   checked (``StrictHostKeyChecking=yes`` against known_hosts) unless ``insecure=True``. Every
   remote argument is quoted with :func:`shlex.quote`; no local shell is used.
 - :class:`AdbTarget` pushes the ``.tflite`` and a user-supplied TFLite ``benchmark_model``
@@ -23,23 +24,37 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from deploy.runtimes import Protocol
+from deploy.device.runtimes import TimingProtocol
 
-__all__ = ["TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
+__all__ = ["Target", "TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
            "parse_benchmark_model"]
 
-_AGENT_FILES = ("__init__.py", "agent.py", "runtimes.py", "devinfo.py")
 _PKG = Path(__file__).resolve().parent
+_DEVICE = _PKG / "device"
 
 
 class TargetError(RuntimeError):
     """A target could not measure (unreachable, auth, missing runtime, bad output)."""
 
 
-def _agent_args(model: str, threads: int, protocol: Protocol, data: str | None) -> list[str]:
+class Target(Protocol):
+    """Where a model is measured. ``bench`` returns the device agent's JSON (latency in ms
+    per invoke, batch 1; ``accuracy`` when ``data`` is given) plus ``"target": name``.
+
+    Raises (``bench``):
+        TargetError: the target could not measure.
+    """
+
+    name: str
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]: ...
+
+
+def _agent_args(model: str, threads: int, protocol: TimingProtocol, data: str | None) -> list[str]:
     args = [model, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
             "--warmup", str(protocol.warmup), "--trials", str(protocol.trials)]
     return args + (["--data", data] if data else [])
@@ -67,10 +82,10 @@ class LocalTarget:
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
 
-    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:
-        protocol = protocol or Protocol()
-        cmd = [self.python, "-m", "deploy.agent",
+        protocol = protocol or TimingProtocol()
+        cmd = [self.python, "-m", "deploy.device.agent",
                *_agent_args(str(model), threads, protocol, str(data) if data else None)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
         res = _agent_json(proc, "local")
@@ -154,13 +169,14 @@ class SSHTarget:
         if proc.returncode != 0:
             raise TargetError(f"{self.name}: copy failed: {proc.stderr.strip()}")
 
-    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:
-        protocol = protocol or Protocol()
+        protocol = protocol or TimingProtocol()
         model = Path(model)
         if not model.is_file():
             raise TargetError(f"model file {model} does not exist")
-        self.copy([_PKG / f for f in _AGENT_FILES], "deploy")
+        self.copy([_PKG / "__init__.py"], "deploy")
+        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
         meta = model.with_name("model.json")
         self.copy([model, meta] if meta.exists() else [model], "model")
         rdata = None
@@ -169,7 +185,7 @@ class SSHTarget:
             rdata = f"data/{Path(data).name}"
         args = _agent_args(f"model/{model.name}", threads, protocol, rdata)
         script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
-                  f"deploy.agent {' '.join(shlex.quote(a) for a in args)}")
+                  f"deploy.device.agent {' '.join(shlex.quote(a) for a in args)}")
         proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, script], "agent")
         if proc.returncode == 127 or "not found" in proc.stderr and "python" in proc.stderr:
             raise TargetError(f"{self.name}: {self.python} not found on the device; pass "
@@ -240,9 +256,9 @@ class AdbTarget:
             raise TargetError(f"{self.name}: adb {args[0]} failed: {msg}")
         return proc
 
-    def bench(self, model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:
-        protocol = protocol or Protocol()
+        protocol = protocol or TimingProtocol()
         model = Path(model)
         if model.suffix != ".tflite":
             raise TargetError(f"{self.name}: benchmark_model runs .tflite models, not {model}")
@@ -271,7 +287,7 @@ class AdbTarget:
 
 def parse_target(spec: str, python: str = "python3", insecure: bool = False,
                  known_hosts: str | None = None, identity: str | None = None,
-                 benchmark_binary: str | None = None):
+                 benchmark_binary: str | None = None) -> Target:
     """``local`` | ``ssh://user@host[:port]`` | ``adb`` | ``adb:SERIAL`` -> a target.
 
     Raises:

@@ -12,25 +12,20 @@ from pathlib import Path
 from typing import Any
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.runtimes import Protocol
+from deploy.device.runtimes import TimingProtocol
+from deploy.formats import format_for
+from deploy.targets import Target
 from ofa.fileio import atomic_write_json, atomic_write_text
 from ofa.space import SubnetConfig
 
-__all__ = ["validate_subnets", "markdown_table", "model_format", "write_validation"]
+__all__ = ["validate_subnets", "markdown_table", "write_validation"]
 
 
-def model_format(runtime: str, precision: str = "fp32") -> str:
-    """The bundle format that a table's runtime measures (``onnxruntime`` -> ``onnx-fp32``)."""
-    kind = {"onnxruntime": "onnx", "litert": "tflite"}.get(runtime)
-    if kind is None:
-        raise ValueError(f"no deployable format for runtime {runtime!r}")
-    return f"{kind}-{precision}"
-
-
-def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Path, target,
+def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Path,
+                     target: Target,
                      runtime: str = "onnxruntime", threads: int = 1,
                      formats: tuple[str, ...] = ("onnx-fp32", "tflite-fp32"),
-                     protocol: Protocol | None = None, progress: bool = True
+                     protocol: TimingProtocol | None = None, progress: bool = True
                      ) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
@@ -41,7 +36,7 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     measured_top1, sizes (bytes per format), measurement (agent JSON)``.
     """
     out = Path(out)
-    fmt = model_format(runtime)
+    fmt = format_for(runtime).name
     formats = tuple(dict.fromkeys((fmt, *formats)))
     # export everything first: conversions must not overlap (or warm up) the timed runs
     bundles = []

@@ -15,10 +15,14 @@ import math
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
+
+import numpy as np
 
 __all__ = [
     "BlockShape",
+    "BlockSpec",
     "SearchSpace",
     "StageSpec",
     "SubnetConfig",
@@ -51,6 +55,30 @@ class StageSpec:
     stride: int
     act: str  # "relu" | "h_swish"
     se: bool
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """The fixed facts of one elastic block of the supernet (what no subnet changes).
+
+    ``index`` counts blocks over all stages (0..``num_blocks - 1``); ``stage`` and
+    ``position`` (0 = the stage's first block) place it; ``in_ch``/``out_ch`` are its widths,
+    ``stride`` is the stage's stride on the first block and 1 after it, ``shortcut`` is True
+    exactly for the blocks after the first. ``act`` (``relu`` | ``h_swish``) and ``se`` come
+    from the stage. Computed once per space (:attr:`SearchSpace.blocks`); the supernet,
+    :meth:`SearchSpace.block_shapes`, the compiled block sums and the subnet encoding all
+    read these rows instead of walking the stage table themselves.
+    """
+
+    index: int
+    stage: int
+    position: int
+    in_ch: int
+    out_ch: int
+    stride: int
+    se: bool
+    act: str
+    shortcut: bool
 
 
 @dataclass(frozen=True)
@@ -279,7 +307,7 @@ class SearchSpace:
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
 
-    # --- shape helpers ---------------------------------------------------------------------
+    # --- layout ---------------------------------------------------------------------------
     @property
     def num_stages(self) -> int:
         return len(self.stages)
@@ -288,20 +316,38 @@ class SearchSpace:
     def num_blocks(self) -> int:
         return self.num_stages * self.max_depth
 
-    def stage_in_width(self, stage: int) -> int:
-        return self.first_width if stage == 0 else self.stages[stage - 1].width
+    @cached_property
+    def blocks(self) -> tuple[BlockSpec, ...]:
+        """One :class:`BlockSpec` per elastic block, in forward order (the one layout walk)."""
+        out, in_ch = [], self.first_width
+        for s, st in enumerate(self.stages):
+            for j in range(self.max_depth):
+                out.append(BlockSpec(index=len(out), stage=s, position=j, in_ch=in_ch,
+                                     out_ch=st.width, stride=st.stride if j == 0 else 1,
+                                     se=st.se, act=st.act, shortcut=j > 0))
+                in_ch = st.width
+        return tuple(out)
 
-    def block_in_width(self, block: int) -> int:
-        """Input width of elastic block ``block`` (0-based over all stages)."""
-        s, j = divmod(block, self.max_depth)
-        return self.stage_in_width(s) if j == 0 else self.stages[s].width
+    def active_mask(self, d: np.ndarray) -> np.ndarray:
+        """Which blocks a depth vector keeps: ``d`` ``(N, S)`` depths -> ``(N, B)`` bool.
+
+        Block ``b`` is active when its position in its stage is below that stage's depth
+        (OFA keeps the *first* d blocks of a stage).
+        """
+        stage, pos = self._stage_position
+        return pos[None, :] < np.take(np.asarray(d).reshape(-1, self.num_stages), stage, axis=1)
+
+    @cached_property
+    def _stage_position(self) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([b.stage for b in self.blocks], np.int64),
+                np.array([b.position for b in self.blocks], np.int64))
 
     def mid_width(self, in_ch: int, e: float) -> int:
         """Middle width of an MBConv: ``make_divisible(round(in_ch * e), 8)``."""
         return make_divisible(round(in_ch * e), self.divisor)
 
     def max_mid_width(self, block: int) -> int:
-        return self.mid_width(self.block_in_width(block), max(self.expand_list))
+        return self.mid_width(self.blocks[block].in_ch, max(self.expand_list))
 
     # --- configs ---------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
@@ -369,45 +415,59 @@ class SearchSpace:
 
     def active_blocks(self, cfg: SubnetConfig) -> Iterator[int]:
         """Indices of the elastic blocks that ``cfg`` keeps, in forward order."""
-        for s, depth in enumerate(cfg.d):
-            for j in range(depth):
-                yield s * self.max_depth + j
+        return (b.index for b in self.blocks if b.position < cfg.d[b.stage])
+
+    def block_in_sizes(self, r: int) -> tuple[int, ...]:
+        """Input spatial size of every elastic block at resolution ``r``.
+
+        A stage's first block carries its stride and is always active, so the sizes do not
+        depend on the depths.
+        """
+        size = _conv_out(_conv_out(r, self.stem_stride), self.first_stride)
+        out = []
+        for b in self.blocks:
+            out.append(size)
+            size = _conv_out(size, b.stride)
+        return tuple(out)
+
+    def block_shape(self, b: int, r: int, k: int, e: float) -> BlockShape:
+        """The shape of elastic block ``b`` with kernel ``k`` and expand ratio ``e`` at
+        resolution ``r``."""
+        spec, size = self.blocks[b], self.block_in_sizes(r)[b]
+        return BlockShape("mbconv", size, _conv_out(size, spec.stride), spec.in_ch, spec.out_ch,
+                          mid=self.mid_width(spec.in_ch, e), kernel=k, stride=spec.stride,
+                          shortcut=spec.shortcut, se=spec.se, act=spec.act)
+
+    def fixed_shapes(self, r: int) -> tuple[list[BlockShape], list[BlockShape]]:
+        """The layer groups every subnet has at resolution ``r``: ``(stem, head)`` where stem
+        is [stem conv, fixed first block] and head is [final expand, pool, feature mix,
+        classifier]."""
+        s_out = _conv_out(r, self.stem_stride)
+        f_out = _conv_out(s_out, self.first_stride)
+        stem = [BlockShape("stem", r, s_out, self.in_channels, self.stem_width, kernel=3,
+                           stride=self.stem_stride, act="h_swish"),
+                BlockShape("mbconv", s_out, f_out, self.stem_width, self.first_width,
+                           mid=self.stem_width, kernel=3, stride=self.first_stride,
+                           shortcut=self.first_stride == 1 and self.stem_width == self.first_width,
+                           se=False, act="relu", expand=False)]
+        last = self.blocks[-1]
+        size = _conv_out(self.block_in_sizes(r)[-1], last.stride)
+        fe, fm = self.final_expand_width, self.feature_mix_width
+        head = [BlockShape("final_expand", size, size, last.out_ch, fe),
+                BlockShape("pool", size, 1, fe, fe),
+                BlockShape("feature_mix", 1, 1, fe, fm),
+                BlockShape("classifier", 1, 1, fm, self.num_classes)]
+        return stem, head
 
     def block_shapes(self, cfg: SubnetConfig) -> list[BlockShape]:
         """Every layer group of ``cfg`` at resolution ``cfg.r``, in forward order.
 
-        This is the one place that walks the layout: MACs, params, latency-table keys and
-        the LUT builder all derive from it.
+        MACs, params, latency-table keys and the table builder all derive from this,
+        :meth:`fixed_shapes` and :meth:`block_shape`.
         """
-        out: list[BlockShape] = []
-        size = cfg.r
-        s_out = _conv_out(size, self.stem_stride)
-        out.append(BlockShape("stem", size, s_out, self.in_channels, self.stem_width,
-                              kernel=3, stride=self.stem_stride, act="h_swish"))
-        size = s_out
-        f_out = _conv_out(size, self.first_stride)
-        out.append(BlockShape("mbconv", size, f_out, self.stem_width, self.first_width,
-                              mid=self.stem_width, kernel=3, stride=self.first_stride,
-                              shortcut=self.first_stride == 1
-                              and self.stem_width == self.first_width,
-                              se=False, act="relu", expand=False))
-        size = f_out
-        for b in self.active_blocks(cfg):
-            s, j = divmod(b, self.max_depth)
-            st = self.stages[s]
-            stride = st.stride if j == 0 else 1
-            in_ch = self.block_in_width(b)
-            o = _conv_out(size, stride)
-            out.append(BlockShape("mbconv", size, o, in_ch, st.width,
-                                  mid=self.mid_width(in_ch, cfg.e[b]), kernel=cfg.ks[b],
-                                  stride=stride, shortcut=j > 0, se=st.se, act=st.act))
-            size = o
-        last = self.stages[-1].width
-        out.append(BlockShape("final_expand", size, size, last, self.final_expand_width))
-        out.append(BlockShape("pool", size, 1, self.final_expand_width, self.final_expand_width))
-        out.append(BlockShape("feature_mix", 1, 1, self.final_expand_width, self.feature_mix_width))
-        out.append(BlockShape("classifier", 1, 1, self.feature_mix_width, self.num_classes))
-        return out
+        stem, head = self.fixed_shapes(cfg.r)
+        return stem + [self.block_shape(b, cfg.r, cfg.ks[b], cfg.e[b])
+                       for b in self.active_blocks(cfg)] + head
 
     def all_block_shapes(self, resolutions: Sequence[int] | None = None) -> list[BlockShape]:
         """Every distinct layer-group shape any subnet can contain at ``resolutions``.
@@ -415,27 +475,15 @@ class SearchSpace:
         Used by the latency-table builder; order is deterministic.
         """
         seen: dict[str, BlockShape] = {}
+        dmax = max(self.depth_list)
         for r in resolutions or self.resolutions:
             _check_choice("resolution", r, self.resolutions)
-            base = self.block_shapes(self.max_subnet(r))
-            for bs in base[:2] + base[-4:]:
+            stem, head = self.fixed_shapes(r)
+            shapes = list(stem) + head
+            shapes += [self.block_shape(b.index, r, k, e) for b in self.blocks
+                       if b.position < dmax for k in self.ks_list for e in self.expand_list]
+            for bs in shapes:
                 seen.setdefault(bs.key(), bs)
-            size = base[1].out_size
-            for s, st in enumerate(self.stages):
-                for j in range(self.max_depth):
-                    b = s * self.max_depth + j
-                    stride = st.stride if j == 0 else 1
-                    in_ch = self.block_in_width(b)
-                    o = _conv_out(size, stride)
-                    if j < max(self.depth_list):
-                        for k in self.ks_list:
-                            for e in self.expand_list:
-                                bs = BlockShape("mbconv", size, o, in_ch, st.width,
-                                                mid=self.mid_width(in_ch, e), kernel=k,
-                                                stride=stride, shortcut=j > 0, se=st.se,
-                                                act=st.act)
-                                seen.setdefault(bs.key(), bs)
-                    size = o
         return list(seen.values())
 
     def macs(self, cfg: SubnetConfig) -> int:
@@ -460,6 +508,7 @@ class SearchSpace:
             "expand_list": list(self.expand_list),
             "depth_list": list(self.depth_list),
             "resolutions": list(self.resolutions),
+            "dropout": self.dropout,
         }
 
     @classmethod

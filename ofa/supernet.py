@@ -44,14 +44,9 @@ class OFAMobileNetV3(nn.Module):
                                   sp.first_stride, False, "relu",
                                   shortcut=sp.first_stride == 1 and sp.stem_width == sp.first_width,
                                   expand=False)
-        blocks = []
-        for b in range(sp.num_blocks):
-            s, j = divmod(b, sp.max_depth)
-            st = sp.stages[s]
-            blocks.append(ElasticMBConv(sp.block_in_width(b), st.width, sp.ks_list,
-                                        sp.expand_list, st.stride if j == 0 else 1, st.se,
-                                        st.act, shortcut=j > 0, divisor=sp.divisor))
-        self.blocks = nn.ModuleList(blocks)
+        self.blocks = nn.ModuleList(
+            ElasticMBConv(b.in_ch, b.out_ch, sp.ks_list, sp.expand_list, b.stride, b.se, b.act,
+                          shortcut=b.shortcut, divisor=sp.divisor) for b in sp.blocks)
         self.final_expand = final_expand_layer(sp.stages[-1].width, sp.final_expand_width)
         self.feature_mix = feature_mix_layer(sp.final_expand_width, sp.feature_mix_width)
         self.classifier = classifier_layer(sp.feature_mix_width, sp.num_classes, sp.dropout)
@@ -72,8 +67,8 @@ class OFAMobileNetV3(nn.Module):
 
     # --- forward ---------------------------------------------------------------------------
     def active_block_indices(self) -> list[int]:
-        d = self.space.max_depth
-        return [s * d + j for s, depth in enumerate(self.active_depth) for j in range(depth)]
+        """Elastic blocks the active depths keep (:meth:`SearchSpace.active_blocks`)."""
+        return [b.index for b in self.space.blocks if b.position < self.active_depth[b.stage]]
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.first_block(self.stem(x))

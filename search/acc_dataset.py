@@ -1,10 +1,10 @@
 """Accuracy-predictor data: (subnet, measured top-1) pairs from a trained supernet (OFA §4).
 
-Subnets are sampled with a seeded RNG, stratified over the space: resolutions cycle evenly,
-and each sample draws its kernel/expand/depth genes around a *size level* that sweeps from the
-smallest to the largest choices, so the dataset covers the whole MACs range instead of
-piling up around the middle as uniform sampling does. The extremes (largest and smallest
-subnet at every resolution) are always included.
+Subnets come from :meth:`search.encoding.ArchEncoder.stratified_configs`: the largest and
+smallest subnet at every resolution, then seeded samples whose genes lie around a *size
+level* that sweeps from the smallest to the largest choices (resolutions in turn), so the
+dataset covers the whole MACs range instead of piling up around the middle as uniform
+sampling does.
 
 Every subnet is BN-recalibrated and measured on the hold-out split. Rows are appended to a
 JSON-lines cache as they are measured (one fsync'd line each), so an interrupted build
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +22,13 @@ import numpy as np
 
 from ofa.fileio import atomic_write_text
 from ofa.space import SearchSpace, SubnetConfig
+from search.encoding import ArchEncoder
+from search.metrics import kendall_tau
 
-__all__ = ["stratified_configs", "build_accuracy_dataset", "read_dataset", "fit_and_score",
-           "kendall_tau"]
+__all__ = ["build_accuracy_dataset", "read_dataset", "fit_and_score"]
 
-
-def _pick(g: random.Random, choices: Sequence, level: float) -> Any:
-    """A choice near ``level`` in [0, 1] along ``choices`` (sorted small to large)."""
-    n = len(choices)
-    w = [np.exp(-((i / max(1, n - 1) - level) ** 2) / 0.18) for i in range(n)]
-    return g.choices(list(choices), weights=w)[0]
-
-
-def stratified_configs(space: SearchSpace, n: int, seed: int = 0) -> list[SubnetConfig]:
-    """``n`` subnets: extremes first, then size-level-stratified samples (deterministic)."""
-    res = sorted(space.resolutions)
-    cfgs: list[SubnetConfig] = []
-    for r in res:
-        cfgs += [space.max_subnet(r), space.min_subnet(r)]
-    g = random.Random(seed)
-    i = 0
-    while len(cfgs) < n:
-        level = (i * 0.618034) % 1.0  # golden-ratio sweep: evenly spread levels
-        r = res[i % len(res)]
-        ks = [_pick(g, sorted(space.ks_list), level) for _ in range(space.num_blocks)]
-        e = [_pick(g, sorted(space.expand_list), level) for _ in range(space.num_blocks)]
-        d = [_pick(g, sorted(space.depth_list), level) for _ in range(space.num_stages)]
-        cfgs.append(space.validate(SubnetConfig(ks=ks, e=e, d=d, r=r)))
-        i += 1
-    return cfgs[:n]
+#: bumped when the subnets drawn for an index change, so an older cache is refused
+SAMPLER = "arch-encoder-stratified-v2"
 
 
 def read_dataset(path: str | Path, header: dict[str, Any] | None = None
@@ -112,19 +88,20 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
 
     from ofa.data import load_dataset
     from ofa.evaluate import subnet_accuracy
-    from ofa.train.trainer import load_run
+    from ofa.train.run import load_run
 
     net, cfg, _ = load_run(run)
     space = net.space
     recal = recal_images or cfg.recal_images
     header = {"kind": "ofa-edge-accuracy-dataset", "run": str(Path(run).resolve()),
-              "split": split, "seed": seed, "space": space.name, "recal_images": recal}
+              "split": split, "seed": seed, "space": space.name, "recal_images": recal,
+              "sampler": SAMPLER}
     out = Path(out)
     rows = read_dataset(out, header)
     # rewrite header + intact rows (drops a line torn by a kill), then append as we go
     atomic_write_text(out, "".join(json.dumps(o) + "\n" for o in [header, *rows]))
     done = {r["i"] for r in rows}
-    cfgs = stratified_configs(space, samples, seed)
+    cfgs = ArchEncoder(space).stratified_configs(samples, seed)
     todo = [i for i in range(samples) if i not in done]
     if not todo:
         return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
@@ -138,12 +115,6 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
         _append_line(out, row)
         rows.append(row)
     return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
-
-
-def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(a, b).statistic)
 
 
 def fit_and_score(space: SearchSpace, rows: list[dict[str, Any]], val_fraction: float = 0.2,

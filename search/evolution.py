@@ -1,9 +1,10 @@
 """Evolutionary subnet search with Optuna's NSGA-II (OFA section 4; Deb et al. 2002).
 
-Every gene (kernel and expand per block, depth per stage, resolution) is suggested on every
-trial, so NSGA-II's intersection search space is the whole space. A whole generation is asked
-for with ``study.ask()``, scored by one batched call of the predictors (:class:`Scorer`), and
-told back with ``study.tell()``. Budgets are constraints ``value - budget <= 0`` set with
+Every gene (kernel and expand of each block as one gene, depth per stage, resolution) is
+suggested on every trial, so NSGA-II's intersection search space is the whole space (genes and
+their encoding: :class:`search.encoding.ArchEncoder`). A whole generation is asked for with
+``study.ask()``, scored by one batched call of the predictors (:class:`Scorer`), and told back
+with ``study.tell()``. Budgets are constraints ``value - budget <= 0`` set with
 ``trial.set_constraint``. Single-budget mode maximises predicted accuracy; Pareto mode
 returns the accuracy/efficiency front.
 
@@ -17,112 +18,143 @@ matches or beats OFA's own 100 x 500 evolution in about 3.5 s (``bench/search_qu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
 
-from ofa.space import SearchSpace, SubnetConfig
-from search.latency import BlockSum, encode_configs
+from ofa.space import SearchSpace
+from search.encoding import ArchEncoder, Encoded, concat, take
+from search.latency import BlockSum
+from search.models import AccuracyModel, LatencyModel
 
-__all__ = ["Budget", "run_search", "open_storage"]
+__all__ = ["Budget", "SearchConfig", "Scorer", "run_search", "open_storage", "OBJECTIVES"]
+
+#: what a Pareto front trades accuracy against (``--objective``)
+OBJECTIVES = ("latency_ms", "macs", "params")
 
 
 @dataclass
 class Budget:
-    """Upper bounds; None = unconstrained. Units: ms, MACs, parameters, bytes (fp32)."""
+    """Upper bounds; None = unconstrained. Units: ms, MACs, parameters, bytes (fp32).
+
+    Raises:
+        ValueError: a bound that is not a finite positive number.
+    """
 
     latency_ms: float | None = None
     macs: float | None = None
     params: float | None = None
     size_bytes: float | None = None
 
+    def __post_init__(self) -> None:
+        for k, v in vars(self).items():
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v) or v <= 0):
+                raise ValueError(f"{k} budget must be a finite number > 0, got {v!r}")
+
     def active(self) -> dict[str, float]:
-        return {k: v for k, v in vars(self).items() if v is not None}
+        return {k: float(v) for k, v in vars(self).items() if v is not None}
 
 
-def open_storage(spec: str | None):
-    """None -> in memory; a ``*.log``/``*.journal`` path -> journal file; else an RDB URL."""
-    if not spec:
-        return None
-    if "://" not in spec:
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
+@dataclass
+class SearchConfig:
+    """How :func:`run_search` searches; checked when built.
 
-        Path(spec).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(spec))
-    return spec
+    Args:
+        budget: upper bounds (:class:`Budget`).
+        pareto: return the accuracy/``objective`` front instead of one best subnet.
+        objective: ``latency_ms`` | ``macs`` | ``params`` (Pareto mode).
+        population: trials per generation, 2..100000.
+        generations: 1..100000.
+        seed: seeds NSGA-II and the memetic helpers (>= 0).
+        storage: Optuna RDB URL or a journal file path; the study resumes from it.
+        study_name: the study in ``storage``; it is keyed by the query (see
+            :func:`run_search`).
+        memetic: pre-screen and local search around the elites (default on).
+        progress: a progress bar per generation.
+
+    Raises:
+        ValueError: a value outside its range, an unknown objective.
+    """
+
+    budget: Budget = field(default_factory=Budget)
+    pareto: bool = False
+    objective: str = "latency_ms"
+    population: int = 100
+    generations: int = 15
+    seed: int = 0
+    storage: str | None = None
+    study_name: str = "ofa-search"
+    memetic: bool = True
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} unknown; allowed: {list(OBJECTIVES)}")
+        for name, lo in (("population", 2), ("generations", 1), ("seed", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 100_000:
+                raise ValueError(f"{name} must be an integer in {lo}..100000, got {v!r}")
+
+    @property
+    def constraints(self) -> dict[str, float]:
+        return self.budget.active()
 
 
 class Scorer:
-    """Batched predicted metrics of encoded subnets (see :func:`search.latency.encode_configs`).
+    """Batched predicted metrics of encoded subnets (:data:`search.encoding.Encoded`).
 
-    ``acc`` (top-1 %, from the accuracy predictor), ``latency_ms`` (from the latency
-    predictor, when given), ``macs``, ``params`` and ``size_bytes`` (fp32 weights) from
-    compiled :class:`~search.latency.BlockSum` tables, so every metric is one vectorised call.
+    ``acc`` (top-1 %, from the accuracy model), ``latency_ms`` (from the latency model,
+    when given), ``macs``, ``params`` and ``size_bytes`` (fp32 weights) from compiled
+    :class:`~search.latency.BlockSum` tables, so every metric is one vectorised call.
+
+    The accuracy MLP costs about 40 times the rest. Given ``only``, a ``(N,)`` bool mask,
+    accuracy is predicted for those rows alone and is NaN elsewhere: the memetic helpers
+    pass the rows that satisfy the budgets, since an infeasible subnet is ranked by its
+    violation only (:func:`_key`).
     """
 
-    def __init__(self, space: SearchSpace, acc_pred, lat_pred=None) -> None:
+    def __init__(self, space: SearchSpace, acc_pred: AccuracyModel,
+                 lat_pred: LatencyModel | None = None) -> None:
         self.space, self.acc_pred, self.lat_pred = space, acc_pred, lat_pred
+        self.encoder = ArchEncoder(space)
         self.macs = BlockSum(space, lambda r, s: s.macs(space.divisor))
         self.params = BlockSum(space, lambda r, s: s.params(space.divisor))
 
-    def __call__(self, enc: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out = {"acc": np.asarray(self.acc_pred.predict_encoded(enc), dtype=float)}
+    def __call__(self, enc: Encoded, only: np.ndarray | None = None,
+                 costs: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """All metrics ``(N,)`` each; ``costs`` reuses an earlier :meth:`costs` of ``enc``."""
+        out = dict(costs) if costs is not None else self.costs(enc)
+        if only is None:
+            out["acc"] = np.asarray(self.acc_pred.predict_encoded(enc), dtype=float)
+        else:
+            out["acc"] = np.full(len(enc["r"]), np.nan)
+            if only.any():
+                out["acc"][only] = self.acc_pred.predict_encoded(take(enc, only))
+        return out
+
+    def costs(self, enc: Encoded) -> dict[str, np.ndarray]:
+        """Every metric but accuracy (cheap): latency (ms), MACs, params, bytes."""
+        out = {"macs": self.macs(enc), "params": self.params(enc)}
+        out["size_bytes"] = out["params"] * 4
         if self.lat_pred is not None:
             out["latency_ms"] = np.asarray(self.lat_pred.predict_encoded(enc), dtype=float)
-        out["macs"] = self.macs(enc)
-        out["params"] = self.params(enc)
-        out["size_bytes"] = out["params"] * 4
         return out
 
 
 def _violation(m: dict[str, np.ndarray], cons: dict[str, float]) -> np.ndarray:
     """Sum of relative constraint violations ``(N,)``; 0 = feasible."""
-    v = np.zeros(len(m["acc"]))
+    v = np.zeros(len(m["macs"]))
     for k, b in cons.items():
         v += np.maximum(m[k] - b, 0.0) / max(abs(b), 1e-12)
     return v
-
-
-def _decode(space: SearchSpace, enc: dict[str, np.ndarray], i: int) -> SubnetConfig:
-    return SubnetConfig(ks=[space.ks_list[j] for j in enc["ks"][i]],
-                        e=[space.expand_list[j] for j in enc["e"][i]],
-                        d=[int(v) for v in enc["d"][i]], r=int(enc["r"][i]))
-
-
-def _params(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
-    """A subnet as the Optuna parameters :func:`_suggest` asks for."""
-    out: dict[str, Any] = {f"k{i}": k for i, k in enumerate(cfg.ks)}
-    out.update({f"e{i}": e for i, e in enumerate(cfg.e)})
-    out.update({f"d{i}": d for i, d in enumerate(cfg.d)})
-    out["r"] = cfg.r
-    return out
-
-
-def sample_stratified(space: SearchSpace, n: int, rng: np.random.Generator
-                      ) -> dict[str, np.ndarray]:
-    """``n`` encoded subnets spread over sizes (see :func:`search.latency.encode_configs`).
-
-    Each subnet draws a size level ``u ~ U(0, 1)`` and every gene picks a choice whose rank
-    by value lies around ``u`` (``u`` +- 0.35), so tiny and huge subnets are as
-    common as mid-size ones; uniform sampling concentrates on mid-size subnets (central
-    limit), which leaves tight budgets with few feasible candidates.
-    """
-    u = rng.random((n, 1))
-
-    def pick(choices, width: int) -> np.ndarray:
-        """Positions in ``choices`` (smallest value first within the level)."""
-        x = np.clip(u + rng.uniform(-0.35, 0.35, (n, width)), 0.0, 1.0 - 1e-9)
-        return np.argsort(choices)[(x * len(choices)).astype(np.int64)]
-
-    nb, ns = space.num_blocks, space.num_stages
-    depth, res = np.asarray(space.depth_list), np.asarray(space.resolutions)
-    return {"ks": pick(space.ks_list, nb), "e": pick(space.expand_list, nb),
-            "d": depth[pick(depth, ns)], "r": res[pick(res, 1)[:, 0]]}
 
 
 PRESCREEN = 20_000  # stratified subnets scored to seed a fresh study's first generation
@@ -136,20 +168,6 @@ def _front(idx: np.ndarray, m: dict[str, np.ndarray], objective: str) -> np.ndar
     return idx[acc > np.maximum.accumulate(np.r_[-np.inf, acc[:-1]])]
 
 
-def _network_rows(space: SearchSpace, enc: dict[str, np.ndarray]) -> np.ndarray:
-    """One row per encoded subnet that identifies the network ``(N, 2B + S + 1)``: kernel
-    and expand genes of blocks beyond a stage's depth are masked (-1), since they do not
-    change the network (nor its predicted accuracy or latency)."""
-    b = np.arange(space.num_blocks)
-    active = (b % space.max_depth)[None, :] < np.take(enc["d"], b // space.max_depth, axis=1)
-    return np.concatenate([np.where(active, enc["ks"], -1), np.where(active, enc["e"], -1),
-                           enc["d"], enc["r"][:, None]], axis=1)
-
-
-def _take(enc: dict[str, np.ndarray], idx) -> dict[str, np.ndarray]:
-    return {g: v[idx] for g, v in enc.items()}
-
-
 def _key(m: dict[str, np.ndarray], viol: np.ndarray) -> np.ndarray:
     """One sortable score: feasible subnets by accuracy, above every infeasible one."""
     return np.where(viol > 0, -1e6 - viol, m["acc"])
@@ -158,17 +176,16 @@ def _key(m: dict[str, np.ndarray], viol: np.ndarray) -> np.ndarray:
 class _Archive:
     """Every subnet scored so far (encoded, with metrics), for choosing elites to refine."""
 
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self.enc: dict[str, np.ndarray] | None = None
+    def __init__(self, encoder: ArchEncoder) -> None:
+        self.encoder = encoder
+        self.enc: Encoded | None = None
         self.m: dict[str, np.ndarray] | None = None
 
-    def add(self, enc: dict[str, np.ndarray], m: dict[str, np.ndarray]) -> None:
-        if self.enc is None:
+    def add(self, enc: Encoded, m: dict[str, np.ndarray]) -> None:
+        if self.enc is None or self.m is None:
             self.enc, self.m = dict(enc), dict(m)
             return
-        self.enc = {g: np.concatenate([self.enc[g], enc[g]]) for g in enc}
-        self.m = {k: np.concatenate([self.m[k], m[k]]) for k in m}
+        self.enc, self.m = concat(self.enc, enc), concat(self.m, m)
 
     def elites(self, n: int, cons: dict[str, float], pareto: bool, objective: str
                ) -> np.ndarray:
@@ -178,7 +195,8 @@ class _Archive:
         (accuracy up, ``objective`` down), evenly thinned to ``n``.
         """
         assert self.enc is not None and self.m is not None
-        _, first = np.unique(_network_rows(self.space, self.enc), axis=0, return_index=True)
+        _, first = np.unique(self.encoder.network_rows(self.enc), axis=0,
+                             return_index=True)
         viol = _violation(self.m, cons)
         if pareto:
             ok = first[viol[first] == 0]
@@ -204,47 +222,48 @@ class _Archive:
 
 
 def _prescreen(scorer: Scorer, cons: dict[str, float], n: int, pareto: bool, objective: str,
-               rng: np.random.Generator, count: int = PRESCREEN) -> dict[str, np.ndarray]:
+               rng: np.random.Generator, count: int = PRESCREEN) -> Encoded:
     """Seed the first generation: score ``count`` stratified subnets in one batched call.
 
     Single-budget mode keeps the ``n`` best by :func:`_key`; Pareto mode the most accurate
     feasible candidate in each of ``n`` quantile bins of the objective.
     """
-    enc = sample_stratified(scorer.space, count, rng)
-    archive = _Archive(scorer.space)
-    m = scorer(enc)
+    enc = scorer.encoder.sample_stratified(count, rng)
+    archive = _Archive(scorer.encoder)
+    costs = scorer.costs(enc)
+    m = scorer(enc, only=_violation(costs, cons) == 0, costs=costs)
     archive.add(enc, m)
     if not pareto:
-        return _take(enc, archive.elites(n, cons, False, objective))
+        return take(enc, archive.elites(n, cons, False, objective))
     viol = _violation(m, cons)
     ok = np.nonzero(viol == 0)[0]
     if len(ok) == 0:
-        return _take(enc, np.argsort(viol)[:n])
+        return take(enc, np.argsort(viol)[:n])
     edges = np.quantile(m[objective][ok], np.linspace(0, 1, n + 1))
     bins = np.clip(np.searchsorted(edges, m[objective][ok], side="right") - 1, 0, n - 1)
     chosen = [ok[bins == b][np.argmax(m["acc"][ok[bins == b]])] for b in np.unique(bins)]
-    return _take(enc, np.asarray(chosen))
+    return take(enc, np.asarray(chosen))
 
 
-def _refine(scorer: Scorer, enc: dict[str, np.ndarray], m: dict[str, np.ndarray],
+def _refine(scorer: Scorer, enc: Encoded, m: dict[str, np.ndarray],
             cons: dict[str, float], pareto: bool, objective: str, rng: np.random.Generator,
-            k: int = NEIGHBOURS, p_gene: float = 0.1, p_res: float = 0.2) -> dict[str, np.ndarray]:
+            k: int = NEIGHBOURS, p_gene: float = 0.1, p_res: float = 0.2) -> Encoded:
     """One vectorised local-search step for each of ``n`` elites (the memetic operator).
 
     Each elite gets ``k`` neighbours: half are uniform crossovers with another elite, then
     every gene is resampled with probability ``p_gene`` (``p_res`` for the resolution), as
     OFA's mutation (OFA section 4, ``EvolutionFinder``). All ``n * k`` neighbours are scored
-    in one batch and, per elite, the best by :func:`_key` is kept if it beats the elite. In
+    in one batch (accuracy only where they are feasible) and, per elite, the best by
+    :func:`_key` is kept if it beats the elite. In
     Pareto mode a neighbour must also be no worse in ``objective`` than its elite.
 
     Returns the improved neighbours (encoded, possibly none).
     """
-    space = scorer.space
     n = len(enc["r"])
     idx = np.repeat(np.arange(n), k)
     mate = rng.integers(0, n, n * k)
     cross = rng.random(n * k) < 0.5
-    new = sample_stratified(space, n * k, rng)
+    new = scorer.encoder.sample_stratified(n * k, rng)
     kids = {}
     for g, v in enc.items():
         x = v[idx]
@@ -253,48 +272,21 @@ def _refine(scorer: Scorer, enc: dict[str, np.ndarray], m: dict[str, np.ndarray]
         x = np.where(swap, v[mate], x)
         x = np.where(rng.random(x.shape) < (p_res if g == "r" else p_gene), new[g], x)
         kids[g] = x
-    km = scorer(kids)
-    viol = _violation(km, cons)
+    costs = scorer.costs(kids)
+    viol = _violation(costs, cons)
     if pareto:
-        viol = viol + np.maximum(km[objective] - m[objective][idx], 0.0) \
+        viol = viol + np.maximum(costs[objective] - m[objective][idx], 0.0) \
             / np.maximum(np.abs(m[objective][idx]), 1e-12)
     # a neighbour that is the same network (a copy, or changed only in genes of blocks beyond
     # the depth) is no neighbour
-    same = (_network_rows(space, kids) == _network_rows(space, enc)[idx]).all(1)
+    rows = scorer.encoder.network_rows
+    same = (rows(kids) == rows(enc)[idx]).all(1)
+    km = scorer(kids, only=(viol == 0) & ~same, costs=costs)
     key = np.where(same, -np.inf, _key(km, viol)).reshape(n, k)
     best = key.argmax(1)
     # batched float32 predictions differ in the last bits: demand a real improvement
     better = key[np.arange(n), best] > _key(m, _violation(m, cons)) + 1e-6
-    return _take(kids, (np.arange(n) * k + best)[better])
-
-
-def _config(space: SearchSpace, params: dict[str, Any]) -> SubnetConfig:
-    return SubnetConfig(ks=[params[f"k{i}"] for i in range(space.num_blocks)],
-                        e=[params[f"e{i}"] for i in range(space.num_blocks)],
-                        d=[params[f"d{i}"] for i in range(space.num_stages)], r=params["r"])
-
-
-def _suggest(trial: optuna.Trial, space: SearchSpace) -> SubnetConfig:
-    ks = [trial.suggest_categorical(f"k{i}", list(space.ks_list)) for i in range(space.num_blocks)]
-    e = [trial.suggest_categorical(f"e{i}", list(space.expand_list))
-         for i in range(space.num_blocks)]
-    d = [trial.suggest_categorical(f"d{i}", list(space.depth_list))
-         for i in range(space.num_stages)]
-    r = trial.suggest_categorical("r", list(space.resolutions))
-    return SubnetConfig(ks=ks, e=e, d=d, r=r)
-
-
-def _distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
-    cat = optuna.distributions.CategoricalDistribution
-    out: dict[str, optuna.distributions.BaseDistribution] = {}
-    for i in range(space.num_blocks):
-        out[f"k{i}"] = cat(list(space.ks_list))
-    for i in range(space.num_blocks):
-        out[f"e{i}"] = cat(list(space.expand_list))
-    for i in range(space.num_stages):
-        out[f"d{i}"] = cat(list(space.depth_list))
-    out["r"] = cat(list(space.resolutions))
-    return {k: v for k, v in out.items() if not v.single()}
+    return take(kids, (np.arange(n) * k + best)[better])
 
 
 class _FixedSpaceNSGAII(optuna.samplers.NSGAIISampler):
@@ -314,15 +306,137 @@ class _FixedSpaceNSGAII(optuna.samplers.NSGAIISampler):
         return dict(self._dists)
 
 
-def smallest_latency(space: SearchSpace, lat_pred) -> float:
+def smallest_latency(space: SearchSpace, lat_pred: LatencyModel) -> float:
+    """Predicted latency (ms) of the smallest subnet over the space's resolutions."""
     return float(min(lat_pred.predict_many([space.min_subnet(r) for r in space.resolutions])))
 
 
-def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | None = None,
-               pareto: bool = False, objective: str = "latency_ms", population: int = 100,
-               generations: int = 15, seed: int = 0, storage: str | None = None,
-               study_name: str = "ofa-search", progress: bool = False,
-               memetic: bool = True) -> dict[str, Any]:
+def _check_feasible(scorer: Scorer, cfg: SearchConfig) -> None:
+    """Refuse budgets below the smallest subnet and latency without a table, before any trial.
+
+    Raises:
+        ValueError: naming the budget and the smallest achievable value.
+    """
+    space, cons = scorer.space, cfg.constraints
+    need = set(cons) | ({cfg.objective} if cfg.pareto else set())
+    if "latency_ms" in need and scorer.lat_pred is None:
+        raise ValueError("a latency budget/objective needs a latency table (--table)")
+    if "latency_ms" in cons:
+        low = smallest_latency(space, scorer.lat_pred)
+        if cons["latency_ms"] < low:
+            raise ValueError(f"latency budget {cons['latency_ms']:g} ms is infeasible: the "
+                             f"smallest subnet takes {low:.2f} ms on this table")
+    smallest = scorer(scorer.encoder.encode([space.min_subnet(min(space.resolutions))]))
+    for k in ("macs", "params", "size_bytes"):
+        if k in cons and cons[k] < smallest[k][0]:
+            raise ValueError(f"{k} budget {cons[k]:g} is infeasible: the smallest subnet "
+                             f"has {smallest[k][0]:g}")
+
+
+def query_key(scorer: Scorer, cfg: SearchConfig) -> str:
+    """A digest of what a study answers: the space, the budgets and search settings, and the
+    predictors' answers on a fixed probe set (so another table or predictor, even under the
+    same file name, is another query)."""
+    space = scorer.space
+    probe = scorer.encoder.sample_stratified(16, np.random.default_rng(12345))
+    m = scorer(probe)
+    facts = {"space": space.to_dict(), "genes": scorer.encoder.genes,
+             "budget": cfg.constraints, "pareto": cfg.pareto, "objective": cfg.objective,
+             "population": cfg.population, "seed": cfg.seed, "memetic": cfg.memetic,
+             "probe": {k: np.round(v, 6).tolist() for k, v in sorted(m.items())}}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def open_storage(spec: str | None) -> Any:
+    """None -> in memory; a path (no ``://``) -> journal file (a stale lock is dropped after
+    5 s, not Optuna's 30); else an RDB URL."""
+    if not spec:
+        return None
+    if "://" not in spec:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        Path(spec).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(spec, JournalFileOpenLock(spec, grace_period=5)))
+    return spec
+
+
+def _open_study(scorer: Scorer, cfg: SearchConfig) -> optuna.Study:
+    """A new or resumed study for this query.
+
+    Raises:
+        ValueError: the stored study of that name answers another query.
+    """
+    optuna.logging.set_verbosity(logging.WARNING)
+    sampler = _FixedSpaceNSGAII(scorer.encoder.distributions(),
+                                population_size=cfg.population, seed=cfg.seed)
+    study = optuna.create_study(directions=["maximize", "minimize"] if cfg.pareto
+                                else ["maximize"], sampler=sampler,
+                                storage=open_storage(cfg.storage), study_name=cfg.study_name,
+                                load_if_exists=True)
+    key = query_key(scorer, cfg)
+    old = study.user_attrs.get("query")
+    if old is None:
+        study.set_user_attr("query", key)
+        study.set_user_attr("settings", {k: v for k, v in asdict(cfg).items()
+                                         if k not in ("storage", "progress")})
+    elif old != key:
+        raise ValueError(f"study {cfg.study_name!r} in {cfg.storage} answers another query "
+                         "(space, table, predictor, budgets or settings differ); pass another "
+                         "--study-name or --storage")
+    return study
+
+
+def _tell_generation(study: optuna.Study, scorer: Scorer, cfg: SearchConfig,
+                     trials: list[optuna.Trial]) -> tuple[Encoded, dict[str, np.ndarray]]:
+    """Score one generation's trials in one batch and tell them (with constraints)."""
+    enc = scorer.encoder.encode([scorer.encoder.suggest(t) for t in trials])
+    m = scorer(enc)
+    for i, t in enumerate(trials):
+        for k, b in cfg.constraints.items():
+            t.set_constraint(k, float(m[k][i] - b))
+        study.tell(t, [float(m["acc"][i])] + ([float(m[cfg.objective][i])] if cfg.pareto
+                                               else []))
+    return enc, m
+
+
+def _enqueue(study: optuna.Study, encoder: ArchEncoder, enc: Encoded) -> None:
+    for cfg in encoder.decode_all(enc):
+        study.enqueue_trial(encoder.to_params(cfg))
+
+
+def _result(scorer: Scorer, archive: _Archive, cfg: SearchConfig, trials: int,
+            evaluations: int) -> dict[str, Any]:
+    """The result dict of :func:`run_search` from everything scored.
+
+    Raises:
+        ValueError: no feasible subnet.
+    """
+    assert archive.enc is not None and archive.m is not None
+    enc, m = archive.enc, archive.m
+    feasible = np.nonzero(_violation(m, cfg.constraints) == 0)[0]
+    if len(feasible) == 0:
+        raise ValueError("no feasible subnet found; loosen the budget or search longer")
+
+    def row(i: int) -> dict[str, Any]:
+        sub = scorer.encoder.decode(enc, i)
+        out = {"config": sub.to_dict(), "summary": sub.summary(), "acc": float(m["acc"][i]),
+               "macs": int(m["macs"][i]), "params": int(m["params"][i])}
+        if "latency_ms" in m:
+            out["latency_ms"] = float(m["latency_ms"][i])
+        return out
+
+    best = int(feasible[np.argmax(m["acc"][feasible])])
+    res: dict[str, Any] = {"best": [row(best)], "trials": trials,
+                           "budget": cfg.constraints, "evaluations": evaluations}
+    if cfg.pareto:
+        res["front"] = [row(int(i)) for i in _front(feasible, m, cfg.objective)]
+        res["objective"] = cfg.objective
+    return res
+
+
+def run_search(space: SearchSpace, acc_pred: AccuracyModel, lat_pred: LatencyModel | None = None,
+               config: SearchConfig | None = None) -> dict[str, Any]:
     """Search ``space``; returns ``{"best": [...], "front": [...], "trials": n, ...}``.
 
     Optuna's NSGA-II (constraint-dominated selection, uniform crossover, mutation) evolves
@@ -331,8 +445,8 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
     microseconds per subnet where an Optuna trial costs about a millisecond:
 
     - a fresh study's first generation is seeded from 20,000 stratified subnets
-      (:func:`sample_stratified`), the best of them (single budget) or the best per
-      objective bin (Pareto) enqueued with ``study.enqueue_trial``;
+      (:meth:`ArchEncoder.sample_stratified`), the best of them (single budget) or the best
+      per objective bin (Pareto) enqueued with ``study.enqueue_trial``;
     - after each generation, the ``population // 2`` elites so far each get one
       vectorised local-search step (:func:`_refine`, 256 neighbours); the improved
       neighbours are enqueued, so they enter the next generation as ordinary trials and
@@ -340,97 +454,47 @@ def run_search(space: SearchSpace, acc_pred, lat_pred=None, budget: Budget | Non
 
     ``evaluations`` in the result counts every predictor evaluation (trials, pre-screen and
     neighbours). A resumed study (same ``storage`` and ``study_name``) continues from the
-    trials it already holds.
+    trials it already holds; it must answer the same query (:func:`query_key`).
 
     Each result row: ``config`` (dict), ``summary``, ``acc`` (%), ``latency_ms``, ``macs``,
     ``params``.
 
     Raises:
         ValueError: an infeasible budget (names the smallest achievable value), a latency
-            budget/objective without a latency table, or no feasible subnet found.
+            budget/objective without a latency table, a stored study of another query, or no
+            feasible subnet found.
     """
-    budget = budget or Budget()
-    cons = budget.active()
-    need = set(cons) | ({objective} if pareto else set())
-    if ("latency_ms" in need) and lat_pred is None:
-        raise ValueError("a latency budget/objective needs a latency table (--table)")
-    if "latency_ms" in cons:
-        low = smallest_latency(space, lat_pred)
-        if cons["latency_ms"] < low:
-            raise ValueError(f"latency budget {cons['latency_ms']:g} ms is infeasible: the "
-                             f"smallest subnet takes {low:.2f} ms on this table")
+    cfg = config or SearchConfig()
     scorer = Scorer(space, acc_pred, lat_pred)
-    smallest = scorer(encode_configs(space, [space.min_subnet(min(space.resolutions))]))
-    for k in ("macs", "params", "size_bytes"):
-        if k in cons and cons[k] < smallest[k][0]:
-            raise ValueError(f"{k} budget {cons[k]:g} is infeasible: the smallest subnet "
-                             f"has {smallest[k][0]:g}")
-    optuna.logging.set_verbosity(logging.WARNING)
-    sampler = _FixedSpaceNSGAII(_distributions(space), population_size=population, seed=seed)
-    directions = ["maximize", "minimize"] if pareto else ["maximize"]
-    study = optuna.create_study(directions=directions, sampler=sampler,
-                                storage=open_storage(storage), study_name=study_name,
-                                load_if_exists=True)
-    rng = np.random.default_rng(seed)
-    archive = _Archive(space)
+    _check_feasible(scorer, cfg)
+    study = _open_study(scorer, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    archive = _Archive(scorer.encoder)
     done_trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    done = len(done_trials)
-    evaluations = done
-    if done:
-        enc = encode_configs(space, [_config(space, t.params) for t in done_trials])
+    evaluations = len(done_trials)
+    if done_trials:
+        enc = scorer.encoder.encode([scorer.encoder.from_params(t.params) for t in done_trials])
         archive.add(enc, scorer(enc))
-    elif memetic:
-        seeds = _prescreen(scorer, cons, population, pareto, objective, rng)
+    elif cfg.memetic:
+        _enqueue(study, scorer.encoder, _prescreen(scorer, cfg.constraints, cfg.population,
+                                                   cfg.pareto, cfg.objective, rng))
         evaluations += PRESCREEN
-        for i in range(len(seeds["r"])):
-            study.enqueue_trial(_params(space, _decode(space, seeds, i)))
-    gens = range(done // population, generations)
-    if progress:
+    start = len(done_trials) // cfg.population
+    gens: Any = range(start, cfg.generations)
+    if cfg.progress:
         from tqdm import tqdm
 
-        gens = tqdm(gens, desc="search", unit="gen", initial=done // population,
-                    total=generations)
+        gens = tqdm(gens, desc="search", unit="gen", initial=start, total=cfg.generations)
     for g in gens:
-        trials = [study.ask() for _ in range(population)]
-        enc = encode_configs(space, [_suggest(t, space) for t in trials])
-        m = scorer(enc)
-        evaluations += population
-        for i, t in enumerate(trials):
-            for k, b in cons.items():
-                t.set_constraint(k, float(m[k][i] - b))
-            for k in ("acc", "latency_ms", "macs", "params"):
-                if k in m:
-                    t.set_user_attr(k, float(m[k][i]))
-            vals = [float(m["acc"][i])] + ([float(m[objective][i])] if pareto else [])
-            study.tell(t, vals)
-        archive.add(enc, m)
-        if memetic and g < generations - 1:
-            elite = archive.elites(population // 2, cons, pareto, objective)
+        archive.add(*_tell_generation(study, scorer, cfg,
+                                      [study.ask() for _ in range(cfg.population)]))
+        evaluations += cfg.population
+        if cfg.memetic and g < cfg.generations - 1:
             assert archive.enc is not None and archive.m is not None
-            kids = _refine(scorer, _take(archive.enc, elite), _take(archive.m, elite), cons,
-                           pareto, objective, rng)
+            elite = archive.elites(cfg.population // 2, cfg.constraints, cfg.pareto,
+                                   cfg.objective)
+            _enqueue(study, scorer.encoder, _refine(
+                scorer, take(archive.enc, elite), take(archive.m, elite), cfg.constraints,
+                cfg.pareto, cfg.objective, rng))
             evaluations += NEIGHBOURS * len(elite)
-            for i in range(len(kids["r"])):
-                study.enqueue_trial(_params(space, _decode(space, kids, i)))
-    assert archive.m is not None
-    m = archive.m
-    feasible = np.nonzero(_violation(m, cons) == 0)[0]
-    if len(feasible) == 0:
-        raise ValueError("no feasible subnet found; loosen the budget or search longer")
-
-    def row(i: int) -> dict[str, Any]:
-        assert archive.enc is not None
-        cfg = _decode(space, archive.enc, i)
-        out = {"config": cfg.to_dict(), "summary": cfg.summary(), "acc": float(m["acc"][i]),
-               "macs": int(m["macs"][i]), "params": int(m["params"][i])}
-        if "latency_ms" in m:
-            out["latency_ms"] = float(m["latency_ms"][i])
-        return out
-
-    best = int(feasible[np.argmax(m["acc"][feasible])])
-    res: dict[str, Any] = {"best": [row(best)], "trials": len(study.get_trials(deepcopy=False)),
-                           "budget": cons, "evaluations": evaluations}
-    if pareto:
-        res["front"] = [row(int(i)) for i in _front(feasible, m, objective)]
-        res["objective"] = objective
-    return res
+    return _result(scorer, archive, cfg, len(study.get_trials(deepcopy=False)), evaluations)

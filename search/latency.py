@@ -13,24 +13,10 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ofa.space import BlockShape, SearchSpace, SubnetConfig
+from search.encoding import ArchEncoder, Encoded
 from search.latency_table import LatencyTable, TableError
 
-__all__ = ["BlockSum", "LatencyPredictor", "encode_configs"]
-
-
-def encode_configs(space: SearchSpace, cfgs: Sequence[SubnetConfig]) -> dict[str, np.ndarray]:
-    """Configs -> index arrays ``ks (N, B)``, ``e (N, B)``, ``d (N, S)``, ``r (N,)`` (values).
-
-    ``ks``/``e`` hold indices into the space's choice lists; ``d`` and ``r`` hold values.
-    """
-    ks_pos = {k: i for i, k in enumerate(space.ks_list)}
-    e_pos = {e: i for i, e in enumerate(space.expand_list)}
-    return {
-        "ks": np.array([[ks_pos[k] for k in c.ks] for c in cfgs], dtype=np.int64),
-        "e": np.array([[e_pos[e] for e in c.e] for c in cfgs], dtype=np.int64),
-        "d": np.array([c.d for c in cfgs], dtype=np.int64),
-        "r": np.array([c.r for c in cfgs], dtype=np.int64),
-    }
+__all__ = ["BlockSum", "LatencyPredictor"]
 
 
 class BlockSum:
@@ -38,9 +24,11 @@ class BlockSum:
 
     ``cost(r, shape)`` gives one layer group's contribution at resolution ``r``. It is
     evaluated once per (resolution, block, kernel, expand) into dense arrays ``base[r]``
-    (stem, first block, head) and ``block[r, b, k, e]``; a batch of encoded configs is then
-    scored with one gather and one masked sum. Latency (from a table), MACs and parameters
-    are all such sums (``SearchSpace.macs``/``params`` sum ``BlockShape.macs``/``params``).
+    (:meth:`SearchSpace.fixed_shapes`: stem, first block, head) and ``block[r, b, k, e]``
+    (:meth:`SearchSpace.block_shape`); a batch of encoded configs
+    (:data:`search.encoding.Encoded`) is then scored with one gather and one masked sum
+    (:meth:`SearchSpace.active_mask`). Latency (from a table), MACs and parameters are all
+    such sums (``SearchSpace.macs``/``params`` sum ``BlockShape.macs``/``params``).
 
     Args:
         space: the search space.
@@ -58,29 +46,28 @@ class BlockSum:
         self.base = np.full(size, np.nan)
         dmax = max(space.depth_list)
         for r in self.resolutions:
-            for ki, k in enumerate(space.ks_list):
-                for ei, e in enumerate(space.expand_list):
-                    shapes = space.block_shapes(space.config(k, e, dmax, r))
-                    blocks = shapes[2:-4]
-                    for b, s in zip(space.active_blocks(space.config(k, e, dmax, r)), blocks):
-                        self.block[r, b, ki, ei] = cost(r, s)
-            self.base[r] = sum(cost(r, s) for s in shapes[:2] + shapes[-4:])
+            stem, head = space.fixed_shapes(r)
+            self.base[r] = sum(cost(r, s) for s in stem + head)
+            for b in space.blocks:
+                if b.position >= dmax:
+                    continue  # never active
+                for ki, k in enumerate(space.ks_list):
+                    for ei, e in enumerate(space.expand_list):
+                        self.block[r, b.index, ki, ei] = cost(r, space.block_shape(b.index, r,
+                                                                                   k, e))
         self.block_flat = self.block.ravel()
-        self.stage_of = np.arange(nb) // space.max_depth
-        self.pos_in_stage = np.arange(nb) % space.max_depth
 
     def missing(self, r: np.ndarray) -> list[int]:
         """Resolutions in ``r`` that were not compiled."""
         return sorted(set(r[np.isnan(self.base[r])].tolist()))
 
-    def __call__(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """Sums ``(N,)`` for encoded configs (see :func:`encode_configs`); NaN for a
-        resolution that was not compiled."""
+    def __call__(self, enc: Encoded) -> np.ndarray:
+        """Sums ``(N,)`` for encoded configs; NaN for a resolution that was not compiled."""
         r = enc["r"]
         _, nb, nk, ne = self.block.shape
         flat = (r[:, None] * nb + np.arange(nb)[None, :]) * (nk * ne) + enc["ks"] * ne + enc["e"]
         val = np.take(self.block_flat, flat)
-        val *= self.pos_in_stage[None, :] < np.take(enc["d"], self.stage_of, axis=1)
+        val *= self.space.active_mask(enc["d"])
         return self.base[r] + val.sum(1)
 
 
@@ -111,9 +98,10 @@ class LatencyPredictor:
         ov = table.overhead_ms
         self.sum = BlockSum(space, lambda r, s: table.entry(r, s.key()) - ov, self.resolutions)
         self.overhead_ms = ov
+        self.encoder = ArchEncoder(space)
 
-    def predict_encoded(self, enc: dict[str, np.ndarray]) -> np.ndarray:
-        """Latency (ms) ``(N,)`` of encoded configs (see :func:`encode_configs`).
+    def predict_encoded(self, enc: Encoded) -> np.ndarray:
+        """Latency (ms) ``(N,)`` of encoded configs (:data:`search.encoding.Encoded`).
 
         Raises:
             TableError: a resolution the table has no entries for.
@@ -124,8 +112,12 @@ class LatencyPredictor:
                              f"{self.sum.missing(enc['r'])} (table has {self.resolutions})")
         return self.a * (raw + self.overhead_ms) + self.b
 
+    def describe(self) -> str:
+        """The table's measurement context in words."""
+        return self.table.describe()
+
     def predict_many(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
-        return self.predict_encoded(encode_configs(self.space, cfgs))
+        return self.predict_encoded(self.encoder.encode(cfgs))
 
     def predict(self, cfg: SubnetConfig) -> float:
         """Latency (ms) of one subnet."""

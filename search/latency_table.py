@@ -19,7 +19,8 @@ some keys (the head's) are the same at every resolution but were measured separa
 
 Entry latencies are what the isolated layer measured, per-invoke overhead included; a network's
 raw prediction is ``sum(entry - overhead) + overhead`` (one invoke), and the calibrated one is
-``a * raw + b`` (REFERENCE section 6).
+``a * raw + b`` (block sums miss fusion and per-invoke overhead; nn-Meter, Zhang et al.,
+MobiSys 2021).
 """
 
 from __future__ import annotations

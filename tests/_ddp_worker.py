@@ -5,7 +5,8 @@ import sys
 
 import torch
 
-from ofa.train.trainer import TrainConfig, Trainer
+from ofa.train.run import TrainConfig
+from ofa.train.trainer import Trainer
 
 out, schedule = sys.argv[1], sys.argv[2]
 cfg = TrainConfig(out=out, space="mbv3-digits", space_overrides={"resolutions": [12, 16]},

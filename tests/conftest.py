@@ -17,6 +17,21 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def synthetic_table(space):
+    """A deterministic latency table (ms) for ``space``: latency grows with MACs."""
+    from search.latency_table import LatencyTable
+
+    entries = {}
+    for r in space.resolutions:
+        entries[str(r)] = {
+            s.key(): {"median": 0.001 * s.macs() / 1e3 + 0.01, "mean": 0, "std": 0, "p90": 0,
+                      "count": 1}
+            for s in space.all_block_shapes([r])}
+    ctx = {"device": {"name": "synthetic"}, "runtime": "none", "runtime_version": "0",
+           "backend": "none", "threads": 1, "precision": "fp32", "batch": 1}
+    return LatencyTable(ctx, space.to_dict(), list(space.resolutions), entries)
+
+
 def randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
     """Give every BN non-trivial statistics/affine so equality tests are meaningful."""
     g = torch.Generator().manual_seed(seed)
@@ -33,7 +48,8 @@ def randomize_bn(net: torch.nn.Module, seed: int = 0) -> None:
 def tiny_run(tmp_path_factory) -> Path:
     """A briefly trained mbv3-digits supernet (2 resolutions, a few DεpS steps): a real run
     folder for the predictor, export and deploy tests. Accuracy is not the point here."""
-    from ofa.train.trainer import TrainConfig, train
+    from ofa.train.run import TrainConfig
+    from ofa.train.trainer import train
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train(TrainConfig(out=str(out), space="mbv3-digits",

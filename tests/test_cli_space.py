@@ -19,4 +19,4 @@ def test_space_json():
 def test_space_unknown_preset_one_line():
     p = run("space", "mbv3-nope")
     assert p.returncode == 2
-    assert len(p.stderr.strip().splitlines()) == 1 and "unknown search space" in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1 and "invalid choice: 'mbv3-nope'" in p.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.runtimes import Protocol, Runtime, time_interleaved
+from deploy.device.runtimes import Runtime, TimingProtocol, time_interleaved
 from deploy.targets import (
     AdbTarget,
     LocalTarget,
@@ -25,7 +25,7 @@ from deploy.targets import (
 from ofa.space import get_space
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = Protocol(warmup=1, runs=3, trials=1)
+QUICK = TimingProtocol(warmup=1, runs=3, trials=1)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,8 @@ def test_bundle_detects_tampering(bundles, tmp_path):
 
 
 def _agent(python, *args, env=None):
-    return subprocess.run([python, "-m", "deploy.agent", *args], capture_output=True, text=True,
+    return subprocess.run([python, "-m", "deploy.device.agent", *args], capture_output=True,
+                          text=True,
                           cwd=ROOT, env=env)
 
 
@@ -172,7 +173,7 @@ def test_interleaved_timing_visits_every_model_each_trial():
             log.append(("invoke", self.name))
 
     ticks = []
-    stats = time_interleaved([Fake("a"), Fake("b")], [None, None], Protocol(1, 2, 3),
+    stats = time_interleaved([Fake("a"), Fake("b")], [None, None], TimingProtocol(1, 2, 3),
                              progress=lambda: ticks.append(1))
     invokes = [n for k, n in log if k == "invoke"]
     assert invokes == (["a"] * 3 + ["b"] * 3) * 3  # (warmup 1 + runs 2) per model per trial

@@ -5,8 +5,8 @@ import pytest
 import yaml
 from conftest import shared_path
 
+from deploy.device.runtimes import TimingProtocol
 from deploy.lut import build_table
-from deploy.runtimes import Protocol
 from ofa.space import SubnetConfig, get_space
 from ofa.supernet import OFAMobileNetV3
 from search.latency import LatencyPredictor
@@ -19,7 +19,7 @@ def tiny_table(tmp_path_factory):
     space = get_space("mbv3-digits", ks_list=[3, 5], expand_list=[3, 6], depth_list=[2, 3],
                       resolutions=[12, 16])
     out = tmp_path_factory.mktemp("lut") / "t.json"
-    t = build_table(space, [12, 16], "onnxruntime", out, protocol=Protocol(2, 5, 1), calib=3)
+    t = build_table(space, [12, 16], "onnxruntime", out, protocol=TimingProtocol(2, 5, 1), calib=3)
     return space, out, t
 
 
@@ -136,7 +136,7 @@ def test_build_resumes_from_partial(tmp_path):
                                         "statistic": "median"},
              "entries": {"12": {keys[0]: fake, keys[1]: fake}}, "overhead_ms": 0.001}
     partial.write_text(json.dumps(state))
-    t = build_table(space, [12], "onnxruntime", out, protocol=Protocol(1, 2, 1), calib=0)
+    t = build_table(space, [12], "onnxruntime", out, protocol=TimingProtocol(1, 2, 1), calib=0)
     assert t.entries["12"][keys[0]]["median"] == 123.0  # kept, not re-measured
     assert t.entries["12"][keys[2]]["median"] < 100.0  # measured now
     assert not partial.exists() and out.exists()

@@ -72,7 +72,7 @@ def test_rerun_skips_finished_steps(tiny_job: Path, capsys):
 def test_shipped_table_is_recalibrated_here(tiny_job: Path, tmp_path: Path):
     """A table for this CPU model in the tables folder is reused, with a, b refitted on
     subnets measured on this machine and saved in the run folder."""
-    from deploy.pipeline import RunConfig, _table
+    from ofa.cli.pipeline import RunConfig, _table
     from ofa.space import get_space
     from search.latency_table import LatencyTable
 

@@ -10,8 +10,9 @@ import torch
 import yaml
 
 from ofa.train.checkpoint import load_checkpoint
+from ofa.train.run import TrainConfig, load_run
 from ofa.train.schedule import eps_beta, load_schedule, lr_at, run_settings
-from ofa.train.trainer import TrainConfig, Trainer, load_run
+from ofa.train.trainer import Trainer
 
 # A tiny schedule that exercises every mode: full net, PS-style random subnets with a teacher
 # and channel sorting, and the DεpS ε ramp + sandwich with in-place distillation.
@@ -96,7 +97,7 @@ def test_short_run_settings_come_from_the_schedule(tmp_path, tiny_schedule):
     assert run_settings(tiny_schedule) == (14.0, 1.0)  # no short_run: reference rates
     cfg = TrainConfig(out=str(tmp_path / "r"), schedule="ps")
     assert (cfg.epochs, cfg.lr_scale) == (24.0, 3.0)
-    from deploy.pipeline import RunConfig
+    from ofa.cli.pipeline import RunConfig
 
     assert (RunConfig(schedule="ps").epochs, RunConfig(schedule="ps").lr_scale) == (24.0, 3.0)
     assert (RunConfig(epochs=6).epochs, RunConfig(epochs=6).lr_scale) == (6.0, 1.0)

@@ -19,7 +19,7 @@ import json
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +35,10 @@ from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import OFAMobileNetV3
 from ofa.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at, run_settings
+from ofa.train.run import CKPT, RUN_JSON, WEIGHTS, TrainConfig, resolve_device
+from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
 
-__all__ = ["TrainConfig", "Trainer", "train", "load_run"]
-
-CKPT = "checkpoint.pt"
-WEIGHTS = "supernet.safetensors"
-RUN_JSON = "run.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run depends on; stored in the checkpoint and in ``run.json``."""
-
-    out: str = "runs/demo"
-    space: str = "mbv3-digits"
-    space_overrides: dict = field(default_factory=dict)
-    dataset: str = "digits"
-    data: str | None = None
-    schedule: str = "deps"
-    epochs: float | None = None  # None: the schedule's short_run epochs
-    batch_size: int = 64
-    lr_scale: float | None = None  # None: the schedule's short_run lr_scale
-    seed: int = 0
-    ckpt_every: int = 0  # steps; 0 = once per epoch
-    eval_images: int = 500  # test images per phase-end evaluation (0 = skip)
-    recal_images: int = 2000
-    device: str = "cpu"
-    max_steps: int | None = None  # stop (after checkpointing) at this global step
-    holdout: int | None = None
-
-    def __post_init__(self) -> None:
-        self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
-
+__all__ = ["Trainer", "train"]
 
 def _soft_ce(logits: Tensor, target_prob: Tensor) -> Tensor:
     return -(target_prob * F.log_softmax(logits, dim=1)).sum(1).mean()
@@ -89,10 +60,9 @@ class Trainer:
         self.out = Path(cfg.out)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
+        self.device = resolve_device(cfg.device)
         if self.world > 1 and not dist.is_initialized():
-            backend = "nccl" if cfg.device.startswith("cuda") else "gloo"
-            dist.init_process_group(backend)
-        self.device = torch.device(cfg.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.data: Dataset = load_dataset(cfg.dataset, cfg.data, holdout=cfg.holdout,
                                           seed=cfg.seed)
         self.space: SearchSpace = get_space(cfg.space, num_classes=self.data.num_classes,
@@ -460,43 +430,3 @@ class _MetricsLog:
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Train (or resume) a run; see :class:`Trainer`."""
     return Trainer(cfg, resume=resume).run()
-
-
-def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, Any]]:
-    """Load a finished run folder (``run.json`` + ``supernet.safetensors``), or a checkpoint
-    file / a run folder that only holds ``checkpoint.pt`` (an unfinished run).
-
-    Returns:
-        ``(supernet in eval mode, its TrainConfig, run info dict)``.
-
-    Raises:
-        ValueError: missing/corrupt files or weights that do not fit the space.
-    """
-    from ofa.fileio import read_json
-    from ofa.space import SearchSpace
-    from ofa.train.checkpoint import load_weights
-
-    run = Path(run)
-    if run.is_file():
-        st = load_checkpoint(run)
-        info = {"config": st["config"], "space": st["space"], "schedule": st["schedule"]}
-        weights = st["model"]
-    elif (run / RUN_JSON).exists():
-        info = read_json(run / RUN_JSON, "run file")
-        weights = load_weights(run / info.get("weights", WEIGHTS))
-    elif (run / CKPT).exists():
-        return load_run(run / CKPT)
-    else:
-        raise ValueError(f"{run} is not a run folder (no {RUN_JSON} or {CKPT})")
-    try:
-        space = SearchSpace.from_dict(info["space"])
-        cfg = TrainConfig(**info["config"])
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"{run}: run description is incomplete ({exc})") from None
-    net = OFAMobileNetV3(space)
-    try:
-        net.load_state_dict(weights)
-    except RuntimeError as exc:
-        msg = str(exc).splitlines()[0]
-        raise ValueError(f"{run}: weights do not match space {space.name} ({msg})") from None
-    return net.eval(), cfg, info

@@ -6,7 +6,7 @@ export (ONNX + TFLite) -> measure on the target -> report. Every step writes int
 
     runs/<name>/supernet/          the trained run (checkpoint, safetensors, run.json, metrics)
     runs/<name>/supernet/acc_predictor.safetensors (+ .json, .dataset.jsonl)
-    runs/<name>/latency_table.json (unless a shipped table in latency_tables/ matches)
+    runs/<name>/latency_table.json (a shipped table recalibrated here, or one built here)
     runs/<name>/search.json        chosen subnet per budget + the Pareto front
     runs/<name>/models/<label>/    export bundles (see deploy.bundle)
     runs/<name>/validation.json    measured latency and accuracy per subnet
@@ -16,16 +16,17 @@ export (ONNX + TFLite) -> measure on the target -> report. Every step writes int
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.runtimes import Protocol
+from deploy.device.runtimes import TimingProtocol
 from ofa.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
+from search.latency_table import LatencyTable, TableError
 
-__all__ = ["RunConfig", "run_pipeline", "find_shipped_table", "auto_budgets", "SHIPPED"]
-
-SHIPPED = Path(__file__).resolve().parents[1] / "latency_tables"
+__all__ = ["RunConfig", "run_pipeline", "find_shipped_table", "auto_budgets", "summary_lines"]
 
 
 @dataclass
@@ -51,7 +52,8 @@ class RunConfig:
     target_options: dict[str, Any] = field(default_factory=dict)
     budgets: list[float] | None = None  # ms; None = 3 spread over the table's range
     table: str | None = None  # explicit table; default: shipped match or build one
-    tables_dir: str = str(SHIPPED)  # where shipped tables are looked for
+    tables_dir: str | None = None  # where tables of this machine are looked for (None:
+    # the tables shipped in the latency_tables package)
     lut_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 10, "runs": 50,
                                                                   "trials": 3})
     lut_calib: int = 10
@@ -60,7 +62,7 @@ class RunConfig:
     generations: int = 15
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
-    device: str = "cpu"
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         from ofa.train.schedule import run_settings
@@ -76,22 +78,37 @@ def _log(msg: str) -> None:
     print(f"[ofa run] {msg}", flush=True)
 
 
-def find_shipped_table(space, runtime: str, threads: int, folder: Path = SHIPPED):
-    """A table in ``folder`` measured on a CPU like this one for this space/runtime/threads
-    (fp32) covering every resolution of ``space``; None when there is none."""
-    from deploy.devinfo import device_facts
-    from search.latency_table import LatencyTable, TableError
+def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = None
+                       ) -> LatencyTable | None:
+    """A table measured on a CPU like this one for this space/runtime/threads (fp32) that
+    covers every resolution of ``space``: from ``folder``, or the tables shipped in the
+    ``latency_tables`` package (read with importlib.resources, so an installed wheel finds
+    them too). None when there is none.
+    """
+    from deploy.device.devinfo import device_facts
 
     cpu = device_facts()["cpu_model"]
-    for p in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            t = LatencyTable.load(p, space=space, resolutions=list(space.resolutions),
-                                  precision="fp32", runtime=runtime, threads=threads)
-        except TableError:
-            continue
-        if t.space.get("resolutions") and t.context["device"].get("cpu_model") == cpu:
-            return p
+    with _candidates(folder) as paths:
+        for p in paths:
+            try:
+                t = LatencyTable.load(p, space=space, resolutions=list(space.resolutions),
+                                      precision="fp32", runtime=runtime, threads=threads)
+            except TableError:
+                continue
+            if t.space.get("resolutions") and t.context["device"].get("cpu_model") == cpu:
+                return t
     return None
+
+
+@contextmanager
+def _candidates(folder: Path | None) -> Iterator[list[Path]]:
+    if folder is None:
+        from latency_tables import shipped_tables
+
+        with shipped_tables() as paths:
+            yield paths
+    else:
+        yield sorted(Path(folder).glob("*.json")) if Path(folder).is_dir() else []
 
 
 def auto_budgets(lat, space, n: int = 3) -> list[float]:
@@ -103,7 +120,8 @@ def auto_budgets(lat, space, n: int = 3) -> list[float]:
 
 
 def _train(rc: RunConfig) -> Path:
-    from ofa.train.trainer import CKPT, RUN_JSON, TrainConfig, train
+    from ofa.train.run import CKPT, RUN_JSON, TrainConfig
+    from ofa.train.trainer import train
 
     out = rc.folder / "supernet"
     if (out / RUN_JSON).exists():
@@ -146,21 +164,20 @@ def _predictor(rc: RunConfig, run: Path):
 
 def _table(rc: RunConfig, space):
     from deploy.lut import build_table, calibrate
-    from search.latency_table import LatencyTable, TableError
 
     if rc.table:
         return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
                                  runtime=rc.runtime, threads=rc.threads)
     path = rc.folder / "latency_table.json"
     if rc.target == "local" and not path.exists():
-        shipped = find_shipped_table(space, rc.runtime, rc.threads, Path(rc.tables_dir))
+        shipped = find_shipped_table(space, rc.runtime, rc.threads,
+                                     Path(rc.tables_dir) if rc.tables_dir else None)
         if shipped is not None:
             # same CPU model, but VMs of one type differ in speed: refit a, b here
-            _log(f"latency table: shipped {shipped}, recalibrating on {rc.lut_calib + 2} "
-                 "subnets measured here")
-            t = calibrate(LatencyTable.load(shipped, space=space), space, rc.lut_calib,
-                          seed=rc.seed)
-            t.context = {**t.context, "recalibrated_from": str(shipped)}
+            _log(f"latency table: shipped {Path(shipped.source).name}, recalibrating on "
+                 f"{rc.lut_calib + 2} subnets measured here")
+            t = calibrate(shipped, space, rc.lut_calib, seed=rc.seed)
+            t.context = {**t.context, "recalibrated_from": shipped.source}
             t.save(path)
             t.source = str(path)
             return t
@@ -176,11 +193,11 @@ def _table(rc: RunConfig, space):
                          "(ofa lut build there) and pass --table")
     _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.threads} thread(s))")
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
-                       protocol=Protocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed)
+                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed)
 
 
 def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, Any]:
-    from search.evolution import Budget, run_search
+    from search.evolution import Budget, SearchConfig, run_search
 
     path = rc.folder / "search.json"
     key = {"budgets": budgets, "population": rc.population, "generations": rc.generations,
@@ -193,11 +210,13 @@ def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, A
     _log(f"search: budgets {budgets} ms + Pareto front")
     chosen = []
     for i, b in enumerate(budgets):
-        res = run_search(space, acc, lat, Budget(latency_ms=b), population=rc.population,
-                         generations=rc.generations, seed=rc.seed)
+        res = run_search(space, acc, lat, SearchConfig(
+            Budget(latency_ms=b), population=rc.population, generations=rc.generations,
+            seed=rc.seed))
         chosen.append({**res["best"][0], "budget_ms": b, "label": f"budget{i + 1}"})
-    front = run_search(space, acc, lat, pareto=True, population=rc.population,
-                       generations=rc.generations, seed=rc.seed)["front"]
+    front = run_search(space, acc, lat, SearchConfig(
+        pareto=True, population=rc.population, generations=rc.generations,
+        seed=rc.seed))["front"]
     out = {"key": key, "chosen": chosen, "front": front}
     atomic_write_json(path, out)
     return out
@@ -217,7 +236,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> list[di
     target = parse_target(rc.target, **rc.target_options)
     res = validate_subnets(run, chosen, rc.folder / "models", target, runtime=rc.runtime,
                            threads=rc.threads, formats=tuple(rc.formats),
-                           protocol=Protocol(**rc.bench_protocol))
+                           protocol=TimingProtocol(**rc.bench_protocol))
     atomic_write_json(path, {"subnets": res})
     return res
 
@@ -290,7 +309,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
         ValueError: bad data/config, an infeasible budget, a mismatched table.
         deploy.targets.TargetError: the target could not measure.
     """
-    from ofa.train.trainer import load_run
+    from ofa.train.run import load_run
     from search.latency import LatencyPredictor
 
     rc.folder.mkdir(parents=True, exist_ok=True)

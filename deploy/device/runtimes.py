@@ -4,8 +4,10 @@ A runtime loads a model file and runs it on numpy arrays. This module imports on
 import time; each runtime imports its own engine when used, so the device agent on a
 Raspberry Pi needs just numpy plus the one runtime it uses.
 
-Timing protocol (REFERENCE section 6): warm up, time only the invoke with a monotonic clock,
-many runs in several trials; report median, p90, mean, std, min.
+Timing protocol (:class:`TimingProtocol`, as nn-Meter and OFA's latency tables measure): warm
+up, time only the invoke with a monotonic clock, many runs in several trials; report median,
+p90, mean, std, min. Every timing in the project goes through :func:`time_interleaved`; the
+host registers an eager-torch runtime (``deploy/torch_runtime.py``) into :data:`RUNTIMES`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "time_invoke",
-           "RuntimeMissing", "stats_ms"]
+           "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
+           "register_runtime"]
 
 
 class RuntimeMissing(RuntimeError):
@@ -224,23 +227,59 @@ class LiteRTRuntime(Runtime):
 RUNTIMES: dict[str, type[Runtime]] = {"onnxruntime": OnnxRuntime, "litert": LiteRTRuntime}
 
 
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Add a runtime class to :data:`RUNTIMES` under ``cls.name`` (usable as a decorator)."""
+    RUNTIMES[cls.name] = cls
+    return cls
+
+
 def get_runtime(name: str, threads: int = 1) -> Runtime:
-    """A runtime by name (``onnxruntime``, ``litert``; ``torch`` lives on the host side).
+    """A runtime by name (``onnxruntime``, ``litert``; ``torch`` once the host registered it).
 
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name or ``threads < 1``.
     """
     if name not in RUNTIMES:
         raise ValueError(f"unknown runtime {name!r}; allowed: {sorted(RUNTIMES)}")
     return RUNTIMES[name](threads)
 
 
+def runtime_for(model: str | os.PathLike) -> str:
+    """The runtime that runs a model file, by suffix (``.onnx`` -> ``onnxruntime``,
+    ``.tflite`` -> ``litert``).
+
+    Raises:
+        ValueError: a suffix no file-based runtime reads.
+    """
+    suffix = os.path.splitext(str(model))[1].lower()
+    for name, cls in RUNTIMES.items():
+        if cls.suffix and cls.suffix == suffix:
+            return name
+    known = sorted(c.suffix for c in RUNTIMES.values() if c.suffix)
+    raise ValueError(f"{model}: unknown model type {suffix!r} (expected one of {known})")
+
+
 @dataclass
-class Protocol:
+class TimingProtocol:
+    """How latency is timed: per trial ``warmup`` untimed then ``runs`` timed invokes,
+    ``trials`` rounds; ``statistic`` (``median``) is the figure tables and reports use.
+
+    Raises:
+        ValueError: ``runs``/``trials`` below 1 or ``warmup`` below 0.
+    """
+
     warmup: int = 10
     runs: int = 50
     trials: int = 3
     statistic: str = "median"
+
+    def __post_init__(self) -> None:
+        for name, lo in (("warmup", 0), ("runs", 1), ("trials", 1)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+                raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
+        if self.statistic not in ("median", "mean", "min", "p90"):
+            raise ValueError(f"statistic {self.statistic!r}: use median, mean, min or p90")
 
 
 def stats_ms(times_ms: list[float]) -> dict[str, float]:
@@ -249,14 +288,15 @@ def stats_ms(times_ms: list[float]) -> dict[str, float]:
             "p90": float(np.percentile(a, 90)), "min": float(a.min()), "count": int(a.size)}
 
 
-def time_invoke(rt: Runtime, x: np.ndarray, protocol: Protocol | None = None) -> dict[str, float]:
+def time_invoke(rt: Runtime, x: np.ndarray, protocol: TimingProtocol | None = None
+                ) -> dict[str, float]:
     """Time ``rt.invoke()`` on input ``x``: per trial ``warmup`` untimed then ``runs`` timed
     invokes; statistics (ms) over all timed invokes."""
     return time_interleaved([rt], [x], protocol)[0]
 
 
 def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
-                     protocol: Protocol | None = None,
+                     protocol: TimingProtocol | None = None,
                      progress: Callable[[], None] | None = None) -> list[dict[str, float]]:
     """Time several loaded models in rounds: trial ``t`` times every model (``warmup``
     untimed, then ``runs`` timed invokes) before trial ``t + 1`` starts.
@@ -269,7 +309,7 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     Raises:
         ValueError: as many inputs as runtimes are needed.
     """
-    p = protocol or Protocol()
+    p = protocol or TimingProtocol()
     if len(rts) != len(xs):
         raise ValueError(f"{len(rts)} runtimes but {len(xs)} inputs")
     times: list[list[float]] = [[] for _ in rts]

@@ -1,6 +1,6 @@
 """Device agent: benchmark an exported model and check its accuracy where it runs. Torch-free.
 
-    python -m deploy.agent MODEL [--threads N --runs N --warmup N --trials N]
+    python -m deploy.device.agent MODEL [--threads N --runs N --warmup N --trials N]
                                  [--data FILE.npz|FOLDER] [--json]
 
 Imports only numpy and the one runtime the model needs (onnxruntime for ``.onnx``;
@@ -31,27 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from deploy.devinfo import device_facts
-from deploy.runtimes import Protocol, Runtime, RuntimeMissing, get_runtime, time_invoke
+from deploy.device.devinfo import device_facts
+from deploy.device.runtimes import (
+    Runtime,
+    RuntimeMissing,
+    TimingProtocol,
+    get_runtime,
+    runtime_for,
+    time_invoke,
+)
 
 __all__ = ["benchmark", "load_eval_data", "top1", "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
-_SUFFIX_RUNTIME = {".onnx": "onnxruntime", ".tflite": "litert"}
-
-
-def runtime_for(model: str | Path) -> str:
-    """``onnxruntime`` for ``.onnx``, ``litert`` for ``.tflite``.
-
-    Raises:
-        ValueError: another suffix.
-    """
-    suffix = Path(model).suffix.lower()
-    if suffix not in _SUFFIX_RUNTIME:
-        raise ValueError(f"{model}: unknown model type {suffix!r} (expected .onnx or .tflite)")
-    return _SUFFIX_RUNTIME[suffix]
-
-
 def _meta(model: Path) -> dict[str, Any]:
     """The ``model.json`` beside the model (or ``<stem>.json``); {} when there is none."""
     p = model.with_name("model.json")
@@ -149,7 +141,7 @@ def top1(rt: Runtime, x: np.ndarray, y: np.ndarray) -> float:
     return float((pred == y).mean() * 100)
 
 
-def benchmark(model: str | Path, threads: int = 1, protocol: Protocol | None = None,
+def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None, limit: int | None = None) -> dict[str, Any]:
     """Load ``model``, time one invoke per the protocol, optionally measure top-1.
 
@@ -158,7 +150,7 @@ def benchmark(model: str | Path, threads: int = 1, protocol: Protocol | None = N
         RuntimeMissing: the runtime's package is not installed.
     """
     model = Path(model)
-    protocol = protocol or Protocol()
+    protocol = protocol or TimingProtocol()
     rt = get_runtime(runtime_for(model), threads)
     rt.load(str(model))
     meta = _meta(model)
@@ -181,7 +173,8 @@ def benchmark(model: str | Path, threads: int = 1, protocol: Protocol | None = N
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deploy.agent", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m deploy.device.agent",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("model", help=".onnx or .tflite file")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=50)
@@ -192,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     try:
-        res = benchmark(a.model, a.threads, Protocol(a.warmup, a.runs, a.trials), a.data, a.limit)
+        res = benchmark(a.model, a.threads, TimingProtocol(a.warmup, a.runs, a.trials), a.data,
+                        a.limit)
     except RuntimeMissing as exc:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 3

@@ -1,0 +1,38 @@
+"""``ofa eval``: top-1 of one subnet of a trained supernet after BN recalibration."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ofa.cli.args import SEED, load_subnet
+
+NAME, HELP = "eval", "top-1 of a subnet after BN recalibration"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--subnet", default="max", help="max | min | random | a JSON file")
+    p.add_argument("--split", default="test", choices=["test", "holdout"])
+    p.add_argument("--data", help="override the run's --data path")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ofa.data import load_dataset
+    from ofa.evaluate import subnet_accuracy
+    from ofa.train.run import load_run
+
+    net, cfg, _ = load_run(args.checkpoint)
+    sub_cfg = load_subnet(args.subnet, net.space, args.seed)
+    data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
+    acc = subnet_accuracy(net, sub_cfg, data, args.split, cfg.recal_images)
+    res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
+           "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{sub_cfg.summary()}: top-1 {acc:.2f}% on {args.split} "
+              f"({res['macs'] / 1e6:.1f} M MACs, {res['params'] / 1e6:.2f} M params)")
+    return 0

@@ -1,0 +1,138 @@
+"""``ofa lut build | calibrate | import-ofa | validate``: latency lookup tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ofa.cli.args import (
+    SEED,
+    CliError,
+    add_device_args,
+    int_list,
+    int_range,
+    target_options,
+)
+from ofa.space import preset_names
+
+NAME, HELP = "lut", "latency lookup tables: build, calibrate, import-ofa, validate"
+RUNTIMES = ("onnxruntime", "litert", "torch")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="lut_command", required=True)
+    b = sub.add_parser("build", help="measure a table on this machine or a device (resumable)")
+    b.add_argument("--space", default="mbv3-cifar", choices=preset_names())
+    b.add_argument("--num-classes", type=int_range(1, 100_000))
+    b.add_argument("--resolutions", type=int_list(8, 4096),
+                   help="comma list (default: all of the space's)")
+    b.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
+    b.add_argument("--threads", type=int_range(1, 256), default=1)
+    b.add_argument("--warmup", type=int_range(0, 100_000), default=10)
+    b.add_argument("--runs", type=int_range(1, 100_000), default=50)
+    b.add_argument("--trials", type=int_range(1, 1000), default=3)
+    b.add_argument("--calib", type=int_range(0, 10_000), default=10,
+                   help="whole subnets for calibration (0 = none)")
+    b.add_argument("--out", required=True)
+    add_device_args(b)
+    c = sub.add_parser("calibrate", help="refit a table's a*sum+b on whole subnets measured "
+                       "here (e.g. a shipped table on another machine of its type)")
+    c.add_argument("table")
+    c.add_argument("--calib", type=int_range(1, 10_000), default=10,
+                   help="random subnets (+ largest, smallest)")
+    c.add_argument("--seed", type=SEED, default=0)
+    c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
+    add_device_args(c)
+    i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
+    i.add_argument("dir")
+    i.add_argument("--out", required=True)
+    i.add_argument("--space", default="mbv3-w1.2", choices=preset_names())
+    i.add_argument("--device", default="Samsung Note10", help="device name for the context")
+    v = sub.add_parser("validate", help="measure random subnets against a table")
+    v.add_argument("table")
+    v.add_argument("-n", type=int_range(2, 100_000), default=100)
+    v.add_argument("--seed", type=SEED, default=1234)
+    v.add_argument("--plot", help="scatter plot PNG path")
+    v.add_argument("--out", help="write the report JSON here")
+    v.add_argument("--json", action="store_true")
+    add_device_args(v)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ofa.space import get_space
+    from search.latency_table import import_ofa_yaml
+
+    if args.lut_command == "import-ofa":
+        table = import_ofa_yaml(args.dir, get_space(args.space), device=args.device)
+        table.save(args.out)
+        print(f"wrote {args.out}: {len(table.entries)} entries, resolutions {table.resolutions}")
+        return 0
+    from deploy.targets import TargetError, parse_target
+
+    # local: timed in this process; a device: blocks exported here, timed there by the agent
+    target = (None if args.target == "local"
+              else parse_target(args.target, **target_options(args)))
+    try:
+        return {"build": _build, "calibrate": _calibrate,
+                "validate": _validate}[args.lut_command](args, target)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _build(args: argparse.Namespace, target) -> int:
+    from deploy.device.runtimes import TimingProtocol
+    from deploy.lut import build_table
+    from ofa.space import get_space
+
+    kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    space = get_space(args.space, **kw)
+    res = args.resolutions or list(space.resolutions)
+    t = build_table(space, res, args.runtime, args.out, threads=args.threads,
+                    protocol=TimingProtocol(args.warmup, args.runs, args.trials),
+                    calib=args.calib, target=target)
+    n = sum(len(g) for g in t.entries.values())
+    print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
+          f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
+    return 0
+
+
+def _table_and_space(path: str):
+    from ofa.space import SearchSpace
+    from search.latency_table import LatencyTable
+
+    table = LatencyTable.load(path)
+    return table, SearchSpace.from_dict(table.space)
+
+
+def _calibrate(args: argparse.Namespace, target) -> int:
+    from deploy.lut import calibrate
+
+    table, space = _table_and_space(args.table)
+    old = dict(table.calibration)
+    calibrate(table, space, args.calib, seed=args.seed, target=target)
+    out = args.out or args.table
+    table.save(out)
+    print(f"wrote {out}: calibration a={old.get('a', 1):.3f} b={old.get('b', 0):.3f} -> "
+          f"a={table.calibration['a']:.3f} b={table.calibration['b']:.3f} ms "
+          f"({len(table.calibration['fitted_on'])} subnets)")
+    return 0
+
+
+def _validate(args: argparse.Namespace, target) -> int:
+    from deploy.lut import validate_table
+    from ofa.fileio import atomic_write_json
+
+    table, space = _table_and_space(args.table)
+    rep = validate_table(table, space, n=args.n, seed=args.seed, plot=args.plot, target=target)
+    if args.out:
+        atomic_write_json(args.out, rep)
+    if args.json:
+        print(json.dumps({k: v for k, v in rep.items() if k != "samples"}))
+        return 0
+    print(f"{rep['context']}: {rep['n']} random subnets measured end to end")
+    print(f"{'':12}{'±5%':>8}{'±10%':>8}{'RMSPE':>8}{'tau':>8}")
+    for k in ("raw", "calibrated"):
+        m = rep[k]
+        print(f"{k:12}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%{m['rmspe']:7.2f}%"
+              f"{m['kendall_tau']:8.3f}")
+    return 0

@@ -1,0 +1,60 @@
+"""``ofa run``: the whole job, step by step and resumable (see :mod:`ofa.cli.pipeline`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ofa.cli.args import CliError, add_target_args, choice_list, float_list, int_range
+from ofa.cli.export_cmd import format_names
+from ofa.cli.train_cmd import add_training_args
+
+NAME, HELP = "run", ("the whole job: train, predictor, table, search, export, measure, report "
+                     "(resumable)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", default="demo", help="runs/<name>/")
+    p.add_argument("--root", default="runs")
+    add_training_args(p)
+    p.add_argument("--samples", type=int_range(10, 1_000_000), default=100,
+                   help="subnets measured for the accuracy predictor (>= 10)")
+    p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
+    p.add_argument("--budgets", type=float_list(0.0), help="latency budgets in ms, e.g. "
+                   "5,8,12 (default: 3 spread between the smallest and largest subnet)")
+    p.add_argument("--table", help="latency table to use instead of a shipped/built one")
+    p.add_argument("--tables-dir", default=None, help="where to look for a table measured on "
+                   "this machine (default: the tables shipped in the latency_tables package)")
+    p.add_argument("--generations", type=int_range(1, 100_000), default=15)
+    p.add_argument("--population", type=int_range(2, 100_000), default=100)
+    p.add_argument("--lut-runs", type=int_range(1, 100_000), default=50)
+    p.add_argument("--lut-calib", type=int_range(1, 10_000), default=10,
+                   help="whole subnets for calibration")
+    p.add_argument("--formats", type=choice_list(format_names, "format"),
+                   default=["onnx-fp32", "tflite-fp32"],
+                   help="exported per subnet (the runtime's own format is always included)")
+    add_target_args(p, runs=100)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deploy.targets import TargetError
+    from ofa.cli.args import target_options
+    from ofa.cli.pipeline import RunConfig, run_pipeline, summary_lines
+
+    rc = RunConfig(
+        name=args.name, root=args.root, dataset=args.dataset, data=args.data, space=args.space,
+        resolutions=args.resolutions, schedule=args.schedule, epochs=args.epochs,
+        batch_size=args.batch_size, lr_scale=args.lr_scale, seed=args.seed,
+        samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
+        target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
+        budgets=args.budgets, population=args.population, generations=args.generations,
+        device=args.device, lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
+        lut_calib=args.lut_calib, formats=args.formats,
+        bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
+    try:
+        rep = run_pipeline(rc)
+    except TargetError as exc:
+        raise CliError(str(exc)) from None
+    print()
+    print("\n".join(summary_lines(rep)))
+    print(f"report: {rc.folder / 'report.md'} (and report.json, pareto.png)")
+    return 0

@@ -1,0 +1,70 @@
+"""``ofa search``: the best subnet for a budget, or the Pareto front (no torch needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ofa.cli.args import SEED, float_range, int_range
+from ofa.space import preset_names
+
+NAME, HELP = "search", "best subnets for a budget, or the Pareto front"
+_POSITIVE = float_range(0, lo_open=True)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--space", default="mbv3-cifar", choices=preset_names())
+    p.add_argument("--num-classes", type=int_range(1, 100_000))
+    p.add_argument("--predictor", required=True, help="accuracy predictor: .safetensors (ours "
+                   "or OFA's after `ofa predictor import-ofa`) or OFA's .pth (needs torch)")
+    p.add_argument("--table", help="latency lookup table JSON")
+    p.add_argument("--latency-ms", type=_POSITIVE, help="latency budget (ms)")
+    p.add_argument("--macs", type=_POSITIVE, help="MACs budget (absolute)")
+    p.add_argument("--params", type=_POSITIVE, help="parameter budget (absolute)")
+    p.add_argument("--size-bytes", type=_POSITIVE, help="fp32 model size budget (bytes)")
+    p.add_argument("--pareto", action="store_true", help="return the accuracy/latency front")
+    p.add_argument("--objective", default="latency_ms", choices=["latency_ms", "macs", "params"])
+    p.add_argument("--population", type=int_range(2, 100_000), default=100)
+    p.add_argument("--generations", type=int_range(1, 100_000), default=15)
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--storage", help="Optuna storage URL or journal file (resumable; keyed "
+                   "by the query)")
+    p.add_argument("--study-name", default="ofa-search")
+    p.add_argument("--out", help="write the result JSON here")
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ofa.fileio import atomic_write_json
+    from ofa.space import get_space
+    from search.accuracy import load_accuracy_predictor
+    from search.evolution import Budget, SearchConfig, run_search
+    from search.latency import LatencyPredictor
+    from search.latency_table import LatencyTable
+
+    config = SearchConfig(
+        budget=Budget(args.latency_ms, args.macs, args.params, args.size_bytes),
+        pareto=args.pareto, objective=args.objective, population=args.population,
+        generations=args.generations, seed=args.seed, storage=args.storage,
+        study_name=args.study_name, progress=not args.json)
+    kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    space = get_space(args.space, **kw)
+    lat = None
+    if args.table:
+        table = LatencyTable.load(args.table, space=space)
+        space = space.with_choices(resolutions=tuple(
+            r for r in space.resolutions if r in table.resolutions))
+        lat = LatencyPredictor(table, space)
+    acc = load_accuracy_predictor(args.predictor, space)
+    res = run_search(space, acc, lat, config)
+    if args.out:
+        atomic_write_json(args.out, res)
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    rows = res.get("front", res["best"])
+    print(f"{'acc%':>7} {'lat ms':>8} {'MMACs':>7} {'Mparams':>8}  subnet")
+    for r in rows:
+        print(f"{r['acc']:7.2f} {r.get('latency_ms', float('nan')):8.2f} {r['macs'] / 1e6:7.1f} "
+              f"{r['params'] / 1e6:8.2f}  {r['summary']}")
+    return 0

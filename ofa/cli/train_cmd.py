@@ -1,0 +1,73 @@
+"""``ofa train``: train a supernet once (progressive shrinking or DεpS), resumable."""
+
+from __future__ import annotations
+
+import argparse
+
+from ofa import DATASETS
+from ofa.cli.args import SEED, device_name, float_range, int_list, int_range
+from ofa.space import preset_names
+
+NAME, HELP = "train", "train a supernet once (progressive shrinking or DεpS)"
+
+
+def add_training_args(p: argparse.ArgumentParser) -> None:
+    """The options ``ofa train`` and ``ofa run`` share."""
+    p.add_argument("--space", default="mbv3-digits", choices=preset_names(),
+                   help="search-space preset")
+    p.add_argument("--dataset", default="digits", choices=DATASETS)
+    p.add_argument("--data", help=".npz file, dataset folder or ImageFolder tree")
+    p.add_argument("--schedule", default="deps", help="ps | deps | path to a schedule YAML")
+    p.add_argument("--epochs", type=float_range(0, 100_000, lo_open=True),
+                   help="total epochs over all phases (default: the schedule's short_run "
+                   "setting, deps 14, ps 24)")
+    p.add_argument("--batch-size", type=int_range(1, 65_536), default=64,
+                   help="global batch size")
+    p.add_argument("--lr-scale", type=float_range(0, 1000, lo_open=True),
+                   help="multiplies every phase's lr (default: the schedule's short_run "
+                   "setting, deps 1, ps 3)")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
+    p.add_argument("--resolutions", type=int_list(8, 4096),
+                   help="override the space's resolutions, e.g. 16,20")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_training_args(p)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--ckpt-every", type=int_range(0), default=0,
+                   help="steps between checkpoints (0 = every epoch)")
+    p.add_argument("--eval-images", type=int_range(0), default=500,
+                   help="test images for the smallest/largest top-1 at the end of each phase "
+                   "(0 = skip)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--max-steps", type=int_range(1), help="stop (after checkpointing) at "
+                   "this step")
+
+
+def train_config(args: argparse.Namespace):
+    """The :class:`~ofa.train.run.TrainConfig` of ``ofa train``'s arguments.
+
+    Raises:
+        ValueError: an unknown schedule (checked here, before any data is read).
+    """
+    from ofa.train.run import TrainConfig
+
+    over = {"resolutions": args.resolutions} if args.resolutions else {}
+    return TrainConfig(out=args.out, space=args.space, space_overrides=over,
+                       dataset=args.dataset, data=args.data, schedule=args.schedule,
+                       epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
+                       seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
+                       eval_images=args.eval_images, max_steps=args.max_steps)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ofa.train.trainer import train
+
+    info = train(train_config(args), resume=args.resume)
+    if "stopped_at" in info:
+        print(f"stopped at step {info['stopped_at']}; continue with --resume")
+    else:
+        print(f"trained {info['global_steps']} steps; weights in {args.out}")
+    return 0

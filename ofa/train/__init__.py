@@ -1,0 +1,1 @@
+"""Train the supernet once: schedules (YAML), the trainer, checkpoints and run folders."""
