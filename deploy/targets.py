@@ -50,6 +50,10 @@ class Target(Protocol):
 
     name: str
 
+    def check(self) -> None:
+        """Fail fast (seconds) when the target cannot be reached; before any export."""
+        ...
+
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]: ...
 
@@ -81,6 +85,9 @@ class LocalTarget:
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
+
+    def check(self) -> None:
+        """This machine is always there."""
 
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:
@@ -158,6 +165,18 @@ class SSHTarget:
         """Run ``remote_argv`` on the device (each argument shell-quoted for the remote)."""
         cmd = " ".join(shlex.quote(a) for a in remote_argv)
         return self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, cmd], what)
+
+    def check(self) -> None:
+        """Log in once and run ``PYTHON -c 'import numpy'``.
+
+        Raises:
+            TargetError: unreachable, authentication or host key failure, no Python/numpy.
+        """
+        proc = self.ssh([self.python, "-c", "import numpy"], "connection check")
+        if proc.returncode != 0:
+            raise TargetError(f"{self.name}: {self.python} with numpy is not usable on the "
+                              f"device ({(proc.stderr.strip().splitlines() or ['?'])[-1]}); "
+                              "pass --python /path/to/python (pip install 'ofa-edge[device]')")
 
     def copy(self, files: list[Path], remote_subdir: str) -> None:
         rdir = f"{self.remote_dir}/{remote_subdir}"
@@ -255,6 +274,17 @@ class AdbTarget:
                                   "USB debugging)")
             raise TargetError(f"{self.name}: adb {args[0]} failed: {msg}")
         return proc
+
+    def check(self) -> None:
+        """A benchmark binary is given and the phone answers ``adb get-state``.
+
+        Raises:
+            TargetError: no binary, adb missing, no (authorised) device.
+        """
+        if not self.binary or not Path(self.binary).is_file():
+            raise TargetError("adb target needs --benchmark-binary PATH: the TFLite "
+                              "benchmark_model for the phone's ABI (android_aarch64)")
+        self._adb("get-state")
 
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:

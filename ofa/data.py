@@ -281,6 +281,9 @@ def load_dataset(name: str, data: str | Path | None = None, holdout: int | None 
         raise ValueError(f"--data {path} does not exist")
     kw: dict = {}
     if name == "digits":
+        if path is not None:
+            raise ValueError(f"--data {path}: the digits dataset is built in (scikit-learn) and "
+                             "reads no files; pick the dataset of that file with --dataset")
         train, test, classes = _load_digits(seed)
         kw = {"flip": False, "mean": (0.5,) * 3, "std": (0.5,) * 3}
     elif name == "imagefolder":

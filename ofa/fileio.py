@@ -1,4 +1,5 @@
-"""Atomic file writes (temp file in the same folder + ``os.replace``). Torch-free."""
+"""Atomic file writes (temp file in the same folder + ``os.replace``) and the record of an
+interrupt (SIGINT/SIGTERM) that a library may have swallowed. Torch-free."""
 
 from __future__ import annotations
 
@@ -9,13 +10,38 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json",
+           "note_interrupt", "clear_interrupts", "check_interrupted"]
+
+_INTERRUPTS: list[int] = []  # signals received by this process (see ofa/cli/__init__.py)
+
+
+def note_interrupt(signum: int) -> None:
+    """Record that SIGINT/SIGTERM arrived (the CLI's signal handler calls this)."""
+    _INTERRUPTS.append(signum)
+
+
+def clear_interrupts() -> None:
+    """Forget recorded interrupts (a new command starts)."""
+    _INTERRUPTS.clear()
+
+
+def check_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if an interrupt arrived, even one that a library caught
+    (a converter that swallows Ctrl-C must not go on to publish its output).
+
+    Raises:
+        KeyboardInterrupt: an interrupt was recorded.
+    """
+    if _INTERRUPTS:
+        raise KeyboardInterrupt
 
 
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``; no partial files.
 
-    The temp file is removed if ``write`` raises (or the process is interrupted in Python).
+    The temp file is removed if ``write`` raises, or if the process was interrupted while it
+    ran (:func:`check_interrupted`), in which case ``path`` is left as it was.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +49,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        check_interrupted()
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

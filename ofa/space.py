@@ -513,9 +513,19 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
+        """The space :meth:`to_dict` describes.
+
+        Raises:
+            ValueError: not such a description (unknown preset or option, bad values).
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("preset"), str):
+            raise ValueError("a search-space description needs a 'preset' name")
         data = dict(data)
         preset = data.pop("preset")
-        return get_space(preset, **data)
+        try:
+            return get_space(preset, **data)
+        except (TypeError, KeyError, OverflowError) as exc:
+            raise ValueError(f"bad search-space description ({exc})") from None
 
     def with_choices(self, **kw: Any) -> SearchSpace:
         return replace(self, **kw)

@@ -88,7 +88,7 @@ class SearchConfig:
     pareto: bool = False
     objective: str = "latency_ms"
     population: int = 100
-    generations: int = 15
+    generations: int = 12
     seed: int = 0
     storage: str | None = None
     study_name: str = "ofa-search"
@@ -370,10 +370,13 @@ def _open_study(scorer: Scorer, cfg: SearchConfig) -> optuna.Study:
     optuna.logging.set_verbosity(logging.WARNING)
     sampler = _FixedSpaceNSGAII(scorer.encoder.distributions(),
                                 population_size=cfg.population, seed=cfg.seed)
-    study = optuna.create_study(directions=["maximize", "minimize"] if cfg.pareto
-                                else ["maximize"], sampler=sampler,
-                                storage=open_storage(cfg.storage), study_name=cfg.study_name,
-                                load_if_exists=True)
+    storage = open_storage(cfg.storage)
+    try:  # load first: creating over an existing study would append to its journal
+        study = optuna.load_study(study_name=cfg.study_name, storage=storage, sampler=sampler)
+    except KeyError:
+        study = optuna.create_study(directions=["maximize", "minimize"] if cfg.pareto
+                                    else ["maximize"], sampler=sampler, storage=storage,
+                                    study_name=cfg.study_name)
     key = query_key(scorer, cfg)
     old = study.user_attrs.get("query")
     if old is None:
@@ -498,3 +501,31 @@ def run_search(space: SearchSpace, acc_pred: AccuracyModel, lat_pred: LatencyMod
                 cfg.pareto, cfg.objective, rng))
             evaluations += NEIGHBOURS * len(elite)
     return _result(scorer, archive, cfg, len(study.get_trials(deepcopy=False)), evaluations)
+
+
+def result_rows(data: Any, source: str = "search result") -> list[dict[str, Any]]:
+    """The subnet rows of a search result (``front`` if present, else ``best``), each with a
+    ``config`` that parses as a :class:`~ofa.space.SubnetConfig` and, when present, numeric
+    ``acc`` / ``latency_ms`` / ``budget_ms``.
+
+    Raises:
+        ValueError: not a search result, no rows, or a malformed row (names its index).
+    """
+    from ofa.space import SubnetConfig
+
+    rows = (data.get("front") or data.get("best")) if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{source}: no subnets (expected a non-empty 'best' or 'front' list)")
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or "config" not in row:
+            raise ValueError(f"{source}: row {i} has no 'config'")
+        try:
+            SubnetConfig.from_dict(row["config"])
+        except ValueError as exc:
+            raise ValueError(f"{source}: row {i}: {exc}") from None
+        for k in ("acc", "latency_ms", "budget_ms"):
+            v = row.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                  or not math.isfinite(v)):
+                raise ValueError(f"{source}: row {i}: {k} must be a finite number, got {v!r}")
+    return rows

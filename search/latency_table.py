@@ -26,6 +26,7 @@ MobiSys 2021).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ _CONTEXT_KEYS = ("device", "runtime", "runtime_version", "backend", "threads", "
 
 class TableError(ValueError):
     """A corrupt, incomplete or mismatched latency table."""
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -77,29 +82,50 @@ class LatencyTable:
             raise TableError(f"{source}: not a latency table (schema {d.get('schema')!r})")
         if d.get("version") != VERSION:
             raise TableError(f"{source}: table version {d.get('version')} != {VERSION}")
-        for k in ("context", "space", "resolutions", "entries"):
-            if k not in d:
-                raise TableError(f"{source}: missing field {k!r}")
+        kinds = {"context": dict, "space": dict, "resolutions": list, "entries": dict}
+        for k, kind in kinds.items():
+            if not isinstance(d.get(k), kind):
+                what = "object" if kind is dict else "list"
+                raise TableError(f"{source}: field {k!r} must be a JSON {what}")
         missing = [k for k in _CONTEXT_KEYS if k not in d["context"]]
         if missing:
             raise TableError(f"{source}: context lacks {missing}")
+        if not isinstance(d["context"]["device"], dict):
+            raise TableError(f"{source}: context.device must be an object")
+        threads = d["context"]["threads"]
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise TableError(f"{source}: context.threads must be an integer >= 1")
+        try:
+            SearchSpace.from_dict(d["space"])
+        except ValueError as exc:
+            raise TableError(f"{source}: {exc}") from None
         stat = d.get("statistic", "median")
-        if not isinstance(d["entries"], dict):
-            raise TableError(f"{source}: 'entries' must be an object keyed by resolution")
-        for r in d["resolutions"]:
+        if stat not in ("median", "mean", "min", "p90"):
+            raise TableError(f"{source}: statistic {stat!r} is not median, mean, min or p90")
+        res = d["resolutions"]
+        if not res or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in res):
+            raise TableError(f"{source}: resolutions must be a non-empty list of pixel sizes")
+        for r in res:
             if str(r) not in d["entries"]:
                 raise TableError(f"{source}: no entries for resolution {r}")
         for r, group in d["entries"].items():
             if not isinstance(group, dict):
                 raise TableError(f"{source}: entries[{r!r}] must be an object")
             for key, e in group.items():
-                if not isinstance(e, dict) or not isinstance(e.get(stat), (int, float)):
-                    raise TableError(f"{source}: entry {r}/{key!r} has no numeric {stat!r}")
+                v = e.get(stat) if isinstance(e, dict) else None
+                if not _finite(v) or v <= 0:
+                    raise TableError(f"{source}: entry {r}/{key!r}: {stat} must be a finite "
+                                     f"latency > 0 ms, got {v!r}")
         cal = d.get("calibration") or {"a": 1.0, "b": 0.0, "fitted_on": []}
-        if not all(isinstance(cal.get(k), (int, float)) for k in ("a", "b")):
-            raise TableError(f"{source}: calibration needs numeric 'a' and 'b'")
+        a, b = (cal.get("a"), cal.get("b")) if isinstance(cal, dict) else (None, None)
+        if not (_finite(a) and _finite(b) and a > 0):
+            raise TableError(f"{source}: calibration needs finite 'a' > 0 and 'b' (got "
+                             f"a={a!r}, b={b!r})")
+        ov = d.get("overhead_ms", 0.0)
+        if not _finite(ov) or ov < 0:
+            raise TableError(f"{source}: overhead_ms must be a finite number >= 0, got {ov!r}")
         return cls(context=d["context"], space=d["space"], resolutions=list(d["resolutions"]),
-                   entries=d["entries"], protocol=d.get("protocol", {}),
+                   entries=d["entries"], protocol=d.get("protocol") or {},
                    overhead_ms=float(d.get("overhead_ms", 0.0)), calibration=cal,
                    source=source, statistic=stat)
 
@@ -182,6 +208,22 @@ class LatencyTable:
                 f"{c['threads']} thread(s) / {c['precision']} / batch {c['batch']}")
 
 
+def _check_complete(path: Path, r: int, group: dict[str, Any], space: SearchSpace) -> None:
+    """Every layer group ``space`` can have at ``r`` must be in ``group``.
+
+    Raises:
+        TableError: a resolution outside the space, or missing keys (a truncated file, or
+            tables of another space than ``--space``).
+    """
+    if r not in space.resolutions:
+        raise TableError(f"{path}: resolution {r} is not one of space {space.name}'s")
+    missing = [s.key() for s in space.all_block_shapes([r]) if s.key() not in group]
+    if missing:
+        raise TableError(f"{path}: {len(missing)} block shape(s) of space {space.name} missing "
+                         f"(e.g. {missing[0]}): a truncated file, or tables of another space "
+                         "(--space)")
+
+
 def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsung Note10"
                     ) -> LatencyTable:
     """Convert OFA's ``<r>_lookup_table.yaml`` files (e.g. the Note10 tables) to this format.
@@ -191,7 +233,8 @@ def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsu
     equal OFA's sums of the YAML entries.
 
     Raises:
-        TableError: no tables in ``folder`` or an unreadable file.
+        TableError: no tables in ``folder``, an unreadable file, or one that lacks block
+            shapes of ``space`` (truncated, or measured for another space).
     """
     import yaml
 
@@ -217,6 +260,7 @@ def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsu
             group[key] = {"median": float(v["mean"]), "mean": float(v["mean"]),
                             "std": float(v.get("std", 0.0)), "p90": None,
                             "count": int(v.get("count", 0))}
+        _check_complete(f, r, group, space)
     ctx = {"device": {"name": device}, "runtime": "tflite (OFA published)",
            "runtime_version": "unknown", "backend": "CPU", "threads": 1, "precision": "fp32",
            "batch": 1}

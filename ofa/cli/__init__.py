@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import NoReturn
 
 from ofa.cli.args import CliError
+from ofa.fileio import clear_interrupts, note_interrupt
 
 __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
 
@@ -44,15 +47,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that every ``finally``/``except
+    BaseException`` cleans up exactly as on Ctrl-C."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    note_interrupt(signum)  # remembered, in case a library swallows the exception
+    raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; the exit code."""
+    """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; the exit code:
+    0 done, 2 bad input or an expected failure (one line on stderr), 130 interrupted by
+    SIGINT, 143 by SIGTERM (temporary files removed, partial outputs resumable)."""
     args = build_parser().parse_args(argv)
+    clear_interrupts()
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+           } if main_thread else {}
     try:
         return args.handler(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("ofa: interrupted (re-run the same command to resume)", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, _Terminated) else 130
     except (CliError, ValueError, OSError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"ofa {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -145,8 +145,9 @@ def device_name(text: str) -> str:
 
 
 def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
-    """``max`` | ``min`` | ``random`` | path to a JSON subnet config or search result row
-    -> a :class:`~ofa.space.SubnetConfig` validated against ``space``.
+    """``max`` | ``min`` | ``random`` | path to a JSON subnet config, a search result row or
+    a search result (its best subnet) -> a :class:`~ofa.space.SubnetConfig` validated
+    against ``space``.
 
     Raises:
         ValueError: unreadable file or a config outside the space.
@@ -163,9 +164,16 @@ def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
     if value == "random":
         return space.sample(random.Random(seed))
     data = read_json(value, "subnet config")
+    if isinstance(data, dict) and ("best" in data or "front" in data):
+        from search.evolution import result_rows
+
+        data = result_rows(data, value)[0]  # a search result: its best subnet
     if isinstance(data, dict) and "config" in data:
         data = data["config"]
-    return space.validate(SubnetConfig.from_dict(data))
+    try:
+        return space.validate(SubnetConfig.from_dict(data))
+    except ValueError as exc:
+        raise ValueError(f"{value}: {exc}") from None
 
 
 #: ``--seed`` range (numpy and torch seeds are 32-bit)

@@ -29,13 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from deploy.targets import TargetError
     from deploy.validate import markdown_table, validate_subnets, write_validation
     from ofa.fileio import read_json
+    from search.evolution import result_rows
 
-    res = read_json(args.result, "search result")
-    rows = (res.get("front") or res.get("best")) if isinstance(res, dict) else None
-    if not rows:
-        raise CliError(f"{args.result}: no subnets (expected 'best' or 'front' rows)")
+    rows = result_rows(read_json(args.result, "search result"), args.result)
     target, protocol = target_and_protocol(args)
     try:
+        target.check()  # before minutes of export
         out = validate_subnets(args.checkpoint, rows, args.out, target, runtime=args.runtime,
                                threads=args.threads, protocol=protocol,
                                formats=tuple(args.formats), progress=not args.json)

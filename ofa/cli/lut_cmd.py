@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="random subnets (+ largest, smallest)")
     c.add_argument("--seed", type=SEED, default=0)
     c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
+    c.add_argument("--force", action="store_true", help="calibrate a table measured on "
+                   "another CPU model (its block ratios need not hold here)")
     add_device_args(c)
     i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
@@ -55,6 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--plot", help="scatter plot PNG path")
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
+    v.add_argument("--force", action="store_true", help="validate a table of another CPU model")
     add_device_args(v)
 
 
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if args.lut_command == "import-ofa":
         table = import_ofa_yaml(args.dir, get_space(args.space), device=args.device)
         table.save(args.out)
-        print(f"wrote {args.out}: {len(table.entries)} entries, resolutions {table.resolutions}")
+        n = sum(len(g) for g in table.entries.values())
+        print(f"wrote {args.out}: {n} entries, resolutions {table.resolutions}")
         return 0
     from deploy.targets import TargetError, parse_target
 
@@ -96,18 +100,32 @@ def _build(args: argparse.Namespace, target) -> int:
     return 0
 
 
-def _table_and_space(path: str):
+def _table_and_space(args: argparse.Namespace, target):
+    """The table of ``args.table`` and its space; a table measured on another CPU model than
+    this machine is refused for a local measurement unless ``--force``.
+
+    Raises:
+        CliError: another CPU model.
+    """
+    from deploy.device.devinfo import device_facts
     from ofa.space import SearchSpace
     from search.latency_table import LatencyTable
 
-    table = LatencyTable.load(path)
+    table = LatencyTable.load(args.table)
+    dev = table.context.get("device")
+    theirs = dev.get("cpu_model") if isinstance(dev, dict) else None
+    mine = device_facts()["cpu_model"]
+    if target is None and not args.force and theirs != mine:
+        raise CliError(f"{args.table} was measured on {theirs or 'an unknown CPU'}, this "
+                       f"machine is {mine}: block ratios do not carry across CPU models; "
+                       "rebuild the table here with `ofa lut build` (or pass --force)")
     return table, SearchSpace.from_dict(table.space)
 
 
 def _calibrate(args: argparse.Namespace, target) -> int:
     from deploy.lut import calibrate
 
-    table, space = _table_and_space(args.table)
+    table, space = _table_and_space(args, target)
     old = dict(table.calibration)
     calibrate(table, space, args.calib, seed=args.seed, target=target)
     out = args.out or args.table
@@ -122,7 +140,7 @@ def _validate(args: argparse.Namespace, target) -> int:
     from deploy.lut import validate_table
     from ofa.fileio import atomic_write_json
 
-    table, space = _table_and_space(args.table)
+    table, space = _table_and_space(args, target)
     rep = validate_table(table, space, n=args.n, seed=args.seed, plot=args.plot, target=target)
     if args.out:
         atomic_write_json(args.out, rep)

@@ -59,7 +59,7 @@ class RunConfig:
     lut_calib: int = 10
     formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
     population: int = 100
-    generations: int = 15
+    generations: int = 12
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
     device: str = "auto"
@@ -309,9 +309,13 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
         ValueError: bad data/config, an infeasible budget, a mismatched table.
         deploy.targets.TargetError: the target could not measure.
     """
+    from deploy.targets import parse_target
     from ofa.train.run import load_run
     from search.latency import LatencyPredictor
 
+    parse_target(rc.target, **rc.target_options).check()  # before training, not after
+    if rc.table:  # the file's kind and context, before training (its space: after)
+        LatencyTable.load(rc.table, runtime=rc.runtime, threads=rc.threads)
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
     run = _train(rc)

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="latency table to use instead of a shipped/built one")
     p.add_argument("--tables-dir", default=None, help="where to look for a table measured on "
                    "this machine (default: the tables shipped in the latency_tables package)")
-    p.add_argument("--generations", type=int_range(1, 100_000), default=15)
+    p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
     p.add_argument("--lut-runs", type=int_range(1, 100_000), default=50)
     p.add_argument("--lut-calib", type=int_range(1, 10_000), default=10,

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pareto", action="store_true", help="return the accuracy/latency front")
     p.add_argument("--objective", default="latency_ms", choices=["latency_ms", "macs", "params"])
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
-    p.add_argument("--generations", type=int_range(1, 100_000), default=15)
+    p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--storage", help="Optuna storage URL or journal file (resumable; keyed "
                    "by the query)")

@@ -16,6 +16,7 @@ Horovod setup does, since each step accumulates several subnets' gradients.
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -337,6 +338,12 @@ class Trainer:
                 beta = eps_beta(self.phase_step, n, lr, ramp_lr_end) if ph.eps_ramp else 1.0
                 x, y, r = self._batch(self.global_step)
                 loss = self._train_step(ph, x, y, r, beta)
+                if not math.isfinite(loss):
+                    bar.close()
+                    raise ValueError(
+                        f"training diverged at step {self.global_step} ({ph.name}, loss {loss});"
+                        f" the last good checkpoint in {self.out} is kept: lower --lr-scale or "
+                        "--batch-size and start again")
                 loss_sum, loss_n, seen = loss_sum + loss, loss_n + 1, seen + x.size(0) * self.world
                 self.phase_step += 1
                 self.global_step += 1
