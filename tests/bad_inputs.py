@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Case", "CASES", "make_inputs", "snapshot"]
+__all__ = ["Case", "CASES", "make_inputs", "snapshot", "random_predictor"]
 
 
 @dataclass(frozen=True)
@@ -187,7 +187,8 @@ def _table(space, cpu: str = "") -> dict:
     return LatencyTable(ctx, space.to_dict(), list(space.resolutions), entries).to_dict()
 
 
-def _predictor(space, path: Path) -> None:
+def random_predictor(space, path: Path) -> None:
+    """An accuracy predictor of ``space`` with random weights, saved to ``path``."""
     from search.accuracy import MLP, AccuracyPredictor
 
     pred = AccuracyPredictor(space)
@@ -233,8 +234,8 @@ def make_inputs(work: Path) -> None:
     (work / "good.json").write_text('{"good": true}\n')
     (work / "good_bundle").mkdir()
     (work / "good_bundle" / "export.json").write_text('{"kind": "ofa-edge-export"}\n')
-    _predictor(cifar, work / "cifar_pred.safetensors")
-    _predictor(digits, work / "digits_pred.safetensors")
+    random_predictor(cifar, work / "cifar_pred.safetensors")
+    random_predictor(digits, work / "digits_pred.safetensors")
     # OFA-style YAML tables: one truncated, one complete but of the digits space
     for folder, space, cut in (("yaml_truncated", digits, True), ("yaml_digits", digits, False)):
         (work / folder).mkdir()

@@ -47,17 +47,12 @@ def test_device_package_imports_numpy_only():
 
 def test_search_query_needs_no_torch(tmp_path):
     """A whole `ofa search` on a table with our numpy predictor never imports torch."""
+    from bad_inputs import random_predictor
+
     from ofa.space import get_space
-    from search.accuracy import MLP, AccuracyPredictor
 
     space = get_space("mbv3-cifar")
-    pred = AccuracyPredictor(space)
-    rng = __import__("numpy").random.default_rng(0)
-    dims = [pred.dim, 400, 400, 400, 1]
-    pred.mlp = MLP({k: v for i in range(4) for k, v in (
-        (f"{2 * i}.weight", rng.normal(0, 0.05, (dims[i + 1], dims[i]))),
-        (f"{2 * i}.bias", rng.normal(0, 0.05, dims[i + 1])))})
-    pred.save(tmp_path / "p.safetensors")
+    random_predictor(space, tmp_path / "p.safetensors")
     synthetic_table(space).save(tmp_path / "t.json")
     code = ("from ofa.cli import main\n"
             f"rc = main(['search', '--predictor', {str(tmp_path / 'p.safetensors')!r}, '--table', "

@@ -351,3 +351,30 @@ def test_lut_build_on_ssh_device(sshd, tmp_path):
     assert table.context["device"]["cores"] >= 1  # facts reported by the device's agent
     assert len(table.calibration["fitted_on"]) == 3
     assert json.loads((tmp_path / "t.json").read_text())["context"]["target"] == t.name
+
+
+def test_one_format_table_agrees_with_the_runtimes():
+    from deploy.device.runtimes import RUNTIMES, runtime_for
+    from deploy.formats import FORMATS, format_for, parse_formats
+
+    for f in FORMATS.values():
+        assert RUNTIMES[f.runtime].suffix == f.suffix
+        assert runtime_for(f"model{f.suffix}") == f.runtime
+    assert format_for("litert", "int8").name == "tflite-int8"
+    assert parse_formats("onnx-fp32, onnx-fp32,tflite-int8") == ["onnx-fp32", "tflite-int8"]
+    with pytest.raises(ValueError, match="unknown format"):
+        parse_formats("onnx-fp16")
+    with pytest.raises(ValueError, match="no export format"):
+        parse_formats(" , ")
+
+
+def test_torch_runtime_goes_through_the_one_timing_loop(tmp_path):
+    import torch
+
+    from deploy.lut import measure_module, runtime_context
+
+    st = measure_module(torch.nn.Conv2d(3, 8, 3), (1, 3, 8, 8), "torch", 1,
+                        TimingProtocol(warmup=1, runs=4, trials=2), tmp_path)
+    assert st["count"] == 8 and 0 < st["min"] <= st["median"]
+    ctx = runtime_context("torch", 1)
+    assert ctx["runtime_version"] == torch.__version__ and ctx["backend"] == "eager CPU"

@@ -97,3 +97,20 @@ def test_space_dict_roundtrip():
     from ofa.space import SearchSpace
 
     assert SearchSpace.from_dict(json.loads(json.dumps(sp.to_dict()))) == sp
+    drop = get_space("mbv3-w1.0", dropout=0.3)
+    assert SearchSpace.from_dict(json.loads(json.dumps(drop.to_dict()))).dropout == 0.3
+    with pytest.raises(ValueError, match="preset"):
+        SearchSpace.from_dict({"ks_list": [3]})
+    with pytest.raises(ValueError):
+        SearchSpace.from_dict({"preset": "mbv3-cifar", "ks_list": [[3]]})
+
+
+def test_block_specs_are_the_layout():
+    sp = get_space("mbv3-cifar")
+    assert [b.in_ch for b in sp.blocks[:5]] == [16, 24, 24, 24, 24]
+    assert [(b.stage, b.position, b.stride, b.shortcut) for b in sp.blocks[4:8]] == [
+        (1, 0, 2, False), (1, 1, 1, True), (1, 2, 1, True), (1, 3, 1, True)]
+    assert sp.block_in_sizes(32)[:5] == (32, 32, 32, 32, 32) and sp.block_in_sizes(32)[-1] == 4
+    mask = sp.active_mask([[2, 3, 4, 2, 3]])
+    assert mask.shape == (1, 20) and mask.sum() == 14
+    assert mask[0].nonzero()[0].tolist() == list(sp.active_blocks(sp.config(3, 3, [2, 3, 4, 2, 3])))
