@@ -92,8 +92,10 @@ class LocalTarget:
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:
         protocol = protocol or TimingProtocol()
+        # absolute paths: the agent runs beside the deploy package, not in the caller's cwd
         cmd = [self.python, "-m", "deploy.device.agent",
-               *_agent_args(str(model), threads, protocol, str(data) if data else None)]
+               *_agent_args(str(Path(model).resolve()), threads, protocol,
+                            str(Path(data).resolve()) if data else None)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
         res = _agent_json(proc, "local")
         res["target"] = "local"

@@ -183,10 +183,14 @@ def test_interleaved_timing_visits_every_model_each_trial():
         time_interleaved([Fake("a"), Fake("b")], [None])
 
 
-def test_local_target(bundles):
+def test_local_target(bundles, monkeypatch):
     folder, _ = bundles[1]
     res = LocalTarget().bench(folder / "onnx-fp32" / "model.onnx", 1, QUICK)
     assert res["target"] == "local" and res["runs"] == 3
+    # paths relative to the caller's folder (the agent itself runs beside the package)
+    monkeypatch.chdir(folder)
+    res = LocalTarget().bench("onnx-fp32/model.onnx", 1, QUICK, data="eval.npz")
+    assert res["accuracy"]["images"] > 0
 
 
 def test_parse_target():
