@@ -346,9 +346,6 @@ class SearchSpace:
         """Middle width of an MBConv: ``make_divisible(round(in_ch * e), 8)``."""
         return make_divisible(round(in_ch * e), self.divisor)
 
-    def max_mid_width(self, block: int) -> int:
-        return self.mid_width(self.blocks[block].in_ch, max(self.expand_list))
-
     # --- configs ---------------------------------------------------------------------------
     def validate(self, cfg: SubnetConfig) -> SubnetConfig:
         """Check ``cfg`` against this space and return it.

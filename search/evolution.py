@@ -32,12 +32,9 @@ import optuna
 from ofa.space import SearchSpace
 from search.encoding import ArchEncoder, Encoded, concat, take
 from search.latency import BlockSum
-from search.models import AccuracyModel, LatencyModel
+from search.models import OBJECTIVES, AccuracyModel, LatencyModel
 
 __all__ = ["Budget", "SearchConfig", "Scorer", "run_search", "open_storage", "OBJECTIVES"]
-
-#: what a Pareto front trades accuracy against (``--objective``)
-OBJECTIVES = ("latency_ms", "macs", "params")
 
 
 @dataclass

@@ -16,7 +16,10 @@ import numpy as np
 from ofa.space import SearchSpace, SubnetConfig
 from search.encoding import Encoded
 
-__all__ = ["AccuracyModel", "LatencyModel"]
+__all__ = ["AccuracyModel", "LatencyModel", "OBJECTIVES"]
+
+#: what a Pareto front trades accuracy against (``ofa search --objective``)
+OBJECTIVES = ("latency_ms", "macs", "params")
 
 
 @runtime_checkable

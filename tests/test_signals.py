@@ -50,3 +50,21 @@ def test_interrupted_lut_build_cleans_up_and_resumes(tmp_path, sig, code):
     assert f"resuming: {done}/" in res.stdout
     table = json.loads(out.read_text())
     assert len(table["entries"]["12"]) > done and not partial.exists()
+
+
+def test_swallowed_interrupt_is_honoured_at_the_next_atomic_write(tmp_path):
+    """A converter that catches Ctrl-C must not publish its output: the write raises
+    KeyboardInterrupt, the old file stays and no temp file is left."""
+    from ofa.fileio import atomic_write_text, clear_interrupts, note_interrupt
+
+    out = tmp_path / "bundle.json"
+    out.write_text("old")
+    note_interrupt(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write_text(out, "new")
+    finally:
+        clear_interrupts()
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["bundle.json"]
+    atomic_write_text(out, "new")
+    assert out.read_text() == "new"

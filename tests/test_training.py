@@ -235,3 +235,23 @@ def test_metrics_mirrored_to_tensorboard(tmp_path, tiny_schedule, monkeypatch):
                 for r in rows for k, v in r.items()
                 if k != "step" and isinstance(v, (int, float))]
     assert rec.scalars == expected
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny_schedule,
+                                                                   monkeypatch):
+    cfg = _cfg(tmp_path / "r", tiny_schedule, ckpt_every=2)
+    t = Trainer(cfg)
+    real = Trainer._train_step
+    calls = []
+
+    def step(self, *a):
+        calls.append(1)
+        return float("nan") if len(calls) == 6 else real(self, *a)
+
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    with pytest.raises(ValueError, match="training diverged at step 5 .* last good checkpoint"):
+        t.run()
+    st = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    assert st["global_step"] == 4  # the checkpoint before the NaN step, not after it
+    assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "r" / "run.json").exists()

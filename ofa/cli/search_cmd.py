@@ -7,6 +7,7 @@ import json
 
 from ofa.cli.args import SEED, float_range, int_range
 from ofa.space import preset_names
+from search.models import OBJECTIVES
 
 NAME, HELP = "search", "best subnets for a budget, or the Pareto front"
 _POSITIVE = float_range(0, lo_open=True)
@@ -23,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--params", type=_POSITIVE, help="parameter budget (absolute)")
     p.add_argument("--size-bytes", type=_POSITIVE, help="fp32 model size budget (bytes)")
     p.add_argument("--pareto", action="store_true", help="return the accuracy/latency front")
-    p.add_argument("--objective", default="latency_ms", choices=["latency_ms", "macs", "params"])
+    p.add_argument("--objective", default="latency_ms", choices=OBJECTIVES)
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
     p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--seed", type=SEED, default=0)
