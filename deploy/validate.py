@@ -25,11 +25,12 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      target: Target,
                      runtime: str = "onnxruntime", threads: int = 1,
                      formats: tuple[str, ...] = ("onnx-fp32", "tflite-fp32"),
-                     protocol: TimingProtocol | None = None, progress: bool = True
-                     ) -> list[dict[str, Any]]:
+                     protocol: TimingProtocol | None = None, progress: bool = True,
+                     data: str | None = None) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
-    are reused when already complete (same config, files intact).
+    are reused when already complete (same config, files intact). ``data`` overrides the
+    run's dataset path (calibration and parity images).
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -47,7 +48,7 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
         rep = read_bundle(folder)
         if (rep is None or rep["config"] != cfg.to_dict()
                 or not set(formats) <= set(rep["models"])):
-            rep = export_subnet(run, cfg, folder, formats=formats, progress=progress,
+            rep = export_subnet(run, cfg, folder, formats=formats, progress=progress, data=data,
                                 predicted={"acc": row.get("acc"),
                                            "latency_ms": row.get("latency_ms")})
         bundles.append((label, cfg, folder, rep))

@@ -30,6 +30,7 @@ __all__ = [
     "register_preset",
     "preset_names",
     "get_space",
+    "subnet_from_net_config",
 ]
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
@@ -614,6 +615,68 @@ def _mbv3_digits(**kw: Any) -> SearchSpace:
     Sized so that the end-to-end job trains in minutes on 2 CPU cores.
     """
     return _mbv3("mbv3-digits", "mbv3-digits", 0.5, 1, (1, 2, 2, 1, 2), range(12, 21, 4), 10, **kw)
+
+
+def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: int
+                           ) -> SubnetConfig:
+    """OFA's published ``net.config`` (a static MobileNetV3: ``first_conv``, ``blocks``,
+    ``final_expand_layer``, ``feature_mix_layer``, ``classifier``) as a subnet of ``space``
+    at resolution ``r``.
+
+    Blocks after the fixed first one are grouped into stages by their output width; a stage
+    of depth d fills its first d blocks (kernel, expand ratio) and the blocks beyond it are
+    padded with the smallest choices (they are inactive, as in OFA's encoding). Every block's
+    widths, stride, activation and SE flag are checked against :attr:`SearchSpace.blocks`.
+
+    Raises:
+        ValueError: a ``net.config`` that is not a subnet of ``space`` (names the block).
+    """
+    def conv(block: Any) -> dict[str, Any]:
+        c = block.get("conv") if isinstance(block, dict) else None
+        if not isinstance(c, dict):
+            raise ValueError("net.config: a block without a 'conv' layer")
+        return c
+
+    if not isinstance(net_config, dict) or not isinstance(net_config.get("blocks"), list):
+        raise ValueError("not an OFA net.config (no 'blocks' list)")
+    head = (net_config.get("first_conv") or {}).get("out_channels"), \
+        (net_config.get("classifier") or {}).get("out_features")
+    if head != (space.stem_width, space.num_classes):
+        raise ValueError(f"net.config stem/classes {head} != space {space.name}'s "
+                         f"{(space.stem_width, space.num_classes)}")
+    blocks = [conv(b) for b in net_config["blocks"][1:]]
+    ks, e, d = [], [], []
+    i = 0
+    for st in range(space.num_stages):
+        stage = [b for b in space.blocks if b.stage == st]
+        n = 0
+        while i + n < len(blocks) and n < len(stage) and blocks[i + n].get("out_channels") \
+                == stage[0].out_ch:
+            n += 1
+        if n not in space.depth_list:
+            raise ValueError(f"net.config stage {st + 1} has {n} blocks of width "
+                             f"{stage[0].out_ch}; space {space.name} allows depths "
+                             f"{list(space.depth_list)}")
+        for j, spec in enumerate(stage):
+            if j < n:
+                c = blocks[i + j]
+                got = (c.get("in_channels"), c.get("out_channels"), c.get("stride"),
+                       c.get("act_func"), bool(c.get("use_se")))
+                want = (spec.in_ch, spec.out_ch, spec.stride, spec.act, spec.se)
+                if got != want:
+                    raise ValueError(f"net.config block {i + j + 1} (in, out, stride, act, se) "
+                                     f"= {got}, space {space.name} has {want}")
+                ks.append(c.get("kernel_size"))
+                e.append(c.get("expand_ratio"))
+            else:
+                ks.append(min(space.ks_list))
+                e.append(min(space.expand_list))
+        d.append(n)
+        i += n
+    if i != len(blocks):
+        raise ValueError(f"net.config has {len(blocks) - i} block(s) more than space "
+                         f"{space.name} can hold")
+    return space.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
 
 
 def describe(space: SearchSpace) -> dict[str, Any]:

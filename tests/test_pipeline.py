@@ -92,3 +92,25 @@ def test_shipped_table_is_recalibrated_here(tiny_job: Path, tmp_path: Path):
     assert saved["calibration"]["a"] == t.calibration["a"] != 3.0
     assert saved["entries"] == json.loads(
         (tiny_job / "latency_table.json").read_text())["entries"]
+
+
+def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
+    """`ofa run --supernet RUN`: no training; the predictor and everything else go into the
+    new run's folder and the reused supernet folder is left as it was."""
+    sup = tiny_job / "supernet"
+    stamps = {p: p.stat().st_mtime_ns for p in sup.rglob("*") if p.is_file()}
+    root = tiny_job.parent
+    capsys.readouterr()
+    assert main([*TINY, "--name", "reuse", "--supernet", str(sup), "--root", str(root),
+                 "--tables-dir", str(root / "no-tables")]) == 0
+    out = capsys.readouterr().out
+    assert f"train: reusing the supernet in {sup}" in out
+    d = root / "reuse"
+    assert not (d / "supernet").exists() and (d / "acc_predictor.safetensors").is_file()
+    rep = json.loads((d / "report.json").read_text())
+    assert rep["supernet"]["run"] == str(sup) and len(rep["subnets"]) == 3
+    assert "supernet reused from" in (d / "report.md").read_text()
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert main([*TINY, "--name", "bad", "--supernet", str(root / "missing"), "--root",
+                 str(root)]) == 2
+    assert not (root / "bad").exists()

@@ -23,8 +23,8 @@ from ofa.fileio import clear_interrupts, note_interrupt
 __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
 
 #: command modules of this package, in the order ``ofa --help`` lists them
-COMMANDS = ("space", "train", "eval", "lut", "predictor", "search", "export", "bench", "deploy",
-            "run")
+COMMANDS = ("space", "train", "import-ofa-supernet", "eval", "lut", "predictor", "search",
+            "export", "bench", "deploy", "run")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "search, export and measure its subnets for edge devices.")
     sub = p.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
-        mod = importlib.import_module(f"ofa.cli.{name}_cmd")
+        mod = importlib.import_module(f"ofa.cli.{name.replace('-', '_')}_cmd")
         cmd = sub.add_parser(name, help=mod.HELP, description=mod.HELP)
         mod.add_arguments(cmd)
         cmd.set_defaults(handler=mod.run)

@@ -145,9 +145,9 @@ def device_name(text: str) -> str:
 
 
 def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
-    """``max`` | ``min`` | ``random`` | path to a JSON subnet config, a search result row or
-    a search result (its best subnet) -> a :class:`~ofa.space.SubnetConfig` validated
-    against ``space``.
+    """``max`` | ``min`` | ``random`` | path to a JSON subnet config, a search result row, a
+    search result (its best subnet) or OFA's published ``net.config`` (with its ``run.config``
+    beside it) -> a :class:`~ofa.space.SubnetConfig` validated against ``space``.
 
     Raises:
         ValueError: unreadable file or a config outside the space.
@@ -164,6 +164,8 @@ def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
     if value == "random":
         return space.sample(random.Random(seed))
     data = read_json(value, "subnet config")
+    if isinstance(data, dict) and "blocks" in data and "first_conv" in data:
+        return _from_net_config(value, data, space)
     if isinstance(data, dict) and ("best" in data or "front" in data):
         from search.evolution import result_rows
 
@@ -172,6 +174,32 @@ def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
         data = data["config"]
     try:
         return space.validate(SubnetConfig.from_dict(data))
+    except ValueError as exc:
+        raise ValueError(f"{value}: {exc}") from None
+
+
+def _from_net_config(value: str, data: dict, space: Any) -> Any:
+    """OFA's published ``net.config``; the resolution comes from OFA's ``run.config`` beside
+    it (``image_size``), as in OFA's specialised-network folders.
+
+    Raises:
+        ValueError: no usable ``run.config``, or a network outside ``space``.
+    """
+    from pathlib import Path
+
+    from ofa.fileio import read_json
+    from ofa.space import subnet_from_net_config
+
+    run_config = Path(value).with_name("run.config")
+    if not run_config.is_file():
+        raise ValueError(f"{value}: an OFA net.config gives no resolution; put OFA's "
+                         f"run.config (with image_size) beside it")
+    size = read_json(run_config, "OFA run.config").get("image_size")
+    size = size[0] if isinstance(size, list) and size else size
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise ValueError(f"{run_config}: image_size must be a resolution, got {size!r}")
+    try:
+        return subnet_from_net_config(space, data, size)
     except ValueError as exc:
         raise ValueError(f"{value}: {exc}") from None
 

@@ -35,6 +35,7 @@ class RunConfig:
 
     name: str = "demo"
     root: str = "runs"
+    supernet: str | None = None  # a trained (or imported) run folder to reuse: no training
     dataset: str = "digits"
     data: str | None = None
     space: str = "mbv3-digits"
@@ -123,6 +124,9 @@ def _train(rc: RunConfig) -> Path:
     from ofa.train.run import CKPT, RUN_JSON, TrainConfig
     from ofa.train.trainer import train
 
+    if rc.supernet:
+        _log(f"train: reusing the supernet in {rc.supernet}")
+        return Path(rc.supernet)
     out = rc.folder / "supernet"
     if (out / RUN_JSON).exists():
         _log(f"train: done ({out})")
@@ -142,7 +146,8 @@ def _predictor(rc: RunConfig, run: Path):
     from search.acc_dataset import build_accuracy_dataset, fit_and_score
     from search.accuracy import AccuracyPredictor
 
-    path = run / "acc_predictor.safetensors"
+    # beside our own supernet; in this run's folder for a reused one (left as it is)
+    path = (rc.folder if rc.supernet else run) / "acc_predictor.safetensors"
     try:
         pred = AccuracyPredictor.load(path)
         if pred.metrics.get("n_train", 0) + pred.metrics.get("n_val", 0) >= rc.samples:
@@ -234,7 +239,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> list[di
             return old["subnets"]
     _log(f"export + measure: {len(chosen)} subnets on {rc.target}")
     target = parse_target(rc.target, **rc.target_options)
-    res = validate_subnets(run, chosen, rc.folder / "models", target, runtime=rc.runtime,
+    res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
+                           runtime=rc.runtime,
                            threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol))
     atomic_write_json(path, {"subnets": res})
@@ -274,7 +280,7 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
     from deploy.validate import markdown_table
 
     folder = rc.folder
-    _plot(front, results, folder / "pareto.png", f"{rc.space} on {rc.dataset}: "
+    _plot(front, results, folder / "pareto.png", f"{info['space']} on {info['dataset']}: "
           f"{info['table']['context']}")
     rep = {"kind": "ofa-edge-report", "config": asdict(rc), **info, "subnets": results,
            "pareto_front": front,
@@ -285,8 +291,7 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
     atomic_write_json(folder / "report.json", rep)
     p = info["predictor"]
     md = (f"# ofa run: {rc.name}\n\n"
-          f"- data: `{rc.dataset}`; space `{rc.space}`; schedule `{rc.schedule}`, "
-          f"{rc.epochs:g} epochs\n"
+          f"- data: `{info['dataset']}`; space `{info['space']}`; {info['training']}\n"
           f"- supernet: largest subnet top-1 {info['supernet']['largest_top1']:.2f}%, "
           f"smallest {info['supernet']['smallest_top1']:.2f}% (test, after BN recalibration)\n"
           f"- accuracy predictor: {p['n_train'] + p['n_val']} subnets, held-out RMSE "
@@ -316,10 +321,11 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
     if rc.table:  # the file's kind and context, before training (its space: after)
         LatencyTable.load(rc.table, runtime=rc.runtime, threads=rc.threads)
+    reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
     run = _train(rc)
-    net, _, info = load_run(run)
+    net, tcfg, info = reused or load_run(run)
     space = net.space
     acc = _predictor(rc, run)
     table = _table(rc, space)
@@ -337,7 +343,9 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
         "predictor": acc.metrics,
         "table": {"path": table.source, "context": table.describe(),
                   "calibration": {k: table.calibration[k] for k in ("a", "b")}},
-        "budgets_ms": budgets}
+        "budgets_ms": budgets, "space": space.name, "dataset": tcfg.dataset,
+        "training": (f"supernet reused from `{run}`" if rc.supernet else
+                     f"schedule `{rc.schedule}`, {rc.epochs:g} epochs")}
     return _report(rc, meta, results, found["front"])
 
 

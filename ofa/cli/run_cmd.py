@@ -15,6 +15,8 @@ NAME, HELP = "run", ("the whole job: train, predictor, table, search, export, me
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="demo", help="runs/<name>/")
     p.add_argument("--root", default="runs")
+    p.add_argument("--supernet", help="reuse this trained or imported run folder (no "
+                   "training; its space and dataset apply, --data overrides its data path)")
     add_training_args(p)
     p.add_argument("--samples", type=int_range(10, 1_000_000), default=100,
                    help="subnets measured for the accuracy predictor (>= 10)")
@@ -41,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     from ofa.cli.pipeline import RunConfig, run_pipeline, summary_lines
 
     rc = RunConfig(
-        name=args.name, root=args.root, dataset=args.dataset, data=args.data, space=args.space,
+        name=args.name, root=args.root, supernet=args.supernet, dataset=args.dataset,
+        data=args.data, space=args.space,
         resolutions=args.resolutions, schedule=args.schedule, epochs=args.epochs,
         batch_size=args.batch_size, lr_scale=args.lr_scale, seed=args.seed,
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
