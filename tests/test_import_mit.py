@@ -118,3 +118,35 @@ def test_truncated_and_foreign_checkpoints_are_one_line_errors(reference, tmp_pa
         assert code == 2 and len(err) == 1 and named in err[0], err
         assert not (tmp_path / "run").exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_imported_run_works_with_every_command(reference, tmp_path, capsys):
+    """eval, predictor build and export read an imported run with an ImageFolder --data tree
+    (tiny and random here: the point is the plumbing, not ImageNet accuracy)."""
+    from PIL import Image
+
+    _, run, ref, _ = reference
+    if ref["width"] != 1.2:
+        pytest.skip("one width is enough for the plumbing")
+    rng = np.random.default_rng(0)
+    tree = tmp_path / "imagenet"
+    for split, n in (("train", 12), ("val", 4)):
+        for c in ("n01440764", "n01443537"):
+            (tree / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(
+                    tree / split / c / f"{i}.JPEG")
+    assert main(["eval", "--checkpoint", str(run), "--subnet", "min", "--data", str(tree),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["summary"].startswith("r128 d22222")
+    assert main(["predictor", "build", "--checkpoint", str(run), "--data", str(tree),
+                 "--samples", "10", "--epochs", "5", "--out",
+                 str(tmp_path / "p.safetensors"), "--json"]) == 0
+    assert main(["export", "--checkpoint", str(run), "--subnet", "min", "--data", str(tree),
+                 "--formats", "onnx-fp32", "--parity-images", "8", "--calib-images", "4",
+                 "--out", str(tmp_path / "bundle"), "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rep["models"]["onnx-fp32"]["top1_agreement"] == 100.0
+    # without --data the imported run says what it needs, in one line
+    assert main(["eval", "--checkpoint", str(run)]) == 2
+    assert "imagefolder needs --data" in capsys.readouterr().err
