@@ -115,10 +115,14 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
                   formats: Sequence[str] = tuple(FORMATS), nhwc: bool = False,
                   predicted: dict[str, float] | None = None, data: str | None = None,
                   calib_images: int = 128, parity_images: int = 500,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, model: torch.nn.Module | None = None
+                  ) -> dict[str, Any]:
     """Export subnet ``cfg`` of the supernet in ``run`` to ``out`` (see module docstring).
 
     Args:
+        model: a static network of ``cfg`` to export instead of the supernet's extracted,
+            BN-recalibrated subnet (a fine-tuned one, :mod:`ofa.train.finetune`); ``run``
+            then only supplies the data.
         formats: names from ``deploy/formats.py`` (``onnx-fp32`` ...).
         predicted: ``{"acc": %, "latency_ms": ms}`` from the search, stored in model.json.
         nhwc: give TFLite models an NHWC input (ONNX stays NCHW).
@@ -142,7 +146,8 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
     space = net.space
     cfg = space.validate(cfg)
     ds = load_dataset(tcfg.dataset, data or tcfg.data, holdout=tcfg.holdout, seed=tcfg.seed)
-    sub = recalibrated_subnet(net, cfg, ds, tcfg.recal_images)
+    sub = model.eval() if model is not None else recalibrated_subnet(net, cfg, ds,
+                                                                      tcfg.recal_images)
     x, y = _images(ds, "test", cfg.r, parity_images)
     calib, _ = _images(ds, "train", cfg.r, calib_images)
     with torch.no_grad():
@@ -152,7 +157,8 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
         "resolution": cfg.r, "macs": space.macs(cfg), "params": space.params(cfg),
         "source_run": str(Path(run).resolve()), "space": space.name, "dataset": ds.name,
         "predicted": predicted or {}, "parity_images": int(len(y)),
-        "supernet_top1": float((parity.ref_pred == y).mean() * 100), "models": {}}
+        "supernet_top1": float((parity.ref_pred == y).mean() * 100),
+        "finetuned": model is not None, "models": {}}
     facts = {k: report[k] for k in ("config", "summary", "resolution", "macs", "params",
                                     "predicted", "source_run")}
     facts.update({"normalisation": ds.normalisation(), "classes": ds.classes})

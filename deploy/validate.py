@@ -26,11 +26,13 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      runtime: str = "onnxruntime", threads: int = 1,
                      formats: tuple[str, ...] = ("onnx-fp32", "tflite-fp32"),
                      protocol: TimingProtocol | None = None, progress: bool = True,
-                     data: str | None = None) -> list[dict[str, Any]]:
+                     data: str | None = None,
+                     models: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
-    run's dataset path (calibration and parity images).
+    run's dataset path (calibration and parity images). ``models``: label -> a fine-tuned
+    static network to export instead of the supernet's subnet.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -45,12 +47,14 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
         label = row.get("label") or f"subnet{i}"
         cfg = SubnetConfig.from_dict(row["config"])
         folder = out / label
+        model = (models or {}).get(label)
         rep = read_bundle(folder)
         if (rep is None or rep["config"] != cfg.to_dict()
+                or rep.get("finetuned", False) != (model is not None)
                 or not set(formats) <= set(rep["models"])):
             rep = export_subnet(run, cfg, folder, formats=formats, progress=progress, data=data,
                                 predicted={"acc": row.get("acc"),
-                                           "latency_ms": row.get("latency_ms")})
+                                           "latency_ms": row.get("latency_ms")}, model=model)
         bundles.append((label, cfg, folder, rep))
     results = []
     for row, (label, cfg, folder, rep) in zip(rows, bundles):

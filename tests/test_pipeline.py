@@ -102,14 +102,20 @@ def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     root = tiny_job.parent
     capsys.readouterr()
     assert main([*TINY, "--name", "reuse", "--supernet", str(sup), "--root", str(root),
-                 "--tables-dir", str(root / "no-tables")]) == 0
+                 "--tables-dir", str(root / "no-tables"), "--finetune-epochs", "0.2"]) == 0
     out = capsys.readouterr().out
     assert f"train: reusing the supernet in {sup}" in out
     d = root / "reuse"
     assert not (d / "supernet").exists() and (d / "acc_predictor.safetensors").is_file()
     rep = json.loads((d / "report.json").read_text())
     assert rep["supernet"]["run"] == str(sup) and len(rep["subnets"]) == 3
-    assert "supernet reused from" in (d / "report.md").read_text()
+    md = (d / "report.md").read_text()
+    assert "supernet reused from" in md and "## Fine-tuning" in md
+    for r in rep["subnets"]:  # fine-tuned, then exported and measured as such
+        ft = json.loads((d / "finetuned" / r["label"] / "finetune.json").read_text())
+        assert ft["subnet"] == r["config"] and r["finetune"]["top1_after"] == ft["top1_after"]
+        assert json.loads((d / "models" / r["label"] / "export.json").read_text())["finetuned"]
+        assert r["measured_top1"] == pytest.approx(r["supernet_top1"])  # ONNX == PyTorch
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert main([*TINY, "--name", "bad", "--supernet", str(root / "missing"), "--root",
                  str(root)]) == 2

@@ -24,7 +24,7 @@ __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
 
 #: command modules of this package, in the order ``ofa --help`` lists them
 COMMANDS = ("space", "train", "import-ofa-supernet", "eval", "lut", "predictor", "search",
-            "export", "bench", "deploy", "run")
+            "finetune", "export", "bench", "deploy", "run")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ofa.cli.args import SEED, load_subnet
 
@@ -11,7 +12,8 @@ NAME, HELP = "eval", "top-1 of a subnet after BN recalibration"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", required=True, help="run folder, checkpoint file or a "
+                   "fine-tune folder (then --subnet is not used)")
     p.add_argument("--subnet", default="max", help="max | min | random | a JSON file")
     p.add_argument("--split", default="test", choices=["test", "holdout"])
     p.add_argument("--data", help="override the run's --data path")
@@ -21,13 +23,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ofa.data import load_dataset
-    from ofa.evaluate import subnet_accuracy
+    from ofa.evaluate import evaluate, subnet_accuracy
+    from ofa.train.finetune import FINETUNE_JSON, load_finetuned
     from ofa.train.run import load_run
 
-    net, cfg, _ = load_run(args.checkpoint)
-    sub_cfg = load_subnet(args.subnet, net.space, args.seed)
+    finetuned = (Path(args.checkpoint) / FINETUNE_JSON).exists()
+    if finetuned:  # its own trained BN statistics: no recalibration
+        model, sub_cfg, info = load_finetuned(args.checkpoint)
+        net, cfg, _ = load_run(info["source_run"])
+    else:
+        net, cfg, _ = load_run(args.checkpoint)
+        sub_cfg = load_subnet(args.subnet, net.space, args.seed)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
-    acc = subnet_accuracy(net, sub_cfg, data, args.split, cfg.recal_images)
+    acc = (evaluate(model, data, args.split, sub_cfg.r) if finetuned
+           else subnet_accuracy(net, sub_cfg, data, args.split, cfg.recal_images))
     res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
            "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
     if args.json:

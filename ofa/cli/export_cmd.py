@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ofa.cli.args import choice_list, int_range, load_subnet
 
@@ -17,7 +18,8 @@ def format_names() -> list[str]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", required=True, help="run folder")
+    p.add_argument("--checkpoint", required=True, help="run folder, or a fine-tune folder "
+                   "(ofa finetune --out; its subnet is exported, --subnet is not used)")
     p.add_argument("--subnet", default="max", help="max | min | random | JSON config or "
                    "search result")
     p.add_argument("--formats", type=choice_list(format_names, "format"),
@@ -33,13 +35,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deploy.bundle import export_subnet
+    from ofa.train.finetune import FINETUNE_JSON, load_finetuned
     from ofa.train.run import load_run
 
-    net, _, _ = load_run(args.checkpoint)
-    cfg = load_subnet(args.subnet, net.space)
-    rep = export_subnet(args.checkpoint, cfg, args.out, formats=args.formats, nhwc=args.nhwc,
+    run, model = args.checkpoint, None
+    if (Path(run) / FINETUNE_JSON).exists():  # a fine-tuned subnet: export it as it is
+        model, cfg, info = load_finetuned(run)
+        run = info["source_run"]
+    else:
+        net, _, _ = load_run(run)
+        cfg = load_subnet(args.subnet, net.space)
+    rep = export_subnet(run, cfg, args.out, formats=args.formats, nhwc=args.nhwc,
                         data=args.data, calib_images=args.calib_images,
-                        parity_images=args.parity_images, progress=not args.json)
+                        parity_images=args.parity_images, progress=not args.json, model=model)
     if args.json:
         print(json.dumps(rep))
         return 0

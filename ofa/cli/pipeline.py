@@ -64,6 +64,7 @@ class RunConfig:
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
     device: str = "auto"
+    finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
 
     def __post_init__(self) -> None:
         from ofa.train.schedule import run_settings
@@ -73,6 +74,10 @@ class RunConfig:
     @property
     def folder(self) -> Path:
         return Path(self.root) / self.name
+
+
+#: below this held-out Kendall tau an accuracy predictor cannot rank subnets
+RANK_TAU = 0.5
 
 
 def _log(msg: str) -> None:
@@ -163,7 +168,9 @@ def _predictor(rc: RunConfig, run: Path):
     pred.metrics = metrics
     pred.save(path)
     _log(f"accuracy predictor: held-out RMSE {metrics['rmse']:.2f} points, "
-         f"Kendall tau {metrics['kendall_tau']:.2f}")
+         f"Kendall tau {metrics['kendall_tau']:.2f}"
+         + (f" (below {RANK_TAU}: it cannot rank subnets)"
+            if metrics["kendall_tau"] < RANK_TAU else ""))
     return pred
 
 
@@ -227,23 +234,57 @@ def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, A
     return out
 
 
-def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[str, Path]:
+    """Fine-tune every chosen subnet (``rc.finetune_epochs``) into
+    ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed.
+    Returns label -> fine-tune folder."""
+    from ofa.train.finetune import FINETUNE_JSON, FinetuneConfig, finetune
+
+    out: dict[str, Path] = {}
+    for row in chosen:
+        folder = rc.folder / "finetuned" / row["label"]
+        done = folder / FINETUNE_JSON
+        if done.exists() and read_json(done, "fine-tune").get("subnet") == row["config"]:
+            _log(f"fine-tune {row['label']}: done")
+        else:
+            if done.exists():  # another subnet was chosen since: start again
+                import shutil
+
+                shutil.rmtree(folder)
+            _log(f"fine-tune {row['label']}: {rc.finetune_epochs:g} epochs")
+            finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
+                                    epochs=rc.finetune_epochs, batch_size=rc.batch_size,
+                                    seed=rc.seed, data=rc.data, device=rc.device),
+                     resume=(folder / "finetune_checkpoint.pt").exists())
+        out[row["label"]] = folder
+    return out
+
+
+def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
+              finetuned: dict[str, Path]) -> list[dict[str, Any]]:
     from deploy.targets import parse_target
     from deploy.validate import validate_subnets
+    from ofa.train.finetune import load_finetuned
 
     path = rc.folder / "validation.json"
     if path.exists():
         old = read_json(path, "validation")
-        if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen]:
+        if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
+                and old.get("finetuned", []) == sorted(finetuned):
             _log("export + measure: done")
             return old["subnets"]
     _log(f"export + measure: {len(chosen)} subnets on {rc.target}")
     target = parse_target(rc.target, **rc.target_options)
+    models = {label: load_finetuned(f)[0] for label, f in finetuned.items()}
     res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
-                           runtime=rc.runtime,
-                           threads=rc.threads, formats=tuple(rc.formats),
-                           protocol=TimingProtocol(**rc.bench_protocol))
-    atomic_write_json(path, {"subnets": res})
+                           runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
+                           protocol=TimingProtocol(**rc.bench_protocol), models=models)
+    for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
+        if r["label"] in finetuned:
+            ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
+            r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
+                                                "train_seconds")}
+    atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned)})
     return res
 
 
@@ -288,23 +329,43 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
                "all_within_10pct": all(bool(r["within_10pct"]) for r in results),
                "min_measured_top1": min(r["measured_top1"] for r in results),
                "max_abs_error_pct": max(abs(r["error_pct"]) for r in results)}}
-    atomic_write_json(folder / "report.json", rep)
     p = info["predictor"]
+    warn = ""
+    if p["kendall_tau"] < RANK_TAU:
+        warn = (f"- **warning:** the accuracy predictor's held-out Kendall tau is "
+                f"{p['kendall_tau']:.2f} (< {RANK_TAU}): it cannot rank these subnets, so a "
+                "larger budget need not buy more accuracy. Measure more subnets (`--samples`) "
+                "or use data on which subnets differ.\n")
+        rep["summary"]["predictor_warning"] = warn[2:].strip()
+    atomic_write_json(folder / "report.json", rep)
     md = (f"# ofa run: {rc.name}\n\n"
           f"- data: `{info['dataset']}`; space `{info['space']}`; {info['training']}\n"
           f"- supernet: largest subnet top-1 {info['supernet']['largest_top1']:.2f}%, "
           f"smallest {info['supernet']['smallest_top1']:.2f}% (test, after BN recalibration)\n"
           f"- accuracy predictor: {p['n_train'] + p['n_val']} subnets, held-out RMSE "
-          f"{p['rmse']:.2f} points, Kendall tau {p['kendall_tau']:.2f}\n"
+          f"{p['rmse']:.2f} points, Kendall tau {p['kendall_tau']:.2f}\n{warn}"
           f"- latency table: `{info['table']['path']}` ({info['table']['context']})\n"
           f"- target: `{rc.target}`, {rc.threads} thread(s)\n\n"
           "## Chosen subnets: predicted vs measured\n\n" + markdown_table(results) +
           f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; largest error "
           f"{rep['summary']['max_abs_error_pct']:.1f}%; lowest exported top-1 "
           f"{rep['summary']['min_measured_top1']:.2f}%.\n\n"
-          f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n")
+          f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n"
+          + _finetune_md(results))
     atomic_write_text(folder / "report.md", md)
     return rep
+
+
+def _finetune_md(results: list[dict[str, Any]]) -> str:
+    """The report's fine-tuning table (top-1 before / after per subnet), or ''."""
+    tuned = [r for r in results if "finetune" in r]
+    if not tuned:
+        return ""
+    return ("\n## Fine-tuning (knowledge distillation from the largest subnet)\n\n"
+            "| subnet | epochs | top-1 before | top-1 after | seconds |\n|---|---|---|---|---|\n"
+            + "".join(f"| {r['label']} | {r['finetune']['epochs']:g} | "
+                      f"{r['finetune']['top1_before']:.2f} | {r['finetune']['top1_after']:.2f} | "
+                      f"{r['finetune']['train_seconds']:.0f} |\n" for r in tuned))
 
 
 def run_pipeline(rc: RunConfig) -> dict[str, Any]:
@@ -332,7 +393,8 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     lat = LatencyPredictor(table, space)
     budgets = list(rc.budgets) if rc.budgets else auto_budgets(lat, space)
     found = _search(rc, space, acc, lat, budgets)
-    results = _validate(rc, run, found["chosen"])
+    finetuned = _finetune(rc, run, found["chosen"]) if rc.finetune_epochs > 0 else {}
+    results = _validate(rc, run, found["chosen"], finetuned)
     phase_ends = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                   if '"phase_end"' in line] if (run / "metrics.jsonl").exists() else []
     last = phase_ends[-1] if phase_ends else {}

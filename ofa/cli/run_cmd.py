@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ofa.cli.args import CliError, add_target_args, choice_list, float_list, int_range
+from ofa.cli.args import (
+    CliError,
+    add_target_args,
+    choice_list,
+    float_list,
+    float_range,
+    int_range,
+)
 from ofa.cli.export_cmd import format_names
 from ofa.cli.train_cmd import add_training_args
 
@@ -31,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lut-runs", type=int_range(1, 100_000), default=50)
     p.add_argument("--lut-calib", type=int_range(1, 10_000), default=10,
                    help="whole subnets for calibration")
+    p.add_argument("--finetune-epochs", type=float_range(0, 100_000), default=0.0,
+                   help="fine-tune every chosen subnet this many epochs with distillation "
+                   "before export (0: no fine-tuning)")
     p.add_argument("--formats", type=choice_list(format_names, "format"),
                    default=["onnx-fp32", "tflite-fp32"],
                    help="exported per subnet (the runtime's own format is always included)")
@@ -51,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
         budgets=args.budgets, population=args.population, generations=args.generations,
         device=args.device, lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
-        lut_calib=args.lut_calib, formats=args.formats,
+        lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,
         bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
     try:
         rep = run_pipeline(rc)
