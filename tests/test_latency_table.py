@@ -158,3 +158,20 @@ def test_import_ofa_yaml_reproduces_yaml_sums():
     with pytest.raises(TableError, match="no latencies for resolution"):
         pred.predict_many([SubnetConfig(sp.max_subnet().ks, sp.max_subnet().e,
                                         sp.max_subnet().d, 128)])
+
+
+def test_calibration_fits_relative_error():
+    """One large subnet must not pull the small ones off (the ±10% criterion is relative)."""
+    import numpy as np
+
+    from deploy.lut import fit_calibration
+
+    raw = np.r_[np.linspace(0.6, 2.0, 11), 3.82]
+    meas = np.r_[np.linspace(0.6, 2.0, 11), 4.67]
+    a, b = fit_calibration(raw, meas)
+    err = np.abs((a * raw + b - meas) / meas)
+    assert (err[:11] <= 0.035).all()  # an ordinary least-squares fit puts the first at 25%
+    a0, b0 = np.polyfit(raw, meas, 1)
+    assert np.abs((a0 * raw[0] + b0 - meas[0]) / meas[0]) > 0.2
+    with pytest.raises(ValueError, match="positive"):
+        fit_calibration([1.0, 2.0], [1.0, 0.0])

@@ -16,6 +16,7 @@ export (ONNX + TFLite) -> measure on the target -> report. Every step writes int
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -248,8 +249,6 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
             _log(f"fine-tune {row['label']}: done")
         else:
             if done.exists():  # another subnet was chosen since: start again
-                import shutil
-
                 shutil.rmtree(folder)
             _log(f"fine-tune {row['label']}: {rc.finetune_epochs:g} epochs")
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
