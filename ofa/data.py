@@ -24,7 +24,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-__all__ = ["DATASETS", "ImageSplit", "Dataset", "load_dataset", "BatchLoader"]
+__all__ = ["StepBatches", "train_loader", "DATASETS", "ImageSplit", "Dataset", "load_dataset",
+           "BatchLoader"]
 
 from ofa import DATASETS
 
@@ -59,7 +60,15 @@ class ImageSplit:
         from torchvision.io import ImageReadMode, decode_image
 
         assert self.paths is not None
-        return [decode_image(self.paths[i], mode=ImageReadMode.RGB) for i in idx.tolist()]
+        out = []
+        for i in idx.tolist():
+            try:
+                out.append(decode_image(self.paths[i], mode=ImageReadMode.RGB))
+            except (RuntimeError, OSError) as exc:
+                raise ValueError(f"{self.paths[i]}: cannot decode the image "
+                                 f"({str(exc).splitlines()[0][:80]}); remove or replace it"
+                                 ) from None
+        return out
 
 
 @dataclass
@@ -90,42 +99,47 @@ class Dataset:
         return {"mean": list(self.mean), "std": list(self.std), "scale": 1 / 255.0}
 
     # --- transforms ----------------------------------------------------------------------
-    def transform(self, imgs: Sequence[Tensor], r: int, train: bool) -> Tensor:
-        """uint8 ``(C, H, W)`` images -> normalised float ``(N, 3, r, r)``."""
+    def transform(self, imgs: Sequence[Tensor], r: int, train: bool,
+                  generator: torch.Generator | None = None) -> Tensor:
+        """uint8 ``(C, H, W)`` images -> normalised float ``(N, 3, r, r)``; the training
+        augmentation draws from ``generator`` (default: torch's global RNG)."""
+        g = generator
         out = []
         for img in imgs:
             if img.shape[0] == 1:
                 img = img.expand(3, -1, -1)
             if train and self.train_aug == "rrc":
-                i, j, h, w = _rrc_params(img.shape[-2], img.shape[-1])
+                i, j, h, w = _rrc_params(img.shape[-2], img.shape[-1], generator=g)
                 img = TF.resized_crop(img, i, j, h, w, [r, r], antialias=True)
             elif train:
                 img = TF.resize(img, [r, r], antialias=True)
                 pad = max(1, r // 8)
                 img = TF.pad(img, [pad, pad, pad, pad])
-                i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
+                i, j = torch.randint(0, 2 * pad + 1, (2,), generator=g).tolist()
                 img = img[:, i:i + r, j:j + r]
             else:
                 big = int(math.ceil(r / self.crop_ratio))
                 img = TF.resize(img, [big, big], antialias=True)
                 img = TF.center_crop(img, [r, r])
-            if train and self.flip and torch.rand(()) < 0.5:
+            if train and self.flip and torch.rand((), generator=g) < 0.5:
                 img = img.flip(-1)
             out.append(img)
         x = torch.stack(out).float().div_(255.0)
         return TF.normalize(x, list(self.mean), list(self.std))
 
 
-def _rrc_params(h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)) -> tuple[int, ...]:
+def _rrc_params(h: int, w: int, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                generator: torch.Generator | None = None) -> tuple[int, ...]:
+    """Random-resized-crop box ``(top, left, height, width)`` (torchvision's algorithm)."""
     area = h * w
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
-        target = area * float(torch.empty(1).uniform_(*scale))
-        ar = math.exp(float(torch.empty(1).uniform_(*log_ratio)))
+        target = area * float(torch.empty(1).uniform_(*scale, generator=generator))
+        ar = math.exp(float(torch.empty(1).uniform_(*log_ratio, generator=generator)))
         cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
         if 0 < cw <= w and 0 < ch <= h:
-            i = int(torch.randint(0, h - ch + 1, (1,)))
-            j = int(torch.randint(0, w - cw + 1, (1,)))
+            i = int(torch.randint(0, h - ch + 1, (1,), generator=generator))
+            j = int(torch.randint(0, w - cw + 1, (1,), generator=generator))
             return i, j, ch, cw
     s = min(h, w)
     return (h - s) // 2, (w - s) // 2, s, s
@@ -170,6 +184,60 @@ class BatchLoader:
             r = self.resolution(b) if callable(self.resolution) else self.resolution
             x = self.data.transform(self.split.get_images(idx), r, self.train)
             yield x, self.split.labels[idx]
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """The training batches of a run as a map-style dataset over *global steps*.
+
+    Item ``step`` is ``(images (B, 3, r, r) float, labels (B,), r)``: the epoch's seeded
+    permutation gives the indices (sharded ``rank::world``), the resolution and every random
+    augmentation are drawn from generators seeded by ``(seed, step)``. So a batch depends on
+    nothing but the seed and its step: any number of worker processes, any resume point and
+    any rank give the same batches (exact resume with workers), and decoding plus augmentation
+    run in :func:`train_loader`'s workers, not between optimizer steps.
+    """
+
+    def __init__(self, data: Dataset, batch_size: int, resolutions: Sequence[int], seed: int,
+                 steps_per_epoch: int, rank: int = 0, world: int = 1) -> None:
+        self.data, self.batch_size, self.resolutions = data, batch_size, list(resolutions)
+        self.seed, self.steps_per_epoch, self.rank, self.world = seed, steps_per_epoch, rank, world
+        self._perm: tuple[int, Tensor] | None = None
+
+    def __len__(self) -> int:
+        return 2**62  # steps are addressed directly; the sampler says which
+
+    def resolution(self, step: int) -> int:
+        """The batch resolution of ``step`` (OFA: one per batch, the same on every rank)."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + step + 1)
+        return self.resolutions[int(torch.randint(len(self.resolutions), (1,), generator=g))]
+
+    def indices(self, step: int) -> Tensor:
+        epoch, b = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
+            self._perm = (epoch, torch.randperm(len(self.data.train), generator=g))
+        bs = self.batch_size
+        return self._perm[1][b * bs:(b + 1) * bs][self.rank::self.world]
+
+    def __getitem__(self, step: int) -> tuple[Tensor, Tensor, int]:
+        idx, r = self.indices(step), self.resolution(step)
+        g = torch.Generator().manual_seed((self.seed + 7) * 2_000_003 + step)
+        x = self.data.transform(self.data.train.get_images(idx), r, train=True, generator=g)
+        return x, self.data.train.labels[idx], r
+
+
+def train_loader(batches: StepBatches, start: int, stop: int, workers: int = 0,
+                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Steps ``start .. stop - 1`` of ``batches`` in order, prepared by ``workers`` processes
+    (0: in this process) with prefetching, persistent workers and pinned memory (for CUDA)."""
+    kw: dict = {"num_workers": workers, "pin_memory": pin_memory}
+    if workers > 0:
+        kw.update(persistent_workers=True, prefetch_factor=4)
+    # its own generator: a DataLoader iterator draws a seed, which must not move the global
+    # RNG (dropout draws from it; a resumed run must see the same stream)
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop),
+                                       generator=torch.Generator().manual_seed(batches.seed),
+                                       **kw)
 
 
 # --- loading ---------------------------------------------------------------------------------

@@ -249,9 +249,72 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, tiny
         return float("nan") if len(calls) == 6 else real(self, *a)
 
     monkeypatch.setattr(Trainer, "_train_step", step)
-    with pytest.raises(ValueError, match="training diverged at step 5 .* last good checkpoint"):
+    with pytest.raises(ValueError, match="training diverged by step 6 .* last good checkpoint"):
         t.run()
     st = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
     assert st["global_step"] == 4  # the checkpoint before the NaN step, not after it
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_batches_are_the_same_with_any_number_of_workers():
+    from ofa.data import StepBatches, load_dataset, train_loader
+
+    data = load_dataset("digits", seed=0)
+    b = StepBatches(data, 16, [12, 16, 20], seed=3, steps_per_epoch=20)
+    zero = list(train_loader(b, 17, 24, workers=0))
+    two = list(train_loader(b, 17, 24, workers=2))
+    assert [r for _, _, r in zero] == [r for _, _, r in two] == [b.resolution(s)
+                                                                  for s in range(17, 24)]
+    assert len({r for _, _, r in zero}) > 1
+    for (x0, y0, _), (x2, y2, _) in zip(zero, two):
+        assert torch.equal(x0, x2) and torch.equal(y0, y2)
+    assert torch.equal(b[18][0], zero[1][0])  # a step is a step, wherever it is read
+
+
+def test_resume_with_workers_is_exact(tmp_path, tiny_schedule):
+    straight = Trainer(_cfg(tmp_path / "a", tiny_schedule, workers=2))
+    straight.run()
+    assert Trainer(_cfg(tmp_path / "b", tiny_schedule, workers=2, max_steps=7)).run() == {
+        "stopped_at": 7}
+    resumed = Trainer(_cfg(tmp_path / "b", tiny_schedule, workers=2), resume=True)
+    resumed.run()
+    _assert_same_weights(straight.net.state_dict(), resumed.net.state_dict())
+
+
+def test_bf16_and_fp16_steps_on_cpu(tmp_path, tiny_schedule):
+    t = Trainer(_cfg(tmp_path / "bf", tiny_schedule, precision="bf16", max_steps=3))
+    assert t.amp_dtype is torch.bfloat16 and t.run() == {"stopped_at": 3}
+    st = load_checkpoint(tmp_path / "bf" / "checkpoint.pt")
+    assert all(v.dtype == torch.float32 for v in st["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
+    # fp16: the gradient scaler's state is checkpointed and restored
+    t = Trainer(_cfg(tmp_path / "fp", tiny_schedule, precision="fp16", max_steps=3))
+    assert t.scaler.is_enabled() and t.run() == {"stopped_at": 3}
+    saved = load_checkpoint(tmp_path / "fp" / "checkpoint.pt")["scaler"]
+    assert saved["scale"] > 0
+    resumed = Trainer(_cfg(tmp_path / "fp", tiny_schedule, precision="fp16"), resume=True)
+    assert resumed.scaler.get_scale() == saved["scale"]
+    assert resumed.scaler.state_dict()["_growth_tracker"] == saved["_growth_tracker"]
+
+
+def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from ofa.cli import main
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "tree" / "train" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(
+                tmp_path / "tree" / "train" / c / f"{i}.jpg")
+    for i in range(12):  # every image of class b, so the first batch meets one
+        (tmp_path / "tree" / "train" / "b" / f"{i}.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    code = main(["train", "--dataset", "imagefolder", "--data", str(tmp_path / "tree"),
+                 "--space", "mbv3-digits", "--epochs", "1", "--batch-size", "8", "--workers",
+                 "2", "--eval-images", "0", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert str(tmp_path / "tree" / "train" / "b") in err[0] and "cannot decode" in err[0], err

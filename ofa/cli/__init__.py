@@ -72,7 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ofa: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
     except (CliError, ValueError, OSError) as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+        # a data-loading worker's error arrives as "Caught ValueError in DataLoader worker
+        # process 0" + its traceback: the last line is the error itself
+        msg = lines[-1].split(": ", 1)[-1] if lines[0].startswith("Caught ") else lines[0]
         print(f"ofa {args.command}: error: {msg}", file=sys.stderr)
         return 2
     finally:

@@ -65,6 +65,8 @@ class RunConfig:
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
                                                                     "trials": 3})
     device: str = "auto"
+    precision: str = "auto"  # training autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | ...
+    workers: int = 0  # data-loading processes for training
     finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
 
     def __post_init__(self) -> None:
@@ -144,7 +146,8 @@ def _train(rc: RunConfig) -> Path:
     train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
                       data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
                       batch_size=rc.batch_size, lr_scale=rc.lr_scale, seed=rc.seed,
-                      device=rc.device), resume=resume)
+                      device=rc.device, precision=rc.precision, workers=rc.workers),
+          resume=resume)
     return out
 
 

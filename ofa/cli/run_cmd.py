@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
         budgets=args.budgets, population=args.population, generations=args.generations,
-        device=args.device, lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
+        device=args.device, precision=args.precision, workers=args.workers,
+        lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
         lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,
         bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ofa import DATASETS
 from ofa.cli.args import SEED, device_name, float_range, int_list, int_range
@@ -31,6 +32,17 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
+                   "checkpoints stay fp32")
+    p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
+                   help="data-loading processes (0: decode and augment in the training "
+                   f"process; default here {default_workers()})")
+
+
+def default_workers() -> int:
+    """Data-loading processes by default: the cores but one, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +71,8 @@ def train_config(args: argparse.Namespace):
                        dataset=args.dataset, data=args.data, schedule=args.schedule,
                        epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
                        seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
-                       eval_images=args.eval_images, max_steps=args.max_steps)
+                       eval_images=args.eval_images, max_steps=args.max_steps,
+                       precision=args.precision, workers=args.workers)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,8 @@ from ofa.supernet import OFAMobileNetV3, build_supernet
 from ofa.train.checkpoint import load_checkpoint, load_weights
 from ofa.train.schedule import run_settings
 
-__all__ = ["TrainConfig", "load_run", "resolve_device", "CKPT", "WEIGHTS", "RUN_JSON"]
+__all__ = ["TrainConfig", "load_run", "resolve_device", "resolve_precision", "CKPT", "WEIGHTS",
+           "RUN_JSON"]
 
 CKPT = "checkpoint.pt"
 WEIGHTS = "supernet.safetensors"
@@ -45,6 +46,8 @@ class TrainConfig:
     eval_images: int = 500  # test images per phase-end evaluation (0 = skip)
     recal_images: int = 2000
     device: str = "auto"  # auto | cpu | cuda | cuda:N (see resolve_device)
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    workers: int = 0  # data-loading processes (0: in the training process)
     max_steps: int | None = None  # stop (after checkpointing) at this global step
     holdout: int | None = None
 
@@ -72,6 +75,19 @@ def resolve_device(name: str) -> torch.device:
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
     return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; else the name itself.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+    return name
 
 
 def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, Any]]:

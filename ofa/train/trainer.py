@@ -30,13 +30,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ofa.data import Dataset, load_dataset
+from ofa.data import Dataset, StepBatches, load_dataset, train_loader
 from ofa.evaluate import subnet_accuracy
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import OFAMobileNetV3
 from ofa.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from ofa.train.run import CKPT, RUN_JSON, WEIGHTS, TrainConfig, resolve_device
+from ofa.train.run import (
+    CKPT,
+    RUN_JSON,
+    WEIGHTS,
+    TrainConfig,
+    resolve_device,
+    resolve_precision,
+)
 from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
 
 __all__ = ["Trainer", "train"]
@@ -80,7 +87,12 @@ class Trainer:
         self.phase = self.phase_step = self.global_step = 0
         self.train_seconds = 0.0  # wall time of run() so far, summed over resumed stretches
         self._clock = time.perf_counter()
-        self._perm_cache: tuple[int, Tensor] | None = None
+        self.batches = StepBatches(self.data, cfg.batch_size, self.space.resolutions, cfg.seed,
+                                   self.steps_per_epoch, self.rank, self.world)
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
+            resolve_precision(cfg.precision, self.device)]
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype is torch.float16)
         self._resumed_rng: Tensor | None = None
         if resume and (self.out / CKPT).exists():
             self._restore(load_checkpoint(self.out / CKPT))
@@ -108,6 +120,7 @@ class Trainer:
             "train_seconds": self._elapsed(),
             "rng_python": self.rng.getstate(),
             "rng_torch": torch.get_rng_state(),
+            "scaler": self.scaler.state_dict(),
             "config": asdict(self.cfg),
             "space": self.space.to_dict(),
             "schedule": self.schedule.to_dict(),
@@ -132,6 +145,8 @@ class Trainer:
         self.global_step = st["global_step"]
         self.train_seconds = float(st.get("train_seconds", 0.0))
         self.rng.setstate(st["rng_python"])
+        if st.get("scaler") and self.scaler.is_enabled():  # fp16; other precisions need none
+            self.scaler.load_state_dict(st["scaler"])
         if st["optimizer"] is not None and self.phase < len(self.phase_steps) and (
                 self.phase_step > 0 or self._group_of(self.phase) == st["opt_group"]):
             self.optimizer = self._make_optimizer()
@@ -188,17 +203,15 @@ class Trainer:
         base = first.lr * self.cfg.batch_size / self.schedule.lr_batch * self.cfg.lr_scale
         return before, total, warm, base
 
-    def _batch(self, step: int) -> tuple[Tensor, Tensor, int]:
-        epoch, b = divmod(step, self.steps_per_epoch)
-        if self._perm_cache is None or self._perm_cache[0] != epoch:
-            g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
-            self._perm_cache = (epoch, torch.randperm(len(self.data.train), generator=g))
-        bs = self.cfg.batch_size
-        idx = self._perm_cache[1][b * bs:(b + 1) * bs][self.rank::self.world]
-        r = self.rng.choice(self.space.resolutions)
-        x = self.data.transform(self.data.train.get_images(idx), r, train=True)
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        return x, self.data.train.labels[idx].to(self.device), r
+    def _to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _fwd(self, model: nn.Module, x: Tensor) -> Tensor:
+        """Logits in fp32, the forward pass under autocast at the run's precision."""
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            return model(x).float()
 
     def _phase_start(self, i: int) -> None:
         ph = self.schedule.phases[i]
@@ -236,39 +249,42 @@ class Trainer:
             g.copy_(flat[off:off + g.numel()].view_as(g))
             off += g.numel()
 
-    def _train_step(self, ph: Phase, x: Tensor, y: Tensor, r: int, beta: float) -> float:
+    def _train_step(self, ph: Phase, x: Tensor, y: Tensor, r: int, beta: float) -> Tensor:
+        """One optimizer step on batch ``x (N, 3, r, r)``, ``y (N,)``; returns the summed loss
+        of its subnets as a 0-d tensor (read on the host only every few steps)."""
         sp, net, s = self.space, self.net, self.schedule
         ch = ph.choices(sp)
         ce = lambda out: F.cross_entropy(out, y, label_smoothing=s.label_smoothing)  # noqa: E731
         net.train()
         assert self.optimizer is not None
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)  # no host sync per step
+        back = lambda loss: self.scaler.scale(loss).backward()  # noqa: E731
         if ph.mode == "full":
             net.set_active_subnet(sp.max_subnet(r))
-            loss = ce(net(x))
-            loss.backward()
-            total += loss.item()
+            loss = ce(self._fwd(net, x))
+            back(loss)
+            total += loss.detach()
         elif ph.mode == "random":
             soft = None
             if ph.kd == "teacher":
                 assert self.teacher is not None
                 with torch.no_grad():
-                    soft = F.softmax(self.teacher(x), dim=1)
+                    soft = F.softmax(self._fwd(self.teacher, x), dim=1)
             for _ in range(ph.subnets):
                 net.set_active_subnet(sp.sample(self.rng, r=r, **ch))
-                out = net(x)
+                out = self._fwd(net, x)
                 loss = ce(out)
                 if soft is not None:
                     loss = loss + s.kd_ratio * _soft_ce(out, soft)
-                loss.backward()
-                total += loss.item()
+                back(loss)
+                total += loss.detach()
         else:  # sandwich: largest (CE), smallest + random (in-place KD, no dropout)
             net.set_active_subnet(sp.max_subnet(r))
-            out = net(x)
+            out = self._fwd(net, x)
             loss = ce(out)
-            loss.backward()
-            total += loss.item()
+            back(loss)
+            total += loss.detach()
             soft = F.softmax(out.detach(), dim=1)
             drop = net.classifier[0]
             p_drop, drop.p = drop.p, 0.0
@@ -278,13 +294,14 @@ class Trainer:
                 cfgs = [small] + [sp.sample(self.rng, r=r, **ch) for _ in range(ph.subnets)]
                 for c in cfgs:
                     net.set_active_subnet(c)
-                    kd = s.kd_ratio * _soft_ce(net(x), soft)
-                    (beta * kd).backward()
-                    total += kd.item()
+                    kd = s.kd_ratio * _soft_ce(self._fwd(net, x), soft)
+                    back(beta * kd)
+                    total += kd.detach()
             finally:
                 drop.p = p_drop
         self._allreduce_grads()
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         return total
 
     def estimate_epoch_seconds(self, steps: int = 3) -> float:
@@ -300,7 +317,8 @@ class Trainer:
             self._phase_start(i)
             times = []
             for k in range(steps + 1):
-                x, y, r = self._batch(k)
+                x, y, r = self.batches[k]
+                x, y = self._to_device(x, y)
                 t = time.perf_counter()
                 self._train_step(ph, x, y, r, 1.0)
                 times.append(time.perf_counter() - t)
@@ -319,6 +337,8 @@ class Trainer:
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.out / "schedule.json", self.schedule.to_dict())
+        batches = iter(train_loader(self.batches, self.global_step, sum(self.phase_steps),
+                                    cfg.workers, pin_memory=self.device.type == "cuda"))
         while self.phase < len(phases):
             i, ph = self.phase, phases[self.phase]
             if self.phase_step == 0:
@@ -330,37 +350,40 @@ class Trainer:
             n = self.phase_steps[i]
             bar = tqdm(total=n, initial=self.phase_step, desc=f"{i + 1}/{len(phases)} {ph.name}",
                        disable=self.rank != 0, leave=False, mininterval=1.0)
-            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            t0, seen, epoch_loss, window = time.perf_counter(), 0, _LossWindow(), _LossWindow()
             while self.phase_step < n:
                 lr = lr_at(before + self.phase_step, total, warm, base)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 beta = eps_beta(self.phase_step, n, lr, ramp_lr_end) if ph.eps_ramp else 1.0
-                x, y, r = self._batch(self.global_step)
-                loss = self._train_step(ph, x, y, r, beta)
-                if not math.isfinite(loss):
-                    bar.close()
-                    raise ValueError(
-                        f"training diverged at step {self.global_step} ({ph.name}, loss {loss});"
-                        f" the last good checkpoint in {self.out} is kept: lower --lr-scale or "
-                        "--batch-size and start again")
-                loss_sum, loss_n, seen = loss_sum + loss, loss_n + 1, seen + x.size(0) * self.world
+                x, y, r = next(batches)
+                x, y = self._to_device(x, y)
+                loss = torch.as_tensor(self._train_step(ph, x, y, r, beta))
+                epoch_loss.add(loss)
+                window.add(loss)
+                seen += x.size(0) * self.world
                 self.phase_step += 1
                 self.global_step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}", r=r)
-                if self.global_step % self.steps_per_epoch == 0 and self.rank == 0:
+                epoch_end = self.global_step % self.steps_per_epoch == 0
+                save = (self.global_step % ckpt_every == 0 and self.phase_step < n) or (
+                    cfg.max_steps is not None and self.global_step >= cfg.max_steps)
+                if self.global_step % LOG_EVERY == 0 or epoch_end or save or self.phase_step == n:
+                    # the only host synchronisation: every LOG_EVERY steps and before a save
+                    mean = window.mean(self.global_step, ph.name, self.out, bar)
+                    bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.4f}", r=r)
+                if epoch_end and self.rank == 0:
                     dt = time.perf_counter() - t0
                     assert log is not None
                     log.write({
                         "epoch": self.global_step // self.steps_per_epoch, "phase": ph.name,
                         "step": self.global_step, "lr": lr, "beta": beta,
-                        "loss": loss_sum / max(1, loss_n), "images_per_s": seen / max(dt, 1e-9)})
-                    t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-                if self.global_step % ckpt_every == 0 and self.phase_step < n:
+                        "loss": epoch_loss.mean(self.global_step, ph.name, self.out, bar),
+                        "images_per_s": seen / max(dt, 1e-9)})
+                    t0, seen, epoch_loss = time.perf_counter(), 0, _LossWindow()
+                if save:
                     self._save()
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps:
-                    self._save()
                     bar.close()
                     return {"stopped_at": self.global_step}
             bar.close()
@@ -395,6 +418,39 @@ class Trainer:
                          metadata={"space": json.dumps(self.space.to_dict())})
             atomic_write_json(self.out / RUN_JSON, info)
         return info
+
+
+#: steps between host reads of the loss (progress bar, divergence check)
+LOG_EVERY = 20
+
+
+class _LossWindow:
+    """Losses summed on the device and read on the host only when asked (no per-step sync)."""
+
+    def __init__(self) -> None:
+        self.total: Tensor | float = 0.0
+        self.n = 0
+
+    def add(self, loss: Tensor) -> None:
+        self.total = self.total + loss
+        self.n += 1
+
+    def mean(self, step: int, phase: str, out: Path, bar: Any = None) -> float:
+        """The mean since the last call, which it resets.
+
+        Raises:
+            ValueError: a non-finite loss (training diverged; no checkpoint is written after
+                it, so the last good one stays).
+        """
+        m = float(self.total) / max(1, self.n)
+        self.total, self.n = 0.0, 0
+        if not math.isfinite(m):
+            if bar is not None:
+                bar.close()
+            raise ValueError(f"training diverged by step {step} ({phase}, loss {m}); the last "
+                             f"good checkpoint in {out} is kept: lower --lr-scale or "
+                             "--batch-size and start again")
+        return m
 
 
 def _append_jsonl(path: Path, row: dict[str, Any]) -> None:

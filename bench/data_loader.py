@@ -1,0 +1,103 @@
+"""Training-data throughput: our loader (ofa.data.StepBatches + train_loader) beside
+torchvision's reference pipeline, on a folder of JPEGs, at 0, 1 and 2 worker processes.
+
+The JPEG ImageFolder is built once (not committed) from ``../shared/data/cifar10.npz``: the
+first N training images upscaled to 256 px and JPEG-encoded into 10 class folders. Both
+pipelines decode, random-resized-crop to 224 px, flip and normalise batches of 128.
+
+    python bench/data_loader.py [--images 10000] [--batches 20] [--folder runs/bench_jpeg]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_json  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+NPZ = ROOT.parent / "shared" / "data" / "cifar10.npz"
+
+
+def build_folder(folder: Path, n: int) -> None:
+    """``folder/train/<class>/<i>.jpg``: ``n`` CIFAR-10 training images at 256 px."""
+    from PIL import Image
+
+    done = folder / "train" / ".complete"
+    if done.exists():
+        return
+    z = np.load(NPZ)
+    x, y = z["x_train"][:n], z["y_train"][:n]
+    for c in range(10):
+        (folder / "train" / f"c{c}").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        img = Image.fromarray(x[i]).resize((256, 256), Image.BILINEAR)
+        img.save(folder / "train" / f"c{int(y[i])}" / f"{i:05d}.jpg", quality=90)
+    done.write_text("ok\n")
+
+
+def ours(folder: Path, workers: int, batches: int) -> float:
+    from ofa.data import StepBatches, load_dataset, train_loader
+
+    data = load_dataset("imagefolder", folder, seed=0)
+    b = StepBatches(data, 128, [224], seed=0, steps_per_epoch=len(data.train) // 128)
+    it = iter(train_loader(b, 0, batches + 2, workers))
+    next(it)  # workers started, first batch ready
+    t = time.perf_counter()
+    n = sum(x.shape[0] for x, _, _ in it)
+    return n / (time.perf_counter() - t)
+
+
+def reference(folder: Path, workers: int, batches: int) -> float:
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    tf = v2.Compose([v2.ToImage(), v2.RandomResizedCrop(224, antialias=True),
+                     v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
+                     v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    ds = datasets.ImageFolder(str(folder / "train"), transform=tf)
+    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers,
+                                         drop_last=True, persistent_workers=workers > 0)
+    it = iter(loader)
+    next(it)
+    t = time.perf_counter()
+    n = 0
+    for _ in range(batches):
+        n += next(it)[0].shape[0]
+    return n / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--folder", default=str(ROOT / "runs" / "bench_jpeg"))
+    args = ap.parse_args()
+    if not NPZ.exists():
+        print(f"skipped: {NPZ} is absent")
+        return
+    torch.set_num_threads(1)  # the loaders' work, not intra-op threads, is what is compared
+    folder = Path(args.folder)
+    t = time.perf_counter()
+    build_folder(folder, args.images)
+    print(f"JPEG folder {folder}: {args.images} images ({time.perf_counter() - t:.0f} s)")
+    rows = []
+    for w in (0, 1, 2):
+        rows.append({"workers": w, "ours_img_s": ours(folder, w, args.batches),
+                     "torchvision_img_s": reference(folder, w, args.batches)})
+        rows[-1]["ratio"] = rows[-1]["ours_img_s"] / rows[-1]["torchvision_img_s"]
+        print_table(rows[-1:])
+    print()
+    print_table(rows)
+    write_json("data_loader", {"setting": f"{args.images} CIFAR-10 JPEGs at 256 px, rrc 224, "
+                               "batch 128", "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
