@@ -73,11 +73,37 @@ def reference(folder: Path, workers: int, batches: int) -> float:
     return n / (time.perf_counter() - t)
 
 
+def train_speed(folder: Path, workers: int, steps: int, out: Path) -> dict:
+    """``ofa train`` (mbv3-w1.0 at 128 px, batch 64, DεpS's first phase: the full network)
+    for ``steps`` steps: training images/s and the share of wall time spent waiting for data."""
+    import shutil
+
+    from ofa.train.run import TrainConfig
+    from ofa.train.trainer import Trainer
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = Trainer(TrainConfig(out=str(out), space="mbv3-w1.0", space_overrides={
+        "resolutions": [128]}, dataset="imagefolder", data=str(folder), schedule="deps",
+        epochs=10, batch_size=64, eval_images=0, workers=workers, max_steps=steps + 2,
+        device="cpu"))
+    t.run()  # two warm-up steps are in the count below too: the first waits for the workers
+    start = time.perf_counter()
+    t2 = Trainer(TrainConfig(out=str(out), space="mbv3-w1.0", space_overrides={
+        "resolutions": [128]}, dataset="imagefolder", data=str(folder), schedule="deps",
+        epochs=10, batch_size=64, eval_images=0, workers=workers, max_steps=2 * steps + 2,
+        device="cpu"), resume=True)
+    t2.run()
+    wall = time.perf_counter() - start
+    return {"workers": workers, "steps": steps, "train_img_s": steps * 64 / wall,
+            "data_wait_frac": t2.data_wait / wall}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=10_000)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--folder", default=str(ROOT / "runs" / "bench_jpeg"))
+    ap.add_argument("--train-steps", type=int, default=30, help="0 skips the training run")
     args = ap.parse_args()
     if not NPZ.exists():
         print(f"skipped: {NPZ} is absent")
@@ -95,8 +121,12 @@ def main() -> None:
         print_table(rows[-1:])
     print()
     print_table(rows)
+    train = [train_speed(folder, w, args.train_steps, ROOT / "runs" / f"bench_loader_w{w}")
+             for w in (0, 2)] if args.train_steps else []
+    print()
+    print_table(train)
     write_json("data_loader", {"setting": f"{args.images} CIFAR-10 JPEGs at 256 px, rrc 224, "
-                               "batch 128", "rows": rows})
+                               "batch 128", "rows": rows, "train": train})
 
 
 if __name__ == "__main__":

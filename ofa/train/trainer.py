@@ -86,6 +86,7 @@ class Trainer:
         self.opt_group = ""
         self.phase = self.phase_step = self.global_step = 0
         self.train_seconds = 0.0  # wall time of run() so far, summed over resumed stretches
+        self.data_wait = 0.0  # seconds of this process's run() spent waiting for batches
         self._clock = time.perf_counter()
         self.batches = StepBatches(self.data, cfg.batch_size, self.space.resolutions, cfg.seed,
                                    self.steps_per_epoch, self.rank, self.world)
@@ -356,7 +357,9 @@ class Trainer:
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 beta = eps_beta(self.phase_step, n, lr, ramp_lr_end) if ph.eps_ramp else 1.0
+                t_wait = time.perf_counter()
                 x, y, r = next(batches)
+                self.data_wait += time.perf_counter() - t_wait  # the step waited for data
                 x, y = self._to_device(x, y)
                 loss = torch.as_tensor(self._train_step(ph, x, y, r, beta))
                 epoch_loss.add(loss)
@@ -379,7 +382,8 @@ class Trainer:
                         "epoch": self.global_step // self.steps_per_epoch, "phase": ph.name,
                         "step": self.global_step, "lr": lr, "beta": beta,
                         "loss": epoch_loss.mean(self.global_step, ph.name, self.out, bar),
-                        "images_per_s": seen / max(dt, 1e-9)})
+                        "images_per_s": seen / max(dt, 1e-9),
+                        "data_wait_s": round(self.data_wait, 3)})
                     t0, seen, epoch_loss = time.perf_counter(), 0, _LossWindow()
                 if save:
                     self._save()
