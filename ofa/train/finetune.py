@@ -37,6 +37,7 @@ from ofa.supernet import build_supernet
 from ofa.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
 from ofa.train.run import load_run, resolve_device
 from ofa.train.schedule import load_schedule
+from ofa.train.trainer import param_groups, soft_ce
 
 __all__ = ["FinetuneConfig", "finetune", "load_finetuned", "FINETUNE_JSON", "FINETUNED"]
 
@@ -75,12 +76,6 @@ class FinetuneConfig:
             raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
 
 
-def _groups(net: nn.Module, wd: float) -> list[dict[str, Any]]:
-    decay = [p for p in net.parameters() if p.ndim > 1]  # no decay on BN and biases
-    other = [p for p in net.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": wd}, {"params": other, "weight_decay": 0.0}]
-
-
 class _Finetuner:
     def __init__(self, cfg: FinetuneConfig, resume: bool) -> None:
         self.cfg, self.out = cfg, Path(cfg.out)
@@ -105,7 +100,7 @@ class _Finetuner:
         self.model.to(self.device)
         if self.teacher is not None:
             self.teacher.to(self.device).eval()
-        self.opt = torch.optim.SGD(_groups(self.model, self.wd), lr=self.base_lr,
+        self.opt = torch.optim.SGD(param_groups(self.model, self.wd), lr=self.base_lr,
                                    momentum=self.momentum, nesterov=True)
         if resume:
             self._restore()
@@ -135,7 +130,7 @@ class _Finetuner:
         if self.teacher is not None:
             with torch.no_grad():
                 soft = F.softmax(self.teacher(x), dim=1)
-            loss = loss + self.kd_ratio * -(soft * F.log_softmax(out, dim=1)).sum(1).mean()
+            loss = loss + self.kd_ratio * soft_ce(out, soft)
         return loss
 
     def _batches(self):

@@ -46,13 +46,15 @@ from ofa.train.run import (
 )
 from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
 
-__all__ = ["Trainer", "train"]
+__all__ = ["Trainer", "train", "soft_ce", "param_groups"]
 
-def _soft_ce(logits: Tensor, target_prob: Tensor) -> Tensor:
+def soft_ce(logits: Tensor, target_prob: Tensor) -> Tensor:
+    """Cross-entropy of ``logits (N, C)`` against soft targets ``(N, C)`` (KD at T = 1)."""
     return -(target_prob * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
-def _param_groups(net: nn.Module, wd: float) -> list[dict[str, Any]]:
+def param_groups(net: nn.Module, wd: float) -> list[dict[str, Any]]:
+    """SGD parameter groups: weight decay ``wd`` on weights, none on BN and biases (OFA)."""
     decay, no_decay = [], []
     for name, p in net.named_parameters():
         is_bn_or_bias = p.ndim <= 1 or "bn" in name or name.endswith("bias")
@@ -187,7 +189,7 @@ class Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         s = self.schedule
-        return torch.optim.SGD(_param_groups(self.net, s.weight_decay), lr=0.0,
+        return torch.optim.SGD(param_groups(self.net, s.weight_decay), lr=0.0,
                                momentum=s.momentum, nesterov=s.nesterov)
 
     def _group_of(self, i: int) -> str:
@@ -277,7 +279,7 @@ class Trainer:
                 out = self._fwd(net, x)
                 loss = ce(out)
                 if soft is not None:
-                    loss = loss + s.kd_ratio * _soft_ce(out, soft)
+                    loss = loss + s.kd_ratio * soft_ce(out, soft)
                 back(loss)
                 total += loss.detach()
         else:  # sandwich: largest (CE), smallest + random (in-place KD, no dropout)
@@ -295,7 +297,7 @@ class Trainer:
                 cfgs = [small] + [sp.sample(self.rng, r=r, **ch) for _ in range(ph.subnets)]
                 for c in cfgs:
                     net.set_active_subnet(c)
-                    kd = s.kd_ratio * _soft_ce(self._fwd(net, x), soft)
+                    kd = s.kd_ratio * soft_ce(self._fwd(net, x), soft)
                     back(beta * kd)
                     total += kd.detach()
             finally:
