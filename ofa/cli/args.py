@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
-           "add_target_args", "add_device_args", "target_options", "CliError"]
+           "add_target_args", "add_device_args", "target_options", "device_name",
+           "load_subnet", "SEED", "CliError"]
 
 
 class CliError(Exception):
