@@ -18,9 +18,7 @@ logit difference vs PyTorch (fp32), top-1 agreement and accuracy (all formats).
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ import torch
 
 from deploy.device.runtimes import get_runtime
 from deploy.formats import FORMATS, ExportFormat, get_format, parse_formats
-from ofa.fileio import atomic_write_json, read_json
+from ofa.fileio import atomic_write_dir, atomic_write_json, read_json
 from ofa.space import SubnetConfig
 
 __all__ = ["export_subnet", "sha256", "read_bundle"]
@@ -96,21 +94,6 @@ class _Parity:
         return self.ref.argmax(1)
 
 
-def _assemble(out: Path, write: Callable[[Path], None]) -> None:
-    """Build a bundle in a hidden temp folder beside ``out`` and rename it into place; the
-    temp folder is removed on any failure or interrupt."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
                   formats: Sequence[str] = tuple(FORMATS), nhwc: bool = False,
                   predicted: dict[str, float] | None = None, data: str | None = None,
@@ -170,7 +153,7 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
                                                        facts)
         atomic_write_json(tmp / "export.json", report)
 
-    _assemble(Path(out), write)
+    atomic_write_dir(out, write)
     return report
 
 

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_json", "read_json",
-           "note_interrupt", "clear_interrupts", "check_interrupted"]
+__all__ = ["atomic_write", "atomic_write_dir", "atomic_write_text", "atomic_write_json",
+           "read_json", "note_interrupt", "clear_interrupts", "check_interrupted"]
 
 _INTERRUPTS: list[int] = []  # signals received by this process (see ofa/cli/__init__.py)
 
@@ -54,6 +54,27 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_dir(path: str | Path, write: Callable[[Path], Any]) -> Path:
+    """Call ``write(tmp_folder)``, then rename the folder onto ``path`` (replacing an existing
+    one); a hidden temp folder beside ``path`` is removed on any failure or interrupt, so
+    ``path`` is either the old folder or the complete new one."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        write(tmp)
+        check_interrupted()
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
 

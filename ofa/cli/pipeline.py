@@ -242,7 +242,7 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
     """Fine-tune every chosen subnet (``rc.finetune_epochs``) into
     ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed.
     Returns label -> fine-tune folder."""
-    from ofa.train.finetune import FINETUNE_JSON, FinetuneConfig, finetune
+    from ofa.train.finetune import FINETUNE_CKPT, FINETUNE_JSON, FinetuneConfig, finetune
 
     out: dict[str, Path] = {}
     for row in chosen:
@@ -257,7 +257,7 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
                                     epochs=rc.finetune_epochs, batch_size=rc.batch_size,
                                     seed=rc.seed, data=rc.data, device=rc.device),
-                     resume=(folder / "finetune_checkpoint.pt").exists())
+                     resume=(folder / FINETUNE_CKPT).exists())
         out[row["label"]] = folder
     return out
 

@@ -39,11 +39,12 @@ from ofa.train.run import load_run, resolve_device
 from ofa.train.schedule import load_schedule
 from ofa.train.trainer import param_groups, soft_ce
 
-__all__ = ["FinetuneConfig", "finetune", "load_finetuned", "FINETUNE_JSON", "FINETUNED"]
+__all__ = ["FinetuneConfig", "finetune", "load_finetuned", "FINETUNE_JSON", "FINETUNED",
+           "FINETUNE_CKPT"]
 
 FINETUNE_JSON = "finetune.json"
 FINETUNED = "finetuned.safetensors"
-_CKPT = "finetune_checkpoint.pt"
+FINETUNE_CKPT = "finetune_checkpoint.pt"
 
 
 @dataclass
@@ -111,13 +112,14 @@ class _Finetuner:
                 "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state()}
 
     def _restore(self) -> None:
-        st = load_checkpoint(self.out / _CKPT)
+        st = load_checkpoint(self.out / FINETUNE_CKPT)
         skip = ("max_steps", "device", "ckpt_every")  # bookkeeping, not the result
         mine = {k: v for k, v in asdict(self.cfg).items() if k not in skip}
         theirs = {k: v for k, v in st["config"].items() if k not in skip}
         if mine != theirs:
-            raise ValueError(f"{self.out / _CKPT}: made with other settings; resume with the "
-                             "same --checkpoint, --subnet, --epochs, --batch-size, --lr, --kd")
+            raise ValueError(f"{self.out / FINETUNE_CKPT}: made with other settings; resume "
+                             "with the same --checkpoint, --subnet, --epochs, --batch-size, "
+                             "--lr, --kd")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.step, self.top1_before = st["step"], st["top1_before"]
@@ -171,7 +173,7 @@ class _Finetuner:
                                      f"{loss_v}); the last good checkpoint is kept: lower --lr")
                 self.train_seconds += time.perf_counter() - clock
                 clock = time.perf_counter()
-                save_checkpoint(self.out / _CKPT, self._state())
+                save_checkpoint(self.out / FINETUNE_CKPT, self._state())
             if self.cfg.max_steps is not None and self.step >= self.cfg.max_steps:
                 bar.close()
                 return {"stopped_at": self.step}
@@ -188,7 +190,7 @@ class _Finetuner:
                 "top1_before": self.top1_before, "top1_after": top1,
                 "train_seconds": round(self.train_seconds, 1), "weights": FINETUNED}
         atomic_write_json(self.out / FINETUNE_JSON, info)
-        (self.out / _CKPT).unlink(missing_ok=True)
+        (self.out / FINETUNE_CKPT).unlink(missing_ok=True)
         return info
 
 
@@ -202,12 +204,12 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
             result without ``resume``, a diverging loss (the last checkpoint is kept).
     """
     out = Path(cfg.out)
-    if not resume and ((out / FINETUNE_JSON).exists() or (out / _CKPT).exists()):
+    if not resume and ((out / FINETUNE_JSON).exists() or (out / FINETUNE_CKPT).exists()):
         raise ValueError(f"{out} already holds a fine-tune; pass --resume or another --out")
-    if resume and not (out / _CKPT).exists():
+    if resume and not (out / FINETUNE_CKPT).exists():
         if (out / FINETUNE_JSON).exists():
             return read_json(out / FINETUNE_JSON, "fine-tune result")
-        raise ValueError(f"nothing to resume in {out} (no {_CKPT})")
+        raise ValueError(f"nothing to resume in {out} (no {FINETUNE_CKPT})")
     return _Finetuner(cfg, resume).run()
 
 

@@ -19,15 +19,13 @@ passes the checkpoint file they obtained from OFA's model zoo.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ofa.fileio import atomic_write_json
+from ofa.fileio import atomic_write_dir, atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import build_supernet
 from ofa.train.checkpoint import save_weights
@@ -154,13 +152,10 @@ def import_ofa_supernet(ckpt: str | Path, space_name: str, out: str | Path) -> d
             "weights": WEIGHTS, "global_steps": None, "imported": {
                 "kind": "mit-once-for-all", "checkpoint": ckpt.name, "sha256": digest,
                 "dataset": "ImageNet-1k as an ImageFolder tree: pass --data DIR"}}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         save_weights(tmp / WEIGHTS, net.state_dict())
         atomic_write_json(tmp / RUN_JSON, info)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(out, write)
     return info
