@@ -25,28 +25,42 @@ ROOT = Path(__file__).resolve().parents[1]
 NPZ = ROOT.parent / "shared" / "data" / "cifar10.npz"
 
 
-def build_folder(folder: Path, n: int) -> None:
-    """``folder/train/<class>/<i>.jpg``: ``n`` CIFAR-10 training images at 256 px."""
+def _write_images(job: tuple[Path, np.ndarray, np.ndarray, int]) -> None:
     from PIL import Image
+
+    folder, x, y, first = job
+    for i in range(len(x)):
+        img = Image.fromarray(x[i]).resize((256, 256), Image.BILINEAR)
+        img.save(folder / "train" / f"c{int(y[i])}" / f"{first + i:05d}.jpg", quality=90)
+
+
+def build_folder(folder: Path, n: int, npz: Path = NPZ, procs: int = 1) -> None:
+    """``folder/train/<class>/<i>.jpg``: the first ``n`` CIFAR-10 training images of ``npz``
+    at 256 px, written by ``procs`` processes."""
+    from multiprocessing import Pool
 
     done = folder / "train" / ".complete"
     if done.exists():
         return
-    z = np.load(NPZ)
+    z = np.load(npz)
     x, y = z["x_train"][:n], z["y_train"][:n]
     for c in range(10):
         (folder / "train" / f"c{c}").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        img = Image.fromarray(x[i]).resize((256, 256), Image.BILINEAR)
-        img.save(folder / "train" / f"c{int(y[i])}" / f"{i:05d}.jpg", quality=90)
+    step = -(-n // procs)
+    jobs = [(folder, x[i:i + step], y[i:i + step], i) for i in range(0, n, step)]
+    if procs > 1:
+        with Pool(procs) as pool:
+            pool.map(_write_images, jobs)
+    else:
+        _write_images(jobs[0])
     done.write_text("ok\n")
 
 
-def ours(folder: Path, workers: int, batches: int) -> float:
+def ours(folder: Path, workers: int, batches: int, batch: int = 128) -> float:
     from ofa.data import StepBatches, load_dataset, train_loader
 
     data = load_dataset("imagefolder", folder, seed=0)
-    b = StepBatches(data, 128, [224], seed=0, steps_per_epoch=len(data.train) // 128)
+    b = StepBatches(data, batch, [224], seed=0, steps_per_epoch=len(data.train) // batch)
     it = iter(train_loader(b, 0, batches + 2, workers))
     next(it)  # workers started, first batch ready
     t = time.perf_counter()
@@ -54,7 +68,7 @@ def ours(folder: Path, workers: int, batches: int) -> float:
     return n / (time.perf_counter() - t)
 
 
-def reference(folder: Path, workers: int, batches: int) -> float:
+def reference(folder: Path, workers: int, batches: int, batch: int = 128) -> float:
     from torchvision import datasets
     from torchvision.transforms import v2
 
@@ -62,7 +76,7 @@ def reference(folder: Path, workers: int, batches: int) -> float:
                      v2.RandomHorizontalFlip(), v2.ToDtype(torch.float32, scale=True),
                      v2.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     ds = datasets.ImageFolder(str(folder / "train"), transform=tf)
-    loader = torch.utils.data.DataLoader(ds, batch_size=128, shuffle=True, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers,
                                          drop_last=True, persistent_workers=workers > 0)
     it = iter(loader)
     next(it)

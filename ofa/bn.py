@@ -12,11 +12,14 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from ofa.device import autocast
+
 __all__ = ["recalibrate_bn"]
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000) -> int:
+def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000,
+                   precision: str = "fp32") -> int:
     """Reset and recompute the running mean/var of every BatchNorm in ``model``.
 
     Works on an extracted static subnet and on the supernet (only the active subnet's channel
@@ -46,8 +49,9 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000) -
     try:
         for batch in loader:
             x: Tensor = batch[0] if isinstance(batch, (tuple, list)) else batch
-            x = x[: num_images - seen].to(device)
-            model(x)
+            x = x[: num_images - seen].to(device, non_blocking=True)
+            with autocast(device, precision):
+                model(x)
             seen += x.size(0)
             if seen >= num_images:
                 break

@@ -7,6 +7,7 @@ from torch import nn
 
 from ofa.bn import recalibrate_bn
 from ofa.data import BatchLoader, Dataset
+from ofa.device import autocast
 from ofa.space import SubnetConfig
 from ofa.supernet import OFAMobileNetV3
 
@@ -31,50 +32,63 @@ def recal_batches(data: Dataset, r: int, num_images: int = 2000, batch_size: int
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, split: str, r: int, batch_size: int = 200,
              limit: int | None = None,
-             batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> float:
+             batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+             precision: str = "fp32") -> float:
     """Top-1 accuracy in % of ``model`` on ``split`` at resolution ``r`` (eval transforms).
+
+    Images ``(N, 3, r, r)`` are moved to the model's device; ``precision`` is the forward
+    pass's autocast precision (:mod:`ofa.device`). Correct predictions are counted on the
+    device and read once at the end (no per-batch host synchronisation).
     ``batches``: pre-transformed ``(images, labels)`` of that split to use instead."""
     model.eval()
     device = next(model.parameters()).device
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     if batches is None:
         batches = BatchLoader(data, split, batch_size, r, train=False, limit=limit)
     for x, y in batches:
-        pred = model(x.to(device)).argmax(1).cpu()
-        correct += int((pred == y).sum())
+        with autocast(device, precision):
+            pred = model(x.to(device, non_blocking=True)).argmax(1)
+        correct += (pred == y.to(device, non_blocking=True)).sum()
         total += y.numel()
-    return 100.0 * correct / max(1, total)
+    return 100.0 * int(correct) / max(1, total)
 
 
 def recalibrated_subnet(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
                         num_images: int = 2000, batch_size: int = 200, seed: int = 0,
-                        batches: list[torch.Tensor] | None = None) -> nn.Module:
+                        batches: list[torch.Tensor] | None = None,
+                        precision: str = "fp32") -> nn.Module:
     """Extract ``cfg`` as a static network and recompute its BN statistics on ``num_images``
     training images (:func:`recal_batches` at ``cfg.r``, fixed seed, as OFA; pass
-    ``batches`` to reuse them). The supernet is left untouched. Returns the subnet in eval
-    mode."""
+    ``batches`` to reuse them). The supernet is left untouched; the subnet is on the
+    supernet's device, recalibrated at ``precision``. Returns the subnet in eval mode."""
     net.set_active_subnet(cfg)
     sub = net.get_active_subnet()
     if batches is None:
         batches = recal_batches(data, cfg.r, num_images, batch_size, seed)
-    recalibrate_bn(sub, batches, num_images=num_images)
+    recalibrate_bn(sub, batches, num_images=num_images, precision=precision)
     return sub.eval()
 
 
 def subnet_accuracy(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
                     split: str = "test", recal_images: int = 2000,
-                    limit: int | None = None, cache: dict | None = None) -> float:
-    """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration.
+                    limit: int | None = None, cache: dict | None = None,
+                    precision: str = "fp32") -> float:
+    """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration, computed on the
+    supernet's device at ``precision`` (:mod:`ofa.device`).
 
     ``cache``: a dict kept across calls; recalibration and evaluation images are transformed
-    once per resolution and reused (same images, same result as without the cache)."""
+    once per resolution and reused (same images, same result as without the cache); the
+    recalibration images are kept on the supernet's device."""
     if cache is None:
-        return evaluate(recalibrated_subnet(net, cfg, data, recal_images), data, split, cfg.r,
-                        limit=limit)
+        sub = recalibrated_subnet(net, cfg, data, recal_images, precision=precision)
+        return evaluate(sub, data, split, cfg.r, limit=limit, precision=precision)
     rk, ek = ("recal", cfg.r, recal_images), ("eval", split, cfg.r, limit)
     if rk not in cache:
-        cache[rk] = recal_batches(data, cfg.r, recal_images)
+        device = next(net.parameters()).device
+        cache[rk] = [x.to(device) for x in recal_batches(data, cfg.r, recal_images)]
     if ek not in cache:
         cache[ek] = list(BatchLoader(data, split, 200, cfg.r, train=False, limit=limit))
-    sub = recalibrated_subnet(net, cfg, data, recal_images, batches=cache[rk])
-    return evaluate(sub, data, split, cfg.r, batches=cache[ek])
+    sub = recalibrated_subnet(net, cfg, data, recal_images, batches=cache[rk],
+                              precision=precision)
+    return evaluate(sub, data, split, cfg.r, batches=cache[ek], precision=precision)

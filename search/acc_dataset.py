@@ -74,10 +74,13 @@ def _append_line(path: Path, obj: dict[str, Any]) -> None:
 def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed: int = 0,
                            split: str = "holdout", data: str | None = None,
                            recal_images: int | None = None,
-                           progress: bool = True
+                           progress: bool = True, device: str = "cpu",
+                           precision: str = "fp32"
                            ) -> tuple[SearchSpace, list[dict[str, Any]]]:
     """Measure ``samples`` subnets of the run's supernet; returns the run's space and all
-    rows (cached ones too), sorted by index.
+    rows (cached ones too), sorted by index. BN recalibration and evaluation run on
+    ``device`` at ``precision`` (:mod:`ofa.device`); a precision other than fp32 is part of
+    the cache's header (its accuracies differ slightly).
 
     Each row: ``{"i": index, "config": dict, "acc": top-1 % on split, "macs": MACs}``.
 
@@ -87,15 +90,20 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     from tqdm import tqdm
 
     from ofa.data import load_dataset
+    from ofa.device import resolve_device, resolve_precision
     from ofa.evaluate import subnet_accuracy
     from ofa.train.run import load_run
 
+    dev = resolve_device(device)
+    precision = resolve_precision(precision, dev)
     net, cfg, _ = load_run(run)
     space = net.space
     recal = recal_images or cfg.recal_images
     header = {"kind": "ofa-edge-accuracy-dataset", "run": str(Path(run).resolve()),
               "split": split, "seed": seed, "space": space.name, "recal_images": recal,
               "sampler": SAMPLER}
+    if precision != "fp32":
+        header["precision"] = precision
     out = Path(out)
     rows = read_dataset(out, header)
     # rewrite header + intact rows (drops a line torn by a kill), then append as we go
@@ -109,8 +117,9 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     bar = tqdm(todo, desc="accuracy dataset", unit="subnet", initial=len(done), total=samples,
                disable=not progress)
     cache: dict = {}
+    net.to(dev)
     for i in bar:
-        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache)
+        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache, precision=precision)
         row = {"i": i, "config": cfgs[i].to_dict(), "acc": acc, "macs": space.macs(cfgs[i])}
         _append_line(out, row)
         rows.append(row)

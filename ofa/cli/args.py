@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
-           "add_target_args", "add_device_args", "target_options", "device_name",
-           "load_subnet", "SEED", "CliError"]
+           "add_target_args", "add_device_args", "add_compute_args", "target_options",
+           "device_name", "load_subnet", "SEED", "CliError"]
 
 
 class CliError(Exception):
@@ -134,6 +134,16 @@ def target_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``deploy.targets.parse_target`` keyword arguments given by the device flags."""
     return {"python": args.python, "insecure": args.insecure, "known_hosts": args.known_hosts,
             "identity": args.identity, "benchmark_binary": args.benchmark_binary}
+
+
+def add_compute_args(p: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--precision``: where tensors are computed and the autocast
+    precision of the forward pass (:mod:`ofa.device`)."""
+    p.add_argument("--device", type=device_name, default="auto",
+                   help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
+                   "checkpoints stay fp32")
 
 
 def device_name(text: str) -> str:

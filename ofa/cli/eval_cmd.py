@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ofa.cli.args import SEED, load_subnet
+from ofa.cli.args import SEED, add_compute_args, load_subnet
 
 NAME, HELP = "eval", "top-1 of a subnet after BN recalibration"
 
@@ -18,15 +18,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["test", "holdout"])
     p.add_argument("--data", help="override the run's --data path")
     p.add_argument("--seed", type=SEED, default=0)
+    add_compute_args(p)
     p.add_argument("--json", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     from ofa.data import load_dataset
+    from ofa.device import resolve_device
     from ofa.evaluate import evaluate, subnet_accuracy
     from ofa.train.finetune import FINETUNE_JSON, load_finetuned
     from ofa.train.run import load_run
 
+    device = resolve_device(args.device)  # before anything is read
     finetuned = (Path(args.checkpoint) / FINETUNE_JSON).exists()
     if finetuned:  # its own trained BN statistics: no recalibration
         model, sub_cfg, info = load_finetuned(args.checkpoint)
@@ -35,8 +38,11 @@ def run(args: argparse.Namespace) -> int:
         net, cfg, _ = load_run(args.checkpoint)
         sub_cfg = load_subnet(args.subnet, net.space, args.seed)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
-    acc = (evaluate(model, data, args.split, sub_cfg.r) if finetuned
-           else subnet_accuracy(net, sub_cfg, data, args.split, cfg.recal_images))
+    if finetuned:
+        acc = evaluate(model.to(device), data, args.split, sub_cfg.r, precision=args.precision)
+    else:
+        acc = subnet_accuracy(net.to(device), sub_cfg, data, args.split, cfg.recal_images,
+                              precision=args.precision)
     res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
            "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ofa.cli.args import SEED, device_name, float_range, int_range, load_subnet
+from ofa.cli.args import SEED, add_compute_args, float_range, int_range, load_subnet
 
 NAME, HELP = ("finetune", "fine-tune a chosen subnet after extraction (KD from the largest "
               "subnet, cosine lr, resumable)")
@@ -21,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-kd", action="store_true", help="labels only, no distillation")
     p.add_argument("--data", help="override the run's --data path")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", type=device_name, default="auto")
+    add_compute_args(p)
     p.add_argument("--ckpt-every", type=int_range(0), default=0,
                    help="steps between checkpoints (0 = every epoch)")
     p.add_argument("--max-steps", type=int_range(1), help="stop (after checkpointing) here")
@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
     info = finetune(FinetuneConfig(
         run=args.checkpoint, subnet=sub.to_dict(), out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, kd=not args.no_kd, seed=args.seed,
-        data=args.data, device=args.device, ckpt_every=args.ckpt_every,
+        data=args.data, device=args.device, precision=args.precision,
+        ckpt_every=args.ckpt_every,
         max_steps=args.max_steps), resume=args.resume)
     if "stopped_at" in info:
         print(f"stopped at step {info['stopped_at']}; continue with --resume")

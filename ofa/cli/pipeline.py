@@ -167,7 +167,9 @@ def _predictor(rc: RunConfig, run: Path):
     _log(f"accuracy predictor: measuring {rc.samples} subnets on the hold-out split")
     space, rows = build_accuracy_dataset(run, path.with_name(path.stem + ".dataset.jsonl"),
                                          rc.samples, seed=rc.seed, data=rc.data,
-                                         recal_images=rc.predictor_recal_images)
+                                         recal_images=rc.predictor_recal_images,
+                                         progress=True, device=rc.device,
+                                         precision=rc.precision)
     pred, metrics = fit_and_score(space, rows, seed=rc.seed)
     pred.metrics = metrics
     pred.save(path)
@@ -256,7 +258,8 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
             _log(f"fine-tune {row['label']}: {rc.finetune_epochs:g} epochs")
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
                                     epochs=rc.finetune_epochs, batch_size=rc.batch_size,
-                                    seed=rc.seed, data=rc.data, device=rc.device),
+                                    seed=rc.seed, data=rc.data, device=rc.device,
+                                    precision=rc.precision),
                      resume=(folder / FINETUNE_CKPT).exists())
         out[row["label"]] = folder
     return out

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ofa.cli.args import SEED, int_range
+from ofa.cli.args import SEED, add_compute_args, int_range
 
 NAME, HELP = "predictor", "accuracy predictor: build from a trained run, or import OFA's"
 
@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--recal-images", type=int_range(1, 1_000_000),
                    help="BN-recalibration images per subnet (default: the run's)")
     b.add_argument("--seed", type=SEED, default=0)
+    add_compute_args(b)
     b.add_argument("--out", help="predictor path (default RUN/acc_predictor.safetensors)")
     b.add_argument("--json", action="store_true")
     i = sub.add_parser("import-ofa", help="convert OFA's published acc_predictor.pth once to "
@@ -51,7 +52,8 @@ def _build(args: argparse.Namespace) -> int:
     space, rows = build_accuracy_dataset(run_dir, out.with_name(out.stem + ".dataset.jsonl"),
                                          args.samples, seed=args.seed, split=args.split,
                                          data=args.data, recal_images=args.recal_images,
-                                         progress=not args.json)
+                                         progress=not args.json, device=args.device,
+                                         precision=args.precision)
     pred, metrics = fit_and_score(space, rows, seed=args.seed, epochs=args.epochs)
     pred.metrics = metrics
     pred.save(out)

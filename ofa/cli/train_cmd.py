@@ -6,7 +6,7 @@ import argparse
 import os
 
 from ofa import DATASETS
-from ofa.cli.args import SEED, device_name, float_range, int_list, int_range
+from ofa.cli.args import SEED, add_compute_args, float_range, int_list, int_range
 from ofa.space import preset_names
 
 NAME, HELP = "train", "train a supernet once (progressive shrinking or DεpS)"
@@ -28,13 +28,9 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
                    help="multiplies every phase's lr (default: the schedule's short_run "
                    "setting, deps 1, ps 3)")
     p.add_argument("--seed", type=SEED, default=0)
-    p.add_argument("--device", type=device_name, default="auto",
-                   help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
-                   "checkpoints stay fp32")
+    add_compute_args(p)
     p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
                    help="data-loading processes (0: decode and augment in the training "
                    f"process; default here {default_workers()})")

@@ -30,12 +30,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ofa.data import BatchLoader, Dataset, load_dataset
+from ofa.device import amp_dtype, autocast, resolve_device
 from ofa.evaluate import evaluate, recalibrated_subnet
 from ofa.fileio import atomic_write_json, read_json
 from ofa.space import SearchSpace, SubnetConfig
 from ofa.supernet import build_supernet
 from ofa.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
-from ofa.train.run import load_run, resolve_device
+from ofa.train.run import load_run
 from ofa.train.schedule import load_schedule
 from ofa.train.trainer import param_groups, soft_ce
 
@@ -65,6 +66,7 @@ class FinetuneConfig:
     seed: int = 0
     data: str | None = None
     device: str = "auto"
+    precision: str = "auto"  # autocast precision of the forward passes (ofa.device)
     ckpt_every: int = 0  # steps; 0 = once per epoch
     max_steps: int | None = None
 
@@ -103,17 +105,20 @@ class _Finetuner:
             self.teacher.to(self.device).eval()
         self.opt = torch.optim.SGD(param_groups(self.model, self.wd), lr=self.base_lr,
                                    momentum=self.momentum, nesterov=True)
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, enabled=amp_dtype(cfg.precision, self.device) is torch.float16)
         if resume:
             self._restore()
 
     def _state(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "step": self.step, "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(), "top1_before": self.top1_before,
+                "optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                "top1_before": self.top1_before,
                 "train_seconds": self.train_seconds, "torch_rng": torch.get_rng_state()}
 
     def _restore(self) -> None:
         st = load_checkpoint(self.out / FINETUNE_CKPT)
-        skip = ("max_steps", "device", "ckpt_every")  # bookkeeping, not the result
+        skip = ("max_steps", "device", "precision", "ckpt_every")  # not the result
         mine = {k: v for k, v in asdict(self.cfg).items() if k not in skip}
         theirs = {k: v for k, v in st["config"].items() if k not in skip}
         if mine != theirs:
@@ -122,16 +127,19 @@ class _Finetuner:
                              "--lr, --kd")
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
+        if st.get("scaler"):
+            self.scaler.load_state_dict(st["scaler"])
         self.step, self.top1_before = st["step"], st["top1_before"]
         self.train_seconds = st["train_seconds"]
         torch.set_rng_state(st["torch_rng"])
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
+        with autocast(self.device, self.cfg.precision):
+            out = self.model(x).float()
         loss = F.cross_entropy(out, y, label_smoothing=self.smoothing)
         if self.teacher is not None:
-            with torch.no_grad():
-                soft = F.softmax(self.teacher(x), dim=1)
+            with torch.no_grad(), autocast(self.device, self.cfg.precision):
+                soft = F.softmax(self.teacher(x).float(), dim=1)
             loss = loss + self.kd_ratio * soft_ce(out, soft)
         return loss
 
@@ -142,11 +150,13 @@ class _Finetuner:
             for x, y in BatchLoader(self.data, "train", self.cfg.batch_size, self.sub_cfg.r,
                                     train=True, seed=self.cfg.seed, epoch=epoch,
                                     start_batch=start):
-                yield x.to(self.device), y.to(self.device)
+                yield (x.to(self.device, non_blocking=True),
+                       y.to(self.device, non_blocking=True))
 
     def run(self) -> dict[str, Any]:
         if self.top1_before is None:
-            self.top1_before = evaluate(self.model, self.data, "test", self.sub_cfg.r)
+            self.top1_before = evaluate(self.model, self.data, "test", self.sub_cfg.r,
+                                        precision=self.cfg.precision)
         self.out.mkdir(parents=True, exist_ok=True)
         every = self.cfg.ckpt_every or self.steps_per_epoch
         clock = time.perf_counter()
@@ -161,8 +171,9 @@ class _Finetuner:
             x, y = next(batches)
             loss = self._loss(x, y)
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
+            self.scaler.scale(loss).backward()  # fp16: loss scaling; otherwise a no-op
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.step += 1
             bar.update(1)
             if self.step % every == 0 or self.step == self.total or (
@@ -181,7 +192,8 @@ class _Finetuner:
         return self._finish()
 
     def _finish(self) -> dict[str, Any]:
-        top1 = evaluate(self.model, self.data, "test", self.sub_cfg.r)
+        top1 = evaluate(self.model, self.data, "test", self.sub_cfg.r,
+                        precision=self.cfg.precision)
         save_weights(self.out / FINETUNED, self.model.state_dict())
         info = {"kind": "ofa-edge-finetune", "config": asdict(self.cfg),
                 "subnet": self.sub_cfg.to_dict(), "summary": self.sub_cfg.summary(),

@@ -12,16 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ofa.fileio import read_json
 from ofa.space import SearchSpace
 from ofa.supernet import OFAMobileNetV3, build_supernet
 from ofa.train.checkpoint import load_checkpoint, load_weights
 from ofa.train.schedule import run_settings
 
-__all__ = ["TrainConfig", "load_run", "resolve_device", "resolve_precision", "CKPT", "WEIGHTS",
-           "RUN_JSON"]
+__all__ = ["TrainConfig", "load_run", "CKPT", "WEIGHTS", "RUN_JSON"]
 
 CKPT = "checkpoint.pt"
 WEIGHTS = "supernet.safetensors"
@@ -53,41 +50,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` (a CUDA GPU when one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
-
-    Raises:
-        ValueError: an unknown device name, or CUDA asked for where no GPU is visible.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: no CUDA GPU is visible here (use --device cpu)")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
-    return dev
-
-
-def resolve_precision(name: str, device: torch.device) -> str:
-    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; else the name itself.
-
-    Raises:
-        ValueError: an unknown precision.
-    """
-    if name == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    if name not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
-    return name
 
 
 def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, Any]]:

@@ -31,19 +31,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ofa.data import Dataset, StepBatches, load_dataset, train_loader
+from ofa.device import amp_dtype, resolve_device
 from ofa.evaluate import subnet_accuracy
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import OFAMobileNetV3
 from ofa.train.checkpoint import load_checkpoint, save_checkpoint, save_weights
-from ofa.train.run import (
-    CKPT,
-    RUN_JSON,
-    WEIGHTS,
-    TrainConfig,
-    resolve_device,
-    resolve_precision,
-)
+from ofa.train.run import CKPT, RUN_JSON, WEIGHTS, TrainConfig
 from ofa.train.schedule import Phase, Schedule, eps_beta, load_schedule, lr_at
 
 __all__ = ["Trainer", "train", "soft_ce", "param_groups"]
@@ -92,8 +86,7 @@ class Trainer:
         self._clock = time.perf_counter()
         self.batches = StepBatches(self.data, cfg.batch_size, self.space.resolutions, cfg.seed,
                                    self.steps_per_epoch, self.rank, self.world)
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[
-            resolve_precision(cfg.precision, self.device)]
+        self.amp_dtype = amp_dtype(cfg.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype is torch.float16)
         self._resumed_rng: Tensor | None = None
@@ -307,6 +300,11 @@ class Trainer:
         self.scaler.update()
         return total
 
+    def _sync(self) -> None:
+        """Wait for the device's queued work (timing only; the step loop never does this)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     def estimate_epoch_seconds(self, steps: int = 3) -> float:
         """Wall seconds one epoch of this schedule takes here, from a short probe.
 
@@ -322,8 +320,10 @@ class Trainer:
             for k in range(steps + 1):
                 x, y, r = self.batches[k]
                 x, y = self._to_device(x, y)
+                self._sync()
                 t = time.perf_counter()
                 self._train_step(ph, x, y, r, 1.0)
+                self._sync()
                 times.append(time.perf_counter() - t)
             seconds += ph.epochs / total * self.steps_per_epoch * sum(times[1:]) / steps
         return seconds

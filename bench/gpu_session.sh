@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# The GPU measurements of issues 16 and 17, as run on a lent GPU machine (see
+# docs/gpu.md). The machine has PyTorch, onnx and onnxruntime but not Optuna, and no
+# ../shared: beforehand, on the development machine,
+#   python tools/cifar10_pack.py pack ../shared/data/cifar10.npz .gpu/cifar10_pack.npz
+#   pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
+#       --python-version 3.12 -d .whl optuna alembic sqlalchemy mako colorlog  # pinned versions
+# then run from the repository root there:
+#   bash bench/gpu_session.sh smoke        # every --device cuda path, tiny, then throughput
+#   bash bench/gpu_session.sh cifar MIN    # DεpS CIFAR-10 supernet for MIN minutes + ofa run
+# Everything worth keeping goes to $OUT (log.txt, results.tar, supernet.part-*).
+set -u
+DEV=${DEV:-cuda}  # DEV=cpu: a dry run of this script on a machine without a GPU
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+export PYTHONUNBUFFERED=1
+if [ "$DEV" != cpu ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl || exit 1
+fi
+export PYTHONPATH=$PWD:/tmp/site
+ofa() { python3 -m ofa.cli "$@"; }
+step() {  # step NAME SECONDS CMD...: time-limited, logged, never stops the script
+    local name=$1 limit=$2 t0
+    shift 2
+    t0=$(date +%s)
+    echo "=== $name (limit ${limit} s)"
+    timeout "$limit" "$@"
+    echo "=== $name: rc=$? in $(( $(date +%s) - t0 )) s"
+}
+echo "=== $(date -u) $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p')"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv || true
+python3 -c "import torch, torchvision, onnxruntime, onnx, optuna, safetensors
+print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available(),
+      'torchvision', torchvision.__version__, 'onnxruntime', onnxruntime.__version__,
+      'optuna', optuna.__version__)"
+[ -f /tmp/cifar10.npz ] || python3 tools/cifar10_pack.py unpack .gpu/cifar10_pack.npz /tmp/cifar10.npz
+C10=(--dataset cifar10 --data /tmp/cifar10.npz --space mbv3-cifar)
+
+case ${1:-smoke} in
+smoke)
+    step train-smoke 100 ofa train "${C10[@]}" --schedule deps --epochs ${SMOKE_EPOCHS:-0.3} --batch-size ${SMOKE_BATCH:-512} \
+        --device $DEV --workers 4 --eval-images 500 --out /tmp/smoke
+    step eval-smoke 45 ofa eval --checkpoint /tmp/smoke --subnet max --device $DEV
+    step eval-smoke-fp32 45 ofa eval --checkpoint /tmp/smoke --subnet max --device $DEV \
+        --precision fp32
+    step predictor-smoke 60 ofa predictor build --checkpoint /tmp/smoke --samples 12 \
+        --device $DEV --epochs 50
+    step finetune-smoke 60 ofa finetune --checkpoint /tmp/smoke --subnet min --epochs 0.05 \
+        --device $DEV --out /tmp/smoke_ft
+    step export-smoke 60 ofa export --checkpoint /tmp/smoke_ft --formats onnx-fp32 --out /tmp/smoke_x
+    step throughput 200 python3 bench/gpu_train.py throughput --npz /tmp/cifar10.npz \
+        --folder /tmp/jpeg --workers $(( $(nproc) - 1 )) --json "$OUT/gpu_train_throughput.json" --device $DEV ${TP_ARGS:-}
+    ;;
+cifar)
+    step cifar-supernet $(( ${2:-4} * 60 + 90 )) python3 bench/gpu_train.py cifar \
+        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --workers 4 --precisions bf16 \
+        --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" --device $DEV
+    if [ -f /tmp/c10/supernet.safetensors ]; then
+        split -b 15M -d /tmp/c10/supernet.safetensors "$OUT/supernet.part-"
+    else
+        split -b 15M -d /tmp/c10/checkpoint.pt "$OUT/checkpoint.part-"
+    fi
+    tar -cf "$OUT/results.tar" -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json
+    step run-cuda "${3:-200}" ofa run --supernet /tmp/c10 --root /tmp/runs --name c10gpu \
+        --device $DEV --samples "${4:-300}" --formats onnx-fp32 --lut-runs 10
+    tar -cf "$OUT/results.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
+        -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json runs
+    ;;
+esac
+nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv || true

@@ -1,0 +1,71 @@
+"""Where and at which precision tensors are computed: device names, autocast precisions.
+
+Training (:mod:`ofa.train.trainer`), fine-tuning, BN recalibration, evaluation and the
+accuracy-predictor dataset all take ``device`` (``auto | cpu | cuda | cuda:N``) and
+``precision`` (``auto | fp32 | bf16 | fp16``) by these names. Weights stay fp32 everywhere;
+a lower precision only applies to the forward pass, through :func:`torch.autocast`
+(Micikevicius et al., *Mixed Precision Training*, ICLR 2018).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+__all__ = ["PRECISIONS", "amp_dtype", "autocast", "resolve_device", "resolve_precision"]
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` (a CUDA GPU when one is visible, else the CPU), ``cpu``, ``cuda``, ``cuda:N``.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for where no GPU is visible.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: no CUDA GPU is visible here (use --device cpu)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    return dev
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; else the name itself.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    if name not in _DTYPES:
+        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+    return name
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``precision`` on ``device`` (None: fp32, no autocast)."""
+    return _DTYPES[resolve_precision(precision, device)]
+
+
+def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
+    """A :func:`torch.autocast` context for ``precision`` on ``device``, or a no-op for fp32.
+
+    Raises:
+        ValueError: an unknown precision.
+    """
+    dtype = amp_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
