@@ -40,16 +40,16 @@ C10=(--dataset cifar10 --data /tmp/cifar10.npz --space mbv3-cifar)
 
 case ${1:-smoke} in
 smoke)
-    step train-smoke 100 ofa train "${C10[@]}" --schedule deps --epochs ${SMOKE_EPOCHS:-0.3} --batch-size ${SMOKE_BATCH:-512} \
+    step train-smoke 100 python3 -m ofa.cli train "${C10[@]}" --schedule deps --epochs ${SMOKE_EPOCHS:-0.3} --batch-size ${SMOKE_BATCH:-512} \
         --device $DEV --workers 4 --eval-images 500 --out /tmp/smoke
-    step eval-smoke 45 ofa eval --checkpoint /tmp/smoke --subnet max --device $DEV
-    step eval-smoke-fp32 45 ofa eval --checkpoint /tmp/smoke --subnet max --device $DEV \
+    step eval-smoke 45 python3 -m ofa.cli eval --checkpoint /tmp/smoke --subnet max --device $DEV
+    step eval-smoke-fp32 45 python3 -m ofa.cli eval --checkpoint /tmp/smoke --subnet max --device $DEV \
         --precision fp32
-    step predictor-smoke 60 ofa predictor build --checkpoint /tmp/smoke --samples 12 \
+    step predictor-smoke 60 python3 -m ofa.cli predictor build --checkpoint /tmp/smoke --samples 12 \
         --device $DEV --epochs 50
-    step finetune-smoke 60 ofa finetune --checkpoint /tmp/smoke --subnet min --epochs 0.05 \
+    step finetune-smoke 60 python3 -m ofa.cli finetune --checkpoint /tmp/smoke --subnet min --epochs 0.05 \
         --device $DEV --out /tmp/smoke_ft
-    step export-smoke 60 ofa export --checkpoint /tmp/smoke_ft --formats onnx-fp32 --out /tmp/smoke_x
+    step export-smoke 60 python3 -m ofa.cli export --checkpoint /tmp/smoke_ft --formats onnx-fp32 --out /tmp/smoke_x
     step throughput 200 python3 bench/gpu_train.py throughput --npz /tmp/cifar10.npz \
         --folder /tmp/jpeg --workers $(( $(nproc) - 1 )) --json "$OUT/gpu_train_throughput.json" --device $DEV ${TP_ARGS:-}
     ;;
@@ -63,7 +63,7 @@ cifar)
         split -b 15M -d /tmp/c10/checkpoint.pt "$OUT/checkpoint.part-"
     fi
     tar -cf "$OUT/results.tar" -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json
-    step run-cuda "${3:-200}" ofa run --supernet /tmp/c10 --root /tmp/runs --name c10gpu \
+    step run-cuda "${3:-200}" python3 -m ofa.cli run --supernet /tmp/c10 --root /tmp/runs --name c10gpu \
         --device $DEV --samples "${4:-300}" --formats onnx-fp32 --lut-runs 10
     tar -cf "$OUT/results.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
         -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json runs

@@ -13,7 +13,8 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "amp_dtype", "autocast", "resolve_device", "resolve_precision"]
+__all__ = ["PRECISIONS", "amp_dtype", "autocast", "conv_memory_format", "resolve_device",
+           "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -69,3 +70,30 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def conv_memory_format(device: torch.device) -> torch.memory_format:
+    """The activation and weight layout for training an elastic supernet on ``device``, and
+    on CUDA the switch that keeps depthwise convolutions off cuDNN.
+
+    An elastic supernet meets new convolution shapes at almost every step (each sampled
+    subnet has its own widths and kernels), and cuDNN 9 builds, for some depthwise engines
+    compiles, an execution plan for every new shape (NVIDIA/cudnn-frontend issue 1066:
+    ~1.5 s per new depthwise shape). Measured on an H200 (torch 2.11, cuDNN 9, bf16, NHWC,
+    ``mbv3-cifar``, batch 512): 16.6 steps/s with the largest subnet alone, 0.13 steps/s once
+    sandwich steps sample subnets (``docs/gpu.md``). PyTorch's own depthwise kernel needs no
+    plan: where torch has ``torch.backends.cudnn.depthwise_kernel`` it is set to ``native``
+    and channels-last stays; on older torch, channels-first keeps bf16/fp32 depthwise
+    convolutions off cuDNN (torch uses cuDNN for them only in NHWC or fp16). On the CPU:
+    channels-last (depthwise convolutions train 1.5-1.8x faster there in NHWC).
+
+    Returns:
+        ``torch.channels_last`` or ``torch.contiguous_format``.
+    """
+    if device.type != "cuda":
+        return torch.channels_last
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "depthwise_kernel"):
+        cudnn.depthwise_kernel = "native"
+        return torch.channels_last
+    return torch.contiguous_format

@@ -63,7 +63,7 @@ def recalibrated_subnet(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
     ``batches`` to reuse them). The supernet is left untouched; the subnet is on the
     supernet's device, recalibrated at ``precision``. Returns the subnet in eval mode."""
     net.set_active_subnet(cfg)
-    sub = net.get_active_subnet()
+    sub = net.get_active_subnet().to(next(net.parameters()).device)
     if batches is None:
         batches = recal_batches(data, cfg.r, num_images, batch_size, seed)
     recalibrate_bn(sub, batches, num_images=num_images, precision=precision)

@@ -55,7 +55,8 @@ def read_dataset(path: str | Path, header: dict[str, Any] | None = None
             if obj.get("kind") != "ofa-edge-accuracy-dataset":
                 raise ValueError(f"{path}: not an accuracy dataset (bad header)")
             if header is not None:
-                diff = [k for k in header if obj.get(k) != header[k]]
+                diff = [k for k in sorted(set(header) | set(obj))
+                        if obj.get(k) != header.get(k)]
                 if diff:
                     raise ValueError(f"{path}: cached for another {', '.join(diff)}; "
                                      "delete it or use another --out")
@@ -90,11 +91,12 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     from tqdm import tqdm
 
     from ofa.data import load_dataset
-    from ofa.device import resolve_device, resolve_precision
+    from ofa.device import conv_memory_format, resolve_device, resolve_precision
     from ofa.evaluate import subnet_accuracy
     from ofa.train.run import load_run
 
     dev = resolve_device(device)
+    conv_memory_format(dev)  # on CUDA: depthwise convolutions off cuDNN's per-shape plans
     precision = resolve_precision(precision, dev)
     net, cfg, _ = load_run(run)
     space = net.space

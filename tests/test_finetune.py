@@ -8,7 +8,7 @@ import torch
 
 from ofa.cli import main
 from ofa.train.checkpoint import load_weights
-from ofa.train.finetune import FinetuneConfig, finetune, load_finetuned
+from ofa.train.finetune import FINETUNE_CKPT, FinetuneConfig, finetune, load_finetuned
 
 
 def _cfg(tiny_run, out, **kw):
@@ -52,3 +52,18 @@ def test_finetune_without_kd_and_cli(tiny_run, tmp_path, capsys):
     info = json.loads((tmp_path / "f" / "finetune.json").read_text())
     assert info["kd"] is False and info["summary"].startswith("r12 d22222")
     assert "->" in capsys.readouterr().out
+
+
+def test_finetune_fp16_keeps_its_loss_scale_across_a_resume(tiny_run, tmp_path):
+    """fp16 autocast with a gradient scaler on the CPU: the scaler's state is checkpointed and
+    restored, so an interrupted fp16 fine-tune resumes to the same weights."""
+    straight = finetune(_cfg(tiny_run, tmp_path / "a", precision="fp16"))
+    assert finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16", max_steps=5,
+                         ckpt_every=5)) == {"stopped_at": 5}
+    st = torch.load(tmp_path / "b" / FINETUNE_CKPT, weights_only=False)
+    assert st["scaler"]["scale"] == 65536.0 and st["scaler"]["_growth_tracker"] == 5
+    resumed = finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16"), resume=True)
+    a = load_weights(tmp_path / "a" / "finetuned.safetensors")
+    b = load_weights(tmp_path / "b" / "finetuned.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["top1_after"] == straight["top1_after"]

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from ofa.cli import main
 from ofa.train.checkpoint import load_checkpoint
 from ofa.train.run import TrainConfig, load_run
 from ofa.train.schedule import eps_beta, load_schedule, lr_at, run_settings
@@ -318,3 +320,24 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert str(tmp_path / "tree" / "train" / "b") in err[0] and "cannot decode" in err[0], err
+
+
+def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
+    """`ofa eval --precision bf16` lands within a few points of fp32 on the same subnet, and an
+    accuracy dataset measured at bf16 says so in its header: an fp32 build refuses its cache."""
+    from search.acc_dataset import build_accuracy_dataset, read_dataset
+
+    top1 = {}
+    for prec in ("fp32", "bf16"):
+        capsys.readouterr()
+        assert main(["eval", "--checkpoint", str(tiny_run), "--subnet", "max", "--device",
+                     "cpu", "--precision", prec, "--json"]) == 0
+        top1[prec] = json.loads(capsys.readouterr().out)["top1"]
+    assert 10.0 < top1["fp32"] <= 100.0 and abs(top1["bf16"] - top1["fp32"]) <= 3.0
+    out = tmp_path / "acc.jsonl"
+    _, rows = build_accuracy_dataset(tiny_run, out, 10, precision="bf16", progress=False)
+    assert len(rows) == 10 and all(0.0 <= r["acc"] <= 100.0 for r in rows)
+    assert json.loads(out.read_text().splitlines()[0])["precision"] == "bf16"
+    assert len(read_dataset(out)) == 10
+    with pytest.raises(ValueError, match="cached for another precision"):
+        build_accuracy_dataset(tiny_run, out, 10, precision="fp32", progress=False)
