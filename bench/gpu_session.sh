@@ -6,7 +6,9 @@
 #   pip download --no-deps --only-binary=:all: --platform manylinux_2_28_x86_64 \
 #       --python-version 3.12 -d .whl optuna alembic sqlalchemy mako colorlog  # pinned versions
 # then run from the repository root there:
-#   bash bench/gpu_session.sh smoke        # every --device cuda path, tiny, then throughput
+#   bash bench/gpu_session.sh smoke        # every --device cuda path, tiny
+#   bash bench/gpu_session.sh throughput   # mbv3-w1.0 @224 on JPEGs, fp32 vs bf16
+#   bash bench/gpu_session.sh sandwich     # sandwich-step seconds, both conv layouts
 #   bash bench/gpu_session.sh cifar MIN    # DεpS CIFAR-10 supernet for MIN minutes + ofa run
 # Everything worth keeping goes to $OUT (log.txt, results.tar, supernet.part-*).
 set -u
@@ -20,7 +22,6 @@ if [ "$DEV" != cpu ]; then
         --target /tmp/site .whl/*.whl || exit 1
 fi
 export PYTHONPATH=$PWD:/tmp/site
-ofa() { python3 -m ofa.cli "$@"; }
 step() {  # step NAME SECONDS CMD...: time-limited, logged, never stops the script
     local name=$1 limit=$2 t0
     shift 2
@@ -38,33 +39,44 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_avai
 [ -f /tmp/cifar10.npz ] || python3 tools/cifar10_pack.py unpack .gpu/cifar10_pack.npz /tmp/cifar10.npz
 C10=(--dataset cifar10 --data /tmp/cifar10.npz --space mbv3-cifar)
 
+O=(python3 -m ofa.cli)
 case ${1:-smoke} in
-smoke)
-    step train-smoke 100 python3 -m ofa.cli train "${C10[@]}" --schedule deps --epochs ${SMOKE_EPOCHS:-0.3} --batch-size ${SMOKE_BATCH:-512} \
-        --device $DEV --workers 4 --eval-images 500 --out /tmp/smoke
-    step eval-smoke 45 python3 -m ofa.cli eval --checkpoint /tmp/smoke --subnet max --device $DEV
-    step eval-smoke-fp32 45 python3 -m ofa.cli eval --checkpoint /tmp/smoke --subnet max --device $DEV \
-        --precision fp32
-    step predictor-smoke 60 python3 -m ofa.cli predictor build --checkpoint /tmp/smoke --samples 12 \
-        --device $DEV --epochs 50
-    step finetune-smoke 60 python3 -m ofa.cli finetune --checkpoint /tmp/smoke --subnet min --epochs 0.05 \
-        --device $DEV --out /tmp/smoke_ft
-    step export-smoke 60 python3 -m ofa.cli export --checkpoint /tmp/smoke_ft --formats onnx-fp32 --out /tmp/smoke_x
-    step throughput 200 python3 bench/gpu_train.py throughput --npz /tmp/cifar10.npz \
-        --folder /tmp/jpeg --workers $(( $(nproc) - 1 )) --json "$OUT/gpu_train_throughput.json" --device $DEV ${TP_ARGS:-}
+smoke)  # every --device cuda path once, tiny (2 min)
+    step train-smoke 100 "${O[@]}" train "${C10[@]}" --schedule deps \
+        --epochs "${SMOKE_EPOCHS:-0.3}" --batch-size "${SMOKE_BATCH:-512}" --lr-scale 0.35 \
+        --device "$DEV" --workers 4 --eval-images 500 --out /tmp/smoke
+    step eval-smoke 45 "${O[@]}" eval --checkpoint /tmp/smoke --subnet max --device "$DEV"
+    step eval-smoke-fp32 45 "${O[@]}" eval --checkpoint /tmp/smoke --subnet max \
+        --device "$DEV" --precision fp32
+    step predictor-smoke 60 "${O[@]}" predictor build --checkpoint /tmp/smoke --samples 12 \
+        --device "$DEV" --epochs 50
+    step finetune-smoke 60 "${O[@]}" finetune --checkpoint /tmp/smoke --subnet min \
+        --epochs 0.05 --device "$DEV" --out /tmp/smoke_ft
+    step export-smoke 60 "${O[@]}" export --checkpoint /tmp/smoke_ft --formats onnx-fp32 \
+        --out /tmp/smoke_x
     ;;
-cifar)
+throughput)  # mbv3-w1.0 @224 on 10,000 JPEGs, fp32 vs bf16 (2 min)
+    step throughput 200 python3 bench/gpu_train.py throughput --npz /tmp/cifar10.npz \
+        --folder /tmp/jpeg --workers $(( $(nproc) - 1 )) --device "$DEV" ${TP_ARGS:-} \
+        --json "$OUT/gpu_train_throughput.json"
+    ;;
+sandwich)  # seconds per sandwich step, both convolution layouts (1-3 min)
+    for v in auto cudnn; do
+        step "sandwich-$v" 150 python3 bench/gpu_train.py sandwich --npz /tmp/cifar10.npz \
+            --variant $v --steps "${2:-40}" --batch-size 512 --precisions bf16 \
+            --device "$DEV" --json "$OUT/gpu_train_sandwich_$v.json"
+    done
+    ;;
+cifar)  # cifar MINUTES RUN_LIMIT_S SAMPLES: a DεpS supernet, then ofa run --device cuda on it
     step cifar-supernet $(( ${2:-4} * 60 + 90 )) python3 bench/gpu_train.py cifar \
-        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --workers 4 --precisions bf16 \
-        --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" --device $DEV
-    if [ -f /tmp/c10/supernet.safetensors ]; then
-        split -b 15M -d /tmp/c10/supernet.safetensors "$OUT/supernet.part-"
-    else
-        split -b 15M -d /tmp/c10/checkpoint.pt "$OUT/checkpoint.part-"
-    fi
-    tar -cf "$OUT/results.tar" -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json
-    step run-cuda "${3:-200}" python3 -m ofa.cli run --supernet /tmp/c10 --root /tmp/runs --name c10gpu \
-        --device $DEV --samples "${4:-300}" --formats onnx-fp32 --lut-runs 10
+        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --lr-scale 0.35 \
+        --workers 4 --precisions bf16 --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" \
+        --device "$DEV"
+    f=/tmp/c10/supernet.safetensors
+    [ -f $f ] || f=/tmp/c10/checkpoint.pt
+    split -b 15M -d $f "$OUT/$(basename $f).part-"  # 16 MiB per returned file
+    step run-cuda "${3:-200}" "${O[@]}" run --supernet /tmp/c10 --root /tmp/runs \
+        --name c10gpu --device "$DEV" --samples "${4:-300}" --formats onnx-fp32 --lut-runs 10
     tar -cf "$OUT/results.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
         -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json runs
     ;;

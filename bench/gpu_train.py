@@ -10,11 +10,15 @@ the step loop waited for a batch, GPU utilisation (``nvidia-smi`` sampled every 
 those epochs ran) and peak GPU memory. The loader alone (ours beside torchvision's reference
 pipeline) is measured at the same worker count.
 
+``sandwich``: seconds per DεpS sandwich step from the first step on, for one convolution
+layout (``--variant``; see :func:`sandwich`).
+
 ``cifar``: DεpS on CIFAR-10 (``mbv3-cifar``) on the GPU for as many epochs as fit in
 ``--minutes`` (from :meth:`Trainer.estimate_epoch_seconds`), to ``--out``.
 
     python bench/gpu_train.py throughput --npz cifar10.npz --folder /tmp/jpeg --workers 15
     python bench/gpu_train.py cifar --npz cifar10.npz --minutes 4 --out /tmp/c10
+    python bench/gpu_train.py sandwich --npz cifar10.npz --variant cudnn --batch-size 512
 
 Writes ``bench/results/gpu_train_<action>.json`` (or ``--json``) and prints a table. Needs a
 CUDA GPU; says so and exits 0 without one.
@@ -141,7 +145,8 @@ def cifar(args: argparse.Namespace) -> dict:
     def config(out: str, epochs: float) -> TrainConfig:
         return TrainConfig(out=out, space="mbv3-cifar", dataset="cifar10", data=args.npz,
                            schedule="deps", epochs=epochs, batch_size=args.batch_size,
-                           seed=0, eval_images=2000, workers=args.workers, device=args.device,
+                           lr_scale=args.lr_scale, seed=0, eval_images=2000,
+                           workers=args.workers, device=args.device,
                            precision=args.precisions.split(",")[0], ckpt_every=200)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,9 +164,49 @@ def cifar(args: argparse.Namespace) -> dict:
             "final": {k: v for k, v in info.items() if k in ("eval", "train_seconds", "steps")}}
 
 
+def sandwich(args: argparse.Namespace) -> dict:
+    """Seconds per DεpS sandwich step (largest + smallest + 2 random subnets) on CIFAR-10,
+    step by step from the first, with ``--variant``: ``auto`` (:func:`ofa.device.
+    conv_memory_format`'s choice) or ``cudnn`` (channels-last, depthwise on cuDNN: the
+    layout that met cuDNN's per-shape plans). Run each variant in its own process."""
+    import tempfile
+
+    from ofa.train.run import TrainConfig
+    from ofa.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Trainer(TrainConfig(out=tmp, space="mbv3-cifar", dataset="cifar10", data=args.npz,
+                                schedule="deps", epochs=8, batch_size=args.batch_size,
+                                eval_images=0, device=args.device,
+                                precision=args.precisions.split(",")[0]))
+        if args.variant == "cudnn":
+            if hasattr(torch.backends.cudnn, "depthwise_kernel"):
+                torch.backends.cudnn.depthwise_kernel = "cudnn"
+            t.layout = torch.channels_last
+            t._nhwc()
+        last = len(t.schedule.phases) - 1
+        t._phase_start(last)
+        ph, times = t.schedule.phases[last], []
+        for k in range(args.steps):
+            x, y, r = t.batches[k]
+            x, y = t._to_device(x, y)
+            t._sync()
+            start = time.perf_counter()
+            t._train_step(ph, x, y, r, 1.0)
+            t._sync()
+            times.append(time.perf_counter() - start)
+            print(f"step {k + 1}: {times[-1]:.3f} s", flush=True)
+    tenth = max(1, len(times) // 10)
+    return {"variant": args.variant, "layout": str(t.layout), "steps": len(times),
+            "first_s": times[0], "first_tenth_mean_s": sum(times[:tenth]) / tenth,
+            "last_tenth_mean_s": sum(times[-tenth:]) / tenth,
+            "depthwise_kernel": getattr(torch.backends.cudnn, "depthwise_kernel", "n/a"),
+            "torch": torch.__version__, "cudnn": torch.backends.cudnn.version()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("action", choices=["throughput", "cifar"])
+    ap.add_argument("action", choices=["throughput", "cifar", "sandwich"])
     ap.add_argument("--npz", required=True, help="CIFAR-10 .npz (e.g. ../shared/data)")
     ap.add_argument("--folder", default="/tmp/bench_jpeg", help="JPEG folder (built once)")
     ap.add_argument("--images", type=int, default=10_000)
@@ -172,15 +217,21 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3, help="timed epochs after the warm-up one")
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--runs", default="/tmp/gpu_runs")
+    ap.add_argument("--lr-scale", type=float, default=1.0,
+                    help="cifar: multiplies the schedule's lr (batch 512 for a few epochs: "
+                    "0.35; 1.0 diverged, its warm-up is a few steps long)")
     ap.add_argument("--minutes", type=float, default=4.0, help="cifar: training wall budget")
     ap.add_argument("--out", default="/tmp/c10", help="cifar: run folder")
+    ap.add_argument("--variant", default="auto", choices=["auto", "cudnn"],
+                    help="sandwich: the convolution layout (see sandwich())")
+    ap.add_argument("--steps", type=int, default=60, help="sandwich: steps to time")
     ap.add_argument("--device", default="cuda", help="cuda (cpu: a dry run of the script)")
     ap.add_argument("--json", help="result file (default bench/results/gpu_train_<action>.json)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("skipped: no CUDA GPU is visible here")
         return
-    res = throughput(args) if args.action == "throughput" else cifar(args)
+    res = {"throughput": throughput, "cifar": cifar, "sandwich": sandwich}[args.action](args)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")
     else:

@@ -52,6 +52,17 @@ def test_finetune_without_kd_and_cli(tiny_run, tmp_path, capsys):
     info = json.loads((tmp_path / "f" / "finetune.json").read_text())
     assert info["kd"] is False and info["summary"].startswith("r12 d22222")
     assert "->" in capsys.readouterr().out
+    # the from-scratch baseline: same subnet, fresh weights (chance level before training)
+    assert main(["finetune", "--checkpoint", str(tiny_run), "--subnet", "min", "--epochs",
+                 "0.2", "--no-kd", "--scratch", "--lr", "1.0", "--out",
+                 str(tmp_path / "s")]) == 0
+    scratch = json.loads((tmp_path / "s" / "finetune.json").read_text())
+    assert scratch["config"]["scratch"] is True and scratch["top1_before"] < 30.0
+    assert scratch["top1_before"] < info["top1_before"]
+    a = load_weights(tmp_path / "f" / "finetuned.safetensors")
+    b = load_weights(tmp_path / "s" / "finetuned.safetensors")
+    first = next(iter(a))  # the stem convolution: trained from other starting weights
+    assert not torch.equal(a[first], b[first])
 
 
 def test_finetune_fp16_keeps_its_loss_scale_across_a_resume(tiny_run, tmp_path):

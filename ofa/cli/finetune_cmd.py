@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float_range(0, 100, lo_open=True), default=0.24,
                    help="peak learning rate at batch 2048, scaled linearly to --batch-size")
     p.add_argument("--no-kd", action="store_true", help="labels only, no distillation")
+    p.add_argument("--scratch", action="store_true", help="re-initialise the subnet's "
+                   "weights first: the train-from-scratch baseline (use with --no-kd)")
     p.add_argument("--data", help="override the run's --data path")
     p.add_argument("--seed", type=SEED, default=0)
     add_compute_args(p)
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     sub = load_subnet(args.subnet, net.space, args.seed)
     info = finetune(FinetuneConfig(
         run=args.checkpoint, subnet=sub.to_dict(), out=args.out, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, kd=not args.no_kd, seed=args.seed,
+        batch_size=args.batch_size, lr=args.lr, kd=not args.no_kd, scratch=args.scratch,
+        seed=args.seed,
         data=args.data, device=args.device, precision=args.precision,
         ckpt_every=args.ckpt_every,
         max_steps=args.max_steps), resume=args.resume)

@@ -67,6 +67,7 @@ class FinetuneConfig:
     data: str | None = None
     device: str = "auto"
     precision: str = "auto"  # autocast precision of the forward passes (ofa.device)
+    scratch: bool = False  # re-initialise the subnet's weights: the train-from-scratch baseline
     ckpt_every: int = 0  # steps; 0 = once per epoch
     max_steps: int | None = None
 
@@ -94,6 +95,10 @@ class _Finetuner:
         self.momentum, self.wd = sched.momentum, sched.weight_decay
         self.recal_images = tcfg.recal_images
         self.model = recalibrated_subnet(net, self.sub_cfg, self.data, self.recal_images)
+        if cfg.scratch:  # the same architecture, none of the supernet's weights
+            for m in self.model.modules():
+                if m is not self.model and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
         self.teacher = (recalibrated_subnet(net, self.space.max_subnet(self.sub_cfg.r),
                                             self.data, self.recal_images) if cfg.kd else None)
         self.steps_per_epoch = max(1, len(self.data.train) // cfg.batch_size)
