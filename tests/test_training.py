@@ -341,3 +341,23 @@ def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
     assert len(read_dataset(out)) == 10
     with pytest.raises(ValueError, match="cached for another precision"):
         build_accuracy_dataset(tiny_run, out, 10, precision="fp32", progress=False)
+
+
+def test_conv_layout_keeps_depthwise_off_cudnn_on_cuda(monkeypatch):
+    """CPU: channels-last. CUDA: the native depthwise kernel where torch has the switch
+    (channels-last stays), else channels-first, where torch does not pick cuDNN for bf16/fp32
+    depthwise convolutions (docs/gpu.md: cuDNN built a plan per new shape, 7.6 s steps)."""
+    import types
+
+    from ofa.device import conv_memory_format
+
+    assert conv_memory_format(torch.device("cpu")) is torch.channels_last
+    cudnn = torch.backends.cudnn
+    old = cudnn.depthwise_kernel
+    try:
+        assert conv_memory_format(torch.device("cuda")) is torch.channels_last
+        assert cudnn.depthwise_kernel == "native"
+    finally:
+        cudnn.depthwise_kernel = old
+    monkeypatch.setattr(torch.backends, "cudnn", types.SimpleNamespace(enabled=True))
+    assert conv_memory_format(torch.device("cuda")) is torch.contiguous_format
