@@ -15,7 +15,7 @@ ImageNet training images aside); it feeds BN recalibration and the accuracy-pred
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +24,8 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-__all__ = ["StepBatches", "train_loader", "DATASETS", "ImageSplit", "Dataset", "load_dataset",
-           "BatchLoader"]
+__all__ = ["StepBatches", "train_loader", "eval_loader", "DATASETS", "ImageSplit", "Dataset",
+           "load_dataset", "BatchLoader"]
 
 from ofa import DATASETS
 
@@ -179,11 +179,38 @@ class BatchLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         order = self._order()
         for b in range(self.start_batch, len(self)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            idx = idx[self.rank::self.world]
-            r = self.resolution(b) if callable(self.resolution) else self.resolution
-            x = self.data.transform(self.split.get_images(idx), r, self.train)
-            yield x, self.split.labels[idx]
+            yield self._batch(order, b)
+
+    def __getitem__(self, b: int) -> tuple[Tensor, Tensor]:
+        """Batch ``b`` alone (what :func:`eval_loader`'s workers compute)."""
+        return self._batch(self._order(), b)
+
+    def _batch(self, order: Tensor, b: int) -> tuple[Tensor, Tensor]:
+        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+        idx = idx[self.rank::self.world]
+        r = self.resolution(b) if callable(self.resolution) else self.resolution
+        x = self.data.transform(self.split.get_images(idx), r, self.train)
+        return x, self.split.labels[idx]
+
+
+def eval_loader(batches: BatchLoader, workers: int = 0, pin_memory: bool = False
+                ) -> Iterable[tuple[Tensor, Tensor]]:
+    """The batches of an evaluation :class:`BatchLoader` (eval transforms: no randomness),
+    decoded and resized by ``workers`` processes in order (0: ``batches`` itself, in this
+    process). The same batches either way; used by evaluation and the predictor dataset.
+
+    Raises:
+        ValueError: ``batches`` applies training transforms (their random draws would depend
+            on the worker).
+    """
+    if workers <= 0:
+        return batches
+    if batches.train:
+        raise ValueError("eval_loader serves evaluation transforms only")
+    return torch.utils.data.DataLoader(batches, batch_size=None,
+                                       sampler=range(batches.start_batch, len(batches)),
+                                       num_workers=workers, pin_memory=pin_memory,
+                                       prefetch_factor=4)
 
 
 class StepBatches(torch.utils.data.Dataset):

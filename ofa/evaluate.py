@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ofa.bn import recalibrate_bn
-from ofa.data import BatchLoader, Dataset
+from ofa.data import BatchLoader, Dataset, eval_loader
 from ofa.device import autocast
 from ofa.space import SubnetConfig
 from ofa.supernet import OFAMobileNetV3
@@ -33,19 +33,21 @@ def recal_batches(data: Dataset, r: int, num_images: int = 2000, batch_size: int
 def evaluate(model: nn.Module, data: Dataset, split: str, r: int, batch_size: int = 200,
              limit: int | None = None,
              batches: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-             precision: str = "fp32") -> float:
+             precision: str = "fp32", workers: int = 0) -> float:
     """Top-1 accuracy in % of ``model`` on ``split`` at resolution ``r`` (eval transforms).
 
     Images ``(N, 3, r, r)`` are moved to the model's device; ``precision`` is the forward
     pass's autocast precision (:mod:`ofa.device`). Correct predictions are counted on the
-    device and read once at the end (no per-batch host synchronisation).
+    device and read once at the end (no per-batch host synchronisation). ``workers``
+    processes decode and resize the images (:func:`ofa.data.eval_loader`; same result).
     ``batches``: pre-transformed ``(images, labels)`` of that split to use instead."""
     model.eval()
     device = next(model.parameters()).device
     correct = torch.zeros((), dtype=torch.long, device=device)
     total = 0
     if batches is None:
-        batches = BatchLoader(data, split, batch_size, r, train=False, limit=limit)
+        batches = eval_loader(BatchLoader(data, split, batch_size, r, train=False, limit=limit),
+                              workers, pin_memory=device.type == "cuda")
     for x, y in batches:
         with autocast(device, precision):
             pred = model(x.to(device, non_blocking=True)).argmax(1)
@@ -73,22 +75,25 @@ def recalibrated_subnet(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
 def subnet_accuracy(net: OFAMobileNetV3, cfg: SubnetConfig, data: Dataset,
                     split: str = "test", recal_images: int = 2000,
                     limit: int | None = None, cache: dict | None = None,
-                    precision: str = "fp32") -> float:
+                    precision: str = "fp32", workers: int = 0) -> float:
     """Top-1 (%) of subnet ``cfg`` on ``split`` after BN recalibration, computed on the
     supernet's device at ``precision`` (:mod:`ofa.device`).
 
     ``cache``: a dict kept across calls; recalibration and evaluation images are transformed
     once per resolution and reused (same images, same result as without the cache); the
-    recalibration images are kept on the supernet's device."""
+    recalibration images are kept on the supernet's device. ``workers``: evaluation images
+    are decoded by that many processes (:func:`ofa.data.eval_loader`)."""
     if cache is None:
         sub = recalibrated_subnet(net, cfg, data, recal_images, precision=precision)
-        return evaluate(sub, data, split, cfg.r, limit=limit, precision=precision)
+        return evaluate(sub, data, split, cfg.r, limit=limit, precision=precision,
+                        workers=workers)
     rk, ek = ("recal", cfg.r, recal_images), ("eval", split, cfg.r, limit)
     if rk not in cache:
         device = next(net.parameters()).device
         cache[rk] = [x.to(device) for x in recal_batches(data, cfg.r, recal_images)]
     if ek not in cache:
-        cache[ek] = list(BatchLoader(data, split, 200, cfg.r, train=False, limit=limit))
+        cache[ek] = list(eval_loader(BatchLoader(data, split, 200, cfg.r, train=False,
+                                                 limit=limit), workers))
     sub = recalibrated_subnet(net, cfg, data, recal_images, batches=cache[rk],
                               precision=precision)
     return evaluate(sub, data, split, cfg.r, batches=cache[ek], precision=precision)

@@ -76,12 +76,13 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
                            split: str = "holdout", data: str | None = None,
                            recal_images: int | None = None,
                            progress: bool = True, device: str = "cpu",
-                           precision: str = "fp32"
+                           precision: str = "fp32", workers: int = 0
                            ) -> tuple[SearchSpace, list[dict[str, Any]]]:
     """Measure ``samples`` subnets of the run's supernet; returns the run's space and all
     rows (cached ones too), sorted by index. BN recalibration and evaluation run on
     ``device`` at ``precision`` (:mod:`ofa.device`); a precision other than fp32 is part of
-    the cache's header (its accuracies differ slightly).
+    the cache's header (its accuracies differ slightly). ``workers`` processes decode the
+    evaluation images once per resolution (:func:`ofa.data.eval_loader`).
 
     Each row: ``{"i": index, "config": dict, "acc": top-1 % on split, "macs": MACs}``.
 
@@ -121,7 +122,8 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     cache: dict = {}
     net.to(dev)
     for i in bar:
-        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache, precision=precision)
+        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache, precision=precision,
+                              workers=workers)
         row = {"i": i, "config": cfgs[i].to_dict(), "acc": acc, "macs": space.macs(cfgs[i])}
         _append_line(out, row)
         rows.append(row)

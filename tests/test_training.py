@@ -328,12 +328,14 @@ def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
     from search.acc_dataset import build_accuracy_dataset, read_dataset
 
     top1 = {}
-    for prec in ("fp32", "bf16"):
+    for prec, workers in (("fp32", "0"), ("bf16", "0"), ("fp32", "2")):
         capsys.readouterr()
         assert main(["eval", "--checkpoint", str(tiny_run), "--subnet", "max", "--device",
-                     "cpu", "--precision", prec, "--json"]) == 0
-        top1[prec] = json.loads(capsys.readouterr().out)["top1"]
-    assert 10.0 < top1["fp32"] <= 100.0 and abs(top1["bf16"] - top1["fp32"]) <= 3.0
+                     "cpu", "--precision", prec, "--workers", workers, "--json"]) == 0
+        top1[prec, workers] = json.loads(capsys.readouterr().out)["top1"]
+    assert 10.0 < top1["fp32", "0"] <= 100.0
+    assert abs(top1["bf16", "0"] - top1["fp32", "0"]) <= 3.0
+    assert top1["fp32", "2"] == top1["fp32", "0"]  # images decoded by 2 worker processes
     out = tmp_path / "acc.jsonl"
     _, rows = build_accuracy_dataset(tiny_run, out, 10, precision="bf16", progress=False)
     assert len(rows) == 10 and all(0.0 <= r["acc"] <= 100.0 for r in rows)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
            "add_target_args", "add_device_args", "add_compute_args", "target_options",
-           "device_name", "load_subnet", "SEED", "CliError"]
+           "device_name", "default_workers", "load_subnet", "SEED", "CliError"]
 
 
 class CliError(Exception):
@@ -136,14 +137,24 @@ def target_options(args: argparse.Namespace) -> dict[str, Any]:
             "identity": args.identity, "benchmark_binary": args.benchmark_binary}
 
 
-def add_compute_args(p: argparse.ArgumentParser) -> None:
+def add_compute_args(p: argparse.ArgumentParser, workers: bool = False) -> None:
     """``--device`` and ``--precision``: where tensors are computed and the autocast
-    precision of the forward pass (:mod:`ofa.device`)."""
+    precision of the forward pass (:mod:`ofa.device`); with ``workers``, ``--workers`` too
+    (data-loading processes, default the cores but one, at most 8)."""
     p.add_argument("--device", type=device_name, default="auto",
                    help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
                    "checkpoints stay fp32")
+    if workers:
+        p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
+                       help="data-loading processes (0: decode in this process; default "
+                       f"here {default_workers()})")
+
+
+def default_workers() -> int:
+    """Data-loading processes by default: the cores but one, at most 8."""
+    return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
 def device_name(text: str) -> str:

@@ -18,7 +18,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["test", "holdout"])
     p.add_argument("--data", help="override the run's --data path")
     p.add_argument("--seed", type=SEED, default=0)
-    add_compute_args(p)
+    add_compute_args(p, workers=True)
     p.add_argument("--json", action="store_true")
 
 
@@ -39,10 +39,11 @@ def run(args: argparse.Namespace) -> int:
         sub_cfg = load_subnet(args.subnet, net.space, args.seed)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     if finetuned:
-        acc = evaluate(model.to(device), data, args.split, sub_cfg.r, precision=args.precision)
+        acc = evaluate(model.to(device), data, args.split, sub_cfg.r, precision=args.precision,
+                       workers=args.workers)
     else:
         acc = subnet_accuracy(net.to(device), sub_cfg, data, args.split, cfg.recal_images,
-                              precision=args.precision)
+                              precision=args.precision, workers=args.workers)
     res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
            "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
     if args.json:

@@ -66,7 +66,7 @@ class RunConfig:
                                                                     "trials": 3})
     device: str = "auto"
     precision: str = "auto"  # training autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | ...
-    workers: int = 0  # data-loading processes for training
+    workers: int = 0  # data-loading processes (training, predictor-dataset evaluation)
     finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
 
     def __post_init__(self) -> None:
@@ -169,7 +169,7 @@ def _predictor(rc: RunConfig, run: Path):
                                          rc.samples, seed=rc.seed, data=rc.data,
                                          recal_images=rc.predictor_recal_images,
                                          progress=True, device=rc.device,
-                                         precision=rc.precision)
+                                         precision=rc.precision, workers=rc.workers)
     pred, metrics = fit_and_score(space, rows, seed=rc.seed)
     pred.metrics = metrics
     pred.save(path)

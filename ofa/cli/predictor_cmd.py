@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--recal-images", type=int_range(1, 1_000_000),
                    help="BN-recalibration images per subnet (default: the run's)")
     b.add_argument("--seed", type=SEED, default=0)
-    add_compute_args(b)
+    add_compute_args(b, workers=True)
     b.add_argument("--out", help="predictor path (default RUN/acc_predictor.safetensors)")
     b.add_argument("--json", action="store_true")
     i = sub.add_parser("import-ofa", help="convert OFA's published acc_predictor.pth once to "
@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace) -> int:
                                          args.samples, seed=args.seed, split=args.split,
                                          data=args.data, recal_images=args.recal_images,
                                          progress=not args.json, device=args.device,
-                                         precision=args.precision)
+                                         precision=args.precision, workers=args.workers)
     pred, metrics = fit_and_score(space, rows, seed=args.seed, epochs=args.epochs)
     pred.metrics = metrics
     pred.save(out)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from ofa import DATASETS
 from ofa.cli.args import SEED, add_compute_args, float_range, int_list, int_range
@@ -30,15 +29,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
-    add_compute_args(p)
-    p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
-                   help="data-loading processes (0: decode and augment in the training "
-                   f"process; default here {default_workers()})")
-
-
-def default_workers() -> int:
-    """Data-loading processes by default: the cores but one, at most 8."""
-    return max(0, min(8, (os.cpu_count() or 1) - 1))
+    add_compute_args(p, workers=True)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
