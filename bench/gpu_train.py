@@ -184,18 +184,9 @@ def sandwich(args: argparse.Namespace) -> dict:
                 torch.backends.cudnn.depthwise_kernel = "cudnn"
             t.layout = torch.channels_last
             t._nhwc()
-        last = len(t.schedule.phases) - 1
-        t._phase_start(last)
-        ph, times = t.schedule.phases[last], []
-        for k in range(args.steps):
-            x, y, r = t.batches[k]
-            x, y = t._to_device(x, y)
-            t._sync()
-            start = time.perf_counter()
-            t._train_step(ph, x, y, r, 1.0)
-            t._sync()
-            times.append(time.perf_counter() - start)
-            print(f"step {k + 1}: {times[-1]:.3f} s", flush=True)
+        times = t.time_steps(len(t.schedule.phases) - 1, args.steps)  # the shrink phase
+        for k, sec in enumerate(times):
+            print(f"step {k + 1}: {sec:.3f} s")
     tenth = max(1, len(times) // 10)
     return {"variant": args.variant, "layout": str(t.layout), "steps": len(times),
             "first_s": times[0], "first_tenth_mean_s": sum(times[:tenth]) / tenth,

@@ -363,3 +363,13 @@ def test_conv_layout_keeps_depthwise_off_cudnn_on_cuda(monkeypatch):
         cudnn.depthwise_kernel = old
     monkeypatch.setattr(torch.backends, "cudnn", types.SimpleNamespace(enabled=True))
     assert conv_memory_format(torch.device("cuda")) is torch.contiguous_format
+
+
+def test_epoch_time_probe(tmp_path, tiny_schedule):
+    """The probe times single steps of every phase (what bench/train_compare.py and
+    bench/gpu_train.py size their runs by) and scales them to an epoch."""
+    t = Trainer(_cfg(tmp_path / "p", tiny_schedule))
+    times = t.time_steps(0, 3)
+    assert len(times) == 3 and all(0.0 < s < 60.0 for s in times)
+    sec = Trainer(_cfg(tmp_path / "q", tiny_schedule)).estimate_epoch_seconds(steps=2)
+    assert sec > t.steps_per_epoch * min(times) / 10

@@ -306,6 +306,22 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    def time_steps(self, phase: int, steps: int) -> list[float]:
+        """Wall seconds of ``steps`` training steps of phase ``phase`` (index), one by one,
+        on the first batches, the device synchronised around each. Trains them: call it on
+        a throwaway trainer."""
+        self._phase_start(phase)
+        ph, times = self.schedule.phases[phase], []
+        for k in range(steps):
+            x, y, r = self.batches[k]
+            x, y = self._to_device(x, y)
+            self._sync()
+            t = time.perf_counter()
+            self._train_step(ph, x, y, r, 1.0)
+            self._sync()
+            times.append(time.perf_counter() - t)
+        return times
+
     def estimate_epoch_seconds(self, steps: int = 3) -> float:
         """Wall seconds one epoch of this schedule takes here, from a short probe.
 
@@ -316,16 +332,7 @@ class Trainer:
         total = sum(p.epochs for p in self.schedule.phases)
         seconds = 0.0
         for i, ph in enumerate(self.schedule.phases):
-            self._phase_start(i)
-            times = []
-            for k in range(steps + 1):
-                x, y, r = self.batches[k]
-                x, y = self._to_device(x, y)
-                self._sync()
-                t = time.perf_counter()
-                self._train_step(ph, x, y, r, 1.0)
-                self._sync()
-                times.append(time.perf_counter() - t)
+            times = self.time_steps(i, steps + 1)
             seconds += ph.epochs / total * self.steps_per_epoch * sum(times[1:]) / steps
         return seconds
 
