@@ -13,8 +13,8 @@ import contextlib
 
 import torch
 
-__all__ = ["PRECISIONS", "amp_dtype", "autocast", "conv_memory_format", "resolve_device",
-           "resolve_precision"]
+__all__ = ["PRECISIONS", "amp_dtype", "autocast", "conv_memory_format", "grad_scaler",
+           "resolve_device", "resolve_precision"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,6 +70,13 @@ def autocast(device: torch.device, precision: str = "fp32") -> contextlib.Abstra
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """A gradient scaler for ``precision`` on ``device``: active for fp16 (whose small range
+    needs loss scaling), a pass-through otherwise; its state belongs in checkpoints."""
+    return torch.amp.GradScaler(device.type,
+                                enabled=amp_dtype(precision, device) is torch.float16)
 
 
 def conv_memory_format(device: torch.device) -> torch.memory_format:

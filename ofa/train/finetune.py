@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ofa.data import BatchLoader, Dataset, load_dataset
-from ofa.device import amp_dtype, autocast, resolve_device
+from ofa.device import autocast, grad_scaler, resolve_device
 from ofa.evaluate import evaluate, recalibrated_subnet
 from ofa.fileio import atomic_write_json, read_json
 from ofa.space import SearchSpace, SubnetConfig
@@ -110,8 +110,7 @@ class _Finetuner:
             self.teacher.to(self.device).eval()
         self.opt = torch.optim.SGD(param_groups(self.model, self.wd), lr=self.base_lr,
                                    momentum=self.momentum, nesterov=True)
-        self.scaler = torch.amp.GradScaler(
-            self.device.type, enabled=amp_dtype(cfg.precision, self.device) is torch.float16)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         if resume:
             self._restore()
 

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ofa.data import Dataset, StepBatches, load_dataset, train_loader
-from ofa.device import amp_dtype, conv_memory_format, resolve_device
+from ofa.device import amp_dtype, autocast, conv_memory_format, grad_scaler, resolve_device
 from ofa.evaluate import subnet_accuracy
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
@@ -88,8 +88,7 @@ class Trainer:
         self.batches = StepBatches(self.data, cfg.batch_size, self.space.resolutions, cfg.seed,
                                    self.steps_per_epoch, self.rank, self.world)
         self.amp_dtype = amp_dtype(cfg.precision, self.device)
-        self.scaler = torch.amp.GradScaler(self.device.type,
-                                           enabled=self.amp_dtype is torch.float16)
+        self.scaler = grad_scaler(self.device, cfg.precision)
         self._resumed_rng: Tensor | None = None
         if resume and (self.out / CKPT).exists():
             self._restore(load_checkpoint(self.out / CKPT))
@@ -206,8 +205,7 @@ class Trainer:
 
     def _fwd(self, model: nn.Module, x: Tensor) -> Tensor:
         """Logits in fp32, the forward pass under autocast at the run's precision."""
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
+        with autocast(self.device, self.cfg.precision):
             return model(x).float()
 
     def _phase_start(self, i: int) -> None:
