@@ -153,15 +153,19 @@ def cifar(args: argparse.Namespace) -> dict:
         probe = Trainer(config(tmp, 1.0))
         probe.estimate_epoch_seconds(steps=3)  # warm-up: cuDNN, allocator, every phase
         sec = probe.estimate_epoch_seconds(steps=10)
-    epochs = max(1.0, round(args.minutes * 60 / sec, 1))
+    epochs = max(0.01, round(args.minutes * 60 / sec, 2))
     print(f"probe: {sec:.1f} s per epoch -> {epochs:g} epochs in {args.minutes:g} min",
           flush=True)
     start = time.perf_counter()
     info = Trainer(config(args.out, epochs)).run()
+    log = [json.loads(line) for line in (Path(args.out) / "metrics.jsonl").read_text()
+           .splitlines()]
     return {"probe_s_per_epoch": sec, "epochs": epochs, "wall_s": time.perf_counter() - start,
+            "phase_ends": [e for e in log if "phase_end" in e],
+            "images_per_s": {e["phase"]: e["images_per_s"] for e in log if "images_per_s" in e},
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none",
             "batch_size": args.batch_size,
-            "final": {k: v for k, v in info.items() if k in ("eval", "train_seconds", "steps")}}
+            "global_steps": info["global_steps"], "train_seconds": info["train_seconds"]}
 
 
 def sandwich(args: argparse.Namespace) -> dict:
