@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -141,6 +142,25 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
         return [st[protocol.statistic] for st in stats]
 
 
+def _measure_blocks(chunk: list[tuple[int, BlockShape]], runtime: str, threads: int,
+                    protocol: TimingProtocol, tmp: Path, target: Target | None
+                    ) -> list[dict[str, float]]:
+    """Latency stats (ms) of each block of ``chunk``: here one by one, on ``target`` as one
+    batch (exported into ``tmp`` as ``b0``, ``b1``, ... first)."""
+    if target is None:
+        return [measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime,
+                               threads, protocol, tmp) for _, s in chunk]
+    fmt = format_for(runtime)
+    folder = tmp / "batch"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    paths = []
+    for j, (_, s) in enumerate(chunk):
+        paths.append(folder / f"b{j}{fmt.suffix}")
+        fmt.export(build_layer(s).eval(), (1, s.in_ch, s.in_size, s.in_size), paths[-1])
+    return [row["latency_ms"] for row in target.bench_many(paths, threads, protocol)]
+
+
 def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict[str, Any]:
     """The saved build state in ``partial_path`` when it was made with the same settings
     (space, resolutions, runtime, threads, target, protocol), else ``state``."""
@@ -173,12 +193,15 @@ def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
                 threads: int = 1, protocol: TimingProtocol | None = None, calib: int = 10,
-                seed: int = 0, target: Target | None = None) -> LatencyTable:
+                seed: int = 0, target: Target | None = None, batch: int = 32) -> LatencyTable:
     """Measure every block shape and write the table to ``out`` (resumable).
 
-    Entries are kept in ``<out>.partial.json`` after each block, so a killed build resumes.
-    ``target`` (SSH or adb, :mod:`deploy.targets`): the blocks are exported here and timed on
-    that device, whose facts and runtime version go into the table's context; None = this
+    Entries are kept in ``<out>.partial.json`` after each block (each batch on a device),
+    so a killed build, or one whose device went away, resumes. ``target`` (SSH or adb,
+    :mod:`deploy.targets`): the blocks are exported here and timed on that device,
+    ``batch`` blocks per copy and agent run (``Target.bench_many``: one SSH session, one
+    transfer and one interpreter start per batch, the blocks timed in interleaved trials);
+    the device's facts and runtime version go into the table's context. None = this
     machine, in process. Returns the finished :class:`LatencyTable`.
 
     Raises:
@@ -203,13 +226,17 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                                                               target)
         ent = state["entries"]
         todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
-        for r, s in tqdm(todo, desc=f"lut {runtime}", unit="block",
-                         initial=len(shapes) - len(todo), total=len(shapes)):
-            st = measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime,
-                                threads, protocol, tmp, target)
-            ent.setdefault(str(r), {})[s.key()] = {
-                k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
-            atomic_write_json(partial_path, state)
+        step = 1 if target is None else batch
+        with tqdm(desc=f"lut {runtime}", unit="block", initial=len(shapes) - len(todo),
+                  total=len(shapes)) as bar:
+            for i in range(0, len(todo), step):
+                chunk = todo[i:i + step]
+                for (r, s), st in zip(chunk, _measure_blocks(chunk, runtime, threads, protocol,
+                                                             Path(tmp), target)):
+                    ent.setdefault(str(r), {})[s.key()] = {
+                        k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
+                atomic_write_json(partial_path, state)  # a dropped device loses one batch
+                bar.update(len(chunk))
     table = LatencyTable(context=state["context"], space=space.to_dict(),
                          resolutions=sorted(resolutions), entries=ent, protocol=asdict(protocol),
                          overhead_ms=state["overhead_ms"], source=str(out))

@@ -57,11 +57,26 @@ class Target(Protocol):
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]: ...
 
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        """Latency of every model (one runtime), in one device session where the target
+        allows it: one entry per model with ``latency_ms`` (the agent's stats)."""
+        ...
 
-def _agent_args(model: str, threads: int, protocol: TimingProtocol, data: str | None) -> list[str]:
-    args = [model, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
+
+def _agent_args(models: list[str], threads: int, protocol: TimingProtocol,
+                data: str | None) -> list[str]:
+    args = [*models, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
             "--warmup", str(protocol.warmup), "--trials", str(protocol.trials)]
     return args + (["--data", data] if data else [])
+
+
+def _batch_rows(res: dict[str, Any], models: list[Path], where: str) -> list[dict[str, Any]]:
+    rows = res.get("models", [res] if "model" in res else None)  # one model: the plain answer
+    if not isinstance(rows, list) or [r.get("model") for r in rows] != [
+            Path(m).name for m in models]:
+        raise TargetError(f"{where}: the agent's batch answer does not list the models sent")
+    return rows
 
 
 def _agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
@@ -94,12 +109,21 @@ class LocalTarget:
         protocol = protocol or TimingProtocol()
         # absolute paths: the agent runs beside the deploy package, not in the caller's cwd
         cmd = [self.python, "-m", "deploy.device.agent",
-               *_agent_args(str(Path(model).resolve()), threads, protocol,
+               *_agent_args([str(Path(model).resolve())], threads, protocol,
                             str(Path(data).resolve()) if data else None)]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
         res = _agent_json(proc, "local")
         res["target"] = "local"
         return res
+
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        """Every model in one agent run (interleaved trials)."""
+        protocol = protocol or TimingProtocol()
+        cmd = [self.python, "-m", "deploy.device.agent",
+               *_agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
+        return _batch_rows(_agent_json(proc, "local"), models, "local")
 
 
 class SSHTarget:
@@ -204,7 +228,26 @@ class SSHTarget:
         if data:
             self.copy([Path(data)], "data")
             rdata = f"data/{Path(data).name}"
-        args = _agent_args(f"model/{model.name}", threads, protocol, rdata)
+        res = self._agent(_agent_args([f"model/{model.name}"], threads, protocol, rdata))
+        res["target"] = self.name
+        return res
+
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        """The batch in one copy (one ``scp``) and one agent run (interleaved trials): the
+        per-model cost of an SSH session, a copy and an interpreter start is paid once."""
+        protocol = protocol or TimingProtocol()
+        self.copy([_PKG / "__init__.py"], "deploy")
+        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
+        proc = self.ssh(["rm", "-rf", f"{self.remote_dir}/batch"], "clean-up")
+        if proc.returncode != 0:
+            raise TargetError(f"{self.name}: cannot clear {self.remote_dir}/batch")
+        self.copy([Path(m) for m in models], "batch")
+        args = _agent_args([f"batch/{Path(m).name}" for m in models], threads, protocol, None)
+        return _batch_rows(self._agent(args), models, self.name)
+
+    def _agent(self, args: list[str]) -> dict[str, Any]:
+        """Run the agent in the remote folder with ``args``; its JSON answer."""
         script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
                   f"deploy.device.agent {' '.join(shlex.quote(a) for a in args)}")
         proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, script], "agent")
@@ -214,9 +257,7 @@ class SSHTarget:
         if "No module named 'numpy'" in proc.stderr:
             raise TargetError(f"{self.name}: numpy is missing on the device; pip install "
                               "'ofa-edge[device]' (or numpy) there")
-        res = _agent_json(proc, self.name)
-        res["target"] = self.name
-        return res
+        return _agent_json(proc, self.name)
 
 
 _TIMINGS = re.compile(r"count=(\d+) first=(\S+) curr=(\S+) min=(\S+) max=(\S+) avg=(\S+) "
@@ -315,6 +356,11 @@ class AdbTarget:
                     "warmup": protocol.warmup, "trials": 1, "target": self.name,
                     "device": {"name": self.name}})
         return res
+
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        """One ``benchmark_model`` run per model (it times one graph per process)."""
+        return [self.bench(m, threads, protocol) for m in models]
 
 
 def parse_target(spec: str, python: str = "python3", insecure: bool = False,

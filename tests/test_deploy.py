@@ -357,6 +357,71 @@ def test_lut_build_on_ssh_device(sshd, tmp_path):
     assert json.loads((tmp_path / "t.json").read_text())["context"]["target"] == t.name
 
 
+def test_agent_times_a_batch_in_one_run(bundles, tmp_path):
+    """Several models: one agent run, interleaved trials, one entry per model in order;
+    a batch takes no --data and is JSON only (one-line error otherwise)."""
+    folder, rep = bundles[0]
+    model = folder / rep["models"]["onnx-fp32"]["path"]
+    paths = []
+    for j in range(3):
+        paths.append(tmp_path / f"b{j}.onnx")
+        shutil.copy(model, paths[-1])
+    p = _agent(sys.executable, *map(str, paths), "--json", "--runs", "3", "--warmup", "1",
+               "--trials", "2")
+    assert p.returncode == 0, p.stderr
+    res = json.loads(p.stdout)
+    assert [m["model"] for m in res["models"]] == ["b0.onnx", "b1.onnx", "b2.onnx"]
+    assert all(m["latency_ms"]["count"] == 6 and m["median"] > 0 for m in res["models"])
+    assert res["runtime"] == "onnxruntime" and res["trials"] == 2
+    p = _agent(sys.executable, *map(str, paths), "--json", "--data", str(folder / "eval.npz"))
+    assert p.returncode == 2 and "batch" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    for batch in (paths[:1], paths):  # a batch of one is the agent's plain answer
+        rows = LocalTarget().bench_many(batch, 1, QUICK)
+        assert [r["model"] for r in rows] == [p.name for p in batch]
+        assert all(r["latency_ms"]["count"] == 3 for r in rows)
+
+
+def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
+    """Blocks go to the device in batches (one copy, one agent run each); the device going
+    away after the first batch leaves that batch in the partial file, and a rerun measures
+    only the rest."""
+    from deploy.lut import build_table
+    from ofa.space import get_space
+
+    d = sshd["dir"]
+    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
+                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    space = get_space("mbv3-digits", ks_list=[3, 5], expand_list=[3], depth_list=[2],
+                      resolutions=[12])
+    keys = {s.key() for s in space.all_block_shapes([12])}
+    sent: list[int] = []
+
+    class Dropping:
+        name = t.name
+
+        def bench(self, *a, **kw):
+            return t.bench(*a, **kw)
+
+        def bench_many(self, models, threads=1, protocol=None):
+            if sent:
+                raise TargetError(f"{t.name}: host unreachable (connection closed)")
+            sent.append(len(models))
+            return t.bench_many(models, threads, protocol)
+
+    out = tmp_path / "t.json"
+    with pytest.raises(TargetError, match="host unreachable"):
+        build_table(space, [12], "onnxruntime", out, protocol=QUICK, calib=0, target=Dropping(),
+                    batch=4)
+    partial = json.loads((tmp_path / "t.json.partial.json").read_text())
+    first = partial["entries"]["12"]
+    assert sent == [4] and len(first) == 4 and len(keys) > 4
+    table = build_table(space, [12], "onnxruntime", out, protocol=QUICK, calib=0, target=t,
+                        batch=4)
+    assert set(table.entries["12"]) == keys
+    assert all(table.entries["12"][k] == v for k, v in first.items())  # kept, not re-timed
+    assert not (tmp_path / "t.json.partial.json").exists()
+
+
 def test_one_format_table_agrees_with_the_runtimes():
     from deploy.device.runtimes import RUNTIMES, runtime_for
     from deploy.formats import FORMATS, format_for, parse_formats

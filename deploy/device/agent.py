@@ -2,6 +2,7 @@
 
     python -m deploy.device.agent MODEL [--threads N --runs N --warmup N --trials N]
                                  [--data FILE.npz|FOLDER] [--json]
+    python -m deploy.device.agent MODEL MODEL ... [--threads ...] --json    # a batch
 
 Imports only numpy and the one runtime the model needs (onnxruntime for ``.onnx``;
 ai-edge-litert, or tflite-runtime as a fallback, for ``.tflite``), so it runs on a Raspberry
@@ -11,7 +12,11 @@ Output (``--json``): ``{"schema": "ofa-edge-agent", "version": 1, "model", "mode
 "runtime", "runtime_version", "backend", "threads", "input_shape", "input_dtype",
 "latency_ms": {"median", "p90", "mean", "std", "min", "count"}, "median", "p90", "min",
 "runs", "warmup", "trials", "device": {...}, ["accuracy": {"top1", "images"}]}``.
-Latencies are per invoke (batch 1), in milliseconds.
+Latencies are per invoke (batch 1), in milliseconds. With several models (a latency-table
+build's batch of blocks, :func:`benchmark_many`): ``{"schema", "version", "runtime",
+"runtime_version", "backend", "threads", "runs", "warmup", "trials", "device", "models":
+[{"model", "model_bytes", "input_shape", "latency_ms", "median"}, ...]}``, all timed in one
+process in interleaved trials.
 
 Accuracy data: an ``.npz`` written by ``ofa export`` (``x``: float32 ``(N, 3, r, r)``
 already normalised, ``y``: int labels), or raw images (``x_test``/``y_test`` uint8
@@ -38,10 +43,11 @@ from deploy.device.runtimes import (
     TimingProtocol,
     get_runtime,
     runtime_for,
+    time_interleaved,
     time_invoke,
 )
 
-__all__ = ["benchmark", "load_eval_data", "top1", "main", "SCHEMA"]
+__all__ = ["benchmark", "benchmark_many", "load_eval_data", "top1", "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
 def _meta(model: Path) -> dict[str, Any]:
@@ -172,10 +178,46 @@ def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | No
     return out
 
 
+def benchmark_many(models: list[str | Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> dict[str, Any]:
+    """Load every model (one runtime, by suffix) and time one invoke of each in interleaved
+    trials (:func:`deploy.device.runtimes.time_interleaved`): one interpreter start and one
+    device session for a whole batch, and a drift of the device's speed spreads over the
+    batch alike. Inputs are seeded random tensors of each model's input shape.
+
+    Raises:
+        FileNotFoundError/ValueError: a missing or corrupt model, or models of two runtimes.
+        RuntimeMissing: the runtime's package is not installed.
+    """
+    paths = [Path(m) for m in models]
+    kinds = {runtime_for(p) for p in paths}
+    if len(kinds) != 1:
+        raise ValueError(f"one runtime per batch, got {sorted(kinds)}")
+    kind, protocol = kinds.pop(), protocol or TimingProtocol()
+    rng = np.random.default_rng(0)
+    rts, xs = [], []
+    for p in paths:
+        rt = get_runtime(kind, threads)
+        rt.load(str(p))
+        shape = tuple(int(d) for d in rt.input_shape)
+        rts.append(rt)
+        xs.append(rt.prepare(rng.standard_normal(shape).astype(np.float32)))
+    stats = time_interleaved(rts, xs, protocol)
+    rt = rts[0]
+    return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
+            "runtime_version": rt.version(), "backend": rt.backend, "threads": threads,
+            "runs": protocol.runs, "warmup": protocol.warmup, "trials": protocol.trials,
+            "device": device_facts(),
+            "models": [{"model": p.name, "model_bytes": p.stat().st_size,
+                        "input_shape": [int(d) for d in r.input_shape], "latency_ms": st,
+                        "median": st["median"]} for p, r, st in zip(paths, rts, stats)]}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.device.agent",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("model", help=".onnx or .tflite file")
+    ap.add_argument("model", nargs="+", help=".onnx or .tflite file (several: a batch, "
+                    "timed in interleaved trials; --json only, no --data)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
@@ -184,9 +226,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="at most this many eval images")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if len(a.model) > 1 and (a.data or not a.json):
+        print("agent: error: several models are a batch: --json, and no --data",
+              file=sys.stderr)
+        return 2
+    protocol = TimingProtocol(a.warmup, a.runs, a.trials)
     try:
-        res = benchmark(a.model, a.threads, TimingProtocol(a.warmup, a.runs, a.trials), a.data,
-                        a.limit)
+        res = (benchmark_many(a.model, a.threads, protocol) if len(a.model) > 1 else
+               benchmark(a.model[0], a.threads, protocol, a.data, a.limit))
     except RuntimeMissing as exc:
         print(f"agent: error: {exc}", file=sys.stderr)
         return 3

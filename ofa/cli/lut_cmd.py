@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--trials", type=int_range(1, 1000), default=3)
     b.add_argument("--calib", type=int_range(0, 10_000), default=10,
                    help="whole subnets for calibration (0 = none)")
+    b.add_argument("--batch", type=int_range(1, 10_000), default=32,
+                   help="blocks per copy and agent run on a --target device")
     b.add_argument("--out", required=True)
     add_device_args(b)
     c = sub.add_parser("calibrate", help="refit a table's a*sum+b on whole subnets measured "
@@ -93,7 +95,7 @@ def _build(args: argparse.Namespace, target) -> int:
     res = args.resolutions or list(space.resolutions)
     t = build_table(space, res, args.runtime, args.out, threads=args.threads,
                     protocol=TimingProtocol(args.warmup, args.runs, args.trials),
-                    calib=args.calib, target=target)
+                    calib=args.calib, target=target, batch=args.batch)
     n = sum(len(g) for g in t.entries.values())
     print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
           f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
