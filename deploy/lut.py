@@ -121,15 +121,18 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                      ) -> list[float]:
     """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
 
-    Here, every subnet is exported and loaded first and then timed in interleaved trials
+    Every subnet is exported and loaded first and then timed in interleaved trials
     (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the machine's speed
-    during the minutes this takes spreads over all subnets alike; on a device target each
-    subnet is timed in turn."""
+    during the minutes this takes spreads over all subnets alike: here in this process, on
+    a device target as one batch (``Target.bench_many``: one copy, one agent run)."""
     with tempfile.TemporaryDirectory() as tmp:
         if target is not None:
-            return [measure_module(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
-                                   protocol, tmp, target)[protocol.statistic]
-                    for i, c in enumerate(tqdm(cfgs, desc=desc, leave=False))]
+            fmt = format_for(runtime)
+            paths = [Path(tmp) / f"s{i}{fmt.suffix}" for i in range(len(cfgs))]
+            for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
+                fmt.export(_subnet(space, c, i), (1, 3, c.r, c.r), paths[i])
+            return [row["latency_ms"][protocol.statistic]
+                    for row in target.bench_many(paths, threads, protocol)]
         rts, xs = [], []
         for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
             rt, x = _loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
