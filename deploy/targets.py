@@ -220,8 +220,7 @@ class SSHTarget:
         model = Path(model)
         if not model.is_file():
             raise TargetError(f"model file {model} does not exist")
-        self.copy([_PKG / "__init__.py"], "deploy")
-        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
+        self._copy_agent()
         meta = model.with_name("model.json")
         self.copy([model, meta] if meta.exists() else [model], "model")
         rdata = None
@@ -237,14 +236,18 @@ class SSHTarget:
         """The batch in one copy (one ``scp``) and one agent run (interleaved trials): the
         per-model cost of an SSH session, a copy and an interpreter start is paid once."""
         protocol = protocol or TimingProtocol()
-        self.copy([_PKG / "__init__.py"], "deploy")
-        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
+        self._copy_agent()
         proc = self.ssh(["rm", "-rf", f"{self.remote_dir}/batch"], "clean-up")
         if proc.returncode != 0:
             raise TargetError(f"{self.name}: cannot clear {self.remote_dir}/batch")
         self.copy([Path(m) for m in models], "batch")
         args = _agent_args([f"batch/{Path(m).name}" for m in models], threads, protocol, None)
         return _batch_rows(self._agent(args), models, self.name)
+
+    def _copy_agent(self) -> None:
+        """The torch-free agent (``deploy/device``) into the remote folder."""
+        self.copy([_PKG / "__init__.py"], "deploy")
+        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
 
     def _agent(self, args: list[str]) -> dict[str, Any]:
         """Run the agent in the remote folder with ``args``; its JSON answer."""
