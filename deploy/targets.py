@@ -108,11 +108,8 @@ class LocalTarget:
               data: str | Path | None = None) -> dict[str, Any]:
         protocol = protocol or TimingProtocol()
         # absolute paths: the agent runs beside the deploy package, not in the caller's cwd
-        cmd = [self.python, "-m", "deploy.device.agent",
-               *_agent_args([str(Path(model).resolve())], threads, protocol,
-                            str(Path(data).resolve()) if data else None)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
-        res = _agent_json(proc, "local")
+        res = self._agent(_agent_args([str(Path(model).resolve())], threads, protocol,
+                                      str(Path(data).resolve()) if data else None))
         res["target"] = "local"
         return res
 
@@ -120,10 +117,14 @@ class LocalTarget:
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """Every model in one agent run (interleaved trials)."""
         protocol = protocol or TimingProtocol()
-        cmd = [self.python, "-m", "deploy.device.agent",
-               *_agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=_PKG.parent)
-        return _batch_rows(_agent_json(proc, "local"), models, "local")
+        args = _agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
+        return _batch_rows(self._agent(args), models, "local")
+
+    def _agent(self, args: list[str]) -> dict[str, Any]:
+        """Run the agent beside the deploy package with ``args``; its JSON answer."""
+        proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
+                              capture_output=True, text=True, cwd=_PKG.parent)
+        return _agent_json(proc, "local")
 
 
 class SSHTarget:
