@@ -98,7 +98,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
     """Step 3: test top-1 of each chosen subnet and of ``--random`` random subnets under the
     same budget (one line per measured subnet in ``random.jsonl``; resumable)."""
     from ofa.data import load_dataset
-    from ofa.device import resolve_device
+    from ofa.device import conv_memory_format, resolve_device
     from ofa.evaluate import subnet_accuracy
     from ofa.space import SubnetConfig
     from ofa.train.run import load_run
@@ -113,7 +113,9 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
                 continue  # a line torn by a kill
             done[(row["budget_ms"], row["kind"], row["i"])] = row
     net, cfg, _ = load_run(args.supernet)
-    net.to(resolve_device(args.device))
+    dev = resolve_device(args.device)
+    conv_memory_format(dev)  # on CUDA: depthwise convolutions off cuDNN's per-shape plans
+    net.to(dev)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     cache: dict = {}
     rows = []

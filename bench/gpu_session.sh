@@ -10,8 +10,11 @@
 #   bash bench/gpu_session.sh throughput   # mbv3-w1.0 @224 on JPEGs, fp32 vs bf16
 #   bash bench/gpu_session.sh sandwich     # sandwich-step seconds, both conv layouts
 #   bash bench/gpu_session.sh cifar MIN    # DεpS CIFAR-10 supernet for MIN minutes + ofa run
+#   bash bench/gpu_session.sh spec MIN     # the supernet, then bench/cifar_specialise.py
+#   bash bench/gpu_session.sh resume       # continue spec (a cold machine: from .gpu/c10.tar.*)
 # Everything worth keeping goes to $OUT (log.txt, results.tar, supernet.part-*).
 set -u
+T0=$(date +%s)
 DEV=${DEV:-cuda}  # DEV=cpu: a dry run of this script on a machine without a GPU
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -40,6 +43,21 @@ print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_avai
 C10=(--dataset cifar10 --data /tmp/cifar10.npz --space mbv3-cifar)
 
 O=(python3 -m ofa.cli)
+left() {  # seconds left of this call's BUDGET (default 560), minus $1
+    echo $(( T0 + ${BUDGET:-560} - $(date +%s) - ${1:-0} ))
+}
+keep_supernet() {  # the run folder, in 15 MB parts, for a later call on a cold machine
+    local ex=()
+    [ -f /tmp/c10/supernet.safetensors ] && ex=(--exclude=c10/checkpoint.pt)
+    tar -cf - "${ex[@]}" -C /tmp c10 | split -b 15M -d - "$OUT/c10.tar.part-"
+}
+specialise() {  # specialise LIMIT_S: bench/cifar_specialise.py, resumable in /tmp/spec
+    step specialise "$1" python3 bench/cifar_specialise.py --supernet /tmp/c10 \
+        --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec \
+        --samples "${SPEC_SAMPLES:-100,300}" --random "${SPEC_RANDOM:-100}" \
+        --finetune-epochs "${SPEC_FT_EPOCHS:-3}" ${SPEC_ARGS:-} --json "$OUT/cifar_specialise.json"
+    tar -cf "$OUT/spec.tar" --exclude='*.pt' --exclude='*.safetensors' -C /tmp spec
+}
 case ${1:-smoke} in
 smoke)  # every --device cuda path once, tiny (2 min)
     step train-smoke 100 "${O[@]}" train "${C10[@]}" --schedule deps \
@@ -79,6 +97,24 @@ cifar)  # cifar MINUTES RUN_LIMIT_S SAMPLES: a DεpS supernet, then ofa run --de
         --name c10gpu --device "$DEV" --samples "${4:-300}" --formats onnx-fp32 --lut-runs 10
     tar -cf "$OUT/results.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
         -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json runs
+    ;;
+spec)  # spec MINUTES: a DεpS supernet, then the issue-17 benchmark for the call's rest
+    step cifar-supernet $(( ${2:-4} * 60 + 90 )) python3 bench/gpu_train.py cifar \
+        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --lr-scale 0.35 \
+        --workers 4 --precisions bf16 --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" \
+        --device "$DEV"
+    keep_supernet
+    specialise "$(left 15)"
+    ;;
+resume)  # continue spec; on a cold machine the supernet comes from the carried .gpu/c10.tar.*
+    [ -d /tmp/c10 ] || cat .gpu/c10.tar.part-* | tar -xf - -C /tmp || exit 1
+    specialise "$(left 15)"
+    if [ "${RUN_CUDA:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # issue 16: ofa run on the GPU
+        step run-cuda "$(left 10)" "${O[@]}" run --supernet /tmp/c10 --root /tmp/runs \
+            --name c10gpu --device "$DEV" --samples 100 --formats onnx-fp32 --lut-runs 10
+        tar -cf "$OUT/run.tar" --exclude='*.onnx' --exclude='*.npz' --exclude='*.pt' \
+            --exclude='*.safetensors' -C /tmp runs
+    fi
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv || true

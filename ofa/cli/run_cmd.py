@@ -25,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--supernet", help="reuse this trained or imported run folder (no "
                    "training; its space and dataset apply, --data overrides its data path)")
     add_training_args(p)
-    p.add_argument("--samples", type=int_range(10, 1_000_000), default=100,
-                   help="subnets measured for the accuracy predictor (>= 10)")
+    p.add_argument("--samples", type=int_range(10, 1_000_000), default=None,
+                   help="subnets measured for the accuracy predictor (>= 10; default 300, "
+                   "100 on the embedded digits: see docs/cifar10.md)")
     p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
     p.add_argument("--budgets", type=float_list(0.0), help="latency budgets in ms, e.g. "
                    "5,8,12 (default: 3 spread between the smallest and largest subnet)")
