@@ -11,6 +11,13 @@ rewritten after every entry) and skipped on the next run.
 Whole subnets (calibration, validation) are exported first and then timed in interleaved
 trials, so that a drift of the machine's speed does not favour the subnets timed first.
 
+Precision: ``fp32`` or ``int8``. An int8 table times every block and subnet as the file
+``ofa export`` writes for that runtime at int8 (:data:`deploy.formats.FORMATS`: ONNX QDQ with
+per-channel weights, full-integer TFLite), quantised on a fixed-seed random representative set
+(:func:`representative_set`; the values set the quantisation scales, not the work). Each block
+shape is converted once; whole subnets are converted by ``jobs`` processes in parallel before
+any of them is timed (a full-integer TFLite conversion of a subnet takes ~30 s here).
+
 Validate: N seeded random subnets (other seeds than calibration), measured end to end, against
 raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, and a scatter plot.
 """
@@ -44,7 +51,26 @@ from search.latency_table import LatencyTable
 from search.metrics import relative_error_report
 
 __all__ = ["measure_module", "build_table", "calibrate", "fit_calibration", "validate_table",
-           "runtime_context"]
+           "runtime_context", "representative_set", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "int8")
+CALIB_IMAGES = 8  # representative inputs per int8 conversion (blocks and whole subnets)
+
+
+def representative_set(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """``(CALIB_IMAGES, C, H, W)`` float32 standard-normal inputs (fixed ``seed``) for int8
+    conversions in tables: normalised images and BN-ed activations are of that scale."""
+    g = np.random.default_rng(seed)
+    return g.standard_normal((CALIB_IMAGES, *input_shape[1:])).astype(np.float32)
+
+
+def _export(model: nn.Module, input_shape: tuple[int, ...], runtime: str, precision: str,
+            path: Path) -> Path:
+    """Write ``model`` as the file ``runtime`` runs at ``precision`` (see ``deploy/formats.py``).
+    """
+    fmt = format_for(runtime, precision)
+    calib = representative_set(input_shape) if precision == "int8" else None
+    return fmt.export(model.eval(), input_shape, path, calib=calib)
 
 
 def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
@@ -55,22 +81,28 @@ def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict
 
 
 def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
-            stem: Path) -> tuple[Runtime, np.ndarray]:
+            stem: Path, precision: str = "fp32") -> tuple[Runtime, np.ndarray]:
     """``model`` ready to time in ``runtime``: exported to ``stem`` + the format's suffix and
     loaded (the torch runtime takes the module itself); (runtime, random input)."""
     rt = get_runtime(runtime, threads)
     if isinstance(rt, TorchRuntime):
+        if precision != "fp32":
+            raise ValueError("the torch runtime is timed in fp32 only")
         rt.load_module(model, input_shape)
     else:
-        fmt = format_for(runtime)
-        path = stem.with_name(stem.name + fmt.suffix)
-        fmt.export(model.eval(), input_shape, path)
+        path = stem.with_name(stem.name + format_for(runtime, precision).suffix)
+        _export(model, input_shape, runtime, precision, path)
         rt.load(str(path))
+    return _timed_input(rt, input_shape)
+
+
+def _timed_input(rt: Runtime, input_shape: tuple[int, ...]) -> tuple[Runtime, np.ndarray]:
     return rt, rt.prepare(torch.randn(*input_shape).numpy())
 
 
 def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
-              threads: int, protocol: TimingProtocol, workdir: str | Path) -> dict[str, Any]:
+              threads: int, protocol: TimingProtocol, workdir: str | Path,
+              precision: str = "fp32") -> dict[str, Any]:
     """Export ``model`` here and time it on ``target``; the agent's whole JSON (latency
     statistics, device facts, runtime version).
 
@@ -79,16 +111,16 @@ def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], ru
     """
     if runtime == "torch":
         raise ValueError("the torch runtime is measured in this process only (no --target)")
-    fmt = format_for(runtime)
-    path = Path(workdir) / f"m{fmt.suffix}"
-    fmt.export(model.eval(), input_shape, path)
+    path = Path(workdir) / f"m{format_for(runtime, precision).suffix}"
+    _export(model, input_shape, runtime, precision, path)
     return target.bench(path, threads, protocol)
 
 
 def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
                    protocol: TimingProtocol, workdir: str | Path,
-                   target: Target | None = None) -> dict[str, float]:
-    """Time one invoke of ``model`` (input ``input_shape``, NCHW) in ``runtime`` (ms stats).
+                   target: Target | None = None, precision: str = "fp32") -> dict[str, float]:
+    """Time one invoke of ``model`` (input ``input_shape``, NCHW) in ``runtime`` at
+    ``precision`` (``fp32`` | ``int8``: the file ``ofa export`` writes) (ms stats).
 
     With ``target`` (an SSH or adb target from :mod:`deploy.targets`) the exported file is
     copied to the device and timed there by the agent or ``benchmark_model``; otherwise it is
@@ -99,8 +131,8 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     """
     if target is not None:
         return _bench_on(target, model, input_shape, runtime, threads, protocol,
-                         workdir)["latency_ms"]
-    rt, x = _loaded(model, input_shape, runtime, threads, Path(workdir) / "m")
+                         workdir, precision)["latency_ms"]
+    rt, x = _loaded(model, input_shape, runtime, threads, Path(workdir) / "m", precision)
     return time_interleaved([rt], [x], protocol)[0]
 
 
@@ -116,29 +148,64 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
     return net.get_active_subnet().eval()
 
 
+def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: str,
+                   path: str) -> str:
+    """One whole subnet to ``path`` (a process-pool task: plain arguments)."""
+    torch.set_num_threads(1)
+    sp, c = SearchSpace.from_dict(space), SubnetConfig.from_dict(cfg)
+    _export(_subnet(sp, c, seed), (1, 3, c.r, c.r), runtime, precision, Path(path))
+    return path
+
+
+def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, precision: str,
+                    folder: Path, desc: str, jobs: int) -> list[Path]:
+    """Every config exported to ``folder/s<i><suffix>``, by ``jobs`` processes (1: here)."""
+    suffix = format_for(runtime, precision).suffix
+    paths = [folder / f"s{i}{suffix}" for i in range(len(cfgs))]
+    tasks = [(space.to_dict(), c.to_dict(), i, runtime, precision, str(p))
+             for i, (c, p) in enumerate(zip(cfgs, paths))]
+    with tqdm(total=len(tasks), desc=f"{desc}: export ({precision}, {jobs} process(es))",
+              leave=False) as bar:
+        if jobs <= 1:
+            for t in tasks:
+                _export_subnet(*t)
+                bar.update()
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+                for _ in pool.map(_export_subnet, *zip(*tasks)):
+                    bar.update()
+    return paths
+
+
 def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
-                     protocol: TimingProtocol, desc: str, target: Target | None = None
-                     ) -> list[float]:
+                     protocol: TimingProtocol, desc: str, target: Target | None = None,
+                     precision: str = "fp32", jobs: int = 1) -> list[float]:
     """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
 
-    Every subnet is exported and loaded first and then timed in interleaved trials
-    (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the machine's speed
-    during the minutes this takes spreads over all subnets alike: here in this process, on
-    a device target as one batch (``Target.bench_many``: one copy, one agent run)."""
+    Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
+    interleaved trials (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the
+    machine's speed during the minutes this takes spreads over all subnets alike, and no
+    conversion runs while anything is timed: here in this process, on a device target as one
+    batch (``Target.bench_many``: one copy, one agent run)."""
     with tempfile.TemporaryDirectory() as tmp:
-        if target is not None:
-            fmt = format_for(runtime)
-            paths = [Path(tmp) / f"s{i}{fmt.suffix}" for i in range(len(cfgs))]
-            for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
-                fmt.export(_subnet(space, c, i), (1, 3, c.r, c.r), paths[i])
-            return [row["latency_ms"][protocol.statistic]
-                    for row in target.bench_many(paths, threads, protocol)]
-        rts, xs = [], []
-        for i, c in enumerate(tqdm(cfgs, desc=f"{desc}: export", leave=False)):
-            rt, x = _loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
-                            Path(tmp) / f"s{i}")
-            rts.append(rt)
-            xs.append(x)
+        if runtime == "torch" and target is None:
+            loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
+                              Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
+            rts, xs = [r for r, _ in loaded], [x for _, x in loaded]
+        else:
+            paths = _export_subnets(space, cfgs, runtime, precision, Path(tmp), desc, jobs)
+            if target is not None:
+                return [row["latency_ms"][protocol.statistic]
+                        for row in target.bench_many(paths, threads, protocol)]
+            rts, xs = [], []
+            for c, path in zip(cfgs, paths):
+                rt = get_runtime(runtime, threads)
+                rt.load(str(path))
+                rts.append(rt)
+                xs.append(_timed_input(rt, (1, 3, c.r, c.r))[1])
         with tqdm(total=len(cfgs) * protocol.trials, leave=False,
                   desc=f"{desc}: time ({protocol.trials} interleaved trials)") as bar:
             stats = time_interleaved(rts, xs, protocol, progress=bar.update)
@@ -146,21 +213,22 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
 
 
 def _measure_blocks(chunk: list[tuple[int, BlockShape]], runtime: str, threads: int,
-                    protocol: TimingProtocol, tmp: Path, target: Target | None
-                    ) -> list[dict[str, float]]:
+                    protocol: TimingProtocol, tmp: Path, target: Target | None,
+                    precision: str = "fp32") -> list[dict[str, float]]:
     """Latency stats (ms) of each block of ``chunk``: here one by one, on ``target`` as one
     batch (exported into ``tmp`` as ``b0``, ``b1``, ... first)."""
     if target is None:
         return [measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime,
-                               threads, protocol, tmp) for _, s in chunk]
-    fmt = format_for(runtime)
+                               threads, protocol, tmp, precision=precision) for _, s in chunk]
+    suffix = format_for(runtime, precision).suffix
     folder = tmp / "batch"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir()
     paths = []
     for j, (_, s) in enumerate(chunk):
-        paths.append(folder / f"b{j}{fmt.suffix}")
-        fmt.export(build_layer(s).eval(), (1, s.in_ch, s.in_size, s.in_size), paths[-1])
+        paths.append(folder / f"b{j}{suffix}")
+        _export(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision,
+                paths[-1])
     return [row["latency_ms"] for row in target.bench_many(paths, threads, protocol)]
 
 
@@ -172,7 +240,8 @@ def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict
     except (OSError, json.JSONDecodeError):
         return state
     old.setdefault("target", "local")  # partial files from before device targets
-    same = ("space", "resolutions", "runtime", "threads", "target", "protocol")
+    old.setdefault("precision", "fp32")
+    same = ("space", "resolutions", "runtime", "precision", "threads", "target", "protocol")
     if not isinstance(old, dict) or any(old.get(k) != state[k] for k in same):
         return state
     done = sum(len(g) for g in old.get("entries", {}).values())
@@ -181,23 +250,30 @@ def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict
 
 
 def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
-             target: Target | None) -> tuple[dict[str, Any], float]:
+             target: Target | None, precision: str = "fp32") -> tuple[dict[str, Any], float]:
     """The table's context and the per-invoke overhead (ms) of an almost empty model,
     measured here or on ``target`` (the device describes itself in the agent's JSON)."""
     if target is None:
-        st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp)
-        return runtime_context(runtime, threads), st[protocol.statistic]
-    res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp)
+        st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
+                            precision=precision)
+        return runtime_context(runtime, threads, precision), st[protocol.statistic]
+    res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
+                    precision)
     ctx = {"device": res.get("device", {"name": target.name}), "runtime": runtime,
            "runtime_version": res.get("runtime_version"), "backend": res.get("backend"),
-           "threads": threads, "precision": "fp32", "batch": 1, "target": target.name}
+           "threads": threads, "precision": precision, "batch": 1, "target": target.name}
     return ctx, res["latency_ms"][protocol.statistic]
 
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
                 threads: int = 1, protocol: TimingProtocol | None = None, calib: int = 10,
-                seed: int = 0, target: Target | None = None, batch: int = 32) -> LatencyTable:
+                seed: int = 0, target: Target | None = None, batch: int = 32,
+                precision: str = "fp32", jobs: int = 1) -> LatencyTable:
     """Measure every block shape and write the table to ``out`` (resumable).
+
+    ``precision``: ``fp32`` or ``int8`` (blocks and calibration subnets in the int8 format
+    of ``runtime``, see the module docstring); recorded in the table's context. ``jobs``:
+    processes converting the calibration subnets.
 
     Entries are kept in ``<out>.partial.json`` after each block (each batch on a device),
     so a killed build, or one whose device went away, resumes. ``target`` (SSH or adb,
@@ -208,9 +284,16 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     machine, in process. Returns the finished :class:`LatencyTable`.
 
     Raises:
-        ValueError: resolutions outside the space or an unknown runtime.
+        ValueError: resolutions outside the space, an unknown runtime or a precision it has
+            no format for.
         deploy.targets.TargetError: the device is unreachable or lacks the runtime.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if runtime != "torch":
+        format_for(runtime, precision)
+    elif precision != "fp32":
+        raise ValueError("the torch runtime is timed in fp32 only")
     protocol = protocol or TimingProtocol()
     out = Path(out)
     for r in resolutions:
@@ -220,22 +303,23 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                                             for s in space.all_block_shapes([r])]
     state = _resume_state(partial_path, {
         "space": space.to_dict(), "resolutions": resolutions, "runtime": runtime,
-        "threads": threads, "target": "local" if target is None else target.name,
+        "precision": precision, "threads": threads,
+        "target": "local" if target is None else target.name,
         "protocol": asdict(protocol), "entries": {}}, len(shapes))
     torch.manual_seed(seed)
     with tempfile.TemporaryDirectory() as tmp:
         if "context" not in state:
             state["context"], state["overhead_ms"] = _context(runtime, threads, protocol, tmp,
-                                                              target)
+                                                              target, precision)
         ent = state["entries"]
         todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
         step = 1 if target is None else batch
-        with tqdm(desc=f"lut {runtime}", unit="block", initial=len(shapes) - len(todo),
+        with tqdm(desc=f"lut {runtime} {precision}", unit="block", initial=len(shapes) - len(todo),
                   total=len(shapes)) as bar:
             for i in range(0, len(todo), step):
                 chunk = todo[i:i + step]
                 for (r, s), st in zip(chunk, _measure_blocks(chunk, runtime, threads, protocol,
-                                                             Path(tmp), target)):
+                                                             Path(tmp), target, precision)):
                     ent.setdefault(str(r), {})[s.key()] = {
                         k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
                 atomic_write_json(partial_path, state)  # a dropped device loses one batch
@@ -244,7 +328,7 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                          resolutions=sorted(resolutions), entries=ent, protocol=asdict(protocol),
                          overhead_ms=state["overhead_ms"], source=str(out))
     if calib > 0:
-        calibrate(table, space, calib, protocol, seed, target)
+        calibrate(table, space, calib, protocol, seed, target, jobs)
     table.save(out)
     partial_path.unlink(missing_ok=True)
     return table
@@ -252,7 +336,7 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
               protocol: TimingProtocol | None = None, seed: int = 0,
-              target: Target | None = None) -> LatencyTable:
+              target: Target | None = None, jobs: int = 1) -> LatencyTable:
     """Fit the table's calibration ``measured = a * sum + b`` (ms) on this machine, in place.
 
     Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
@@ -269,7 +353,8 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     g = random.Random(seed + 1)
     cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
     cfgs += [space.max_subnet(max(res)), space.min_subnet(min(res))]
-    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target)
+    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
+                                table.context.get("precision", "fp32"), jobs)
     raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs).tolist()
     a, b = fit_calibration(raw, measured)
     table.calibration = {"a": a, "b": b, "fit": "relative", "fitted_on": [
@@ -295,19 +380,20 @@ def fit_calibration(raw: list[float], measured: list[float]) -> tuple[float, flo
 
 
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
-                   plot: str | Path | None = None, target: Target | None = None
-                   ) -> dict[str, Any]:
-    """Measure ``n`` random subnets end to end in the table's context (on ``target`` when
-    given, see :func:`build_table`); compare with the table's raw and calibrated
-    predictions (:func:`search.metrics.relative_error_report`), optionally with a scatter
-    plot PNG."""
+                   plot: str | Path | None = None, target: Target | None = None,
+                   jobs: int = 1) -> dict[str, Any]:
+    """Measure ``n`` random subnets end to end in the table's context (runtime, threads,
+    precision; on ``target`` when given, see :func:`build_table`; converted by ``jobs``
+    processes); compare with the table's raw and calibrated predictions
+    (:func:`search.metrics.relative_error_report`), optionally with a scatter plot PNG."""
     runtime, threads = table.context["runtime"], int(table.context["threads"])
     protocol = TimingProtocol(**{k: v for k, v in table.protocol.items()
                            if k in ("warmup", "runs", "trials", "statistic")})
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
     measured = np.asarray(_measure_configs(space, cfgs, runtime, threads, protocol, "validate",
-                                           target))
+                                           target, table.context.get("precision", "fp32"),
+                                           jobs))
     raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs)
     cal = LatencyPredictor(table, space, calibrated=True).predict_many(cfgs)
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,

@@ -27,19 +27,22 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      formats: tuple[str, ...] = ("onnx-fp32", "tflite-fp32"),
                      protocol: TimingProtocol | None = None, progress: bool = True,
                      data: str | None = None,
-                     models: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     models: dict[str, Any] | None = None,
+                     precision: str = "fp32") -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
     run's dataset path (calibration and parity images). ``models``: label -> a fine-tuned
-    static network to export instead of the supernet's subnet.
+    static network to export instead of the supernet's subnet. ``precision``: the model
+    measured is ``runtime``'s format at that precision (``int8``: ONNX QDQ or full-integer
+    TFLite, as in ``deploy/formats.py``), to compare with an int8 latency table.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
     measured_top1, sizes (bytes per format), measurement (agent JSON)``.
     """
     out = Path(out)
-    fmt = format_for(runtime).name
+    fmt = format_for(runtime, precision).name
     formats = tuple(dict.fromkeys((fmt, *formats)))
     # export everything first: conversions must not overlap (or warm up) the timed runs
     bundles = []
@@ -74,7 +77,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
             "parity": {k: {"max_abs_diff": v["max_abs_diff"],
                            "top1_agreement": v["top1_agreement"]}
                        for k, v in rep["models"].items()},
-            "model": str(model), "target": meas.get("target"), "measurement": meas})
+            "model": str(model), "format": fmt, "target": meas.get("target"),
+            "measurement": meas})
     return results
 
 

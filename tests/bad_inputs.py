@@ -139,6 +139,7 @@ CASES: tuple[Case, ...] = (
        "--pareto"),
     _c("search", *_SEARCH, "--latency-ms", "3", "--num-classes", "0"),
     _c("search", *_SEARCH, "--latency-ms", "40", "--storage", "study.log"),
+    _c("search", *_SEARCH, "--latency-ms", "3", "--precision", "int8"),  # an fp32 table
     # --- export / bench / deploy ---------------------------------------------------------
     _c("export", *_EXPORT, "--formats", "onnx-fp16"),
     _c("export", *_EXPORT, "--formats", ""),
@@ -170,6 +171,7 @@ CASES: tuple[Case, ...] = (
     _c("run", *_RUN, "--target", "ssh://nobody@127.0.0.1:1", "--insecure"),
     _c("run", *_RUN, "--table", "missing_table.json"),
     _c("run", *_RUN, "--table", "table_negative.json"),
+    _c("run", *_RUN, "--table", "cifar_table.json", "--precision", "int8"),  # fp32 table
     _c("run", *_RUN, "--schedule", "nope"),
     _c("run", *_RUN, "--population", "1"),
     _c("run", "run", "--root", "runs", "--name", "x", "--epochs", "nan"),

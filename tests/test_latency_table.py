@@ -42,6 +42,38 @@ def test_keys_cover_every_block_of_extracted_subnets(tiny_table):
             assert s.key() in table.entries[str(cfg.r)]
 
 
+def test_int8_table_has_the_fp32_keys_and_refuses_fp32_requests(tiny_table, tmp_path):
+    """An int8 table times the int8 file of every block (ONNX QDQ here) under the same keys
+    as the fp32 table, records int8 in its context, and a request for fp32 is refused."""
+    import onnx
+
+    from deploy.lut import _export
+
+    space, _, fp32 = tiny_table
+    out = tmp_path / "int8.json"
+    t = build_table(space, [12], "onnxruntime", out, protocol=TimingProtocol(2, 5, 1), calib=3,
+                    precision="int8")
+    assert t.context["precision"] == "int8"
+    assert set(t.entries["12"]) == set(fp32.entries["12"])
+    g = random.Random(3)
+    lat = LatencyPredictor(t, space.with_choices(resolutions=(12,)))
+    for _ in range(20):  # every block of a subnet has an int8 entry
+        cfg = space.sample(g, r=12)
+        assert lat.predict(cfg) > 0
+    shape = space.block_shapes(space.max_subnet(12))[1]
+    from ofa.static import build_layer
+
+    f = _export(build_layer(shape), (1, shape.in_ch, shape.in_size, shape.in_size),
+                "onnxruntime", "int8", tmp_path / "b.onnx")
+    ops = {n.op_type for n in onnx.load(f).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    LatencyTable.load(out, space=space, precision="int8")
+    with pytest.raises(TableError, match="precision is 'int8', not 'fp32'"):
+        LatencyTable.load(out, space=space, precision="fp32")
+    with pytest.raises(ValueError, match="fp32 only"):
+        build_table(space, [12], "torch", tmp_path / "x.json", precision="int8")
+
+
 def test_table_roundtrip_and_vectorised_prediction(tiny_table):
     space, out, table = tiny_table
     loaded = LatencyTable.load(out, space=space, resolutions=[12, 16], precision="fp32",

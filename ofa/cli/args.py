@@ -137,15 +137,21 @@ def target_options(args: argparse.Namespace) -> dict[str, Any]:
             "identity": args.identity, "benchmark_binary": args.benchmark_binary}
 
 
-def add_compute_args(p: argparse.ArgumentParser, workers: bool = False) -> None:
+def add_compute_args(p: argparse.ArgumentParser, workers: bool = False,
+                     int8: bool = False) -> None:
     """``--device`` and ``--precision``: where tensors are computed and the autocast
     precision of the forward pass (:mod:`ofa.device`); with ``workers``, ``--workers`` too
-    (data-loading processes, default the cores but one, at most 8)."""
+    (data-loading processes, default the cores but one, at most 8). ``int8`` (``ofa run``)
+    adds ``--precision int8``: deploy int8 models (int8 latency table, int8 exports
+    measured), computing at ``auto``."""
     p.add_argument("--device", type=device_name, default="auto",
                    help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+    p.add_argument("--precision", default="auto",
+                   choices=["auto", "fp32", "bf16", "fp16"] + (["int8"] if int8 else []),
                    help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
-                   "checkpoints stay fp32")
+                   "checkpoints stay fp32" + ("; int8: search and measure int8 models "
+                                              "(training and evaluation at auto)" if int8
+                                              else ""))
     if workers:
         p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
                        help="data-loading processes (0: decode in this process; default "
@@ -155,6 +161,12 @@ def add_compute_args(p: argparse.ArgumentParser, workers: bool = False) -> None:
 def default_workers() -> int:
     """Data-loading processes by default: the cores but one, at most 8."""
     return max(0, min(8, (os.cpu_count() or 1) - 1))
+
+
+def default_jobs() -> int:
+    """Conversion processes by default (``ofa lut --jobs``): the cores; each conversion
+    runs on one thread."""
+    return max(1, os.cpu_count() or 1)
 
 
 def device_name(text: str) -> str:

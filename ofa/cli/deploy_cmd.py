@@ -18,6 +18,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("result", help="search result JSON (ofa search --out)")
     p.add_argument("--checkpoint", required=True, help="run folder")
     p.add_argument("--runtime", default="onnxruntime", choices=["onnxruntime", "litert"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="measure the runtime's model at this precision (the search's table's)")
     p.add_argument("--formats", type=choice_list(format_names, "format"),
                    default=["onnx-fp32", "tflite-fp32"])
     p.add_argument("--out", required=True)
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
         target.check()  # before minutes of export
         out = validate_subnets(args.checkpoint, rows, args.out, target, runtime=args.runtime,
                                threads=args.threads, protocol=protocol,
-                               formats=tuple(args.formats), progress=not args.json)
+                               formats=tuple(args.formats), progress=not args.json,
+                               precision=args.precision)
     except TargetError as exc:
         raise CliError(str(exc)) from None
     write_validation(out, args.out, f"{args.result} on {args.target}")

@@ -9,6 +9,7 @@ from ofa.cli.args import (
     SEED,
     CliError,
     add_device_args,
+    default_jobs,
     int_list,
     int_range,
     target_options,
@@ -28,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma list (default: all of the space's)")
     b.add_argument("--runtime", default="onnxruntime", choices=RUNTIMES)
     b.add_argument("--threads", type=int_range(1, 256), default=1)
+    b.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
+                   help="int8: blocks and subnets as `ofa export` writes int8 models (ONNX QDQ, "
+                   "full-integer TFLite)")
     b.add_argument("--warmup", type=int_range(0, 100_000), default=10)
     b.add_argument("--runs", type=int_range(1, 100_000), default=50)
     b.add_argument("--trials", type=int_range(1, 1000), default=3)
@@ -36,6 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,
                    help="blocks per copy and agent run on a --target device")
     b.add_argument("--out", required=True)
+    _jobs(b)
     add_device_args(b)
     c = sub.add_parser("calibrate", help="refit a table's a*sum+b on whole subnets measured "
                        "here (e.g. a shipped table on another machine of its type)")
@@ -46,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
     c.add_argument("--force", action="store_true", help="calibrate a table measured on "
                    "another CPU model (its block ratios need not hold here)")
+    _jobs(c)
     add_device_args(c)
     i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
@@ -60,7 +66,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
     v.add_argument("--force", action="store_true", help="validate a table of another CPU model")
+    _jobs(v)
     add_device_args(v)
+
+
+def _jobs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int_range(1, 256), default=default_jobs(),
+                   help="processes converting whole subnets before they are timed (default: "
+                   f"the cores, {default_jobs()} here)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +108,8 @@ def _build(args: argparse.Namespace, target) -> int:
     res = args.resolutions or list(space.resolutions)
     t = build_table(space, res, args.runtime, args.out, threads=args.threads,
                     protocol=TimingProtocol(args.warmup, args.runs, args.trials),
-                    calib=args.calib, target=target, batch=args.batch)
+                    calib=args.calib, target=target, batch=args.batch,
+                    precision=args.precision, jobs=args.jobs)
     n = sum(len(g) for g in t.entries.values())
     print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
           f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
@@ -129,7 +143,7 @@ def _calibrate(args: argparse.Namespace, target) -> int:
 
     table, space = _table_and_space(args, target)
     old = dict(table.calibration)
-    calibrate(table, space, args.calib, seed=args.seed, target=target)
+    calibrate(table, space, args.calib, seed=args.seed, target=target, jobs=args.jobs)
     out = args.out or args.table
     table.save(out)
     print(f"wrote {out}: calibration a={old.get('a', 1):.3f} b={old.get('b', 0):.3f} -> "
@@ -143,7 +157,8 @@ def _validate(args: argparse.Namespace, target) -> int:
     from ofa.fileio import atomic_write_json
 
     table, space = _table_and_space(args, target)
-    rep = validate_table(table, space, n=args.n, seed=args.seed, plot=args.plot, target=target)
+    rep = validate_table(table, space, n=args.n, seed=args.seed, plot=args.plot, target=target,
+                         jobs=args.jobs)
     if args.out:
         atomic_write_json(args.out, rep)
     if args.json:

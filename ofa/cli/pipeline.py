@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.device.runtimes import TimingProtocol
+from ofa.cli.args import default_jobs
 from ofa.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from search.latency_table import LatencyTable, TableError
 
@@ -50,6 +51,7 @@ class RunConfig:
     # default_samples(dataset))
     predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
     runtime: str = "onnxruntime"
+    model_precision: str = "fp32"  # deployed models and their latency table: fp32 | int8
     threads: int = 1
     target: str = "local"
     target_options: dict[str, Any] = field(default_factory=dict)
@@ -88,9 +90,9 @@ def _log(msg: str) -> None:
     print(f"[ofa run] {msg}", flush=True)
 
 
-def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = None
-                       ) -> LatencyTable | None:
-    """A table measured on a CPU like this one for this space/runtime/threads (fp32) that
+def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = None,
+                       precision: str = "fp32") -> LatencyTable | None:
+    """A table measured on a CPU like this one for this space/runtime/threads/precision that
     covers every resolution of ``space``: from ``folder``, or the tables shipped in the
     ``latency_tables`` package (read with importlib.resources, so an installed wheel finds
     them too). None when there is none.
@@ -102,7 +104,7 @@ def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = 
         for p in paths:
             try:
                 t = LatencyTable.load(p, space=space, resolutions=list(space.resolutions),
-                                      precision="fp32", runtime=runtime, threads=threads)
+                                      precision=precision, runtime=runtime, threads=threads)
             except TableError:
                 continue
             if t.space.get("resolutions") and t.context["device"].get("cpu_model") == cpu:
@@ -195,23 +197,27 @@ def _table(rc: RunConfig, space):
 
     if rc.table:
         return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
-                                 runtime=rc.runtime, threads=rc.threads)
-    path = rc.folder / "latency_table.json"
+                                 runtime=rc.runtime, threads=rc.threads,
+                                 precision=rc.model_precision)
+    path = rc.folder / ("latency_table.json" if rc.model_precision == "fp32"
+                        else f"latency_table_{rc.model_precision}.json")
     if rc.target == "local" and not path.exists():
         shipped = find_shipped_table(space, rc.runtime, rc.threads,
-                                     Path(rc.tables_dir) if rc.tables_dir else None)
+                                     Path(rc.tables_dir) if rc.tables_dir else None,
+                                     rc.model_precision)
         if shipped is not None:
             # same CPU model, but VMs of one type differ in speed: refit a, b here
             _log(f"latency table: shipped {Path(shipped.source).name}, recalibrating on "
                  f"{rc.lut_calib + 2} subnets measured here")
-            t = calibrate(shipped, space, rc.lut_calib, seed=rc.seed)
+            t = calibrate(shipped, space, rc.lut_calib, seed=rc.seed, jobs=default_jobs())
             t.context = {**t.context, "recalibrated_from": shipped.source}
             t.save(path)
             t.source = str(path)
             return t
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
-                              runtime=rc.runtime, threads=rc.threads)
+                              runtime=rc.runtime, threads=rc.threads,
+                              precision=rc.model_precision)
         _log(f"latency table: done ({path})")
         return t
     except TableError:
@@ -219,9 +225,11 @@ def _table(rc: RunConfig, space):
     if rc.target != "local":
         raise ValueError(f"no latency table for {rc.target}: build one on the device "
                          "(ofa lut build there) and pass --table")
-    _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.threads} thread(s))")
+    _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.model_precision}, "
+         f"{rc.threads} thread(s))")
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
-                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed)
+                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed,
+                       precision=rc.model_precision, jobs=default_jobs())
 
 
 def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, Any]:
@@ -293,7 +301,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     models = {label: load_finetuned(f)[0] for label, f in finetuned.items()}
     res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
-                           protocol=TimingProtocol(**rc.bench_protocol), models=models)
+                           protocol=TimingProtocol(**rc.bench_protocol), models=models,
+                           precision=rc.model_precision)
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
@@ -396,7 +405,8 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
 
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
     if rc.table:  # the file's kind and context, before training (its space: after)
-        LatencyTable.load(rc.table, runtime=rc.runtime, threads=rc.threads)
+        LatencyTable.load(rc.table, runtime=rc.runtime, threads=rc.threads,
+                          precision=rc.model_precision)
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))

@@ -24,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="runs")
     p.add_argument("--supernet", help="reuse this trained or imported run folder (no "
                    "training; its space and dataset apply, --data overrides its data path)")
-    add_training_args(p)
+    add_training_args(p, int8=True)
     p.add_argument("--samples", type=int_range(10, 1_000_000), default=None,
                    help="subnets measured for the accuracy predictor (>= 10; default 300, "
                    "100 on the embedded digits: see docs/cifar10.md)")
@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
         budgets=args.budgets, population=args.population, generations=args.generations,
-        device=args.device, precision=args.precision, workers=args.workers,
+        device=args.device, workers=args.workers,
+        precision="auto" if args.precision == "int8" else args.precision,
+        model_precision="int8" if args.precision == "int8" else "fp32",
         lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
         lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,
         bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})

@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", required=True, help="accuracy predictor: .safetensors (ours "
                    "or OFA's after `ofa predictor import-ofa`) or OFA's .pth (needs torch)")
     p.add_argument("--table", help="latency lookup table JSON")
+    p.add_argument("--precision", choices=["fp32", "int8"], help="the deployed model's "
+                   "precision: the table must have been measured at it (default: the table's)")
     p.add_argument("--latency-ms", type=_POSITIVE, help="latency budget (ms)")
     p.add_argument("--macs", type=_POSITIVE, help="MACs budget (absolute)")
     p.add_argument("--params", type=_POSITIVE, help="parameter budget (absolute)")
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     space = get_space(args.space, **kw)
     lat = None
     if args.table:
-        table = LatencyTable.load(args.table, space=space)
+        table = LatencyTable.load(args.table, space=space, precision=args.precision)
         space = space.with_choices(resolutions=tuple(
             r for r in space.resolutions if r in table.resolutions))
         lat = LatencyPredictor(table, space)

@@ -11,8 +11,9 @@ from ofa.space import preset_names
 NAME, HELP = "train", "train a supernet once (progressive shrinking or DεpS)"
 
 
-def add_training_args(p: argparse.ArgumentParser) -> None:
-    """The options ``ofa train`` and ``ofa run`` share."""
+def add_training_args(p: argparse.ArgumentParser, int8: bool = False) -> None:
+    """The options ``ofa train`` and ``ofa run`` share (``int8``: ``--precision int8``
+    too, see :func:`ofa.cli.args.add_compute_args`)."""
     p.add_argument("--space", default="mbv3-digits", choices=preset_names(),
                    help="search-space preset")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
@@ -29,7 +30,7 @@ def add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
-    add_compute_args(p, workers=True)
+    add_compute_args(p, workers=True, int8=int8)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
