@@ -105,7 +105,12 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 
 def write_validation(results: list[dict[str, Any]], out: str | Path, title: str) -> None:
-    """``out/validation.json`` and ``out/validation.md``."""
+    """``out/validation.json`` and ``out/validation.md`` (the title says EMULATED when the
+    device reported an emulation, see :func:`deploy.device.devinfo.emulated`)."""
     out = Path(out)
+    why = next((r["measurement"].get("device", {}).get("emulated") for r in results
+                if r.get("measurement", {}).get("device", {}).get("emulated")), None)
+    if why:
+        title += f" (EMULATED: {why}; the latencies measure the emulation)"
     atomic_write_json(out / "validation.json", {"title": title, "subnets": results})
     atomic_write_text(out / "validation.md", f"# {title}\n\n" + markdown_table(results))

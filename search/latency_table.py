@@ -204,6 +204,8 @@ class LatencyTable:
     def describe(self) -> str:
         c = self.context
         dev = c["device"].get("name", "?") if isinstance(c["device"], dict) else c["device"]
+        if isinstance(c["device"], dict) and c["device"].get("emulated"):
+            dev += " (EMULATED: timings are not the device's)"
         return (f"{dev} / {c['runtime']} {c['runtime_version']} / {c['backend']} / "
                 f"{c['threads']} thread(s) / {c['precision']} / batch {c['batch']}")
 

@@ -39,6 +39,10 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{res['model']} on {res['target']} ({res['runtime']}, {res['threads']} thread(s)): "
           f"median {res['median']:.3f} ms, min {res['min']:.3f} ms over {res['runs']} runs")
+    dev = res.get("device") or {}
+    if dev.get("emulated"):
+        print(f"device: {dev.get('cpu_model')} on {dev['emulated']}: these timings measure the "
+              "emulation, not the device")
     if "accuracy" in res:
         print(f"top-1 {res['accuracy']['top1']:.2f}% on {res['accuracy']['images']} images")
     return 0
