@@ -209,11 +209,19 @@ class SSHTarget:
         rdir = f"{self.remote_dir}/{remote_subdir}"
         proc = self.ssh(["mkdir", "-p", rdir], "mkdir")
         if proc.returncode != 0:
-            raise TargetError(f"{self.name}: cannot create {rdir}: {proc.stderr.strip()}")
+            raise TargetError(self._copy_error(f"cannot create {rdir}", proc.stderr))
         proc = self._run(["scp", "-q", "-P", str(self.port), *self.opts,
                           *[str(f) for f in files], f"{self.dest}:{rdir}/"], "copy")
         if proc.returncode != 0:
-            raise TargetError(f"{self.name}: copy failed: {proc.stderr.strip()}")
+            raise TargetError(self._copy_error("copy failed", proc.stderr))
+
+    def _copy_error(self, what: str, stderr: str) -> str:
+        """One line: a full device disk said as such, else the last line of ``stderr``."""
+        lines = stderr.strip().splitlines() or ["?"]
+        if any("no space left" in line.lower() for line in lines):
+            return (f"{self.name}: the device's disk is full (no space left for "
+                    f"{self.remote_dir}); free space there and rerun")
+        return f"{self.name}: {what}: {lines[-1]}"
 
     def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
               data: str | Path | None = None) -> dict[str, Any]:

@@ -80,6 +80,7 @@ exec switch_root /newroot /sbin/init
 PROVISION = """#!/bin/sh
 set -e
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8
+export INITRD=No  # the busybox initrd boots it: no initramfs (~20 min under emulation)
 if [ -x /debootstrap/debootstrap ]; then
     /debootstrap/debootstrap --second-stage
 fi
