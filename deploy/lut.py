@@ -151,7 +151,6 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
 def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: str,
                    path: str) -> str:
     """One whole subnet to ``path`` (a process-pool task: plain arguments)."""
-    torch.set_num_threads(1)
     sp, c = SearchSpace.from_dict(space), SubnetConfig.from_dict(cfg)
     _export(_subnet(sp, c, seed), (1, 3, c.r, c.r), runtime, precision, Path(path))
     return path
@@ -174,7 +173,9 @@ def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, 
             import multiprocessing as mp
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                                     initializer=torch.set_num_threads,
+                                     initargs=(1,)) as pool:  # one core per conversion
                 for _ in pool.map(_export_subnet, *zip(*tasks)):
                     bar.update()
     return paths
