@@ -293,7 +293,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     if path.exists():
         old = read_json(path, "validation")
         if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
-                and old.get("finetuned", []) == sorted(finetuned):
+                and old.get("finetuned", []) == sorted(finetuned) \
+                and old.get("precision", "fp32") == rc.model_precision:
             _log("export + measure: done")
             return old["subnets"]
     _log(f"export + measure: {len(chosen)} subnets on {rc.target}")
@@ -308,7 +309,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
             r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
                                                 "train_seconds")}
-    atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned)})
+    atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned),
+                             "precision": rc.model_precision})
     return res
 
 
