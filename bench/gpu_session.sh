@@ -51,6 +51,12 @@ keep_supernet() {  # the run folder, in 15 MB parts, for a later call on a cold 
     [ -f /tmp/c10/supernet.safetensors ] && ex=(--exclude=c10/checkpoint.pt)
     tar -cf - "${ex[@]}" -C /tmp c10 | split -b 15M -d - "$OUT/c10.tar.part-"
 }
+cifar_supernet() {  # cifar_supernet MINUTES: DεpS on CIFAR-10 to /tmp/c10 (batch 512, bf16)
+    step cifar-supernet $(( $1 * 60 + 90 )) python3 bench/gpu_train.py cifar \
+        --npz /tmp/cifar10.npz --minutes "$1" --batch-size 512 --lr-scale 0.35 \
+        --workers 4 --precisions bf16 --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" \
+        --device "$DEV"
+}
 specialise() {  # specialise LIMIT_S: bench/cifar_specialise.py, resumable in /tmp/spec
     step specialise "$1" python3 bench/cifar_specialise.py --supernet /tmp/c10 \
         --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec \
@@ -86,10 +92,7 @@ sandwich)  # seconds per sandwich step, both convolution layouts (1-3 min)
     done
     ;;
 cifar)  # cifar MINUTES RUN_LIMIT_S SAMPLES: a DεpS supernet, then ofa run --device cuda on it
-    step cifar-supernet $(( ${2:-4} * 60 + 90 )) python3 bench/gpu_train.py cifar \
-        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --lr-scale 0.35 \
-        --workers 4 --precisions bf16 --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" \
-        --device "$DEV"
+    cifar_supernet "${2:-4}"
     f=/tmp/c10/supernet.safetensors
     [ -f $f ] || f=/tmp/c10/checkpoint.pt
     split -b 15M -d $f "$OUT/$(basename $f).part-"  # 16 MiB per returned file
@@ -99,10 +102,7 @@ cifar)  # cifar MINUTES RUN_LIMIT_S SAMPLES: a DεpS supernet, then ofa run --de
         -C /tmp c10/run.json c10/metrics.jsonl c10/schedule.json runs
     ;;
 spec)  # spec MINUTES: a DεpS supernet, then the issue-17 benchmark for the call's rest
-    step cifar-supernet $(( ${2:-4} * 60 + 90 )) python3 bench/gpu_train.py cifar \
-        --npz /tmp/cifar10.npz --minutes "${2:-4}" --batch-size 512 --lr-scale 0.35 \
-        --workers 4 --precisions bf16 --out /tmp/c10 --json "$OUT/gpu_train_cifar.json" \
-        --device "$DEV"
+    cifar_supernet "${2:-4}"
     keep_supernet
     specialise "$(left 15)"
     ;;
