@@ -93,11 +93,12 @@ def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, thread
         path = stem.with_name(stem.name + format_for(runtime, precision).suffix)
         _export(model, input_shape, runtime, precision, path)
         rt.load(str(path))
-    return _timed_input(rt, input_shape)
+    return rt, _random_input(rt, input_shape)
 
 
-def _timed_input(rt: Runtime, input_shape: tuple[int, ...]) -> tuple[Runtime, np.ndarray]:
-    return rt, rt.prepare(torch.randn(*input_shape).numpy())
+def _random_input(rt: Runtime, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A random float NCHW input in the layout and type ``rt``'s model takes."""
+    return rt.prepare(torch.randn(*input_shape).numpy())
 
 
 def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
@@ -206,7 +207,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                 rt = get_runtime(runtime, threads)
                 rt.load(str(path))
                 rts.append(rt)
-                xs.append(_timed_input(rt, (1, 3, c.r, c.r))[1])
+                xs.append(_random_input(rt, (1, 3, c.r, c.r)))
         with tqdm(total=len(cfgs) * protocol.trials, leave=False,
                   desc=f"{desc}: time ({protocol.trials} interleaved trials)") as bar:
             stats = time_interleaved(rts, xs, protocol, progress=bar.update)
