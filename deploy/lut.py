@@ -28,6 +28,9 @@ import json
 import random
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -214,24 +217,72 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
         return [st[protocol.statistic] for st in stats]
 
 
-def _measure_blocks(chunk: list[tuple[int, BlockShape]], runtime: str, threads: int,
-                    protocol: TimingProtocol, tmp: Path, target: Target | None,
-                    precision: str = "fp32") -> list[dict[str, float]]:
-    """Latency stats (ms) of each block of ``chunk``: here one by one, on ``target`` as one
-    batch (exported into ``tmp`` as ``b0``, ``b1``, ... first)."""
-    if target is None:
-        return [measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime,
-                               threads, protocol, tmp, precision=precision) for _, s in chunk]
-    suffix = format_for(runtime, precision).suffix
-    folder = tmp / "batch"
+def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: str,
+                  folder: Path, overhead: bool) -> list[Path]:
+    """The blocks of ``chunk`` exported into ``folder`` as ``b0``, ``b1``, ...; with
+    ``overhead`` the almost empty model that measures the per-invoke overhead goes first."""
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
+    folder.mkdir(parents=True)
+    suffix = format_for(runtime, precision).suffix
     paths = []
+    if overhead:
+        paths.append(folder / f"overhead{suffix}")
+        _export(_Overhead(), (1, 8, 1, 1), runtime, precision, paths[-1])
     for j, (_, s) in enumerate(chunk):
         paths.append(folder / f"b{j}{suffix}")
         _export(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision,
                 paths[-1])
-    return [row["latency_ms"] for row in target.bench_many(paths, threads, protocol)]
+    return paths
+
+
+def _entry(st: dict[str, Any]) -> dict[str, Any]:
+    return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
+
+
+def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
+                     precision: str, threads: int, protocol: TimingProtocol, target: Target,
+                     batch: int, tmp: Path, save: Callable[[], None],
+                     bar: tqdm) -> dict[str, float]:
+    """Time the blocks of ``todo`` on ``target``, ``batch`` per ``Target.bench_many`` (one
+    copy, one request to the device's agent). Batch ``i + 1`` is exported here while the
+    device times batch ``i``; the first batch also carries the overhead model and sets the
+    table's context from the device's answer. ``save`` runs after every batch.
+
+    Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
+    ``timing`` and ``load`` (the agent's timed trials, warm-up included, and model loading,
+    summed over batches); NaN where the target does not report them (adb).
+    """
+    chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)] or [[]]
+    spent = {"start": 0.0, "timing": 0.0, "load": 0.0}
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        nxt = pool.submit(_export_batch, chunks[0], runtime, precision, tmp / "batch0",
+                          "context" not in state)
+        target.start(runtime)  # the device gets ready while the first batch is exported
+        spent["start"] = time.perf_counter() - t0
+        for i, chunk in enumerate(chunks):
+            paths = nxt.result()
+            if i + 1 < len(chunks):
+                nxt = pool.submit(_export_batch, chunks[i + 1], runtime, precision,
+                                  tmp / f"batch{(i + 1) % 2}", False)
+            rows = target.bench_many(paths, threads, protocol)
+            if "context" not in state:
+                head = rows.pop(0)
+                state["context"] = {
+                    "device": head.get("device") or {"name": target.name}, "runtime": runtime,
+                    "runtime_version": head.get("runtime_version"),
+                    "backend": head.get("backend"), "threads": threads,
+                    "precision": precision, "batch": 1, "target": target.name}
+                state["overhead_ms"] = head["latency_ms"][protocol.statistic]
+            for (r, s), row in zip(chunk, rows):
+                state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
+            save()  # a dropped device loses one batch
+            bar.update(len(chunk))
+            info = rows[0].get("batch", {}) if rows else {}
+            for k in ("timing", "load"):
+                v = info.get(f"{k}_s")
+                spent[k] += float("nan") if v is None else v
+    return {"wall": time.perf_counter() - t0, **spent}
 
 
 def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict[str, Any]:
@@ -252,19 +303,24 @@ def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict
 
 
 def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
-             target: Target | None, precision: str = "fp32") -> tuple[dict[str, Any], float]:
-    """The table's context and the per-invoke overhead (ms) of an almost empty model,
-    measured here or on ``target`` (the device describes itself in the agent's JSON)."""
-    if target is None:
-        st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
-                            precision=precision)
-        return runtime_context(runtime, threads, precision), st[protocol.statistic]
-    res = _bench_on(target, _Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
-                    precision)
-    ctx = {"device": res.get("device", {"name": target.name}), "runtime": runtime,
-           "runtime_version": res.get("runtime_version"), "backend": res.get("backend"),
-           "threads": threads, "precision": precision, "batch": 1, "target": target.name}
-    return ctx, res["latency_ms"][protocol.statistic]
+             precision: str = "fp32") -> tuple[dict[str, Any], float]:
+    """This machine's context for the table and its per-invoke overhead (ms): the time of
+    an almost empty model."""
+    st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
+                        precision=precision)
+    return runtime_context(runtime, threads, precision), st[protocol.statistic]
+
+
+def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
+    """One line: where a device build's time went (see :func:`_build_on_device`)."""
+    wall, start, timing, load = (spent[k] for k in ("wall", "start", "timing", "load"))
+    if not blocks or not timing > 0:  # nothing timed, or a target that does not say (adb)
+        return f"{where}: {blocks} block(s) in {wall:.1f} s"
+    rest = wall - start - timing - load
+    return (f"{where}: {blocks} block(s) in {wall:.1f} s: session start {start:.1f} s, timed "
+            f"trials {timing:.1f} s (warm-up included), loading {load:.1f} s, transfers and "
+            f"the rest {rest:.1f} s; overhead {100 * (wall - timing) / timing:.0f}% of the timed "
+            f"trials ({100 * (wall - start - timing) / timing:.0f}% after the session start)")
 
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
@@ -280,10 +336,12 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     Entries are kept in ``<out>.partial.json`` after each block (each batch on a device),
     so a killed build, or one whose device went away, resumes. ``target`` (SSH or adb,
     :mod:`deploy.targets`): the blocks are exported here and timed on that device,
-    ``batch`` blocks per copy and agent run (``Target.bench_many``: one SSH session, one
-    transfer and one interpreter start per batch, the blocks timed in interleaved trials);
-    the device's facts and runtime version go into the table's context. None = this
-    machine, in process. Returns the finished :class:`LatencyTable`.
+    ``batch`` blocks per ``Target.bench_many`` (over SSH: one transfer and one request to
+    the session's agent process, the blocks timed in interleaved trials), the next batch
+    exported while the device times this one; the device's facts and runtime version go
+    into the table's context, and one printed line says where the device time went (timed
+    trials, model loading, the rest). None = this machine, in process. Returns the finished
+    :class:`LatencyTable`.
 
     Raises:
         ValueError: resolutions outside the space, an unknown runtime or a precision it has
@@ -309,26 +367,32 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         "target": "local" if target is None else target.name,
         "protocol": asdict(protocol), "entries": {}}, len(shapes))
     torch.manual_seed(seed)
-    with tempfile.TemporaryDirectory() as tmp:
-        if "context" not in state:
-            state["context"], state["overhead_ms"] = _context(runtime, threads, protocol, tmp,
-                                                              target, precision)
-        ent = state["entries"]
-        todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
-        step = 1 if target is None else batch
-        with tqdm(desc=f"lut {runtime} {precision}", unit="block", initial=len(shapes) - len(todo),
-                  total=len(shapes)) as bar:
-            for i in range(0, len(todo), step):
-                chunk = todo[i:i + step]
-                for (r, s), st in zip(chunk, _measure_blocks(chunk, runtime, threads, protocol,
-                                                             Path(tmp), target, precision)):
-                    ent.setdefault(str(r), {})[s.key()] = {
-                        k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
-                atomic_write_json(partial_path, state)  # a dropped device loses one batch
-                bar.update(len(chunk))
+    ent = state["entries"]
+    todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
+    with (tempfile.TemporaryDirectory() as tmp,
+          tqdm(desc=f"lut {runtime} {precision}", unit="block", initial=len(shapes) - len(todo),
+               total=len(shapes)) as bar):
+        if target is not None:
+            spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
+                                     target, batch, Path(tmp),
+                                     lambda: atomic_write_json(partial_path, state), bar)
+            bar.close()
+            print(_device_time(spent, len(todo), target.name))
+            build = {"blocks": len(todo), **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
+        else:
+            build = {}
+            if "context" not in state:
+                state["context"], state["overhead_ms"] = _context(runtime, threads, protocol,
+                                                                  tmp, precision)
+            for r, s in todo:
+                st = measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size),
+                                    runtime, threads, protocol, tmp, precision=precision)
+                ent.setdefault(str(r), {})[s.key()] = _entry(st)
+                atomic_write_json(partial_path, state)
+                bar.update()
     table = LatencyTable(context=state["context"], space=space.to_dict(),
                          resolutions=sorted(resolutions), entries=ent, protocol=asdict(protocol),
-                         overhead_ms=state["overhead_ms"], source=str(out))
+                         overhead_ms=state["overhead_ms"], source=str(out), build=build)
     if calib > 0:
         calibrate(table, space, calib, protocol, seed, target, jobs)
     table.save(out)

@@ -18,13 +18,19 @@ Failures raise :class:`TargetError` with one line that names the fix.
 
 from __future__ import annotations
 
+import atexit
+import base64
+import contextlib
 import json
 import re
+import select
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import urlparse
 
 from deploy.device.runtimes import TimingProtocol
@@ -63,6 +69,12 @@ class Target(Protocol):
         allows it: one entry per model with ``latency_ms`` (the agent's stats)."""
         ...
 
+    def start(self, runtime: str) -> None:
+        """Get the device ready to time ``runtime``'s models (log in, start the agent,
+        import the runtime) while the host exports the first batch; nothing where there is
+        nothing to start."""
+        ...
+
 
 def _agent_args(models: list[str], threads: int, protocol: TimingProtocol,
                 data: str | None) -> list[str]:
@@ -72,10 +84,18 @@ def _agent_args(models: list[str], threads: int, protocol: TimingProtocol,
 
 
 def _batch_rows(res: dict[str, Any], models: list[Path], where: str) -> list[dict[str, Any]]:
+    """One row per model from the agent's batch answer, in order, each with the batch's
+    ``device``, ``runtime_version`` and ``backend`` and ``batch``: ``{"size", "load_s",
+    "timing_s"}`` (seconds the agent spent loading the models and in the timed trials)."""
     rows = res.get("models", [res] if "model" in res else None)  # one model: the plain answer
     if not isinstance(rows, list) or [r.get("model") for r in rows] != [
             Path(m).name for m in models]:
         raise TargetError(f"{where}: the agent's batch answer does not list the models sent")
+    batch = {"size": len(rows), "load_s": res.get("load_s"), "timing_s": res.get("timing_s")}
+    for r in rows:
+        for k in ("device", "runtime_version", "backend"):
+            r.setdefault(k, res.get(k))
+        r["batch"] = batch
     return rows
 
 
@@ -120,6 +140,9 @@ class LocalTarget:
         args = _agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
         return _batch_rows(self._agent(args), models, "local")
 
+    def start(self, runtime: str) -> None:
+        """Nothing to start: each batch runs in a fresh interpreter here."""
+
     def _agent(self, args: list[str]) -> dict[str, Any]:
         """Run the agent beside the deploy package with ``args``; its JSON answer."""
         proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
@@ -130,6 +153,13 @@ class LocalTarget:
 class SSHTarget:
     """A device reached with the OpenSSH client (e.g. a Raspberry Pi with the device extra).
 
+    One SSH connection serves the whole session: the first command opens a master connection
+    (OpenSSH ``ControlMaster``, ``ControlPersist`` 60 s) that every later ``ssh``/``scp``
+    reuses, so a handshake (seconds on a small or emulated board) is paid once. The agent
+    package is copied once per session, and :meth:`bench_many` keeps one agent process on
+    the device (``--serve``) that times batch after batch. :meth:`close` (also run at exit)
+    ends both.
+
     Args:
         user, host, port: the login.
         python: the interpreter on the device that has numpy and the runtime.
@@ -137,12 +167,14 @@ class SSHTarget:
         known_hosts: a known_hosts file to check against (default: the user's).
         identity: a private key file (default: the ssh agent / ``~/.ssh`` keys).
         remote_dir: working folder on the device, relative to the login's home.
+        timeout: seconds one command (or one batch's answer) may take.
+        multiplex: reuse one connection (False: one connection per command).
     """
 
     def __init__(self, user: str | None, host: str, port: int = 22, python: str = "python3",
                  insecure: bool = False, known_hosts: str | None = None,
                  identity: str | None = None, remote_dir: str = ".cache/ofa-edge-agent",
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, multiplex: bool = True) -> None:
         self.user, self.host, self.port = user, host, port
         self.python, self.remote_dir, self.timeout = python, remote_dir, timeout
         self.name = f"ssh://{user + '@' if user else ''}{host}:{port}"
@@ -156,8 +188,20 @@ class SSHTarget:
                 opts += ["-o", f"UserKnownHostsFile={known_hosts}"]
         if identity:
             opts += ["-i", identity, "-o", "IdentitiesOnly=yes"]
-        self.opts = opts
+        self._opts = opts
         self.dest = f"{user}@{host}" if user else host
+        self.multiplex = multiplex
+        self._control: Path | None = None  # folder of the master connection's socket
+        self._server: subprocess.Popen | None = None
+        self._server_err: IO[str] | None = None
+        self._agent_copied = False
+
+    @property
+    def opts(self) -> list[str]:
+        """ssh/scp options: the login's, plus the master connection's socket once open."""
+        if self._control is None:
+            return self._opts
+        return [*self._opts, "-o", f"ControlPath={self._control / 's'}", "-o", "ControlMaster=no"]
 
     def _explain(self, stderr: str) -> str:
         s = stderr.strip()
@@ -171,14 +215,16 @@ class SSHTarget:
                     f"`ssh-copy-id -p {self.port} {self.dest}` or pass --identity")
         if any(k in low for k in ("connection refused", "timed out", "no route",
                                   "could not resolve", "name or service not known",
-                                  "network is unreachable", "connection closed")):
+                                  "network is unreachable", "connection closed",
+                                  "connection reset", "broken pipe")):
             return (f"{self.name}: host unreachable ({s.splitlines()[-1]}); check the "
                     "address, port and that sshd runs on the device")
         return f"{self.name}: {(s.splitlines() or ['ssh failed'])[-1]}"
 
     def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout)
+            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
+                                  stdin=subprocess.DEVNULL)
         except FileNotFoundError:
             raise TargetError(f"{argv[0]} not found: install the OpenSSH client") from None
         except subprocess.TimeoutExpired:
@@ -188,8 +234,65 @@ class SSHTarget:
             raise TargetError(self._explain(proc.stderr))
         return proc
 
+    def _connect(self) -> None:
+        """Open the master connection (once; nothing when ``multiplex`` is off).
+
+        Raises:
+            TargetError: unreachable, authentication or host key failure.
+        """
+        if not self.multiplex or self._control is not None:
+            return
+        folder = Path(tempfile.mkdtemp(prefix="ofa-ssh-"))  # short: a socket path is <108 B
+        try:
+            with open(folder / "master.log", "w+") as err:
+                # -f: ssh backgrounds itself once logged in; its stderr is a file, so this
+                # returns then (a pipe would stay open as long as the master lives)
+                proc = subprocess.run(
+                    ["ssh", "-p", str(self.port), *self._opts, "-o", "ControlMaster=yes",
+                     "-o", f"ControlPath={folder / 's'}", "-o", "ControlPersist=60", "-N",
+                     "-f", self.dest], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                    stderr=err, timeout=self.timeout)
+                err.seek(0)
+                text = err.read()
+        except FileNotFoundError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise TargetError("ssh not found: install the OpenSSH client") from None
+        except subprocess.TimeoutExpired:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise TargetError(f"{self.name}: connection timed out after {self.timeout:.0f} s"
+                              ) from None
+        if proc.returncode != 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise TargetError(self._explain(text))
+        self._control = folder
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """End the device's agent process and the master connection; idempotent."""
+        srv, self._server = self._server, None
+        if srv is not None:
+            with contextlib.suppress(OSError):
+                srv.stdin.close()  # end of input: the agent exits
+            try:
+                srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+                srv.wait()
+        if self._server_err is not None:
+            self._server_err.close()
+            self._server_err = None
+        control, self._control = self._control, None
+        if control is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                subprocess.run(["ssh", "-o", f"ControlPath={control / 's'}", "-O", "exit",
+                                self.dest], capture_output=True, timeout=10,
+                               stdin=subprocess.DEVNULL)
+            shutil.rmtree(control, ignore_errors=True)
+        self._agent_copied = False
+
     def ssh(self, remote_argv: list[str], what: str = "command") -> subprocess.CompletedProcess:
         """Run ``remote_argv`` on the device (each argument shell-quoted for the remote)."""
+        self._connect()
         cmd = " ".join(shlex.quote(a) for a in remote_argv)
         return self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, cmd], what)
 
@@ -242,33 +345,128 @@ class SSHTarget:
 
     def bench_many(self, models: list[Path], threads: int = 1,
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
-        """The batch in one copy (one ``scp``) and one agent run (interleaved trials): the
-        per-model cost of an SSH session, a copy and an interpreter start is paid once."""
+        """The batch as one request to the session's agent process (``--serve``): the model
+        files travel inline in the request, are timed in interleaved trials and deleted.
+        Per batch no process starts on the device (a copy with ``scp`` costs seconds on an
+        emulated board); the interpreter start is paid once a session.
+
+        Raises:
+            TargetError: the device went away, lacks the runtime, or its disk is full.
+        """
         protocol = protocol or TimingProtocol()
+        srv = self._serving()
+        names = [f"batch/{Path(m).name}" for m in models]
+        req = {"models": names, "threads": threads, "warmup": protocol.warmup,
+               "runs": protocol.runs, "trials": protocol.trials, "delete": True,
+               "files": {n: base64.b64encode(Path(m).read_bytes()).decode("ascii")
+                         for n, m in zip(names, models)}}
+        return _batch_rows(self._request(srv, req), models, self.name)
+
+    def start(self, runtime: str) -> None:
+        """Log in, start the session's agent process and import ``runtime`` there.
+
+        Raises:
+            TargetError: unreachable, or the runtime is not installed on the device.
+        """
+        srv = self._serving()
+        self._request(srv, {"prepare": runtime})
+
+    def _request(self, srv: subprocess.Popen, req: dict[str, Any]) -> dict[str, Any]:
+        """Send one request line to the agent process; its answer (errors raised)."""
+        try:
+            srv.stdin.write(json.dumps(req) + "\n")
+            srv.stdin.flush()
+        except OSError:
+            raise TargetError(self._server_failure()) from None
+        ans = self._answer(srv)
+        if "error" in ans:
+            msg = str(ans["error"])
+            if "no space left" in msg.lower():
+                raise TargetError(self._copy_error("", msg))
+            if ans.get("code") == 3:
+                raise TargetError(f"{self.name}: {msg} on the device (install the device extra "
+                                  "there: pip install 'ofa-edge[device]' or the runtime's "
+                                  "package)")
+            raise TargetError(f"{self.name}: agent failed: {msg}")
+        return ans
+
+    def _serving(self) -> subprocess.Popen:
+        """The session's agent process (``python -m deploy.device.agent --serve``)."""
+        if self._server is not None and self._server.poll() is None:
+            return self._server
         self._copy_agent()
-        proc = self.ssh(["rm", "-rf", f"{self.remote_dir}/batch"], "clean-up")
-        if proc.returncode != 0:
-            raise TargetError(f"{self.name}: cannot clear {self.remote_dir}/batch")
-        self.copy([Path(m) for m in models], "batch")
-        args = _agent_args([f"batch/{Path(m).name}" for m in models], threads, protocol, None)
-        return _batch_rows(self._agent(args), models, self.name)
+        if self._server_err is not None:
+            self._server_err.close()
+        self._server_err = tempfile.TemporaryFile("w+")
+        script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
+                  "deploy.device.agent --serve")
+        self._server = subprocess.Popen(["ssh", "-p", str(self.port), *self.opts, self.dest,
+                                         script], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=self._server_err,
+                                        text=True, bufsize=1)
+        return self._server
+
+    def _answer(self, srv: subprocess.Popen) -> dict[str, Any]:
+        """The agent process's next answer line (within ``timeout`` seconds)."""
+        ready, _, _ = select.select([srv.stdout], [], [], self.timeout)
+        if not ready:
+            srv.kill()
+            raise TargetError(f"{self.name}: the agent gave no answer in {self.timeout:.0f} s")
+        line = srv.stdout.readline()
+        if not line:
+            raise TargetError(self._server_failure())
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
+                              ) from None
+
+    def _server_failure(self) -> str:
+        """One line on why the agent process ended (it is waited for, briefly)."""
+        srv = self._server
+        rc = None
+        if srv is not None:
+            try:
+                rc = srv.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                srv.kill()
+        err = ""
+        if self._server_err is not None:
+            self._server_err.seek(0)
+            err = self._server_err.read()
+        self._server = None
+        if rc == 255:
+            return self._explain(err or "connection closed")
+        return self._agent_failure(rc, err) or f"{self.name}: agent ended: " + (
+            (err.strip().splitlines() or [f"exit code {rc}"])[-1])
+
+    def _agent_failure(self, rc: int | None, stderr: str) -> str | None:
+        """The one-line reason an agent run could not start on the device, else None."""
+        if rc == 127 or "not found" in stderr and "python" in stderr:
+            return (f"{self.name}: {self.python} not found on the device; pass "
+                    "--python /path/to/python (with numpy and the runtime)")
+        if "No module named 'numpy'" in stderr:
+            return (f"{self.name}: numpy is missing on the device; pip install "
+                    "'ofa-edge[device]' (or numpy) there")
+        return None
 
     def _copy_agent(self) -> None:
-        """The torch-free agent (``deploy/device``) into the remote folder."""
+        """The torch-free agent (``deploy/device``) into the remote folder, once a session."""
+        if self._agent_copied:
+            return
         self.copy([_PKG / "__init__.py"], "deploy")
         self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
+        self._agent_copied = True
 
     def _agent(self, args: list[str]) -> dict[str, Any]:
         """Run the agent in the remote folder with ``args``; its JSON answer."""
         script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
                   f"deploy.device.agent {' '.join(shlex.quote(a) for a in args)}")
+        self._connect()
         proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, script], "agent")
-        if proc.returncode == 127 or "not found" in proc.stderr and "python" in proc.stderr:
-            raise TargetError(f"{self.name}: {self.python} not found on the device; pass "
-                              "--python /path/to/python (with numpy and the runtime)")
-        if "No module named 'numpy'" in proc.stderr:
-            raise TargetError(f"{self.name}: numpy is missing on the device; pip install "
-                              "'ofa-edge[device]' (or numpy) there")
+        why = self._agent_failure(proc.returncode, proc.stderr)
+        if why:
+            raise TargetError(why)
         return _agent_json(proc, self.name)
 
 
@@ -373,6 +571,9 @@ class AdbTarget:
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """One ``benchmark_model`` run per model (it times one graph per process)."""
         return [self.bench(m, threads, protocol) for m in models]
+
+    def start(self, runtime: str) -> None:
+        """Nothing to start: ``benchmark_model`` runs once per model."""
 
 
 def parse_target(spec: str, python: str = "python3", insecure: bool = False,

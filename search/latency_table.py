@@ -9,6 +9,7 @@ One JSON file per measurement context (see ``docs/formats.md``)::
      "space": {...SearchSpace.to_dict()...}, "resolutions": [32],
      "protocol": {"warmup": 10, "runs": 50, "trials": 3, "statistic": "median"},
      "overhead_ms": 0.01,
+     "build": {"blocks": 96, "wall_s": 95.1, "timing_s": 88.0, "load_s": 4.2},  # optional
      "calibration": {"a": 1.0, "b": 0.0,
                      "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
      "entries": {"<resolution>": {"<OFA-style key>": {"median": .., "mean": .., "std": ..,
@@ -62,6 +63,7 @@ class LatencyTable:
                                                                  "fitted_on": []})
     source: str = ""
     statistic: str = "median"
+    build: dict[str, Any] = field(default_factory=dict)  # where the build's time went (s)
 
     # --- io ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -69,7 +71,7 @@ class LatencyTable:
                 "space": self.space, "resolutions": self.resolutions,
                 "protocol": self.protocol, "overhead_ms": self.overhead_ms,
                 "calibration": self.calibration, "statistic": self.statistic,
-                "entries": self.entries}
+                **({"build": self.build} if self.build else {}), "entries": self.entries}
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
@@ -127,7 +129,8 @@ class LatencyTable:
         return cls(context=d["context"], space=d["space"], resolutions=list(d["resolutions"]),
                    entries=d["entries"], protocol=d.get("protocol") or {},
                    overhead_ms=float(d.get("overhead_ms", 0.0)), calibration=cal,
-                   source=source, statistic=stat)
+                   source=source, statistic=stat,
+                   build=d["build"] if isinstance(d.get("build"), dict) else {})
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None,

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from deploy.bundle import export_subnet, read_bundle
@@ -381,6 +382,77 @@ def test_agent_times_a_batch_in_one_run(bundles, tmp_path):
         assert all(r["latency_ms"]["count"] == 3 for r in rows)
 
 
+def test_batched_and_one_by_one_tables_agree(tmp_path):
+    """The same blocks timed one by one in this process and as one batch by the agent
+    (interleaved trials) give the same table within timing noise: per-block ratios centred
+    on 1 and the same ordering of blocks (loose bounds: CI machines are shared)."""
+    from scipy.stats import kendalltau
+
+    from deploy.lut import build_table
+    from ofa.space import get_space
+
+    space = get_space("mbv3-digits", ks_list=[3, 7], expand_list=[3, 6], depth_list=[2],
+                      resolutions=[16])
+    proto = TimingProtocol(warmup=3, runs=20, trials=3)
+    one = build_table(space, [16], "onnxruntime", tmp_path / "one.json", protocol=proto,
+                      calib=0).entries["16"]
+    many = build_table(space, [16], "onnxruntime", tmp_path / "many.json", protocol=proto,
+                       calib=0, target=LocalTarget(), batch=64).entries["16"]
+    assert one.keys() == many.keys() and len(one) >= 10
+    keys = sorted(one)
+    ratios = np.array([many[k]["median"] / one[k]["median"] for k in keys])
+    assert 0.67 < np.median(ratios) < 1.5, ratios
+    tau = kendalltau([one[k]["median"] for k in keys], [many[k]["median"] for k in keys])[0]
+    assert tau > 0.6, tau
+
+
+def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
+    """``--serve``: one JSON answer line per request line, a failed request answers an error
+    and serving goes on, ``delete`` removes the batch's files, end of input ends it."""
+    folder, rep = bundles[0]
+    model = folder / rep["models"]["onnx-fp32"]["path"]
+    paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
+    for p in paths:
+        shutil.copy(model, p)
+    reqs = [{"models": [str(p) for p in paths], "runs": 3, "warmup": 1, "trials": 2},
+            {"models": [str(tmp_path / "missing.onnx")]},
+            {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True}]
+    p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
+                       input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
+                       text=True, cwd=ROOT, timeout=120)
+    assert p.returncode == 0, p.stderr
+    first, missing, third = (json.loads(line) for line in p.stdout.strip().splitlines())
+    assert [m["model"] for m in first["models"]] == ["b0.onnx", "b1.onnx"]
+    assert all(m["latency_ms"]["count"] == 6 for m in first["models"])
+    assert first["timing_s"] > 0 and first["load_s"] > 0
+    assert missing["code"] == 2 and "missing.onnx" in missing["error"]
+    assert third["models"][0]["latency_ms"]["count"] == 2
+    assert not paths[0].exists() and paths[1].exists()  # deleted after its batch only
+
+
+def test_ssh_session_reuses_one_connection_and_one_agent(sshd, bundles, tmp_path):
+    """Batches over SSH go through one master connection and one agent process, whose
+    files are deleted on the device after each batch; close() ends both."""
+    d = sshd["dir"]
+    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
+                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    folder, rep = bundles[0]
+    model = folder / rep["models"]["onnx-fp32"]["path"]
+    paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
+    for p in paths:
+        shutil.copy(model, p)
+    rows = t.bench_many(paths, 1, QUICK)
+    agent_pid, socket_path = t._server.pid, t._control / "s"
+    assert socket_path.exists() and rows[0]["batch"]["size"] == 2
+    rows = t.bench_many(paths[:1], 1, QUICK)
+    assert t._server.pid == agent_pid and [r["model"] for r in rows] == ["b0.onnx"]
+    assert rows[0]["device"]["cores"] >= 1 and rows[0]["runtime_version"]
+    left = t.ssh(["ls", f"{t.remote_dir}/batch"]).stdout.split()
+    assert left == []  # the agent deleted each batch after timing it
+    t.close()
+    assert t._server is None and not socket_path.exists()
+
+
 def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
     """Blocks go to the device in batches (one copy, one agent run each); the device going
     away after the first batch leaves that batch in the partial file, and a rerun measures
@@ -402,6 +474,9 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
         def bench(self, *a, **kw):
             return t.bench(*a, **kw)
 
+        def start(self, runtime):
+            t.start(runtime)
+
         def bench_many(self, models, threads=1, protocol=None):
             if sent:
                 raise TargetError(f"{t.name}: host unreachable (connection closed)")
@@ -414,7 +489,7 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
                     batch=4)
     partial = json.loads((tmp_path / "t.json.partial.json").read_text())
     first = partial["entries"]["12"]
-    assert sent == [4] and len(first) == 4 and len(keys) > 4
+    assert sent == [5] and len(first) == 4 and len(keys) > 4  # the overhead model + 4 blocks
     table = build_table(space, [12], "onnxruntime", out, protocol=QUICK, calib=0, target=t,
                         batch=4)
     assert set(table.entries["12"]) == keys

@@ -3,6 +3,7 @@
     python -m deploy.device.agent MODEL [--threads N --runs N --warmup N --trials N]
                                  [--data FILE.npz|FOLDER] [--json]
     python -m deploy.device.agent MODEL MODEL ... [--threads ...] --json    # a batch
+    python -m deploy.device.agent --serve    # batches as JSON lines on stdin, answers on stdout
 
 Imports only numpy and the one runtime the model needs (onnxruntime for ``.onnx``;
 ai-edge-litert, or tflite-runtime as a fallback, for ``.tflite``), so it runs on a Raspberry
@@ -15,8 +16,16 @@ Output (``--json``): ``{"schema": "ofa-edge-agent", "version": 1, "model", "mode
 Latencies are per invoke (batch 1), in milliseconds. With several models (a latency-table
 build's batch of blocks, :func:`benchmark_many`): ``{"schema", "version", "runtime",
 "runtime_version", "backend", "threads", "runs", "warmup", "trials", "device", "models":
-[{"model", "model_bytes", "input_shape", "latency_ms", "median"}, ...]}``, all timed in one
-process in interleaved trials.
+[{"model", "model_bytes", "input_shape", "latency_ms", "median"}, ...], "load_s", "timing_s"}``,
+all timed in one process in interleaved trials (``load_s``: seconds spent loading the models,
+``timing_s``: seconds of the interleaved trials, warm-up invokes included).
+
+``--serve`` keeps one process for a whole latency-table build (:func:`serve`): each stdin
+line is a batch request ``{"models": [...], "threads", "warmup", "runs", "trials",
+"delete"}`` (or ``{"prepare": RUNTIME}``: import it now) and gets one stdout line, the batch
+answer above or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it. The interpreter
+start and the runtime's import (tens of seconds on an emulated board) are then paid once per
+build, not once per batch.
 
 Accuracy data: an ``.npz`` written by ``ofa export`` (``x``: float32 ``(N, 3, r, r)``
 already normalised, ``y``: int labels), or raw images (``x_test``/``y_test`` uint8
@@ -29,8 +38,13 @@ Exit codes: 0 ok, 2 bad input (missing/corrupt model or data), 3 runtime not ins
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
+import os
 import sys
+import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +61,7 @@ from deploy.device.runtimes import (
     time_invoke,
 )
 
-__all__ = ["benchmark", "benchmark_many", "load_eval_data", "top1", "main", "SCHEMA"]
+__all__ = ["benchmark", "benchmark_many", "serve", "load_eval_data", "top1", "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
 def _meta(model: Path) -> dict[str, Any]:
@@ -196,13 +210,16 @@ def benchmark_many(models: list[str | Path], threads: int = 1,
     kind, protocol = kinds.pop(), protocol or TimingProtocol()
     rng = np.random.default_rng(0)
     rts, xs = [], []
+    t0 = time.perf_counter()
     for p in paths:
         rt = get_runtime(kind, threads)
         rt.load(str(p))
         shape = tuple(int(d) for d in rt.input_shape)
         rts.append(rt)
         xs.append(rt.prepare(rng.standard_normal(shape).astype(np.float32)))
+    t1 = time.perf_counter()
     stats = time_interleaved(rts, xs, protocol)
+    t2 = time.perf_counter()
     rt = rts[0]
     return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
             "runtime_version": rt.version(), "backend": rt.backend, "threads": threads,
@@ -210,22 +227,113 @@ def benchmark_many(models: list[str | Path], threads: int = 1,
             "device": device_facts(),
             "models": [{"model": p.name, "model_bytes": p.stat().st_size,
                         "input_shape": [int(d) for d in r.input_shape], "latency_ms": st,
-                        "median": st["median"]} for p, r, st in zip(paths, rts, stats)]}
+                        "median": st["median"]} for p, r, st in zip(paths, rts, stats)],
+            "load_s": t1 - t0, "timing_s": t2 - t1}
+
+
+def _prepare(runtime: str) -> dict[str, Any]:
+    """Import ``runtime`` now (seconds on a small board) and say what it and the device are."""
+    try:
+        rt = get_runtime(runtime, 1)
+        return {"runtime": rt.name, "runtime_version": rt.version(), "device": device_facts()}
+    except RuntimeMissing as exc:
+        return {"error": str(exc), "code": 3}
+    except ValueError as exc:
+        return {"error": str(exc).splitlines()[0], "code": 2}
+
+
+def _write_files(files: dict[Path, bytes]) -> None:
+    """Write the files a request carries (relative paths below this folder).
+
+    Raises:
+        ValueError: an absolute path or one that leaves this folder.
+        OSError: the disk is full or not writable.
+    """
+    for path, data in files.items():
+        if path.is_absolute() or ".." in path.parts:
+            raise ValueError(f"{path}: a request's files stay below the agent's folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+
+
+def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
+    """Answer batch requests (one JSON object per line of ``lines``) with one JSON line each
+    through ``write``, until the lines end: the persistent agent of ``--serve``.
+
+    A request ``{"models": [paths], "threads": 1, "warmup": 3, "runs": 15, "trials": 10,
+    "files": {relative path: base64}, "delete": false}`` is timed by :func:`benchmark_many`
+    (``files``: model files sent inline and written first, so a batch needs no copy process
+    on the device; ``delete``: remove the models afterwards, so a long build does not fill
+    the device's disk). A request that fails gets
+    ``{"error": one line, "code": 2}`` (``3``: the runtime is not installed) and serving goes
+    on; a line that is not a request ends serving with that error. ``{"prepare": RUNTIME}``
+    imports that runtime ahead of the first batch and answers ``{"runtime",
+    "runtime_version", "device"}``.
+    """
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            req = json.loads(line)
+            if "prepare" in req:
+                write(json.dumps(_prepare(str(req["prepare"]))))
+                continue
+            models = [Path(m) for m in req["models"]]
+            files = {Path(k): base64.b64decode(v) for k, v in req.get("files", {}).items()}
+            protocol = TimingProtocol(int(req.get("warmup", TimingProtocol.warmup)),
+                                      int(req.get("runs", TimingProtocol.runs)),
+                                      int(req.get("trials", TimingProtocol.trials)))
+            threads = int(req.get("threads", 1))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error) as exc:
+            write(json.dumps({"error": f"not a batch request ({exc})", "code": 2}))
+            return
+        try:
+            _write_files(files)
+            ans: dict[str, Any] = benchmark_many(models, threads, protocol)
+        except RuntimeMissing as exc:
+            ans = {"error": str(exc), "code": 3}
+        except (ValueError, OSError) as exc:
+            ans = {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
+        if req.get("delete"):
+            for m in {*models, *files}:
+                m.unlink(missing_ok=True)
+        write(json.dumps(ans))
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m deploy.device.agent",
                                  description=__doc__.splitlines()[0])
-    ap.add_argument("model", nargs="+", help=".onnx or .tflite file (several: a batch, "
+    ap.add_argument("model", nargs="*", help=".onnx or .tflite file (several: a batch, "
                     "timed in interleaved trials; --json only, no --data)")
+    ap.add_argument("--serve", action="store_true",
+                    help="answer batch requests, one JSON line each, from stdin until it ends")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=10)
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=TimingProtocol.runs)
+    ap.add_argument("--warmup", type=int, default=TimingProtocol.warmup)
+    ap.add_argument("--trials", type=int, default=TimingProtocol.trials)
     ap.add_argument("--data", help="eval .npz or image folder: also report top-1")
     ap.add_argument("--limit", type=int, help="at most this many eval images")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    if a.serve:
+        if a.model:
+            print("agent: error: --serve takes its models from stdin", file=sys.stderr)
+            return 2
+
+        # answers go to the real stdout; anything a runtime prints goes to stderr instead
+        answers = os.fdopen(os.dup(1), "w")
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+
+        def write(text: str) -> None:
+            answers.write(text + "\n")
+            answers.flush()
+
+        serve(sys.stdin, write)
+        return 0
+    if not a.model:
+        print("agent: error: give a model file (or --serve)", file=sys.stderr)
+        return 2
     if len(a.model) > 1 and (a.data or not a.json):
         print("agent: error: several models are a batch: --json, and no --data",
               file=sys.stderr)

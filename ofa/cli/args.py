@@ -13,6 +13,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from deploy.device.runtimes import TimingProtocol
+
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
            "add_target_args", "add_device_args", "add_compute_args", "target_options",
            "device_name", "default_workers", "load_subnet", "SEED", "CliError"]
@@ -112,13 +114,15 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark-binary", help="adb: TFLite benchmark_model for the phone")
 
 
-def add_target_args(p: argparse.ArgumentParser, runs: int = 50) -> None:
+def add_target_args(p: argparse.ArgumentParser, runs: int = TimingProtocol.runs) -> None:
     """:func:`add_device_args` plus the timing protocol and thread count."""
     p.add_argument("--threads", type=int_range(1, 256), default=1)
     p.add_argument("--runs", type=int_range(1, 100_000), default=runs,
                    help="timed invokes per trial")
-    p.add_argument("--warmup", type=int_range(0, 100_000), default=10)
-    p.add_argument("--trials", type=int_range(1, 1000), default=3)
+    p.add_argument("--warmup", type=int_range(0, 100_000), default=TimingProtocol.warmup,
+                   help="untimed invokes before each trial")
+    p.add_argument("--trials", type=int_range(1, 1000), default=TimingProtocol.trials,
+                   help="rounds (interleaved over the models timed together)")
     add_device_args(p)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from deploy.device.runtimes import TimingProtocol
 from ofa.cli.args import (
     SEED,
     CliError,
@@ -32,9 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--precision", default="fp32", choices=["fp32", "int8"],
                    help="int8: blocks and subnets as `ofa export` writes int8 models (ONNX QDQ, "
                    "full-integer TFLite)")
-    b.add_argument("--warmup", type=int_range(0, 100_000), default=10)
-    b.add_argument("--runs", type=int_range(1, 100_000), default=50)
-    b.add_argument("--trials", type=int_range(1, 1000), default=3)
+    b.add_argument("--warmup", type=int_range(0, 100_000), default=TimingProtocol.warmup)
+    b.add_argument("--runs", type=int_range(1, 100_000), default=TimingProtocol.runs)
+    b.add_argument("--trials", type=int_range(1, 1000), default=TimingProtocol.trials)
     b.add_argument("--calib", type=int_range(0, 10_000), default=10,
                    help="whole subnets for calibration (0 = none)")
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,

@@ -59,14 +59,13 @@ class RunConfig:
     table: str | None = None  # explicit table; default: shipped match or build one
     tables_dir: str | None = None  # where tables of this machine are looked for (None:
     # the tables shipped in the latency_tables package)
-    lut_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 10, "runs": 50,
-                                                                  "trials": 3})
+    lut_protocol: dict[str, int] = field(default_factory=lambda: asdict(TimingProtocol()))
     lut_calib: int = 10
     formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
     population: int = 100
     generations: int = 12
-    bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 20, "runs": 100,
-                                                                    "trials": 3})
+    bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 3, "runs": 30,
+                                                                    "trials": 10})
     device: str = "auto"
     precision: str = "auto"  # training autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | ...
     workers: int = 0  # data-loading processes (training, predictor-dataset evaluation)

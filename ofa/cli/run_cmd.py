@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from deploy.device.runtimes import TimingProtocol
 from ofa.cli.args import (
     CliError,
     add_target_args,
@@ -36,7 +37,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "this machine (default: the tables shipped in the latency_tables package)")
     p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
-    p.add_argument("--lut-runs", type=int_range(1, 100_000), default=50)
+    p.add_argument("--lut-runs", type=int_range(1, 100_000), default=TimingProtocol.runs,
+                   help="timed invokes per trial when a latency table is built")
     p.add_argument("--lut-calib", type=int_range(1, 10_000), default=10,
                    help="whole subnets for calibration")
     p.add_argument("--finetune-epochs", type=float_range(0, 100_000), default=0.0,
@@ -45,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--formats", type=choice_list(format_names, "format"),
                    default=["onnx-fp32", "tflite-fp32"],
                    help="exported per subnet (the runtime's own format is always included)")
-    add_target_args(p, runs=100)
+    add_target_args(p, runs=30)  # 300 timed invokes per chosen subnet
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device, workers=args.workers,
         precision="auto" if args.precision == "int8" else args.precision,
         model_precision="int8" if args.precision == "int8" else "fp32",
-        lut_protocol={"warmup": 10, "runs": args.lut_runs, "trials": 3},
+        lut_protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
+                      "trials": TimingProtocol.trials},
         lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,
         bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
     try:

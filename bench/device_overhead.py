@@ -1,0 +1,94 @@
+"""Where a latency-table build on a device spends its time (issue 15): the emulated Pi.
+
+Builds the ``mbv3-digits`` table at 12 px (96 blocks, onnxruntime, the default protocol: 10
+trials of 3 warm-up + 15 timed invokes per block, no calibration) on an SSH target with ``ofa
+lut build --target ... --batch B`` for each ``--batches`` value, and reads the table's
+``build`` record: the wall time of the device loop, the session start (login, agent start,
+runtime import; once per build), the agent's timed trials (warm-up included), model loading
+on the device and the rest (sending the models' bytes, the agent's bookkeeping). Overhead =
+(wall - timed trials) / timed trials; the issue's target is <= 10%. Each finished table in
+``--work`` is
+kept (a rerun skips it).
+
+    python tools/emulated_pi.py start
+    python bench/device_overhead.py $(python tools/emulated_pi.py args)
+
+Writes ``bench/results/device_overhead.json`` and prints the table. Under emulation the times
+measure the emulator, not a Pi: this is a test of the method's overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import print_table, write_json  # noqa: E402
+
+
+def _model_bytes(precision: str) -> int:
+    """Bytes of the 96 exported block models (and the overhead model) a build sends."""
+    import tempfile
+
+    from deploy.lut import _export_batch
+    from ofa.space import get_space
+
+    space = get_space("mbv3-digits", resolutions=[12])
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _export_batch([(12, s) for s in space.all_block_shapes([12])], "onnxruntime",
+                              precision, Path(tmp) / "b", True)
+        return sum(p.stat().st_size for p in paths)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--python", default="python3")
+    ap.add_argument("--identity")
+    ap.add_argument("--known-hosts")
+    ap.add_argument("--batches", default="32,96")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--work", default="runs/device_overhead")
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    login = ["--target", args.target, "--python", args.python]
+    login += ["--identity", args.identity] if args.identity else []
+    login += ["--known-hosts", args.known_hosts] if args.known_hosts else []
+    rows = []
+    runs = [(p, int(b)) for p in args.precisions.split(",") for b in args.batches.split(",")]
+    for precision, b in runs:
+        out = work / f"digits12_{precision}_batch{b}.json"
+        wall = None
+        if not out.exists():
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "ofa.cli", "lut", "build", "--space",
+                            "mbv3-digits", "--resolutions", "12", "--runtime", "onnxruntime",
+                            "--precision", precision, "--calib", "0", "--batch", str(b),
+                            "--out", str(out), *login], check=True)
+            wall = time.perf_counter() - t0
+        t = json.loads(out.read_text())
+        mb = _model_bytes(precision) / 1e6
+        bd = t["build"]
+        dev = t["context"]["device"]
+        start = bd.get("start_s", 0.0)
+        rows.append({"precision": precision, "batch": b, "blocks": bd["blocks"],
+                     "MB_sent": round(mb, 1),
+                     "command_s": wall, "device_loop_s": bd["wall_s"], "start_s": start,
+                     "timed_trials_s": bd["timing_s"], "load_s": bd["load_s"],
+                     "rest_s": bd["wall_s"] - start - bd["timing_s"] - bd["load_s"],
+                     "overhead_pct": 100 * (bd["wall_s"] - bd["timing_s"]) / bd["timing_s"],
+                     "after_start_pct": 100 * (bd["wall_s"] - start - bd["timing_s"])
+                     / bd["timing_s"],
+                     "device": f"{dev.get('cpu_model')} ({dev.get('emulated') or 'native'})"})
+    print_table(rows)
+    write_json("device_overhead", {"rows": rows, "target": args.target,
+                                   "protocol": "10 trials x (3 warm-up + 15 timed)"})
+
+
+if __name__ == "__main__":
+    main()
