@@ -267,9 +267,9 @@ class TimingProtocol:
     The default, 10 short trials of 3 + 15 invokes (150 timed, 30 untimed), interleaves
     models finely (:func:`time_interleaved`): a drift of a shared machine's speed over
     seconds then reaches every model alike. On this project's x86 VM, two back-to-back
-    measurements of the same 100 int8 subnets differ by 1.0% (relative s.d.) and rank them
-    alike at Kendall tau 0.94 with it, against 2.0% and 0.89 with 3 trials of 10 + 50
-    (``bench/timing_protocol.py``).
+    measurements of the same 100 int8 subnets differ by 1.0-1.7% (relative s.d.) and rank
+    them alike at Kendall tau 0.92-0.94 with it, against 2.0-4.6% and 0.82-0.89 with 3 trials
+    of 10 + 50 (``bench/timing_protocol.py``, two runs).
 
     Raises:
         ValueError: ``runs``/``trials`` below 1 or ``warmup`` below 0.
