@@ -243,8 +243,8 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                      precision: str, threads: int, protocol: TimingProtocol, target: Target,
                      batch: int, tmp: Path, save: Callable[[], None],
                      bar: tqdm) -> dict[str, float]:
-    """Time the blocks of ``todo`` on ``target``, ``batch`` per ``Target.bench_many`` (one
-    copy, one request to the device's agent). Batch ``i + 1`` is exported here while the
+    """Time the blocks of ``todo`` on ``target``, ``batch`` per ``Target.bench_many`` (over
+    SSH one request to the session's agent process). Batch ``i + 1`` is exported here while the
     device times batch ``i``; the first batch also carries the overhead model and sets the
     table's context from the device's answer. ``save`` runs after every batch.
 

@@ -195,6 +195,7 @@ class SSHTarget:
         self._server: subprocess.Popen | None = None
         self._server_err: IO[str] | None = None
         self._agent_copied = False
+        self._busy = False  # a request is out and its answer not read
 
     @property
     def opts(self) -> list[str]:
@@ -271,6 +272,8 @@ class SSHTarget:
         """End the device's agent process and the master connection; idempotent."""
         srv, self._server = self._server, None
         if srv is not None:
+            if self._busy:  # interrupted mid-batch: do not wait for the device to finish it
+                srv.kill()
             with contextlib.suppress(OSError):
                 srv.stdin.close()  # end of input: the agent exits
             try:
@@ -373,12 +376,14 @@ class SSHTarget:
 
     def _request(self, srv: subprocess.Popen, req: dict[str, Any]) -> dict[str, Any]:
         """Send one request line to the agent process; its answer (errors raised)."""
+        self._busy = True
         try:
             srv.stdin.write(json.dumps(req) + "\n")
             srv.stdin.flush()
         except OSError:
             raise TargetError(self._server_failure()) from None
         ans = self._answer(srv)
+        self._busy = False
         if "error" in ans:
             msg = str(ans["error"])
             if "no space left" in msg.lower():
