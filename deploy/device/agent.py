@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import json
 import os
 import sys
@@ -296,7 +297,8 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
             ans = {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
         if req.get("delete"):
             for m in {*models, *files}:
-                m.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    m.unlink(missing_ok=True)
         write(json.dumps(ans))
 
 

@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--calib", type=int_range(0, 10_000), default=10,
                    help="whole subnets for calibration (0 = none)")
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,
-                   help="blocks per copy and agent run on a --target device")
+                   help="blocks per request to the agent on a --target device (timed in "
+                   "interleaved trials; the partial table is saved after each)")
     b.add_argument("--out", required=True)
     _jobs(b)
     add_device_args(b)
