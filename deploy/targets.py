@@ -99,14 +99,20 @@ def _batch_rows(res: dict[str, Any], models: list[Path], where: str) -> list[dic
     return rows
 
 
+def _agent_error(where: str, msg: str, code: int) -> TargetError:
+    """The one-line error for an agent that answered ``msg`` with exit code / ``code`` (3:
+    the runtime is not installed on the device)."""
+    if code == 3:
+        return TargetError(f"{where}: {msg.removeprefix('agent: error: ')} on the device "
+                           "(install the device extra there: pip install 'ofa-edge[device]' "
+                           "or the runtime's package)")
+    return TargetError(f"{where}: agent failed: {msg}")
+
+
 def _agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
     if proc.returncode != 0:
-        msg = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        if proc.returncode == 3:
-            raise TargetError(f"{where}: {msg.removeprefix('agent: error: ')} on the device "
-                              "(install the device extra there: pip install 'ofa-edge[device]'"
-                              " or the runtime's package)")
-        raise TargetError(f"{where}: agent failed: {msg}")
+        raise _agent_error(where, (proc.stderr.strip().splitlines() or ["no output"])[-1],
+                           proc.returncode)
     try:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
@@ -388,11 +394,7 @@ class SSHTarget:
             msg = str(ans["error"])
             if "no space left" in msg.lower():
                 raise TargetError(self._copy_error("", msg))
-            if ans.get("code") == 3:
-                raise TargetError(f"{self.name}: {msg} on the device (install the device extra "
-                                  "there: pip install 'ofa-edge[device]' or the runtime's "
-                                  "package)")
-            raise TargetError(f"{self.name}: agent failed: {msg}")
+            raise _agent_error(self.name, msg, ans.get("code", 2))
         return ans
 
     def _serving(self) -> subprocess.Popen:
@@ -403,10 +405,7 @@ class SSHTarget:
         if self._server_err is not None:
             self._server_err.close()
         self._server_err = tempfile.TemporaryFile("w+")
-        script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
-                  "deploy.device.agent --serve")
-        self._server = subprocess.Popen(["ssh", "-p", str(self.port), *self.opts, self.dest,
-                                         script], stdin=subprocess.PIPE,
+        self._server = subprocess.Popen(self._agent_command(["--serve"]), stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=self._server_err,
                                         text=True, bufsize=1)
         return self._server
@@ -463,12 +462,16 @@ class SSHTarget:
         self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
         self._agent_copied = True
 
-    def _agent(self, args: list[str]) -> dict[str, Any]:
-        """Run the agent in the remote folder with ``args``; its JSON answer."""
+    def _agent_command(self, args: list[str]) -> list[str]:
+        """The ``ssh`` command line that runs the agent in the remote folder with ``args``."""
         script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
                   f"deploy.device.agent {' '.join(shlex.quote(a) for a in args)}")
+        return ["ssh", "-p", str(self.port), *self.opts, self.dest, script]
+
+    def _agent(self, args: list[str]) -> dict[str, Any]:
+        """Run the agent in the remote folder with ``args``; its JSON answer."""
         self._connect()
-        proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest, script], "agent")
+        proc = self._run(self._agent_command(args), "agent")
         why = self._agent_failure(proc.returncode, proc.stderr)
         if why:
             raise TargetError(why)
