@@ -54,10 +54,11 @@ from search.latency_table import LatencyTable
 from search.metrics import relative_error_report
 
 __all__ = ["measure_module", "build_table", "calibrate", "fit_calibration", "validate_table",
-           "runtime_context", "representative_set", "PRECISIONS"]
+           "runtime_context", "representative_set", "periodic_weights", "PRECISIONS"]
 
 PRECISIONS = ("fp32", "int8")
 CALIB_IMAGES = 8  # representative inputs per int8 conversion (blocks and whole subnets)
+FIRST_BATCH = 8  # blocks in a device build's first request (see _build_on_device)
 
 
 def representative_set(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -140,6 +141,41 @@ def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str,
     return time_interleaved([rt], [x], protocol)[0]
 
 
+WEIGHT_PERIOD = 251  # values in the repeated weight tile of a timed model
+
+
+def periodic_weights(model: nn.Module, period: int = WEIGHT_PERIOD, seed: int = 0) -> nn.Module:
+    """Give every weight tensor of ``model`` (conv and linear kernels: the parameters with
+    more than one dimension) one seeded tile of ``period`` normal values, repeated and scaled
+    to the tensor's own standard deviation at initialisation; in place, returns ``model``.
+
+    A model timed for a latency table is a shape, not a trained network: the dense kernels
+    of ONNX Runtime, XNNPACK and eager torch do the same work whatever the values (no
+    sparsity, no value-dependent paths; values stay far from the denormal range), and a
+    repeated tile compresses ~50x (zlib), so a batch of blocks sent to a device is ~2% of
+    its bytes (``tests/test_deploy.py`` checks the latencies match random weights). The
+    range per tensor is kept so int8 quantisation sees ordinary scales.
+
+    Raises:
+        ValueError: ``period < 2``.
+    """
+    if period < 2:
+        raise ValueError(f"period must be >= 2, got {period}")
+    base = torch.randn(period, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() > 1:
+                n = p.numel()
+                std = float(p.std()) or 1.0
+                p.copy_((base.repeat(n // period + 1)[:n] * std).reshape(p.shape))
+    return model
+
+
+def _block(s: BlockShape) -> nn.Module:
+    """The model a table times for block shape ``s``: its layer with periodic weights."""
+    return periodic_weights(build_layer(s))
+
+
 class _Overhead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
@@ -149,7 +185,7 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
     torch.manual_seed(seed)
     net = build_supernet(space)
     net.set_active_subnet(cfg)
-    return net.get_active_subnet().eval()
+    return periodic_weights(net.get_active_subnet().eval())
 
 
 def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: str,
@@ -230,7 +266,7 @@ def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: 
         _export(_Overhead(), (1, 8, 1, 1), runtime, precision, paths[-1])
     for j, (_, s) in enumerate(chunk):
         paths.append(folder / f"b{j}{suffix}")
-        _export(build_layer(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision,
+        _export(_block(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision,
                 paths[-1])
     return paths
 
@@ -245,15 +281,19 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                      bar: tqdm) -> dict[str, float]:
     """Time the blocks of ``todo`` on ``target``, ``batch`` per ``Target.bench_many`` (over
     SSH one request to the session's agent process). Batch ``i + 1`` is exported here while the
-    device times batch ``i``; the first batch also carries the overhead model and sets the
+    device times batch ``i``; the first batch, at most :data:`FIRST_BATCH` blocks so that its
+    export hides behind the device's start, also carries the overhead model and sets the
     table's context from the device's answer. ``save`` runs after every batch.
 
     Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
+    ``wait`` (the device waiting for this machine's export of a batch), ``send`` (a
+    request's round trip less the agent's work: the bytes going over, decoding, the answer),
     ``timing`` and ``load`` (the agent's timed trials, warm-up included, and model loading,
     summed over batches); NaN where the target does not report them (adb).
     """
-    chunks = [todo[i:i + batch] for i in range(0, len(todo), batch)] or [[]]
-    spent = {"start": 0.0, "timing": 0.0, "load": 0.0}
+    first = min(batch, FIRST_BATCH)  # exported while the device starts, timed soon after
+    chunks = [todo[:first]] + [todo[i:i + batch] for i in range(first, len(todo), batch)]
+    spent = {"start": 0.0, "wait": 0.0, "send": 0.0, "timing": 0.0, "load": 0.0}
     t0 = time.perf_counter()
     with ThreadPoolExecutor(1) as pool:
         nxt = pool.submit(_export_batch, chunks[0], runtime, precision, tmp / "batch0",
@@ -261,11 +301,14 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
         target.start(runtime)  # the device gets ready while the first batch is exported
         spent["start"] = time.perf_counter() - t0
         for i, chunk in enumerate(chunks):
+            t1 = time.perf_counter()
             paths = nxt.result()
+            t2 = time.perf_counter()
             if i + 1 < len(chunks):
                 nxt = pool.submit(_export_batch, chunks[i + 1], runtime, precision,
                                   tmp / f"batch{(i + 1) % 2}", False)
             rows = target.bench_many(paths, threads, protocol)
+            t3 = time.perf_counter()
             if "context" not in state:
                 head = rows.pop(0)
                 state["context"] = {
@@ -279,8 +322,10 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
             save()  # a dropped device loses one batch
             bar.update(len(chunk))
             info = rows[0].get("batch", {}) if rows else {}
-            for k in ("timing", "load"):
-                v = info.get(f"{k}_s")
+            agent = [info.get(f"{k}_s") for k in ("timing", "load")]
+            spent["wait"] += t2 - t1
+            spent["send"] += (t3 - t2 - sum(agent)) if None not in agent else float("nan")
+            for k, v in zip(("timing", "load"), agent):
                 spent[k] += float("nan") if v is None else v
     return {"wall": time.perf_counter() - t0, **spent}
 
@@ -313,14 +358,16 @@ def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
 
 def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
     """One line: where a device build's time went (see :func:`_build_on_device`)."""
-    wall, start, timing, load = (spent[k] for k in ("wall", "start", "timing", "load"))
+    wall, start, timing = spent["wall"], spent["start"], spent["timing"]
     if not blocks or not timing > 0:  # nothing timed, or a target that does not say (adb)
         return f"{where}: {blocks} block(s) in {wall:.1f} s"
-    rest = wall - start - timing - load
+    rest = wall - sum(spent[k] for k in ("start", "wait", "send", "timing", "load"))
     return (f"{where}: {blocks} block(s) in {wall:.1f} s: session start {start:.1f} s, timed "
-            f"trials {timing:.1f} s (warm-up included), loading {load:.1f} s, transfers and "
-            f"the rest {rest:.1f} s; overhead {100 * (wall - timing) / timing:.0f}% of the timed "
-            f"trials ({100 * (wall - start - timing) / timing:.0f}% after the session start)")
+            f"trials {timing:.1f} s (warm-up included), loading {spent['load']:.1f} s, "
+            f"sending {spent['send']:.1f} s, waiting for this machine's export "
+            f"{spent['wait']:.1f} s, the rest {rest:.1f} s; overhead "
+            f"{100 * (wall - timing) / timing:.0f}% of the timed trials "
+            f"({100 * (wall - start - timing) / timing:.0f}% after the session start)")
 
 
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
@@ -385,7 +432,7 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                 state["context"], state["overhead_ms"] = _context(runtime, threads, protocol,
                                                                   tmp, precision)
             for r, s in todo:
-                st = measure_module(build_layer(s), (1, s.in_ch, s.in_size, s.in_size),
+                st = measure_module(_block(s), (1, s.in_ch, s.in_size, s.in_size),
                                     runtime, threads, protocol, tmp, precision=precision)
                 ent.setdefault(str(r), {})[s.key()] = _entry(st)
                 atomic_write_json(partial_path, state)

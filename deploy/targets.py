@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import io
 import json
 import re
 import select
@@ -28,7 +29,10 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
+import threading
+import zlib
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
@@ -36,7 +40,7 @@ from urllib.parse import urlparse
 from deploy.device.runtimes import TimingProtocol
 
 __all__ = ["Target", "TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
-           "parse_benchmark_model"]
+           "parse_benchmark_model", "start_in_background"]
 
 _PKG = Path(__file__).resolve().parent
 _DEVICE = _PKG / "device"
@@ -202,6 +206,8 @@ class SSHTarget:
         self._server_err: IO[str] | None = None
         self._agent_copied = False
         self._busy = False  # a request is out and its answer not read
+        self._starting = threading.Lock()
+        self._ready: set[str] = set()  # runtimes the session's agent has imported
 
     @property
     def opts(self) -> list[str]:
@@ -228,10 +234,23 @@ class SSHTarget:
                     "address, port and that sshd runs on the device")
         return f"{self.name}: {(s.splitlines() or ['ssh failed'])[-1]}"
 
-    def _run(self, argv: list[str], what: str) -> subprocess.CompletedProcess:
+    def _run(self, argv: list[str], what: str,
+             stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        """Run ``argv`` (ssh/scp), ``stdin`` fed to it; exit 255 (ssh's own failure) raised.
+
+        Raises:
+            TargetError: no OpenSSH client, a timeout, or ssh could not connect.
+        """
         try:
-            proc = subprocess.run(argv, capture_output=True, text=True, timeout=self.timeout,
-                                  stdin=subprocess.DEVNULL)
+            if stdin is None:
+                proc = subprocess.run(argv, capture_output=True, text=True,
+                                      timeout=self.timeout, stdin=subprocess.DEVNULL)
+            else:
+                raw = subprocess.run(argv, capture_output=True, input=stdin,
+                                     timeout=self.timeout)
+                proc = subprocess.CompletedProcess(
+                    argv, raw.returncode, raw.stdout.decode(errors="replace"),
+                    raw.stderr.decode(errors="replace"))
         except FileNotFoundError:
             raise TargetError(f"{argv[0]} not found: install the OpenSSH client") from None
         except subprocess.TimeoutExpired:
@@ -298,6 +317,7 @@ class SSHTarget:
                                stdin=subprocess.DEVNULL)
             shutil.rmtree(control, ignore_errors=True)
         self._agent_copied = False
+        self._ready.clear()
 
     def ssh(self, remote_argv: list[str], what: str = "command") -> subprocess.CompletedProcess:
         """Run ``remote_argv`` on the device (each argument shell-quoted for the remote)."""
@@ -355,19 +375,21 @@ class SSHTarget:
     def bench_many(self, models: list[Path], threads: int = 1,
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """The batch as one request to the session's agent process (``--serve``): the model
-        files travel inline in the request, are timed in interleaved trials and deleted.
-        Per batch no process starts on the device (a copy with ``scp`` costs seconds on an
-        emulated board); the interpreter start is paid once a session.
+        files travel inline in the request, zlib-compressed (a table's models, with
+        :func:`deploy.lut.periodic_weights`, shrink ~50x), and are loaded from memory there
+        (nothing is written on the device), then timed in interleaved trials. Per batch no process
+        starts on the device (a copy with ``scp`` costs seconds on an emulated board); the
+        interpreter start is paid once a session.
 
         Raises:
-            TargetError: the device went away, lacks the runtime, or its disk is full.
+            TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
         srv = self._serving()
-        names = [f"batch/{Path(m).name}" for m in models]
+        names = [f"{j}/{Path(m).name}" for j, m in enumerate(models)]  # unique, same name
         req = {"models": names, "threads": threads, "warmup": protocol.warmup,
-               "runs": protocol.runs, "trials": protocol.trials, "delete": True,
-               "files": {n: base64.b64encode(Path(m).read_bytes()).decode("ascii")
+               "runs": protocol.runs, "trials": protocol.trials, "compression": "zlib",
+               "files": {n: base64.b64encode(zlib.compress(Path(m).read_bytes())).decode()
                          for n, m in zip(names, models)}}
         return _batch_rows(self._request(srv, req), models, self.name)
 
@@ -377,8 +399,13 @@ class SSHTarget:
         Raises:
             TargetError: unreachable, or the runtime is not installed on the device.
         """
-        srv = self._serving()
-        self._request(srv, {"prepare": runtime})
+        with self._starting:  # also called early from another thread (``ofa lut build``)
+            if runtime in self._ready and self._server is not None \
+                    and self._server.poll() is None:
+                return
+            srv = self._serving()
+            self._request(srv, {"prepare": runtime})
+            self._ready.add(runtime)
 
     def _request(self, srv: subprocess.Popen, req: dict[str, Any]) -> dict[str, Any]:
         """Send one request line to the agent process; its answer (errors raised)."""
@@ -455,11 +482,27 @@ class SSHTarget:
         return None
 
     def _copy_agent(self) -> None:
-        """The torch-free agent (``deploy/device``) into the remote folder, once a session."""
+        """The torch-free agent (``deploy/device``) into the remote folder, once a session:
+        one tar stream through one command (each ``mkdir`` + ``scp`` pair is a round trip,
+        a second on an emulated board).
+
+        Raises:
+            TargetError: unreachable, ``tar`` missing or the device's disk is full.
+        """
         if self._agent_copied:
             return
-        self.copy([_PKG / "__init__.py"], "deploy")
-        self.copy(sorted(_DEVICE.glob("*.py")), "deploy/device")
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(_PKG / "__init__.py", "deploy/__init__.py")
+            for f in sorted(_DEVICE.glob("*.py")):
+                tar.add(f, f"deploy/device/{f.name}")
+        self._connect()
+        rdir = shlex.quote(self.remote_dir)
+        proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest,
+                          f"mkdir -p {rdir} && tar -xf - -C {rdir}"], "agent copy",
+                         stdin=buf.getvalue())
+        if proc.returncode != 0:
+            raise TargetError(self._copy_error("agent copy failed", proc.stderr))
         self._agent_copied = True
 
     def _agent_command(self, args: list[str]) -> list[str]:
@@ -582,6 +625,21 @@ class AdbTarget:
 
     def start(self, runtime: str) -> None:
         """Nothing to start: ``benchmark_model`` runs once per model."""
+
+
+def start_in_background(target: Target, runtime: str) -> threading.Thread:
+    """Run ``target.start(runtime)`` in a daemon thread: the device logs in, starts its agent
+    and imports the runtime (seconds on a small board) while this machine still imports
+    torch and exports the first models. A failure here is dropped: the caller's own
+    ``start`` (which waits for this one) tries again and raises it."""
+
+    def run() -> None:
+        with contextlib.suppress(TargetError):
+            target.start(runtime)
+
+    th = threading.Thread(target=run, name="device-start", daemon=True)
+    th.start()
+    return th
 
 
 def parse_target(spec: str, python: str = "python3", insecure: bool = False,

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.device.runtimes import Runtime, TimingProtocol, time_interleaved
+from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.targets import (
     AdbTarget,
     LocalTarget,
@@ -22,6 +23,7 @@ from deploy.targets import (
     TargetError,
     parse_benchmark_model,
     parse_target,
+    start_in_background,
 )
 from ofa.space import get_space
 
@@ -406,6 +408,72 @@ def test_batched_and_one_by_one_tables_agree(tmp_path):
     assert tau > 0.6, tau
 
 
+def test_models_loaded_from_bytes_match_their_files(bundles):
+    """A batch sent inline (the device session's requests) loads from memory: the same
+    outputs as the files for both runtimes and precisions, sizes from the bytes, loaded in
+    parallel threads in the order given."""
+    from deploy.device.agent import benchmark_many
+    from deploy.device.runtimes import get_runtime
+
+    folder, rep = bundles[0]
+    r = rep["config"]["r"]
+    x = np.random.default_rng(1).standard_normal((1, 3, r, r)).astype(np.float32)
+    for fmt in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"):
+        path = folder / rep["models"][fmt]["path"]
+        kind = "onnxruntime" if path.suffix == ".onnx" else "litert"
+        a, b = get_runtime(kind), get_runtime(kind)
+        a.load(str(path))
+        b.load_bytes(path.read_bytes(), path.name)
+        np.testing.assert_array_equal(a.run(a.prepare(x)), b.run(b.prepare(x)))
+        with pytest.raises(ValueError, match="empty"):
+            b.load_bytes(b"", "x" + path.suffix)
+        with pytest.raises(ValueError, match="cannot load"):
+            b.load_bytes(b"not a model", "x" + path.suffix)
+    onnx = [folder / rep["models"][f]["path"] for f in ("onnx-int8", "onnx-fp32")] * 2
+    names = [f"{j}/{p.name}" for j, p in enumerate(onnx)]
+    res = benchmark_many(names, 1, QUICK, {n: p.read_bytes() for n, p in zip(names, onnx)})
+    assert [m["model"] for m in res["models"]] == [p.name for p in onnx]
+    assert [m["model_bytes"] for m in res["models"]] == [p.stat().st_size for p in onnx]
+    assert res["models"][0]["model_bytes"] < res["models"][1]["model_bytes"]  # int8, fp32
+
+
+def test_periodic_weights_keep_block_latency_and_compress(tmp_path):
+    """Blocks timed for a table carry a repeated weight tile: the same latency as random
+    weights (ONNX Runtime fp32 and int8, in interleaved trials; loose bounds for shared CI
+    machines) and the exported files compress > 20x (fp32; > 10x int8, whose per-channel
+    scales differ), so device batches are small."""
+    import zlib
+
+    from scipy.stats import kendalltau
+
+    from deploy.lut import _export, periodic_weights
+    from ofa.static import build_layer
+
+    shapes = get_space("mbv3-cifar", resolutions=[32]).all_block_shapes([32])[1::12]
+    for precision in ("fp32", "int8"):
+        rts, xs, raw, packed = [], [], 0, 0
+        for kind in ("random", "periodic"):
+            for j, s in enumerate(shapes):
+                torch.manual_seed(j)
+                m = build_layer(s).eval()
+                m = periodic_weights(m) if kind == "periodic" else m
+                path = tmp_path / f"{kind}{j}_{precision}.onnx"
+                _export(m, (1, s.in_ch, s.in_size, s.in_size), "onnxruntime", precision, path)
+                if kind == "periodic":
+                    data = path.read_bytes()
+                    raw, packed = raw + len(data), packed + len(zlib.compress(data))
+                rt = get_runtime("onnxruntime")
+                rt.load(str(path))
+                x = np.random.default_rng(0).standard_normal(rt.input_shape)
+                rts.append(rt)
+                xs.append(rt.prepare(x.astype(np.float32)))
+        st = time_interleaved(rts, xs, TimingProtocol(warmup=3, runs=20, trials=6))
+        med = np.array([s["median"] for s in st]).reshape(2, -1)
+        assert 0.8 < np.median(med[1] / med[0]) < 1.25, (precision, med)
+        assert kendalltau(med[0], med[1])[0] > 0.6, (precision, med)
+        assert raw / packed > {"fp32": 20, "int8": 10}[precision], (precision, raw, packed)
+
+
 def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     """``--serve``: one JSON answer line per request line, a failed request answers an error
     and serving goes on, ``delete`` removes the batch's files, end of input ends it."""
@@ -431,8 +499,9 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
 
 
 def test_ssh_session_reuses_one_connection_and_one_agent(sshd, bundles, tmp_path):
-    """Batches over SSH go through one master connection and one agent process, whose
-    files are deleted on the device after each batch; close() ends both."""
+    """Batches over SSH go through one master connection and one agent process (started
+    early in the background), which loads the models from the requests and writes no file;
+    close() ends both."""
     d = sshd["dir"]
     t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
                      known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
@@ -441,14 +510,17 @@ def test_ssh_session_reuses_one_connection_and_one_agent(sshd, bundles, tmp_path
     paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
     for p in paths:
         shutil.copy(model, p)
-    rows = t.bench_many(paths, 1, QUICK)
+    start_in_background(t, "onnxruntime").join()  # as ofa lut build starts a device
     agent_pid, socket_path = t._server.pid, t._control / "s"
+    t.start("onnxruntime")  # the build's own start finds the session ready
+    rows = t.bench_many(paths, 1, QUICK)
+    assert t._server.pid == agent_pid
     assert socket_path.exists() and rows[0]["batch"]["size"] == 2
     rows = t.bench_many(paths[:1], 1, QUICK)
     assert t._server.pid == agent_pid and [r["model"] for r in rows] == ["b0.onnx"]
     assert rows[0]["device"]["cores"] >= 1 and rows[0]["runtime_version"]
-    left = t.ssh(["ls", f"{t.remote_dir}/batch"]).stdout.split()
-    assert left == []  # the agent deleted each batch after timing it
+    written = t.ssh(["find", t.remote_dir, "-name", "b?.onnx"]).stdout.split()
+    assert written == []  # the batches were loaded from the requests, never written
     t.close()
     assert t._server is None and not socket_path.exists()
 

@@ -30,7 +30,8 @@ class RuntimeMissing(RuntimeError):
 
 
 class Runtime:
-    """Interface: ``load(path)``, ``input_shape``, ``input_dtype``, ``run(x) -> logits``."""
+    """Interface: ``load(path)`` (or ``load_bytes``), ``input_shape``, ``input_dtype``,
+    ``run(x) -> logits``."""
 
     name = ""
     suffix = ""
@@ -45,6 +46,16 @@ class Runtime:
         raise NotImplementedError
 
     def load(self, path: str) -> None:
+        raise NotImplementedError
+
+    def load_bytes(self, data: bytes, name: str) -> None:
+        """Load a model from its file's bytes (``name``: for messages), as :meth:`load`
+        does from the file: a device session gets a batch's models inline and writes no
+        files (writing and reading them back is seconds a batch on a small board).
+
+        Raises:
+            ValueError: empty or not a model of this runtime.
+        """
         raise NotImplementedError
 
     @property
@@ -119,17 +130,25 @@ class OnnxRuntime(Runtime):
         return self._ort().__version__
 
     def load(self, path: str) -> None:
-        ort = self._ort()
         _check_file(path)
+        self._load(path, path)
+
+    def load_bytes(self, data: bytes, name: str) -> None:
+        if not data:
+            raise ValueError(f"model {name} is empty")
+        self._load(data, name)
+
+    def _load(self, model: str | bytes, name: str) -> None:
+        ort = self._ort()
         so = ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.log_severity_level = 3
         try:
-            self.sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+            self.sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise ValueError(f"{path}: onnxruntime cannot load it "
+            raise ValueError(f"{name}: onnxruntime cannot load it "
                              f"({str(exc).splitlines()[0][:160]})") from None
         self._in = self.sess.get_inputs()[0]
         self._feed: dict[str, np.ndarray] = {}
@@ -185,13 +204,22 @@ class LiteRTRuntime(Runtime):
             return pkg
 
     def load(self, path: str) -> None:
-        cls, _ = self._interp_cls()
         _check_file(path)
+        self._load({"model_path": path}, path)
+
+    def load_bytes(self, data: bytes, name: str) -> None:
+        if not data:
+            raise ValueError(f"model {name} is empty")
+        self._content = data  # the interpreter reads the flatbuffer in place
+        self._load({"model_content": data}, name)
+
+    def _load(self, source: dict[str, Any], name: str) -> None:
+        cls, _ = self._interp_cls()
         try:
-            self.interp = cls(model_path=path, num_threads=self.threads)
+            self.interp = cls(**source, num_threads=self.threads)
             self.interp.allocate_tensors()
         except Exception as exc:
-            raise ValueError(f"{path}: LiteRT cannot load it "
+            raise ValueError(f"{name}: LiteRT cannot load it "
                              f"({str(exc).splitlines()[0][:160]})") from None
         self._in = self.interp.get_input_details()[0]
         self._out_d = self.interp.get_output_details()[0]

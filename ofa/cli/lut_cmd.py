@@ -101,6 +101,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace, target) -> int:
+    from deploy.targets import start_in_background
+
+    if target is not None:
+        start_in_background(target, args.runtime)  # the device starts while torch imports
     from deploy.device.runtimes import TimingProtocol
     from deploy.lut import build_table
     from ofa.space import get_space
