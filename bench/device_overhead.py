@@ -32,7 +32,7 @@ from _common import print_table, write_json  # noqa: E402
 
 
 @cache  # the same 97 exports for every batch size
-def _model_bytes(precision: str) -> tuple[int, int]:
+def _model_bytes(space_name: str, r: int, precision: str) -> tuple[int, int]:
     """Bytes of the 96 exported block models (and the overhead model) a build sends: as
     files, and zlib-compressed as the SSH target sends them."""
     import tempfile
@@ -41,9 +41,9 @@ def _model_bytes(precision: str) -> tuple[int, int]:
     from deploy.lut import _export_batch
     from ofa.space import get_space
 
-    space = get_space("mbv3-digits", resolutions=[12])
+    space = get_space(space_name, resolutions=[r])
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _export_batch([(12, s) for s in space.all_block_shapes([12])], "onnxruntime",
+        paths = _export_batch([(r, s) for s in space.all_block_shapes([r])], "onnxruntime",
                               precision, Path(tmp) / "b", True)
         data = [p.read_bytes() for p in paths]
         return sum(map(len, data)), sum(len(zlib.compress(d)) for d in data)
@@ -57,6 +57,10 @@ def main() -> None:
     ap.add_argument("--known-hosts")
     ap.add_argument("--batches", default="32,96")
     ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("--tables", default="mbv3-digits@12",
+                    help="space@resolution, comma-separated (e.g. mbv3-digits@12,mbv3-cifar@32)")
+    ap.add_argument("--only", help="extra runs as space@res:precision:batch, comma-separated "
+                    "(e.g. mbv3-cifar@32:int8:32)")
     ap.add_argument("--work", default="runs/device_overhead")
     args = ap.parse_args()
     work = Path(args.work)
@@ -65,24 +69,31 @@ def main() -> None:
     login += ["--identity", args.identity] if args.identity else []
     login += ["--known-hosts", args.known_hosts] if args.known_hosts else []
     rows = []
-    runs = [(p, int(b)) for p in args.precisions.split(",") for b in args.batches.split(",")]
-    for precision, b in runs:
-        out = work / f"digits12_{precision}_batch{b}.json"
-        wall = None
+    runs = [(t, p, int(b)) for t in args.tables.split(",") for p in args.precisions.split(",")
+            for b in args.batches.split(",")]
+    for extra in (args.only.split(",") if args.only else []):
+        t, p, b = extra.split(":")
+        runs.append((t, p, int(b)))
+    for table, precision, b in runs:
+        space_name, r = table.split("@")
+        out = work / f"{space_name.removeprefix('mbv3-')}{r}_{precision}_batch{b}.json"
+        side = out.with_suffix(".command.json")  # the command's wall time, kept for reruns
+        wall = json.loads(side.read_text())["command_s"] if side.exists() else None
         if not out.exists():
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "ofa.cli", "lut", "build", "--space",
-                            "mbv3-digits", "--resolutions", "12", "--runtime", "onnxruntime",
+                            space_name, "--resolutions", r, "--runtime", "onnxruntime",
                             "--precision", precision, "--calib", "0", "--batch", str(b),
                             "--out", str(out), *login], check=True)
             wall = time.perf_counter() - t0
+            side.write_text(json.dumps({"command_s": wall}))
         t = json.loads(out.read_text())
-        raw, packed = _model_bytes(precision)
+        raw, packed = _model_bytes(space_name, int(r), precision)
         bd = t["build"]
         dev = t["context"]["device"]
         timed = bd["timing_s"]
         parts = {k: bd.get(f"{k}_s", 0.0) for k in ("start", "wait", "send", "load")}
-        rows.append({"precision": precision, "batch": b, "blocks": bd["blocks"],
+        rows.append({"table": table, "precision": precision, "batch": b, "blocks": bd["blocks"],
                      "model_MB": round(raw / 1e6, 1), "MB_sent": round(packed / 1e6, 2),
                      "command_s": wall, "device_loop_s": bd["wall_s"],
                      **{f"{k}_s": v for k, v in parts.items()}, "timed_trials_s": timed,
