@@ -57,7 +57,7 @@ def predictor_curve(args, work: Path):
     sizes = sorted(int(s) for s in args.samples.split(","))
     space, rows = build_accuracy_dataset(args.supernet, work / "acc.jsonl", sizes[-1],
                                          recal_images=args.recal_images, device=args.device,
-                                         precision=args.precision)
+                                         precision=args.precision, data=args.data)
     curve = []
     for n in sizes:
         pred, m = fit_and_score(space, rows[:n], seed=0)
@@ -193,12 +193,17 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--skip-finetune", action="store_true")
+    ap.add_argument("--predictor-only", action="store_true",
+                    help="step 1 alone: the predictor curve (writes predictor.json in --work)")
     ap.add_argument("--json", help="result file (default bench/results/cifar_specialise.json)")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     space, curve = predictor_curve(args, work)
     print_table(curve)
+    if args.predictor_only:
+        (work / "predictor.json").write_text(json.dumps(curve, indent=1) + "\n")
+        return
     chosen, space, lat = search_budgets(args, work, space)
     rows = measure(args, work, space, lat, chosen)
     print()
