@@ -24,9 +24,9 @@ all timed in one process in interleaved trials (``load_s``: seconds spent loadin
 line is a batch request ``{"models": [...], "threads", "warmup", "runs", "trials", "files",
 "compression", "delete"}`` (``files``: the models' bytes inline, base64 of zlib, loaded
 from memory) or ``{"prepare": RUNTIME}`` (import it now) and gets one stdout line, the batch
-answer above or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it. The interpreter start and the
-runtime's import (tens of seconds on an emulated board) are then paid once per build, not
-once per batch.
+answer above or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it. The interpreter
+start and the runtime's import (tens of seconds on an emulated board) are then paid once per
+build, not once per batch.
 
 Accuracy data: an ``.npz`` written by ``ofa export`` (``x``: float32 ``(N, 3, r, r)``
 already normalised, ``y``: int labels), or raw images (``x_test``/``y_test`` uint8
