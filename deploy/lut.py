@@ -152,9 +152,10 @@ def periodic_weights(model: nn.Module, period: int = WEIGHT_PERIOD, seed: int = 
     A model timed for a latency table is a shape, not a trained network: the dense kernels
     of ONNX Runtime, XNNPACK and eager torch do the same work whatever the values (no
     sparsity, no value-dependent paths; values stay far from the denormal range), and a
-    repeated tile compresses ~50x (zlib), so a batch of blocks sent to a device is ~2% of
-    its bytes (``tests/test_deploy.py`` checks the latencies match random weights). The
-    range per tensor is kept so int8 quantisation sees ordinary scales.
+    repeated tile compresses with zlib (25-35x fp32 ONNX and TFLite files, ~10x int8, whose
+    per-channel scales differ), so a batch of blocks sent to a device is a few percent of its
+    bytes (``tests/test_deploy.py`` checks the latencies match random weights). The range
+    per tensor is kept so int8 quantisation sees ordinary scales.
 
     Raises:
         ValueError: ``period < 2``.
@@ -166,7 +167,7 @@ def periodic_weights(model: nn.Module, period: int = WEIGHT_PERIOD, seed: int = 
         for p in model.parameters():
             if p.dim() > 1:
                 n = p.numel()
-                std = float(p.std()) or 1.0
+                std = float(p.std(correction=0)) or 1.0  # 1.0: a constant tensor
                 p.copy_((base.repeat(n // period + 1)[:n] * std).reshape(p.shape))
     return model
 

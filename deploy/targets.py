@@ -376,7 +376,7 @@ class SSHTarget:
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """The batch as one request to the session's agent process (``--serve``): the model
         files travel inline in the request, zlib-compressed (a table's models, with
-        :func:`deploy.lut.periodic_weights`, shrink ~50x), and are loaded from memory there
+        :func:`deploy.lut.periodic_weights`, shrink 10-35x), and are loaded from memory there
         (nothing is written on the device), then timed in interleaved trials. Per batch no process
         starts on the device (a copy with ``scp`` costs seconds on an emulated board); the
         interpreter start is paid once a session.
