@@ -200,7 +200,12 @@ class ArchEncoder:
     def stratified_configs(self, n: int, seed: int = 0) -> list[SubnetConfig]:
         """``n`` subnets for an accuracy-predictor dataset (deterministic per ``seed``): the
         largest and smallest at every resolution first, then :meth:`sample_stratified` with
-        size levels on a golden-ratio sweep and resolutions in turn."""
+        size levels on a golden-ratio sweep and resolutions in turn.
+
+        Not prefix-stable: the first 300 of ``n = 1000`` are not those of ``n = 300`` (the
+        noise is drawn per gene over all ``n``), so a cached dataset grown from 300 to 1,000
+        (:func:`search.acc_dataset.build_accuracy_dataset`) keeps its 300 rows and adds rows
+        300-999 of the larger sweep; both halves are spread over sizes."""
         sp = self.space
         cfgs = [c for r in sorted(sp.resolutions) for c in (sp.max_subnet(r), sp.min_subnet(r))]
         rest = max(0, n - len(cfgs))
