@@ -6,8 +6,8 @@ with ``bench(model, threads, protocol, data=None) -> dict`` in the device agent'
 
 - :class:`LocalTarget` runs the agent in a fresh Python process.
 - :class:`SSHTarget` copies the agent (the torch-free ``deploy/device`` package) and the model
-  with ``scp``, runs ``PYTHON -m deploy.device.agent`` on the device with ``ssh`` and reads its
-  JSON. Host keys are
+  as a tar stream through ``ssh``, runs ``PYTHON -m deploy.device.agent`` on the device and
+  reads its JSON. Host keys are
   checked (``StrictHostKeyChecking=yes`` against known_hosts) unless ``insecure=True``. Every
   remote argument is quoted with :func:`shlex.quote`; no local shell is used.
 - :class:`AdbTarget` pushes the ``.tflite`` and a user-supplied TFLite ``benchmark_model``
@@ -164,7 +164,7 @@ class SSHTarget:
     """A device reached with the OpenSSH client (e.g. a Raspberry Pi with the device extra).
 
     One SSH connection serves the whole session: the first command opens a master connection
-    (OpenSSH ``ControlMaster``, ``ControlPersist`` 60 s) that every later ``ssh``/``scp``
+    (OpenSSH ``ControlMaster``, ``ControlPersist`` 60 s) that every later ``ssh`` command
     reuses, so a handshake (seconds on a small or emulated board) is paid once. The agent
     package is copied once per session, and :meth:`bench_many` keeps one agent process on
     the device (``--serve``) that times batch after batch. :meth:`close` (also run at exit)
@@ -211,7 +211,7 @@ class SSHTarget:
 
     @property
     def opts(self) -> list[str]:
-        """ssh/scp options: the login's, plus the master connection's socket once open."""
+        """ssh options: the login's, plus the master connection's socket once open."""
         if self._control is None:
             return self._opts
         return [*self._opts, "-o", f"ControlPath={self._control / 's'}", "-o", "ControlMaster=no"]
@@ -236,7 +236,7 @@ class SSHTarget:
 
     def _run(self, argv: list[str], what: str,
              stdin: bytes | None = None) -> subprocess.CompletedProcess:
-        """Run ``argv`` (ssh/scp), ``stdin`` fed to it; exit 255 (ssh's own failure) raised.
+        """Run ``argv`` (ssh), ``stdin`` fed to it; exit 255 (ssh's own failure) raised.
 
         Raises:
             TargetError: no OpenSSH client, a timeout, or ssh could not connect.
@@ -338,14 +338,28 @@ class SSHTarget:
                               "pass --python /path/to/python (pip install 'ofa-edge[device]')")
 
     def copy(self, files: list[Path], remote_subdir: str) -> None:
-        rdir = f"{self.remote_dir}/{remote_subdir}"
-        proc = self.ssh(["mkdir", "-p", rdir], "mkdir")
+        """``files`` (a folder with its contents) into ``remote_subdir`` of the remote folder.
+
+        Raises:
+            TargetError: unreachable, ``tar`` missing or the device's disk is full.
+        """
+        self._send_tar({f"{remote_subdir}/{Path(f).name}": Path(f) for f in files}, "copy")
+
+    def _send_tar(self, members: dict[str, Path], what: str) -> None:
+        """Write ``members`` (path below the remote folder -> local file or folder) as one
+        tar stream through one command: one round trip, where each ``mkdir`` + ``scp`` pair
+        is one (a second on an emulated board)."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            for name, path in members.items():
+                tar.add(path, name)
+        self._connect()
+        rdir = shlex.quote(self.remote_dir)
+        proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest,
+                          f"mkdir -p {rdir} && tar -xf - -C {rdir}"], what,
+                         stdin=buf.getvalue())
         if proc.returncode != 0:
-            raise TargetError(self._copy_error(f"cannot create {rdir}", proc.stderr))
-        proc = self._run(["scp", "-q", "-P", str(self.port), *self.opts,
-                          *[str(f) for f in files], f"{self.dest}:{rdir}/"], "copy")
-        if proc.returncode != 0:
-            raise TargetError(self._copy_error("copy failed", proc.stderr))
+            raise TargetError(self._copy_error(f"{what} failed", proc.stderr))
 
     def _copy_error(self, what: str, stderr: str) -> str:
         """One line: a full device disk said as such, else the last line of ``stderr``."""
@@ -378,7 +392,7 @@ class SSHTarget:
         files travel inline in the request, zlib-compressed (a table's models, with
         :func:`deploy.lut.periodic_weights`, shrink 10-35x), and are loaded from memory there
         (nothing is written on the device), then timed in interleaved trials. Per batch no process
-        starts on the device (a copy with ``scp`` costs seconds on an emulated board); the
+        starts on the device (a copy costs a round trip, a second on an emulated board); the
         interpreter start is paid once a session.
 
         Raises:
@@ -482,27 +496,15 @@ class SSHTarget:
         return None
 
     def _copy_agent(self) -> None:
-        """The torch-free agent (``deploy/device``) into the remote folder, once a session:
-        one tar stream through one command (each ``mkdir`` + ``scp`` pair is a round trip,
-        a second on an emulated board).
+        """The torch-free agent (``deploy/device``) into the remote folder, once a session.
 
         Raises:
             TargetError: unreachable, ``tar`` missing or the device's disk is full.
         """
         if self._agent_copied:
             return
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(_PKG / "__init__.py", "deploy/__init__.py")
-            for f in sorted(_DEVICE.glob("*.py")):
-                tar.add(f, f"deploy/device/{f.name}")
-        self._connect()
-        rdir = shlex.quote(self.remote_dir)
-        proc = self._run(["ssh", "-p", str(self.port), *self.opts, self.dest,
-                          f"mkdir -p {rdir} && tar -xf - -C {rdir}"], "agent copy",
-                         stdin=buf.getvalue())
-        if proc.returncode != 0:
-            raise TargetError(self._copy_error("agent copy failed", proc.stderr))
+        files = [_PKG / "__init__.py", *sorted(_DEVICE.glob("*.py"))]
+        self._send_tar({str(f.relative_to(_PKG.parent)): f for f in files}, "agent copy")
         self._agent_copied = True
 
     def _agent_command(self, args: list[str]) -> list[str]:

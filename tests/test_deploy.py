@@ -413,7 +413,6 @@ def test_models_loaded_from_bytes_match_their_files(bundles):
     outputs as the files for both runtimes and precisions, sizes from the bytes, loaded in
     parallel threads in the order given."""
     from deploy.device.agent import benchmark_many
-    from deploy.device.runtimes import get_runtime
 
     folder, rep = bundles[0]
     r = rep["config"]["r"]
