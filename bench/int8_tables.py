@@ -69,7 +69,8 @@ def main() -> None:
                      "within_10pct": cal["within_10pct"], "within_5pct": cal["within_5pct"],
                      "rmspe": cal["rmspe"], "kendall_tau": cal["kendall_tau"],
                      "raw_within_10pct": r["raw"]["within_10pct"],
-                     "a": t["calibration"]["a"], "b_ms": t["calibration"]["b"],
+                     "a": t["calibration"]["a"], "p": t["calibration"].get("p", 1.0),
+                     "b_ms": t["calibration"]["b"],
                      "median_measured_ms": sorted(s["measured_ms"] for s in r["samples"])[
                          len(r["samples"]) // 2]})
     print_table(rows)

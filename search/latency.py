@@ -80,7 +80,8 @@ class LatencyPredictor:
     Args:
         table: the lookup table (its context is checked against ``space``).
         space: the search space; only resolutions present in the table can be predicted.
-        calibrated: apply the table's linear calibration ``a * raw + b``.
+        calibrated: apply the table's calibration ``a * raw ** p + b``
+            (:meth:`search.latency_table.LatencyTable.calibrated`).
 
     Raises:
         TableError: the table misses an entry the space needs, or is for another space.
@@ -93,8 +94,7 @@ class LatencyPredictor:
         if not self.resolutions:
             raise TableError(f"{table.source}: no resolution in common with the space "
                              f"(table {table.resolutions}, space {list(space.resolutions)})")
-        self.a = float(table.calibration["a"]) if calibrated else 1.0
-        self.b = float(table.calibration["b"]) if calibrated else 0.0
+        self.calibrated = calibrated
         ov = table.overhead_ms
         self.sum = BlockSum(space, lambda r, s: table.entry(r, s.key()) - ov, self.resolutions)
         self.overhead_ms = ov
@@ -110,7 +110,8 @@ class LatencyPredictor:
         if np.isnan(raw).any():
             raise TableError(f"{self.table.source}: no latencies for resolution(s) "
                              f"{self.sum.missing(enc['r'])} (table has {self.resolutions})")
-        return self.a * (raw + self.overhead_ms) + self.b
+        raw = raw + self.overhead_ms
+        return self.table.calibrated(raw) if self.calibrated else raw
 
     def describe(self) -> str:
         """The table's measurement context in words."""

@@ -10,7 +10,7 @@ One JSON file per measurement context (see ``docs/formats.md``)::
      "protocol": {"warmup": 10, "runs": 50, "trials": 3, "statistic": "median"},
      "overhead_ms": 0.01,
      "build": {"blocks": 96, "wall_s": 95.1, "timing_s": 88.0, "load_s": 4.2},  # optional
-     "calibration": {"a": 1.0, "b": 0.0,
+     "calibration": {"a": 1.0, "p": 1.0, "b": 0.0, "fit": "log-power",
                      "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
      "entries": {"<resolution>": {"<OFA-style key>": {"median": .., "mean": .., "std": ..,
                                                        "p90": .., "count": ..}}}}
@@ -20,8 +20,9 @@ some keys (the head's) are the same at every resolution but were measured separa
 
 Entry latencies are what the isolated layer measured, per-invoke overhead included; a network's
 raw prediction is ``sum(entry - overhead) + overhead`` (one invoke), and the calibrated one is
-``a * raw + b`` (block sums miss fusion and per-invoke overhead; nn-Meter, Zhang et al.,
-MobiSys 2021).
+``a * raw ** p + b`` (:meth:`LatencyTable.calibrated`; block sums miss fusion, cache effects
+and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Tables calibrated before the
+power law have no ``p`` (1: a straight line).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, SubnetConfig
@@ -119,10 +122,13 @@ class LatencyTable:
                     raise TableError(f"{source}: entry {r}/{key!r}: {stat} must be a finite "
                                      f"latency > 0 ms, got {v!r}")
         cal = d.get("calibration") or {"a": 1.0, "b": 0.0, "fitted_on": []}
-        a, b = (cal.get("a"), cal.get("b")) if isinstance(cal, dict) else (None, None)
+        a, b, pw = ((cal.get("a"), cal.get("b"), cal.get("p", 1.0)) if isinstance(cal, dict)
+                    else (None, None, None))
         if not (_finite(a) and _finite(b) and a > 0):
             raise TableError(f"{source}: calibration needs finite 'a' > 0 and 'b' (got "
                              f"a={a!r}, b={b!r})")
+        if not (_finite(pw) and 0 < pw <= 4):
+            raise TableError(f"{source}: calibration exponent 'p' must be in (0, 4], got {pw!r}")
         ov = d.get("overhead_ms", 0.0)
         if not _finite(ov) or ov < 0:
             raise TableError(f"{source}: overhead_ms must be a finite number >= 0, got {ov!r}")
@@ -200,9 +206,18 @@ class LatencyTable:
 
     def predict(self, space: SearchSpace, cfg: SubnetConfig, calibrated: bool = True) -> float:
         raw = self.predict_raw(space, cfg)
-        if not calibrated:
-            return raw
-        return float(self.calibration["a"]) * raw + float(self.calibration["b"])
+        return float(self.calibrated(np.asarray(raw))) if calibrated else raw
+
+    def calibrated(self, raw: np.ndarray) -> np.ndarray:
+        """``a * raw ** p + b`` (ms, any shape) with the table's calibration (``p`` = 1 and a
+        straight line for tables fitted before the power law)."""
+        c = self.calibration
+        return float(c["a"]) * np.power(raw, float(c.get("p", 1.0))) + float(c["b"])
+
+    def calibration_text(self) -> str:
+        """The calibration in one short phrase, e.g. ``a=0.970 p=1.084 b=0.000 ms``."""
+        c = self.calibration
+        return f"a={float(c['a']):.3f} p={float(c.get('p', 1.0)):.3f} b={float(c['b']):.3f} ms"
 
     def describe(self) -> str:
         c = self.context

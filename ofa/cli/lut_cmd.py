@@ -40,12 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="whole subnets for calibration (0 = none)")
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,
                    help="blocks per request to the agent on a --target device (timed in "
-                   "interleaved trials; the partial table is saved after each)")
+                   "interleaved trials; the partial table is saved after each); here, "
+                   "blocks converted by --jobs before they are timed one by one")
     b.add_argument("--out", required=True)
     _jobs(b)
     add_device_args(b)
-    c = sub.add_parser("calibrate", help="refit a table's a*sum+b on whole subnets measured "
-                       "here (e.g. a shipped table on another machine of its type)")
+    c = sub.add_parser("calibrate", help="refit a table's calibration a*sum^p on whole "
+                       "subnets measured here (e.g. a shipped table on another machine of "
+                       "its type)")
     c.add_argument("table")
     c.add_argument("--calib", type=int_range(1, 10_000), default=10,
                    help="random subnets (+ largest, smallest)")
@@ -53,6 +55,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
     c.add_argument("--force", action="store_true", help="calibrate a table measured on "
                    "another CPU model (its block ratios need not hold here)")
+    c.add_argument("--refit", action="store_true", help="measure nothing: refit on the "
+                   "subnets the table was calibrated on (its fitted_on; e.g. a table "
+                   "calibrated with an earlier, straight-line fit)")
     _jobs(c)
     add_device_args(c)
     i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
@@ -74,8 +79,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _jobs(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int_range(1, 256), default=default_jobs(),
-                   help="processes converting whole subnets before they are timed (default: "
-                   f"the cores, {default_jobs()} here)")
+                   help="processes converting models (blocks built here, whole subnets) "
+                   f"before they are timed (default: the cores, {default_jobs()} here)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,7 +123,7 @@ def _build(args: argparse.Namespace, target) -> int:
                     precision=args.precision, jobs=args.jobs)
     n = sum(len(g) for g in t.entries.values())
     print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
-          f"a={t.calibration['a']:.3f} b={t.calibration['b']:.3f} ms")
+          f"{t.calibration_text()}")
     return 0
 
 
@@ -145,15 +150,23 @@ def _table_and_space(args: argparse.Namespace, target):
 
 
 def _calibrate(args: argparse.Namespace, target) -> int:
-    from deploy.lut import calibrate
+    from deploy.lut import calibrate, refit_calibration
+    from search.latency_table import LatencyTable
 
-    table, space = _table_and_space(args, target)
-    old = dict(table.calibration)
-    calibrate(table, space, args.calib, seed=args.seed, target=target, jobs=args.jobs)
+    if args.refit:
+        table = LatencyTable.load(args.table)
+        old = table.calibration_text()
+        try:
+            refit_calibration(table)
+        except ValueError as exc:
+            raise CliError(f"{args.table}: {exc}") from None
+    else:
+        table, space = _table_and_space(args, target)
+        old = table.calibration_text()
+        calibrate(table, space, args.calib, seed=args.seed, target=target, jobs=args.jobs)
     out = args.out or args.table
     table.save(out)
-    print(f"wrote {out}: calibration a={old.get('a', 1):.3f} b={old.get('b', 0):.3f} -> "
-          f"a={table.calibration['a']:.3f} b={table.calibration['b']:.3f} ms "
+    print(f"wrote {out}: calibration {old} -> {table.calibration_text()} "
           f"({len(table.calibration['fitted_on'])} subnets)")
     return 0
 

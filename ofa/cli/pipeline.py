@@ -430,7 +430,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
                      "global_steps": info.get("global_steps")},
         "predictor": acc.metrics,
         "table": {"path": table.source, "context": table.describe(),
-                  "calibration": {k: table.calibration[k] for k in ("a", "b")}},
+                  "calibration": {k: table.calibration.get(k, 1.0) for k in ("a", "p", "b")}},
         "budgets_ms": budgets, "space": space.name, "dataset": tcfg.dataset,
         "training": (f"supernet reused from `{run}`" if rc.supernet else
                      f"schedule `{rc.schedule}`, {rc.epochs:g} epochs")}
