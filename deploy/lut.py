@@ -26,13 +26,12 @@ raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, an
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -45,6 +44,7 @@ from tqdm import tqdm
 
 from deploy.device.devinfo import device_facts
 from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
+from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
@@ -58,7 +58,8 @@ from search.metrics import relative_error_report
 
 __all__ = ["measure_module", "build_table", "calibrate", "fit_calibration",
            "refit_calibration", "validate_table",
-           "runtime_context", "representative_set", "periodic_weights", "PRECISIONS"]
+           "runtime_context", "representative_set", "periodic_weights", "block_layout",
+           "PRECISIONS"]
 
 PRECISIONS = ("fp32", "int8")
 CALIB_IMAGES = 8  # representative inputs per int8 conversion (blocks and whole subnets)
@@ -181,6 +182,35 @@ def _block(s: BlockShape) -> nn.Module:
     return periodic_weights(build_layer(s))
 
 
+class _ChannelsLast(nn.Module):
+    """``block`` with NHWC input and (4-D) output: inside a whole TFLite network every layer
+    reads and writes NHWC, so a LiteRT block timed with NCHW I/O would carry two TRANSPOSE
+    ops the network does not have (litert-torch folds these permutes into the layout)."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x.permute(0, 3, 1, 2))
+        return y.permute(0, 2, 3, 1) if y.dim() == 4 else y
+
+
+def block_layout(runtime: str) -> str:
+    """The I/O layout a table's blocks are exported with for ``runtime``: ``nhwc`` for
+    LiteRT (the layout between layers of a TFLite network), ``nchw`` otherwise (ONNX keeps
+    NCHW throughout)."""
+    return "nhwc" if runtime == "litert" else "nchw"
+
+
+def _block_model(s: BlockShape, runtime: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """The model exported for block ``s`` in ``runtime`` and its input shape (NHWC with
+    :class:`_ChannelsLast` for LiteRT, see :func:`block_layout`)."""
+    if block_layout(runtime) == "nhwc":
+        return _ChannelsLast(_block(s)), (1, s.in_size, s.in_size, s.in_ch)
+    return _block(s), (1, s.in_ch, s.in_size, s.in_size)
+
+
 class _Overhead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(x)
@@ -201,23 +231,6 @@ def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: s
     return path
 
 
-@contextlib.contextmanager
-def _exporters(jobs: int) -> Iterator[Callable[..., Iterator[Any]]]:
-    """A ``map`` that runs export tasks in ``jobs`` spawned processes of one thread each (one
-    core per conversion), or here in order when ``jobs <= 1``; the processes live as long as
-    the ``with`` block, so a build pays their start (importing torch and the converter) once.
-    Nothing is timed while they convert: they sit idle between ``map`` calls."""
-    if jobs <= 1:
-        yield map
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        yield pool.map
-
-
 def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, precision: str,
                     folder: Path, desc: str, jobs: int) -> list[Path]:
     """Every config exported to ``folder/s<i><suffix>``, by ``jobs`` processes (1: here)."""
@@ -226,7 +239,7 @@ def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, 
     tasks = [(space.to_dict(), c.to_dict(), i, runtime, precision, str(p))
              for i, (c, p) in enumerate(zip(cfgs, paths))]
     with (tqdm(total=len(tasks), desc=f"{desc}: export ({precision}, {jobs} process(es))",
-               leave=False) as bar, _exporters(jobs) as run):
+               leave=False) as bar, converter_pool(jobs) as run):
         for _ in run(_export_subnet, *zip(*tasks)):
             bar.update()
     return paths
@@ -266,7 +279,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
 
 def _export_block(s: BlockShape, runtime: str, precision: str, path: str) -> str:
     """One block's model to ``path`` (a process-pool task)."""
-    _export(_block(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision, Path(path))
+    _export(*_block_model(s, runtime), runtime, precision, Path(path))
     return path
 
 
@@ -286,7 +299,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     t0 = time.perf_counter()
     ent = state["entries"]
     suffix = "" if runtime == "torch" else format_for(runtime, precision).suffix
-    with _exporters(jobs if runtime != "torch" else 1) as run:
+    with converter_pool(jobs if runtime != "torch" else 1) as run:
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
             t1 = time.perf_counter()
@@ -324,8 +337,7 @@ def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: 
         _export(_Overhead(), (1, 8, 1, 1), runtime, precision, paths[-1])
     for j, (_, s) in enumerate(chunk):
         paths.append(folder / f"b{j}{suffix}")
-        _export(_block(s), (1, s.in_ch, s.in_size, s.in_size), runtime, precision,
-                paths[-1])
+        _export(*_block_model(s, runtime), runtime, precision, paths[-1])
     return paths
 
 
@@ -373,7 +385,8 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                     "device": head.get("device") or {"name": target.name}, "runtime": runtime,
                     "runtime_version": head.get("runtime_version"),
                     "backend": head.get("backend"), "threads": threads,
-                    "precision": precision, "batch": 1, "target": target.name}
+                    "precision": precision, "batch": 1, "target": target.name,
+                    "block_layout": block_layout(runtime)}
                 state["overhead_ms"] = head["latency_ms"][protocol.statistic]
             for (r, s), row in zip(chunk, rows):
                 state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
@@ -390,14 +403,17 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
 
 def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict[str, Any]:
     """The saved build state in ``partial_path`` when it was made with the same settings
-    (space, resolutions, runtime, threads, target, protocol), else ``state``."""
+    (space, resolutions, runtime, threads, target, protocol, block layout), else
+    ``state``."""
     try:
         old = json.loads(partial_path.read_text())
     except (OSError, json.JSONDecodeError):
         return state
     old.setdefault("target", "local")  # partial files from before device targets
     old.setdefault("precision", "fp32")
-    same = ("space", "resolutions", "runtime", "precision", "threads", "target", "protocol")
+    old.setdefault("block_layout", "nchw")  # partial files from before NHWC LiteRT blocks
+    same = ("space", "resolutions", "runtime", "precision", "threads", "target", "protocol",
+            "block_layout")
     if not isinstance(old, dict) or any(old.get(k) != state[k] for k in same):
         return state
     done = sum(len(g) for g in old.get("entries", {}).values())
@@ -411,7 +427,8 @@ def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
     an almost empty model."""
     st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
                         precision=precision)
-    return runtime_context(runtime, threads, precision), st[protocol.statistic]
+    ctx = {**runtime_context(runtime, threads, precision), "block_layout": block_layout(runtime)}
+    return ctx, st[protocol.statistic]
 
 
 def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
@@ -472,7 +489,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         "space": space.to_dict(), "resolutions": resolutions, "runtime": runtime,
         "precision": precision, "threads": threads,
         "target": "local" if target is None else target.name,
-        "protocol": asdict(protocol), "entries": {}}, len(shapes))
+        "protocol": asdict(protocol), "block_layout": block_layout(runtime),
+        "entries": {}}, len(shapes))
     torch.manual_seed(seed)
     ent = state["entries"]
     todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]

@@ -11,14 +11,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from deploy.bundle import export_subnet, read_bundle
 from deploy.device.runtimes import TimingProtocol
+from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.targets import Target
 from ofa.fileio import atomic_write_json, atomic_write_text
 from ofa.space import SubnetConfig
 
 __all__ = ["validate_subnets", "markdown_table", "write_validation"]
+
+_ACCURACY_ONLY = TimingProtocol(warmup=0, runs=1, trials=1)  # the top-1 run's timing: unused
+
+
+def _export_bundle(run: str, cfg: dict[str, Any], folder: str, formats: tuple[str, ...],
+                   data: str | None, predicted: dict[str, Any]) -> dict[str, Any]:
+    """One supernet subnet's bundle (a converter-pool task: plain arguments)."""
+    return export_subnet(run, SubnetConfig.from_dict(cfg), folder, formats=formats,
+                         progress=False, data=data, predicted=predicted)
 
 
 def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Path,
@@ -28,24 +40,34 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      protocol: TimingProtocol | None = None, progress: bool = True,
                      data: str | None = None,
                      models: dict[str, Any] | None = None,
-                     precision: str = "fp32") -> list[dict[str, Any]]:
+                     precision: str = "fp32", jobs: int = 1) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
     run's dataset path (calibration and parity images). ``models``: label -> a fine-tuned
     static network to export instead of the supernet's subnet. ``precision``: the model
     measured is ``runtime``'s format at that precision (``int8``: ONNX QDQ or full-integer
-    TFLite, as in ``deploy/formats.py``), to compare with an int8 latency table.
+    TFLite, as in ``deploy/formats.py``), to compare with an int8 latency table. ``jobs``:
+    processes exporting the supernet's subnets (:func:`deploy.export.converter_pool`;
+    fine-tuned networks are exported here).
+
+    Latency: every subnet's model in one ``target.bench_many`` (one agent run, interleaved
+    trials: the way a latency table's calibration subnets are timed, so that prediction
+    and measurement see the device alike); top-1: one pass over each bundle's evaluation
+    images.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
     measured_top1, sizes (bytes per format), measurement (agent JSON)``.
+
+    Raises:
+        deploy.targets.TargetError: the target could not measure.
     """
     out = Path(out)
     fmt = format_for(runtime, precision).name
     formats = tuple(dict.fromkeys((fmt, *formats)))
     # export everything first: conversions must not overlap (or warm up) the timed runs
-    bundles = []
+    bundles, todo = [], []
     for i, row in enumerate(rows):
         label = row.get("label") or f"subnet{i}"
         cfg = SubnetConfig.from_dict(row["config"])
@@ -55,16 +77,36 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
         if (rep is None or rep["config"] != cfg.to_dict()
                 or rep.get("finetuned", False) != (model is not None)
                 or not set(formats) <= set(rep["models"])):
-            rep = export_subnet(run, cfg, folder, formats=formats, progress=progress, data=data,
-                                predicted={"acc": row.get("acc"),
-                                           "latency_ms": row.get("latency_ms")}, model=model)
-        bundles.append((label, cfg, folder, rep))
+            predicted = {"acc": row.get("acc"), "latency_ms": row.get("latency_ms")}
+            if model is None:  # the supernet's subnet: exported by the converter pool
+                todo.append((i, (str(run), cfg.to_dict(), str(folder), formats, data,
+                                 predicted)))
+            else:  # a fine-tuned network in this process
+                rep = export_subnet(run, cfg, folder, formats=formats, progress=progress,
+                                    data=data, predicted=predicted, model=model)
+        bundles.append([label, cfg, folder, rep])
+    if todo:
+        with (tqdm(total=len(todo), desc=f"export ({min(jobs, len(todo))} process(es))",
+                   unit="subnet", disable=not progress) as bar,
+              converter_pool(min(jobs, len(todo))) as convert):
+            for (i, _), rep in zip(todo, convert(_export_bundle, *zip(*(t for _, t in todo)))):
+                bundles[i][3] = rep
+                bar.update()
+    protocol = protocol or TimingProtocol()
+    paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
+    # latency: all subnets in one agent run, interleaved trials (as a table's calibration
+    # subnets are timed), so a drift of the device's speed reaches them alike
+    timed = target.bench_many(paths, threads, protocol)
     results = []
-    for row, (label, cfg, folder, rep) in zip(rows, bundles):
-        model = folder / rep["models"][fmt]["path"]
-        meas = target.bench(model, threads, protocol, data=folder / "eval.npz")
+    for row, (label, cfg, folder, rep), model, t in zip(rows, bundles, paths, timed):
+        # top-1 on the exported evaluation images (one untimed-length pass of timing)
+        meas = target.bench(model, threads, _ACCURACY_ONLY, data=folder / "eval.npz")
+        lat = t["latency_ms"]
+        meas.update(latency_ms=lat, median=lat["median"], p90=lat.get("p90"),
+                    min=lat.get("min"), warmup=protocol.warmup, runs=protocol.runs,
+                    trials=protocol.trials, timing="interleaved")
         pred = row.get("latency_ms")
-        m = meas["median"]
+        m = lat[protocol.statistic]
         err = None if pred is None else (pred - m) / m * 100
         results.append({
             "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),

@@ -266,3 +266,37 @@ def test_calibration_power_law_fits_whole_subnets_against_block_sums():
     assert narrow["p"] == 1.0
     steep = fit_calibration([0.1, 1.0], [0.01, 10.0])  # p 2 at most
     assert steep["p"] == 2.0
+
+
+def test_litert_blocks_are_timed_channels_last(tmp_path):
+    """A LiteRT table times each block with NHWC input and output, the layout between the
+    layers of a whole TFLite network: no TRANSPOSE op in the block's file (with NCHW I/O
+    litert-torch adds two, which the network does not have), same numbers as the block."""
+    import numpy as np
+    import torch
+
+    from deploy.device.runtimes import get_runtime
+    from deploy.lut import _block_model, _export, block_layout
+
+    Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+    assert (block_layout("litert"), block_layout("onnxruntime")) == ("nhwc", "nchw")
+    space = get_space("mbv3-digits")
+    shapes = space.all_block_shapes([12])
+    picks = [shapes[0], next(s for s in shapes if s.kind == "mbconv" and s.se),
+             next(s for s in shapes if s.kind == "classifier")]
+    for i, s in enumerate(picks):
+        model, shape = _block_model(s, "litert")
+        assert shape == (1, s.in_size, s.in_size, s.in_ch)
+        path = _export(model, shape, "litert", "fp32", tmp_path / f"b{i}.tflite")
+        ops = [o["op_name"] for o in Interpreter(str(path))._get_ops_details()]
+        assert "TRANSPOSE" not in ops, (s.key(), ops)
+        rt = get_runtime("litert", 1)
+        rt.load(str(path))
+        x = torch.randn(1, s.in_ch, s.in_size, s.in_size)
+        want = model.block(x).detach()
+        got = rt.run(rt.prepare(x.numpy()))
+        if want.dim() == 4:
+            want = want.permute(0, 2, 3, 1)
+        assert np.allclose(got.reshape(want.shape), want.numpy(), atol=1e-4)
+    onnx_model, onnx_shape = _block_model(shapes[0], "onnxruntime")
+    assert onnx_shape == (1, shapes[0].in_ch, 12, 12)

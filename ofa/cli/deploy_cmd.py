@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ofa.cli.args import CliError, add_target_args, choice_list
+from ofa.cli.args import CliError, add_target_args, choice_list, default_jobs, int_range
 from ofa.cli.bench_cmd import target_and_protocol
 from ofa.cli.export_cmd import format_names
 
@@ -24,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    default=["onnx-fp32", "tflite-fp32"])
     p.add_argument("--out", required=True)
     add_target_args(p)
+    p.add_argument("--jobs", type=int_range(1, 256), default=default_jobs(),
+                   help="processes exporting the subnets before any is timed (default: the "
+                   f"cores, {default_jobs()} here)")
     p.add_argument("--json", action="store_true")
 
 
@@ -40,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         out = validate_subnets(args.checkpoint, rows, args.out, target, runtime=args.runtime,
                                threads=args.threads, protocol=protocol,
                                formats=tuple(args.formats), progress=not args.json,
-                               precision=args.precision)
+                               precision=args.precision, jobs=args.jobs)
     except TargetError as exc:
         raise CliError(str(exc)) from None
     write_validation(out, args.out, f"{args.result} on {args.target}")

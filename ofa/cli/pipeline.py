@@ -302,7 +302,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol), models=models,
-                           precision=rc.model_precision)
+                           precision=rc.model_precision, jobs=default_jobs())
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
