@@ -287,11 +287,11 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
                 precision: str, threads: int, protocol: TimingProtocol, batch: int, jobs: int,
                 tmp: Path, save: Callable[[], None], bar: tqdm) -> dict[str, float]:
     """Time the blocks of ``todo`` in this process, ``batch`` at a time: a batch is first
-    converted by ``jobs`` processes (:func:`_exporters`; a litert-torch conversion of one
-    block takes 0.6-1.5 s on this project's 2-core VM, the timing of a tiny block a fraction
-    of that), then each block is loaded and timed on its own with the protocol while the
-    converters sit idle, so no conversion runs beside a timed invoke. ``save`` runs after
-    every block. The torch runtime times the module itself (nothing to convert).
+    converted by ``jobs`` processes (:func:`deploy.export.converter_pool`; a litert-torch
+    conversion of one block takes 0.6-1.5 s on this project's 2-core VM, the timing of a tiny
+    block a fraction of that), then each block is loaded and timed on its own with the
+    protocol while the converters sit idle, so no conversion runs beside a timed invoke.
+    ``save`` runs after every block. The torch runtime times the module itself (nothing to convert).
 
     Returns seconds: ``wall`` (this loop), ``export`` (waiting for conversions) and
     ``timing`` (loading and timing the blocks)."""
