@@ -6,7 +6,15 @@ subnets are measured end to end to fit the calibration ``a * raw ** p`` (block s
 fusion and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Formats are in
 ``docs/formats.md``.
 A killed build resumes: measured entries are kept in ``<out>.partial.json`` (atomically
-rewritten after every entry) and skipped on the next run.
+rewritten after every batch of blocks) and skipped on the next run, and converted models in
+``<out>.models/`` until the table is written.
+
+A build on this machine converts every model first (blocks and calibration subnets), then
+times the blocks in batches of interleaved trials, back to back, and the calibration subnets
+right after, all within seconds: the power law then fits whole subnets to their block sums
+within ±5% where blocks and subnets are timed in one window (``bench/block_order.py``; 26
+LiteRT digits subnets), while blocks timed minutes apart, between conversions, carried a
+drift of the VM's speed of up to 20% into the table.
 
 Whole subnets (calibration, validation) are exported first and then timed in interleaved
 trials, so that a drift of the machine's speed does not favour the subnets timed first.
@@ -16,9 +24,7 @@ Precision: ``fp32`` or ``int8``. An int8 table times every block and subnet as t
 per-channel weights, full-integer TFLite), quantised on a fixed-seed random representative set
 (:func:`representative_set`; the values set the quantisation scales, not the work). Each block
 shape is converted once. Conversions run in ``jobs`` processes in parallel, never beside a
-timed invoke: a local build converts a batch of blocks, then times them; whole subnets are all
-converted before any of them is timed (a full-integer TFLite conversion of a subnet takes
-~30 s here, of a block ~1 s).
+timed invoke (a full-integer TFLite conversion of a subnet takes ~30 s here, of a block ~1 s).
 
 Validate: N seeded random subnets (other seeds than calibration), measured end to end, against
 raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, and a scatter plot.
@@ -26,6 +32,8 @@ raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, an
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import random
 import shutil
@@ -56,7 +64,8 @@ from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 from search.metrics import relative_error_report
 
-__all__ = ["measure_module", "build_table", "calibrate", "fit_calibration",
+__all__ = ["measure_module", "build_table", "block_models_dir", "convert_blocks",
+           "calibration_configs", "calibrate", "fit_calibration",
            "refit_calibration", "validate_table",
            "runtime_context", "representative_set", "periodic_weights", "block_layout",
            "PRECISIONS"]
@@ -232,36 +241,47 @@ def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: s
 
 
 def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, precision: str,
-                    folder: Path, desc: str, jobs: int) -> list[Path]:
-    """Every config exported to ``folder/s<i><suffix>``, by ``jobs`` processes (1: here)."""
+                    folder: Path, desc: str, jobs: int,
+                    convert: Callable[..., Any] | None = None) -> list[Path]:
+    """Every config exported into ``folder`` (``s<i>-<config hash><suffix>``; a file already
+    there is kept: converted ahead by :func:`convert_blocks`), by ``jobs`` processes (1:
+    here), or by ``convert`` (an open :func:`deploy.export.converter_pool`'s map)."""
     suffix = format_for(runtime, precision).suffix
-    paths = [folder / f"s{i}{suffix}" for i in range(len(cfgs))]
+    paths = [folder / (f"s{i}-" + hashlib.sha1(c.to_json().encode()).hexdigest()[:12] + suffix)
+             for i, c in enumerate(cfgs)]
     tasks = [(space.to_dict(), c.to_dict(), i, runtime, precision, str(p))
-             for i, (c, p) in enumerate(zip(cfgs, paths))]
-    with (tqdm(total=len(tasks), desc=f"{desc}: export ({precision}, {jobs} process(es))",
-               leave=False) as bar, converter_pool(jobs) as run):
-        for _ in run(_export_subnet, *zip(*tasks)):
-            bar.update()
+             for i, (c, p) in enumerate(zip(cfgs, paths)) if not p.exists()]
+    if tasks:
+        with (tqdm(total=len(tasks), desc=f"{desc}: export ({precision}, {jobs} process(es))",
+                   leave=False) as bar,
+              contextlib.nullcontext(convert) if convert else converter_pool(jobs) as run):
+            for _ in run(_export_subnet, *zip(*tasks)):
+                bar.update()
     return paths
 
 
 def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
                      protocol: TimingProtocol, desc: str, target: Target | None = None,
-                     precision: str = "fp32", jobs: int = 1) -> list[float]:
+                     precision: str = "fp32", jobs: int = 1,
+                     convert: Callable[..., Any] | None = None,
+                     models: Path | None = None) -> list[float]:
     """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
     interleaved trials (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the
     machine's speed during the minutes this takes spreads over all subnets alike, and no
     conversion runs while anything is timed: here in this process, on a device target as one
-    batch (``Target.bench_many``: one copy, one agent run)."""
+    batch (``Target.bench_many``: one copy, one agent run). ``convert``: an open converter
+    pool's map to export with (else one is started for ``jobs``). ``models``: a folder to
+    export into whose files already there are used (else a temporary one)."""
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "torch" and target is None:
             loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
                               Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
             rts, xs = [r for r, _ in loaded], [x for _, x in loaded]
         else:
-            paths = _export_subnets(space, cfgs, runtime, precision, Path(tmp), desc, jobs)
+            paths = _export_subnets(space, cfgs, runtime, precision, models or Path(tmp),
+                                    desc, jobs, convert)
             if target is not None:
                 return [row["latency_ms"][protocol.statistic]
                         for row in target.bench_many(paths, threads, protocol)]
@@ -283,45 +303,137 @@ def _export_block(s: BlockShape, runtime: str, precision: str, path: str) -> str
     return path
 
 
-def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
-                precision: str, threads: int, protocol: TimingProtocol, batch: int, jobs: int,
-                tmp: Path, save: Callable[[], None], bar: tqdm) -> dict[str, float]:
-    """Time the blocks of ``todo`` in this process, ``batch`` at a time: a batch is first
-    converted by ``jobs`` processes (:func:`deploy.export.converter_pool`; a litert-torch
-    conversion of one block takes 0.6-1.5 s on this project's 2-core VM, the timing of a tiny
-    block a fraction of that), then each block is loaded and timed on its own with the
-    protocol while the converters sit idle, so no conversion runs beside a timed invoke.
-    ``save`` runs after every block. The torch runtime times the module itself (nothing to convert).
+def block_models_dir(out: str | Path) -> Path:
+    """Where a local build of the table ``out`` keeps its converted block models until the
+    table is written (``<out>.models/``): a killed build, or :func:`convert_blocks` run
+    ahead of it, leaves them for the build to time without converting again."""
+    out = Path(out)
+    return out.with_name(out.name + ".models")
 
-    Returns seconds: ``wall`` (this loop), ``export`` (waiting for conversions) and
-    ``timing`` (loading and timing the blocks)."""
-    spent = {"export": 0.0, "timing": 0.0}
+
+def _models_folder(out: str | Path, runtime: str, precision: str) -> Path:
+    """:func:`block_models_dir` of ``out``, emptied when its models were converted for
+    another runtime, precision, block layout or torch; temp files of a killed conversion
+    removed."""
+    folder = block_models_dir(out)
+    want = {"runtime": runtime, "precision": precision, "block_layout": block_layout(runtime),
+            "torch": torch.__version__}
+    head = folder / "models.json"
+    try:
+        same = json.loads(head.read_text()) == want
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(folder, ignore_errors=True)
+        atomic_write_json(head, want)
+    for junk in folder.glob(".*.tmp"):
+        junk.unlink(missing_ok=True)
+    return folder
+
+
+def _block_file(folder: Path, s: BlockShape, suffix: str) -> Path:
+    """A block's model file in a models folder (named by a hash of its table key)."""
+    return folder / (hashlib.sha1(s.key().encode()).hexdigest()[:20] + suffix)
+
+
+def _convert_missing(todo: list[tuple[int, BlockShape]], runtime: str, precision: str,
+                     folder: Path, convert: Callable[..., Any], progress: bool = True) -> int:
+    """Convert the models of ``todo``'s blocks missing from ``folder`` (one per shape) with
+    ``convert`` (a :func:`deploy.export.converter_pool` map); returns how many."""
+    suffix = format_for(runtime, precision).suffix
+    missing = {_block_file(folder, s, suffix): s for _, s in todo}
+    missing = {p: s for p, s in missing.items() if not p.exists()}
+    with tqdm(total=len(missing), desc=f"convert blocks ({runtime} {precision})", unit="block",
+              disable=not progress or not missing) as bar:
+        for _ in convert(_export_block, list(missing.values()), [runtime] * len(missing),
+                         [precision] * len(missing), [str(p) for p in missing]):
+            bar.update()
+    return len(missing)
+
+
+def calibration_configs(space: SearchSpace, resolutions: list[int], k: int,
+                        seed: int = 0) -> list[SubnetConfig]:
+    """The subnets a table's calibration is fitted on: ``k`` seeded random ones at random
+    resolutions of ``resolutions``, then the largest (at the largest resolution) and the
+    smallest (at the smallest)."""
+    res = sorted(resolutions)
+    g = random.Random(seed + 1)
+    cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
+    return cfgs + [space.max_subnet(max(res)), space.min_subnet(min(res))]
+
+
+def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
+                   precision: str = "fp32", jobs: int = 1, calib: int = 10, seed: int = 0,
+                   progress: bool = True) -> int:
+    """Convert every model a local :func:`build_table` of ``out`` (same ``calib`` and
+    ``seed``) will time into :func:`block_models_dir` (``out`` + ``.models``): the blocks the
+    build's partial table does not have yet, then the calibration subnets; a model already
+    there is skipped and each file is written atomically, so a killed call resumes. The
+    build then converts only what is missing. ``ofa run`` runs this in a background process
+    while it trains (``ofa/cli/pipeline.py``). Returns the number of block models converted
+    (0 for the torch runtime: nothing to convert).
+
+    Raises:
+        ValueError: an unknown runtime or a precision it has no format for.
+    """
+    if runtime == "torch":
+        return 0
+    folder = _models_folder(out, runtime, precision)
+    try:
+        done = json.loads(Path(str(out) + ".partial.json").read_text()).get("entries", {})
+    except (OSError, ValueError, AttributeError):
+        done = {}
+    todo = [(r, s) for r in resolutions for s in space.all_block_shapes([r])
+            if s.key() not in done.get(str(r), {})]
+    with converter_pool(jobs) as run:
+        n = _convert_missing(todo, runtime, precision, folder, run, progress)
+        if calib > 0:
+            _export_subnets(space, calibration_configs(space, resolutions, calib, seed),
+                            runtime, precision, folder / "calibration", "calibration", jobs,
+                            run)
+    return n
+
+
+def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
+                precision: str, threads: int, protocol: TimingProtocol, batch: int,
+                folder: Path, save: Callable[[], None], bar: tqdm) -> dict[str, float]:
+    """Time the blocks of ``todo`` in this process from their models in ``folder`` (all
+    converted before, :func:`_convert_missing`), ``batch`` at a time, the batches back to
+    back: a batch is loaded and timed in interleaved trials
+    (:func:`deploy.device.runtimes.time_interleaved`) together with the almost empty model,
+    whose statistic is the batch's per-invoke overhead (the table's ``overhead_ms`` is the
+    median over the batches). No conversion runs meanwhile, and the whole table is timed
+    within seconds (288 LiteRT digits blocks: ~4 s) instead of between the conversions of
+    minutes: blocks timed minutes apart on this project's VM differ by up to 20% from a
+    drift of its speed. ``save`` runs after every batch. The torch runtime times the
+    modules themselves.
+
+    Returns seconds spent loading and timing (``timing``)."""
     t0 = time.perf_counter()
     ent = state["entries"]
     suffix = "" if runtime == "torch" else format_for(runtime, precision).suffix
-    with converter_pool(jobs if runtime != "torch" else 1) as run:
-        for i in range(0, len(todo), batch):
-            chunk = todo[i:i + batch]
-            t1 = time.perf_counter()
-            if runtime != "torch":
-                paths = [str(tmp / f"b{j}{suffix}") for j in range(len(chunk))]
-                list(run(_export_block, [s for _, s in chunk], [runtime] * len(chunk),
-                         [precision] * len(chunk), paths))
-            t2 = time.perf_counter()
-            for j, (r, s) in enumerate(chunk):
-                shape = (1, s.in_ch, s.in_size, s.in_size)
-                rt = get_runtime(runtime, threads)
-                if isinstance(rt, TorchRuntime):
-                    rt.load_module(_block(s).eval(), shape)
-                else:
-                    rt.load(paths[j])
-                st = time_interleaved([rt], [_random_input(rt, shape)], protocol)[0]
-                ent.setdefault(str(r), {})[s.key()] = _entry(st)
-                save()
-                bar.update()
-            spent["export"] += t2 - t1
-            spent["timing"] += time.perf_counter() - t2
-    return {"wall": time.perf_counter() - t0, **spent}
+    ov_rt, ov_x = _loaded(_Overhead(), (1, 8, 1, 1), runtime, threads, folder / "overhead",
+                          precision) if todo else (None, None)
+    for i in range(0, len(todo), batch):
+        chunk = todo[i:i + batch]
+        rts, xs = [ov_rt], [ov_x]
+        for _, s in chunk:
+            shape = (1, s.in_ch, s.in_size, s.in_size)
+            rt = get_runtime(runtime, threads)
+            if isinstance(rt, TorchRuntime):
+                rt.load_module(_block(s).eval(), shape)
+            else:
+                rt.load(str(_block_file(folder, s, suffix)))
+            rts.append(rt)
+            xs.append(_random_input(rt, shape))
+        ov, *stats = time_interleaved(rts, xs, protocol)
+        for (r, s), st in zip(chunk, stats):
+            ent.setdefault(str(r), {})[s.key()] = _entry(st)
+        state.setdefault("overheads_ms", []).append(ov[protocol.statistic])
+        state["overhead_ms"] = float(np.median(state["overheads_ms"]))
+        save()
+        bar.update(len(chunk))
+    return {"timing": time.perf_counter() - t0}
 
 
 def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: str,
@@ -409,26 +521,23 @@ def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict
         old = json.loads(partial_path.read_text())
     except (OSError, json.JSONDecodeError):
         return state
+    if not isinstance(old, dict):
+        return state
     old.setdefault("target", "local")  # partial files from before device targets
     old.setdefault("precision", "fp32")
     old.setdefault("block_layout", "nchw")  # partial files from before NHWC LiteRT blocks
     same = ("space", "resolutions", "runtime", "precision", "threads", "target", "protocol",
             "block_layout")
-    if not isinstance(old, dict) or any(old.get(k) != state[k] for k in same):
+    if any(old.get(k) != state[k] for k in same):
         return state
     done = sum(len(g) for g in old.get("entries", {}).values())
     print(f"resuming: {done}/{total} entries already measured")
     return old
 
 
-def _context(runtime: str, threads: int, protocol: TimingProtocol, tmp: str,
-             precision: str = "fp32") -> tuple[dict[str, Any], float]:
-    """This machine's context for the table and its per-invoke overhead (ms): the time of
-    an almost empty model."""
-    st = measure_module(_Overhead(), (1, 8, 1, 1), runtime, threads, protocol, tmp,
-                        precision=precision)
-    ctx = {**runtime_context(runtime, threads, precision), "block_layout": block_layout(runtime)}
-    return ctx, st[protocol.statistic]
+def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """This machine's context for the table (:func:`runtime_context` and the block layout)."""
+    return {**runtime_context(runtime, threads, precision), "block_layout": block_layout(runtime)}
 
 
 def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
@@ -453,11 +562,15 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
 
     ``precision``: ``fp32`` or ``int8`` (blocks and calibration subnets in the int8 format
     of ``runtime``, see the module docstring); recorded in the table's context. ``jobs``:
-    processes converting blocks (a build on this machine, ``batch`` blocks converted, then
-    timed one by one) and the calibration subnets.
+    processes converting models, one pool for the blocks and the calibration subnets. A
+    build on this machine converts every model first (into :func:`block_models_dir`; those
+    :func:`convert_blocks` converted ahead are used), then times the blocks, ``batch`` at a
+    time in a seeded shuffled order (a drift spreads over stages and resolutions), and the
+    calibration subnets right after: the table is timed in one short window.
 
-    Entries are kept in ``<out>.partial.json`` after each block (each batch on a device),
-    so a killed build, or one whose device went away, resumes. ``target`` (SSH or adb,
+    Entries are kept in ``<out>.partial.json`` after each batch (and a local build's
+    converted blocks in :func:`block_models_dir` until the table is written), so a killed
+    build, or one whose device went away, resumes. ``target`` (SSH or adb,
     :mod:`deploy.targets`): the blocks are exported here and timed on that device,
     ``batch`` blocks per ``Target.bench_many`` (over SSH: one transfer and one request to
     the session's agent process, the blocks timed in interleaved trials), the next batch
@@ -494,38 +607,55 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     torch.manual_seed(seed)
     ent = state["entries"]
     todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
-    with (tempfile.TemporaryDirectory() as tmp,
-          tqdm(desc=f"lut {runtime} {precision}", unit="block", initial=len(shapes) - len(todo),
-               total=len(shapes)) as bar):
+    random.Random(seed).shuffle(todo)  # a drift while timing spreads over every stage
+    jobs = 1 if runtime == "torch" else jobs
+    cfgs = calibration_configs(space, resolutions, calib, seed) if calib > 0 else []
+    with (tempfile.TemporaryDirectory() as tmp, converter_pool(jobs) as convert):
+        models = None
         if target is not None:
-            spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
-                                     target, batch, Path(tmp),
-                                     lambda: atomic_write_json(partial_path, state), bar)
-            bar.close()
+            with tqdm(desc=f"lut {runtime} {precision}", unit="block", total=len(shapes),
+                      initial=len(shapes) - len(todo)) as bar:
+                spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
+                                         target, batch, Path(tmp),
+                                         lambda: atomic_write_json(partial_path, state), bar)
             print(_device_time(spent, len(todo), target.name))
             build = {"blocks": len(todo), **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
         else:
-            if "context" not in state:
-                state["context"], state["overhead_ms"] = _context(runtime, threads, protocol,
-                                                                  tmp, precision)
-            spent = _build_here(state, todo, runtime, precision, threads, protocol, batch,
-                                jobs, Path(tmp), lambda: atomic_write_json(partial_path, state),
-                                bar)
-            build = {"blocks": len(todo), "jobs": jobs,
-                     **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
-    table = LatencyTable(context=state["context"], space=space.to_dict(),
-                         resolutions=sorted(resolutions), entries=ent, protocol=asdict(protocol),
-                         overhead_ms=state["overhead_ms"], source=str(out), build=build)
-    if calib > 0:
-        calibrate(table, space, calib, protocol, seed, target, jobs)
+            state.setdefault("context", _context(runtime, threads, precision))
+            folder = _models_folder(out, runtime, precision)
+            t0 = time.perf_counter()
+            converted = 0
+            if runtime != "torch":  # every model first: nothing converts while timing
+                converted = _convert_missing(todo, runtime, precision, folder, convert)
+                models = folder / "calibration"
+                _export_subnets(space, cfgs, runtime, precision, models, "calibration", jobs,
+                                convert)
+            export_s = time.perf_counter() - t0
+            with tqdm(desc=f"lut {runtime} {precision}: time", unit="block",
+                      total=len(shapes), initial=len(shapes) - len(todo)) as bar:
+                spent = _build_here(state, todo, runtime, precision, threads, protocol, batch,
+                                    folder, lambda: atomic_write_json(partial_path, state),
+                                    bar)
+            build = {"blocks": len(todo), "converted": converted, "jobs": jobs,
+                     "wall_s": round(time.perf_counter() - t0, 2),
+                     "export_s": round(export_s, 2), "timing_s": round(spent["timing"], 2)}
+        table = LatencyTable(context=state["context"], space=space.to_dict(),
+                             resolutions=sorted(resolutions), entries=ent,
+                             protocol=asdict(protocol), overhead_ms=state["overhead_ms"],
+                             source=str(out), build=build)
+        if calib > 0:
+            calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
     table.save(out)
     partial_path.unlink(missing_ok=True)
+    shutil.rmtree(block_models_dir(out), ignore_errors=True)
     return table
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
               protocol: TimingProtocol | None = None, seed: int = 0,
-              target: Target | None = None, jobs: int = 1) -> LatencyTable:
+              target: Target | None = None, jobs: int = 1,
+              convert: Callable[..., Any] | None = None,
+              models: Path | None = None) -> LatencyTable:
     """Fit the table's calibration ``measured = a * sum ** p`` (ms) on this machine, in place.
 
     Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
@@ -533,17 +663,16 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     relative error (:func:`fit_calibration`). The block entries say what costs more; the
     calibration absorbs what a sum of isolated blocks misses (per-invoke overhead, cache
     effects) and, for a table copied from another machine of the same type, its speed.
-    ``target``: measure on that device (see :func:`build_table`). Returns ``table``.
+    ``target``: measure on that device (see :func:`build_table`). ``convert``: an open
+    converter pool's map (else ``jobs`` processes are started); ``models``: a folder holding
+    the subnets' models converted ahead (:func:`convert_blocks`). Returns ``table``.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
     protocol = protocol or TimingProtocol(**{k_: v for k_, v in table.protocol.items()
                                        if k_ in ("warmup", "runs", "trials", "statistic")})
-    res = sorted(table.resolutions)
-    g = random.Random(seed + 1)
-    cfgs = [space.sample(g, r=g.choice(res)) for _ in range(k)]
-    cfgs += [space.max_subnet(max(res)), space.min_subnet(min(res))]
+    cfgs = calibration_configs(space, table.resolutions, k, seed)
     measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
-                                table.context.get("precision", "fp32"), jobs)
+                                table.context.get("precision", "fp32"), jobs, convert, models)
     raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs).tolist()
     table.calibration = {**fit_calibration(raw, measured), "fitted_on": [
         {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}

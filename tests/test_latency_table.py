@@ -300,3 +300,30 @@ def test_litert_blocks_are_timed_channels_last(tmp_path):
         assert np.allclose(got.reshape(want.shape), want.numpy(), atol=1e-4)
     onnx_model, onnx_shape = _block_model(shapes[0], "onnxruntime")
     assert onnx_shape == (1, shapes[0].in_ch, 12, 12)
+
+
+def test_blocks_converted_ahead_are_timed_not_converted_again(tmp_path, monkeypatch):
+    """`convert_blocks` (what `ofa run` runs beside training) leaves the block models in
+    `<out>.models/`; the build then converts nothing and removes the folder with the table
+    written. A second `convert_blocks` finds everything there (resumable)."""
+    import deploy.lut as lut
+
+    space = get_space("mbv3-digits", ks_list=[3], expand_list=[3, 6], depth_list=[2],
+                      resolutions=[12])
+    out = tmp_path / "t.json"
+    n = lut.convert_blocks(space, [12], "onnxruntime", out, progress=False)
+    keys = {s.key() for s in space.all_block_shapes([12])}
+    assert n == len(keys) == len(list(lut.block_models_dir(out).glob("*.onnx")))
+    assert lut.convert_blocks(space, [12], "onnxruntime", out, progress=False) == 0
+    calls = []
+    real = lut._export_block
+    monkeypatch.setattr(lut, "_export_block", lambda *a: calls.append(a) or real(*a))
+    t = build_table(space, [12], "onnxruntime", out, protocol=TimingProtocol(1, 2, 1),
+                    calib=0)
+    assert calls == [] and set(t.entries["12"]) == keys
+    assert not lut.block_models_dir(out).exists() and out.exists()
+    # models of another precision in the folder are not taken for these
+    lut.convert_blocks(space, [12], "onnxruntime", out, "int8", progress=False)
+    head = json.loads((lut.block_models_dir(out) / "models.json").read_text())
+    assert head["precision"] == "int8"
+    assert lut.convert_blocks(space, [12], "onnxruntime", out, progress=False) == len(keys)

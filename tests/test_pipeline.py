@@ -29,6 +29,8 @@ def test_run_writes_every_artifact(tiny_job: Path):
               "report.md", "pareto.png"):
         assert (d / f).is_file(), f
     assert (d / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the block models (converted beside training, then by the table step) went with it
+    assert not (d / "latency_table.json.models").exists()
     rep = json.loads((d / "report.json").read_text())
     assert rep["kind"] == "ofa-edge-report"
     assert len(rep["budgets_ms"]) == 3 and rep["budgets_ms"] == sorted(rep["budgets_ms"])

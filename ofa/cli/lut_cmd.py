@@ -39,9 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("--calib", type=int_range(0, 10_000), default=10,
                    help="whole subnets for calibration (0 = none)")
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,
-                   help="blocks per request to the agent on a --target device (timed in "
-                   "interleaved trials; the partial table is saved after each); here, "
-                   "blocks converted by --jobs before they are timed one by one")
+                   help="blocks timed together in interleaved trials (the partial table is "
+                   "saved after each batch): per request to the agent on a --target "
+                   "device; here, every model is converted by --jobs first, then the "
+                   "batches are timed back to back")
     b.add_argument("--out", required=True)
     _jobs(b)
     add_device_args(b)

@@ -198,8 +198,7 @@ def _table(rc: RunConfig, space):
         return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
                                  runtime=rc.runtime, threads=rc.threads,
                                  precision=rc.model_precision)
-    path = rc.folder / ("latency_table.json" if rc.model_precision == "fp32"
-                        else f"latency_table_{rc.model_precision}.json")
+    path = _table_path(rc)
     if rc.target == "local" and not path.exists():
         shipped = find_shipped_table(space, rc.runtime, rc.threads,
                                      Path(rc.tables_dir) if rc.tables_dir else None,
@@ -229,6 +228,74 @@ def _table(rc: RunConfig, space):
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
                        protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed,
                        precision=rc.model_precision, jobs=default_jobs())
+
+
+def _table_path(rc: RunConfig) -> Path:
+    return rc.folder / ("latency_table.json" if rc.model_precision == "fp32"
+                        else f"latency_table_{rc.model_precision}.json")
+
+
+def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
+                                  precision: str, calib: int, seed: int) -> None:
+    """The background process of :func:`_start_block_conversion` (spawned: plain
+    arguments): at the lowest priority, so that training keeps the cores it uses."""
+    import os
+    import signal
+
+    import torch
+
+    from deploy.lut import convert_blocks
+    from ofa.space import SearchSpace
+
+    def stop(*_: Any) -> None:  # unwind (temp files, semaphores) when the table step stops us
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's: it terminates this
+    signal.signal(signal.SIGTERM, stop)
+    os.nice(19)
+    torch.set_num_threads(1)
+    sp = SearchSpace.from_dict(space)
+    convert_blocks(sp, sorted(sp.resolutions), runtime, out, precision, jobs=1, calib=calib,
+                   seed=seed, progress=False)
+
+
+def _start_block_conversion(rc: RunConfig, reused: Any):
+    """When this run will build its latency table here, start converting the table's block
+    models (:func:`deploy.lut.convert_blocks`) in a background process now, beside training
+    and the accuracy predictor: conversions need no quiet machine, only the timing does,
+    and a LiteRT table's 288 digits blocks take ~4 min of conversion on 2 cores. The table
+    step stops it and converts what is left. Returns the process, or None when no table
+    will be built (a given or finished table, a device target, the torch runtime, a shipped
+    table of this CPU)."""
+    import multiprocessing as mp
+
+    from ofa.data import load_dataset
+    from ofa.space import get_space
+    from ofa.train.run import RUN_JSON, load_run
+
+    path = _table_path(rc)
+    if rc.table or rc.target != "local" or rc.runtime == "torch" or path.exists():
+        return None
+    if reused is not None:
+        space = reused[0].space
+    elif (rc.folder / "supernet" / RUN_JSON).exists():
+        space = load_run(rc.folder / "supernet")[0].space
+    else:  # the space training will build (ofa.train.trainer.Trainer)
+        over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
+        classes = load_dataset(rc.dataset, rc.data, seed=rc.seed).num_classes
+        space = get_space(rc.space, num_classes=classes, **over)
+    if find_shipped_table(space, rc.runtime, rc.threads,
+                          Path(rc.tables_dir) if rc.tables_dir else None,
+                          rc.model_precision) is not None:
+        return None
+    proc = mp.get_context("spawn").Process(
+        target=_convert_blocks_in_background, daemon=True,
+        args=(space.to_dict(), rc.runtime, str(path), rc.model_precision, rc.lut_calib,
+              rc.seed))
+    proc.start()
+    _log(f"latency table: converting its block models in the background ({rc.runtime}, "
+         f"{rc.model_precision})")
+    return proc
 
 
 def _search(rc: RunConfig, space, acc, lat, budgets: list[float]) -> dict[str, Any]:
@@ -302,7 +369,10 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol), models=models,
-                           precision=rc.model_precision, jobs=default_jobs())
+                           precision=rc.model_precision,
+                           # one process per subnet: a whole-subnet TFLite conversion does
+                           # not keep a core busy, and none waits for a second round
+                           jobs=max(default_jobs(), len(chosen)))
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
@@ -411,10 +481,19 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
-    run = _train(rc)
-    net, tcfg, info = reused or load_run(run)
-    space = net.space
-    acc = _predictor(rc, run, tcfg.dataset)
+    converting = _start_block_conversion(rc, reused)
+    try:
+        run = _train(rc)
+        net, tcfg, info = reused or load_run(run)
+        space = net.space
+        acc = _predictor(rc, run, tcfg.dataset)
+    finally:
+        if converting is not None:  # the table step converts what is left, in parallel
+            converting.terminate()
+            converting.join(60)
+            if converting.is_alive():
+                converting.kill()
+                converting.join()
     table = _table(rc, space)
     lat = LatencyPredictor(table, space)
     budgets = list(rc.budgets) if rc.budgets else auto_budgets(lat, space)
