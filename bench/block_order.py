@@ -8,9 +8,11 @@ one process on this machine and within seconds:
 - ``alone``: the sum of each subnet's blocks, timed in interleaved trials (a block's invokes
   back to back, as a latency table times them);
 - ``round-robin``: the sum of the same blocks timed one invoke of each in turn (every block's
-  weights evicted by the others' between two of its invokes, as inside a network). Tried as a
-  way to time blocks and rejected: it depends on how many blocks take turns (7 subnets' own
-  blocks: whole / sum 0.98-1.12; all 197 blocks of 26 subnets: 0.49-0.94).
+  weights evicted by the others' between two of its invokes, as inside a network). Tried in
+  session 13 as a way to time a table's blocks and rejected: the result depends on how many
+  blocks take turns (all ~200 blocks here: whole / sum 0.49-0.94; an exploratory run over
+  each subnet's own blocks: 0.98-1.12; a table built with batches of 32: 82% of 100 subnets
+  within ±10%).
 
 The fit is scored on the printed rows (``fit`` in the JSON: ``a``, ``p``, the largest error
 and the leave-one-out largest error).

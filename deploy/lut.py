@@ -403,7 +403,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     (:func:`deploy.device.runtimes.time_interleaved`) together with the almost empty model,
     whose statistic is the batch's per-invoke overhead (the table's ``overhead_ms`` is the
     median over the batches). No conversion runs meanwhile, and the whole table is timed
-    within seconds (288 LiteRT digits blocks: ~4 s) instead of between the conversions of
+    within seconds (288 LiteRT digits blocks: ~5 s) instead of between the conversions of
     minutes: blocks timed minutes apart on this project's VM differ by up to 20% from a
     drift of its speed. ``save`` runs after every batch. The torch runtime times the
     modules themselves.

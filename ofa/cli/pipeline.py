@@ -238,20 +238,22 @@ def _table_path(rc: RunConfig) -> Path:
 def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
                                   precision: str, calib: int, seed: int) -> None:
     """The background process of :func:`_start_block_conversion` (spawned: plain
-    arguments): at the lowest priority, so that training keeps the cores it uses."""
+    arguments): at the lowest priority, so that training keeps the cores it uses. The table
+    step stops it with SIGTERM, which ends it at once: its files are written atomically
+    (:func:`ofa.fileio.atomic_write`; a killed conversion's temp file is removed by the
+    build), and it holds no semaphore (tqdm's lock is a thread lock here) to leak."""
     import os
     import signal
+    import threading
 
     import torch
+    from tqdm import tqdm
 
     from deploy.lut import convert_blocks
     from ofa.space import SearchSpace
 
-    def stop(*_: Any) -> None:  # unwind (temp files, semaphores) when the table step stops us
-        raise SystemExit(0)
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's: it terminates this
-    signal.signal(signal.SIGTERM, stop)
+    tqdm.set_lock(threading.RLock())
     os.nice(19)
     torch.set_num_threads(1)
     sp = SearchSpace.from_dict(space)
@@ -490,10 +492,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     finally:
         if converting is not None:  # the table step converts what is left, in parallel
             converting.terminate()
-            converting.join(60)
-            if converting.is_alive():
-                converting.kill()
-                converting.join()
+            converting.join()
     table = _table(rc, space)
     lat = LatencyPredictor(table, space)
     budgets = list(rc.budgets) if rc.budgets else auto_budgets(lat, space)
