@@ -12,9 +12,9 @@ rewritten after every batch of blocks) and skipped on the next run, and converte
 A build on this machine converts every model first (blocks and calibration subnets), then
 times the blocks in batches of interleaved trials, back to back, and the calibration subnets
 right after, all within seconds: the power law then fits whole subnets to their block sums
-within ±5% where blocks and subnets are timed in one window (``bench/block_order.py``; 26
-LiteRT digits subnets), while blocks timed minutes apart, between conversions, carried a
-drift of the VM's speed of up to 20% into the table.
+within ±5.3% where blocks and subnets are timed in one window (``bench/block_order.py``; 26
+LiteRT digits subnets, two runs), while blocks timed minutes apart, between conversions,
+carried a drift of the VM's speed of up to 20% into the table.
 
 Whole subnets (calibration, validation) are exported first and then timed in interleaved
 trials, so that a drift of the machine's speed does not favour the subnets timed first.
