@@ -261,7 +261,7 @@ def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
                    seed=seed, progress=False)
 
 
-def _start_block_conversion(rc: RunConfig, reused: Any):
+def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     """When this run will build its latency table here, start converting the table's block
     models (:func:`deploy.lut.convert_blocks`) in a background process now, beside training
     and the accuracy predictor: conversions need no quiet machine, only the timing does,
@@ -372,8 +372,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol), models=models,
                            precision=rc.model_precision,
-                           # one process per subnet: a whole-subnet TFLite conversion does
-                           # not keep a core busy, and none waits for a second round
+                           # one process per subnet: none waits for a second round (3 on
+                           # 2 cores here: 51 s against 52-56 s with 2 processes)
                            jobs=max(default_jobs(), len(chosen)))
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
