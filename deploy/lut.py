@@ -396,7 +396,7 @@ def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out
 
 def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
                 precision: str, threads: int, protocol: TimingProtocol, batch: int,
-                folder: Path, save: Callable[[], None], bar: tqdm) -> dict[str, float]:
+                folder: Path, save: Callable[[], None], bar: tqdm) -> float:
     """Time the blocks of ``todo`` in this process from their models in ``folder`` (all
     converted before, :func:`_convert_missing`), ``batch`` at a time, the batches back to
     back: a batch is loaded and timed in interleaved trials
@@ -408,7 +408,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     drift of its speed. ``save`` runs after every batch. The torch runtime times the
     modules themselves.
 
-    Returns seconds spent loading and timing (``timing``)."""
+    Returns the seconds spent loading and timing."""
     t0 = time.perf_counter()
     ent = state["entries"]
     suffix = "" if runtime == "torch" else format_for(runtime, precision).suffix
@@ -433,7 +433,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
         state["overhead_ms"] = float(np.median(state["overheads_ms"]))
         save()
         bar.update(len(chunk))
-    return {"timing": time.perf_counter() - t0}
+    return time.perf_counter() - t0
 
 
 def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: str,
@@ -625,7 +625,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
             folder = _models_folder(out, runtime, precision)
             t0 = time.perf_counter()
             converted = 0
-            if runtime != "torch":  # every model first: nothing converts while timing
+            if runtime != "torch":  # every model first (the calibration's too, which
+                # calibrate() then finds in `models`): nothing converts while timing
                 converted = _convert_missing(todo, runtime, precision, folder, convert)
                 models = folder / "calibration"
                 _export_subnets(space, cfgs, runtime, precision, models, "calibration", jobs,
@@ -633,12 +634,12 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
             export_s = time.perf_counter() - t0
             with tqdm(desc=f"lut {runtime} {precision}: time", unit="block",
                       total=len(shapes), initial=len(shapes) - len(todo)) as bar:
-                spent = _build_here(state, todo, runtime, precision, threads, protocol, batch,
-                                    folder, lambda: atomic_write_json(partial_path, state),
-                                    bar)
+                timing_s = _build_here(state, todo, runtime, precision, threads, protocol,
+                                       batch, folder,
+                                       lambda: atomic_write_json(partial_path, state), bar)
             build = {"blocks": len(todo), "converted": converted, "jobs": jobs,
                      "wall_s": round(time.perf_counter() - t0, 2),
-                     "export_s": round(export_s, 2), "timing_s": round(spent["timing"], 2)}
+                     "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}
         table = LatencyTable(context=state["context"], space=space.to_dict(),
                              resolutions=sorted(resolutions), entries=ent,
                              protocol=asdict(protocol), overhead_ms=state["overhead_ms"],
