@@ -448,8 +448,7 @@ def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: 
         paths.append(folder / f"overhead{suffix}")
         _export(_Overhead(), (1, 8, 1, 1), runtime, precision, paths[-1])
     for j, (_, s) in enumerate(chunk):
-        paths.append(folder / f"b{j}{suffix}")
-        _export(*_block_model(s, runtime), runtime, precision, paths[-1])
+        paths.append(Path(_export_block(s, runtime, precision, str(folder / f"b{j}{suffix}"))))
     return paths
 
 
