@@ -12,6 +12,10 @@
 #   bash bench/gpu_session.sh cifar MIN    # DεpS CIFAR-10 supernet for MIN minutes + ofa run
 #   bash bench/gpu_session.sh spec MIN     # the supernet, then bench/cifar_specialise.py
 #   bash bench/gpu_session.sh resume       # continue spec (a cold machine: from .gpu/c10.tar.*)
+#   bash bench/gpu_session.sh job EPOCHS   # ofa run --device cuda end to end (training
+#                                          # included), detached; the 1,000-subnet predictor
+#                                          # curve beside it; the benchmark on its supernet
+#   bash bench/gpu_session.sh collect      # (next call, warm machine) wait for job, pack it
 # Everything worth keeping goes to $OUT (log.txt, results.tar, supernet.part-*).
 set -u
 T0=$(date +%s)
@@ -20,7 +24,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/log.txt") 2>&1
 export PYTHONUNBUFFERED=1
-if [ "$DEV" != cpu ]; then
+if [ "$DEV" != cpu ] && [ ! -d /tmp/site/optuna ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/site .whl/*.whl || exit 1
 fi
@@ -58,11 +62,23 @@ cifar_supernet() {  # cifar_supernet MINUTES: DεpS on CIFAR-10 to /tmp/c10 (bat
         --device "$DEV"
 }
 specialise() {  # specialise LIMIT_S: bench/cifar_specialise.py, resumable in /tmp/spec
-    step specialise "$1" python3 bench/cifar_specialise.py --supernet /tmp/c10 \
+    step specialise "$1" python3 bench/cifar_specialise.py --supernet "${SPEC_SUPERNET:-/tmp/c10}" \
         --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec \
         --samples "${SPEC_SAMPLES:-100,300}" --random "${SPEC_RANDOM:-100}" \
         --finetune-epochs "${SPEC_FT_EPOCHS:-3}" ${SPEC_ARGS:-} --json "$OUT/cifar_specialise.json"
     tar -cf "$OUT/spec.tar" --exclude='*.pt' --exclude='*.safetensors' -C /tmp spec
+}
+JO=/tmp/jobout  # what the detached job writes (it outlives the call that starts it)
+collect() {  # wait for the detached job while this call's budget lasts, then pack it to $OUT
+    while [ ! -f $JO/done ] && [ "$(left 25)" -gt 0 ]; do sleep 5; done
+    [ -f $JO/done ] && echo "=== job finished" || echo "=== job still running"
+    tail -n 60 $JO/log.txt
+    cp $JO/log.txt "$OUT/job_log.txt"
+    tar -cf "$OUT/job.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
+        --exclude='*.pt' --exclude='*.safetensors' -C /tmp jobout runs spec spec1000g 2>/dev/null
+    local f=/tmp/runs/c10job/supernet/supernet.safetensors
+    [ -f $f ] && split -b 15M -d $f "$OUT/c10job_supernet.safetensors.part-"
+    true
 }
 case ${1:-smoke} in
 smoke)  # every --device cuda path once, tiny (2 min)
@@ -115,6 +131,38 @@ resume)  # continue spec; on a cold machine the supernet comes from the carried 
         tar -cf "$OUT/run.tar" --exclude='*.onnx' --exclude='*.npz' --exclude='*.pt' \
             --exclude='*.safetensors' -C /tmp runs
     fi
+    ;;
+job)  # job EPOCHS: the whole job on the GPU, detached (setsid) so that it outlives this call
+    mkdir -p $JO
+    OUT=$JO setsid nohup bash bench/gpu_session.sh job-run "${2:-20}" >/dev/null 2>&1 < /dev/null &
+    sleep 5
+    collect
+    ;;
+job-run)  # job's body (log and results in $JO): ofa run --device cuda on CIFAR-10 with
+          # training; beside it the predictor curve to 1,000 subnets on the carried supernet;
+          # once the run's predictor dataset exists, the issue-17 benchmark on its supernet
+    step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
+        --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec1000g \
+        --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only \
+        --json $JO/predictor_curve_gpu.json > $JO/curve.log 2>&1 &
+    step run-cuda "${RUN_LIMIT:-1500}" "${O[@]}" run "${C10[@]}" --schedule deps --epochs "$2" \
+        --batch-size 512 --lr-scale 0.35 --device "$DEV" --workers 8 \
+        --samples "${JOB_SAMPLES:-300}" --finetune-epochs "${JOB_FT:-1}" --formats onnx-fp32 \
+        --root /tmp/runs --name c10job ${JOB_ARGS:-} > $JO/run.log 2>&1 &
+    run_pid=$!
+    S=/tmp/runs/c10job/supernet
+    while kill -0 $run_pid 2>/dev/null && [ ! -f $S/acc_predictor.safetensors ]; do sleep 5; done
+    if [ -f $S/acc_predictor.safetensors ]; then  # the run's dataset is the benchmark's
+        mkdir -p /tmp/spec
+        [ -f /tmp/spec/acc.jsonl ] || cp $S/acc_predictor.dataset.jsonl /tmp/spec/acc.jsonl
+        SPEC_SUPERNET=$S SPEC_ARGS="--skip-finetune ${SPEC_ARGS:-}" specialise "${SPEC_LIMIT:-900}" \
+            > $JO/spec.log 2>&1
+    fi
+    wait
+    touch $JO/done
+    ;;
+collect)  # after job, on the same warm machine: wait for it (this call's budget), pack
+    collect
     ;;
 esac
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv || true

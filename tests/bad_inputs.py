@@ -172,6 +172,8 @@ CASES: tuple[Case, ...] = (
     _c("run", *_RUN, "--table", "missing_table.json"),
     _c("run", *_RUN, "--table", "table_negative.json"),
     _c("run", *_RUN, "--table", "cifar_table.json", "--precision", "int8"),  # fp32 table
+    _c("run", *_RUN, "--table", "cifar_table.json"),  # another space's table
+    _c("run", *_RUN, "--table", "digits_table_12.json"),  # resolutions 16, 20 missing
     _c("run", *_RUN, "--schedule", "nope"),
     _c("run", *_RUN, "--population", "1"),
     _c("run", "run", "--root", "runs", "--name", "x", "--epochs", "nan"),
@@ -183,15 +185,16 @@ CASES: tuple[Case, ...] = (
 )
 
 
-def _table(space, cpu: str = "") -> dict:
+def _table(space, cpu: str = "", resolutions: list[int] | None = None) -> dict:
     from search.latency_table import LatencyTable
 
+    resolutions = resolutions or list(space.resolutions)
     entries = {str(r): {s.key(): {"median": 0.001 * s.macs() / 1e3 + 0.01, "count": 1}
-                        for s in space.all_block_shapes([r])} for r in space.resolutions}
+                        for s in space.all_block_shapes([r])} for r in resolutions}
     ctx = {"device": {"name": "synthetic", "cpu_model": cpu}, "runtime": "onnxruntime",
            "runtime_version": "0", "backend": "CPU", "threads": 1, "precision": "fp32",
            "batch": 1}
-    return LatencyTable(ctx, space.to_dict(), list(space.resolutions), entries).to_dict()
+    return LatencyTable(ctx, space.to_dict(), resolutions, entries).to_dict()
 
 
 def random_predictor(space, path: Path) -> None:
@@ -216,6 +219,7 @@ def make_inputs(work: Path) -> None:
     cpu = device_facts()["cpu_model"]
     files: dict[str, object] = {
         "cifar_table.json": _table(cifar, cpu), "digits_table.json": _table(digits, cpu),
+        "digits_table_12.json": _table(digits, cpu, [12]),
         "table_other_cpu.json": _table(digits, "Some Other CPU @ 1.0GHz"),
         "w12_subnet.json": w12.max_subnet().to_dict(),
         "no_rows.json": {"best": []},

@@ -261,31 +261,36 @@ def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
                    seed=seed, progress=False)
 
 
-def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
-    """When this run will build its latency table here, start converting the table's block
-    models (:func:`deploy.lut.convert_blocks`) in a background process now, beside training
-    and the accuracy predictor: conversions need no quiet machine, only the timing does,
-    and a LiteRT table's 288 digits blocks take ~4 min of conversion on 2 cores. The table
-    step stops it and converts what is left. Returns the process, or None when no table
-    will be built (a given or finished table, a device target, the torch runtime, a shipped
-    table of this CPU)."""
-    import multiprocessing as mp
-
+def _planned_space(rc: RunConfig, reused: Any):
+    """The space this run's supernet has: the reused run's, this run's finished supernet's,
+    or the one training will build (:class:`ofa.train.trainer.Trainer`: the preset, the
+    dataset's class count, ``--resolutions``), known before any training step."""
     from ofa.data import load_dataset
     from ofa.space import get_space
     from ofa.train.run import RUN_JSON, load_run
 
+    if reused is not None:
+        return reused[0].space
+    if (rc.folder / "supernet" / RUN_JSON).exists():
+        return load_run(rc.folder / "supernet")[0].space
+    over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
+    classes = load_dataset(rc.dataset, rc.data, seed=rc.seed).num_classes
+    return get_space(rc.space, num_classes=classes, **over)
+
+
+def _start_block_conversion(rc: RunConfig, space) -> Any:
+    """When this run will build its latency table of ``space`` here, start converting the
+    table's block models (:func:`deploy.lut.convert_blocks`) in a background process now,
+    beside training and the accuracy predictor: conversions need no quiet machine, only the
+    timing does, and a LiteRT table's 288 digits blocks take ~4 min of conversion on 2
+    cores. The table step stops it and converts what is left. Returns the process, or None
+    when no table will be built (a given or finished table, a device target, the torch
+    runtime, a shipped table of this CPU)."""
+    import multiprocessing as mp
+
     path = _table_path(rc)
     if rc.table or rc.target != "local" or rc.runtime == "torch" or path.exists():
         return None
-    if reused is not None:
-        space = reused[0].space
-    elif (rc.folder / "supernet" / RUN_JSON).exists():
-        space = load_run(rc.folder / "supernet")[0].space
-    else:  # the space training will build (ofa.train.trainer.Trainer)
-        over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
-        classes = load_dataset(rc.dataset, rc.data, seed=rc.seed).num_classes
-        space = get_space(rc.space, num_classes=classes, **over)
     if find_shipped_table(space, rc.runtime, rc.threads,
                           Path(rc.tables_dir) if rc.tables_dir else None,
                           rc.model_precision) is not None:
@@ -477,13 +482,14 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     from search.latency import LatencyPredictor
 
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
-    if rc.table:  # the file's kind and context, before training (its space: after)
-        LatencyTable.load(rc.table, runtime=rc.runtime, threads=rc.threads,
-                          precision=rc.model_precision)
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
+    planned = _planned_space(rc, reused)
+    if rc.table:  # kind, context, space and resolutions: before training, not after it
+        LatencyTable.load(rc.table, space=planned, resolutions=list(planned.resolutions),
+                          runtime=rc.runtime, threads=rc.threads, precision=rc.model_precision)
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
-    converting = _start_block_conversion(rc, reused)
+    converting = _start_block_conversion(rc, planned)
     try:
         run = _train(rc)
         net, tcfg, info = reused or load_run(run)
