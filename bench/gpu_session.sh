@@ -72,7 +72,9 @@ JO=/tmp/jobout  # what the detached job writes (it outlives the call that starts
 collect() {  # wait for the detached job while this call's budget lasts, then pack it to $OUT
     while [ ! -f $JO/done ] && [ "$(left 25)" -gt 0 ]; do sleep 5; done
     [ -f $JO/done ] && echo "=== job finished" || echo "=== job still running"
-    tail -n 60 $JO/log.txt
+    for f in run spec curve; do  # the end of each log, progress bars cut to their last state
+        echo "--- $f.log"; tr '\r' '\n' < $JO/$f.log 2>/dev/null | grep -v '^ *$' | tail -n 25
+    done
     cp $JO/log.txt "$OUT/job_log.txt"
     tar -cf "$OUT/job.tar" --exclude='*.onnx' --exclude='*.tflite' --exclude='*.npz' \
         --exclude='*.pt' --exclude='*.safetensors' -C /tmp jobout runs spec spec1000g 2>/dev/null
@@ -141,6 +143,13 @@ job)  # job EPOCHS: the whole job on the GPU, detached (setsid) so that it outli
 job-run)  # job's body (log and results in $JO): ofa run --device cuda on CIFAR-10 with
           # training; beside it the predictor curve to 1,000 subnets on the carried supernet;
           # once the run's predictor dataset exists, the issue-17 benchmark on its supernet
+    if [ -f runs/spec1000/acc.jsonl ] && [ ! -f /tmp/spec1000g/acc.jsonl ]; then
+        mkdir -p /tmp/spec1000g  # continue the rows measured so far (their header: this path)
+        python3 -c "import json, pathlib, sys; rows = open(sys.argv[1]).read().splitlines()
+h = json.loads(rows[0]); h['run'] = str(pathlib.Path(sys.argv[2]).resolve())
+open(sys.argv[3], 'w').write('\n'.join([json.dumps(h), *rows[1:]]) + '\n')" \
+            runs/spec1000/acc.jsonl runs/gpu9/c10 /tmp/spec1000g/acc.jsonl
+    fi
     step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
         --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec1000g \
         --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only \
