@@ -278,9 +278,9 @@ def _planned_space(rc: RunConfig, reused: Any):
     return get_space(rc.space, num_classes=classes, **over)
 
 
-def _start_block_conversion(rc: RunConfig, space) -> Any:
-    """When this run will build its latency table of ``space`` here, start converting the
-    table's block models (:func:`deploy.lut.convert_blocks`) in a background process now,
+def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
+    """When this run will build its latency table here, start converting the table's
+    block models (:func:`deploy.lut.convert_blocks`) in a background process now,
     beside training and the accuracy predictor: conversions need no quiet machine, only the
     timing does, and a LiteRT table's 288 digits blocks take ~4 min of conversion on 2
     cores. The table step stops it and converts what is left. Returns the process, or None
@@ -291,6 +291,7 @@ def _start_block_conversion(rc: RunConfig, space) -> Any:
     path = _table_path(rc)
     if rc.table or rc.target != "local" or rc.runtime == "torch" or path.exists():
         return None
+    space = _planned_space(rc, reused)
     if find_shipped_table(space, rc.runtime, rc.threads,
                           Path(rc.tables_dir) if rc.tables_dir else None,
                           rc.model_precision) is not None:
@@ -483,13 +484,13 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
 
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
-    planned = _planned_space(rc, reused)
     if rc.table:  # kind, context, space and resolutions: before training, not after it
+        planned = _planned_space(rc, reused)
         LatencyTable.load(rc.table, space=planned, resolutions=list(planned.resolutions),
                           runtime=rc.runtime, threads=rc.threads, precision=rc.model_precision)
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
-    converting = _start_block_conversion(rc, planned)
+    converting = _start_block_conversion(rc, reused)
     try:
         run = _train(rc)
         net, tcfg, info = reused or load_run(run)
