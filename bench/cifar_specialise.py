@@ -118,7 +118,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
     net.to(dev)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     cache: dict = {}
-    rows = []
+    todo = {}  # budget -> [(kind, i, subnet)]: the chosen subnet, then the random ones
     for c in chosen:
         b = c["budget_ms"]
         rng = random.Random(f"random-{b}")
@@ -128,19 +128,24 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
             tries += 1
             if lat.predict(s) <= b:
                 cands.append(s)
-        subnets = [("chosen", 0, SubnetConfig.from_dict(c["config"]))]
-        subnets += [("random", i, s) for i, s in enumerate(cands)]
-        measured = []
-        for kind, i, s in subnets:
-            key = (b, kind, i)
-            if key not in done:
-                top1 = subnet_accuracy(net, s, data, "test", args.recal_images, cache=cache,
-                                       precision=args.precision)
-                done[key] = {"budget_ms": b, "kind": kind, "i": i, "config": s.to_dict(),
-                             "latency_ms": lat.predict(s), "top1": top1}
-                with log.open("a") as f:
-                    f.write(json.dumps(done[key]) + "\n")
-            measured.append(done[key])
+        todo[b] = [("chosen", 0, SubnetConfig.from_dict(c["config"]))]
+        todo[b] += [("random", i, s) for i, s in enumerate(cands)]
+    # round-robin over the budgets (the chosen subnets first), so that a run stopped early
+    # has compared every budget on the same number of random subnets
+    order = [(b, *todo[b][k]) for k in range(max(map(len, todo.values())))
+             for b in todo if k < len(todo[b])]
+    for b, kind, i, s in order:
+        key = (b, kind, i)
+        if key not in done:
+            top1 = subnet_accuracy(net, s, data, "test", args.recal_images, cache=cache,
+                                   precision=args.precision)
+            done[key] = {"budget_ms": b, "kind": kind, "i": i, "config": s.to_dict(),
+                         "latency_ms": lat.predict(s), "top1": top1}
+            with log.open("a") as f:
+                f.write(json.dumps(done[key]) + "\n")
+    rows = []
+    for b, subnets in todo.items():
+        measured = [done[(b, kind, i)] for kind, i, _ in subnets]
         rand = [m["top1"] for m in measured if m["kind"] == "random"]
         rows.append({"budget_ms": b, "chosen_latency_ms": measured[0]["latency_ms"],
                      "chosen_top1": measured[0]["top1"], "random_n": len(rand),
