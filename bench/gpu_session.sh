@@ -152,18 +152,19 @@ open(sys.argv[3], 'w').write('\n'.join([json.dumps(h), *rows[1:]]) + '\n')" \
     fi
     step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
         --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec1000g \
-        --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only \
-        --json $JO/predictor_curve_gpu.json > $JO/curve.log 2>&1 &
+        --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only > $JO/curve.log 2>&1 &
     step run-cuda "${RUN_LIMIT:-1500}" "${O[@]}" run "${C10[@]}" --schedule deps --epochs "$2" \
         --batch-size 512 --lr-scale 0.35 --device "$DEV" --workers 8 \
         --samples "${JOB_SAMPLES:-300}" --finetune-epochs "${JOB_FT:-1}" --formats onnx-fp32 \
         --root /tmp/runs --name c10job ${JOB_ARGS:-} > $JO/run.log 2>&1 &
     run_pid=$!
     S=/tmp/runs/c10job/supernet
-    while kill -0 $run_pid 2>/dev/null && [ ! -f $S/acc_predictor.safetensors ]; do sleep 5; done
-    if [ -f $S/acc_predictor.safetensors ]; then  # the run's dataset is the benchmark's
+    D=$S/acc_predictor.dataset.jsonl  # header + one line per subnet
+    complete() { [ "$(cat $D 2>/dev/null | wc -l)" -gt "${JOB_SAMPLES:-300}" ]; }
+    while kill -0 $run_pid 2>/dev/null && ! complete; do sleep 5; done
+    if complete; then  # the run's dataset is the benchmark's (it fits its own predictor)
         mkdir -p /tmp/spec
-        [ -f /tmp/spec/acc.jsonl ] || cp $S/acc_predictor.dataset.jsonl /tmp/spec/acc.jsonl
+        [ -f /tmp/spec/acc.jsonl ] || cp $D /tmp/spec/acc.jsonl
         SPEC_SUPERNET=$S SPEC_ARGS="--skip-finetune ${SPEC_ARGS:-}" specialise "${SPEC_LIMIT:-900}" \
             > $JO/spec.log 2>&1
     fi
