@@ -25,7 +25,7 @@ from ofa.space import SearchSpace, SubnetConfig
 from search.encoding import ArchEncoder
 from search.metrics import kendall_tau
 
-__all__ = ["build_accuracy_dataset", "read_dataset", "fit_and_score"]
+__all__ = ["build_accuracy_dataset", "measure_subnets", "read_dataset", "fit_and_score"]
 
 #: bumped when the subnets drawn for an index change, so an older cache is refused
 SAMPLER = "arch-encoder-stratified-v2"
@@ -89,45 +89,102 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     Raises:
         ValueError: unreadable run, a cache from another run, bad split.
     """
-    from tqdm import tqdm
-
-    from ofa.data import load_dataset
-    from ofa.device import conv_memory_format, resolve_device, resolve_precision
-    from ofa.evaluate import subnet_accuracy
-    from ofa.train.run import load_run
-
-    dev = resolve_device(device)
-    conv_memory_format(dev)  # on CUDA: depthwise convolutions off cuDNN's per-shape plans
-    precision = resolve_precision(precision, dev)
-    net, cfg, _ = load_run(run)
-    space = net.space
-    recal = recal_images or cfg.recal_images
-    header = {"kind": "ofa-edge-accuracy-dataset", "run": str(Path(run).resolve()),
-              "split": split, "seed": seed, "space": space.name, "recal_images": recal,
-              "sampler": SAMPLER}
-    if precision != "fp32":
-        header["precision"] = precision
-    out = Path(out)
-    rows = read_dataset(out, header)
-    # rewrite header + intact rows (drops a line torn by a kill), then append as we go
-    atomic_write_text(out, "".join(json.dumps(o) + "\n" for o in [header, *rows]))
+    m = _Measurer(run, device, precision, recal_images)
+    header = m.header(split, seed=seed, sampler=SAMPLER)
+    rows = m.open_cache(out, header)
     done = {r["i"] for r in rows}
-    cfgs = ArchEncoder(space).stratified_configs(samples, seed)
+    cfgs = ArchEncoder(m.space).stratified_configs(samples, seed)
     todo = [i for i in range(samples) if i not in done]
-    if not todo:
-        return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
-    ds = load_dataset(cfg.dataset, data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
-    bar = tqdm(todo, desc="accuracy dataset", unit="subnet", initial=len(done), total=samples,
-               disable=not progress)
-    cache: dict = {}
-    net.to(dev)
-    for i in bar:
-        acc = subnet_accuracy(net, cfgs[i], ds, split, recal, cache=cache, precision=precision,
-                              workers=workers)
-        row = {"i": i, "config": cfgs[i].to_dict(), "acc": acc, "macs": space.macs(cfgs[i])}
-        _append_line(out, row)
-        rows.append(row)
-    return space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(todo, desc="accuracy dataset", unit="subnet", initial=len(done),
+                   total=samples, disable=not progress)
+        for i in bar:
+            row = {"i": i, "config": cfgs[i].to_dict(),
+                   "acc": m.top1(cfgs[i], split, data, workers), "macs": m.space.macs(cfgs[i])}
+            _append_line(out, row)
+            rows.append(row)
+    return m.space, sorted((r for r in rows if r["i"] < samples), key=lambda r: r["i"])
+
+
+def measure_subnets(run: str | Path, out: str | Path, configs: list[dict[str, Any]],
+                    split: str = "holdout", data: str | None = None,
+                    recal_images: int | None = None, progress: bool = True,
+                    device: str = "cpu", precision: str = "fp32", workers: int = 0
+                    ) -> list[float]:
+    """Top-1 (%) on ``split`` of each subnet in ``configs`` (``SubnetConfig`` dicts), each
+    BN-recalibrated as in :func:`build_accuracy_dataset`. Measured rows are appended to the
+    JSON-lines cache ``out`` and reused by config, so an interrupted call resumes and a
+    subnet measured once is not measured again.
+
+    Raises:
+        ValueError: unreadable run, a config outside the run's space, a cache from another
+            run/split/precision.
+    """
+    m = _Measurer(run, device, precision, recal_images)
+    cfgs = [m.space.validate(SubnetConfig.from_dict(c)) for c in configs]
+    rows = m.open_cache(out, m.header(split))
+    done = {_config_key(r["config"]): r["acc"] for r in rows}
+    todo = list({_config_key(c.to_dict()): c for c in cfgs
+                 if _config_key(c.to_dict()) not in done}.values())
+    if todo:
+        from tqdm import tqdm
+
+        for c in tqdm(todo, desc=f"measuring on {split}", unit="subnet", disable=not progress):
+            acc = m.top1(c, split, data, workers)
+            _append_line(Path(out), {"config": c.to_dict(), "acc": acc})
+            done[_config_key(c.to_dict())] = acc
+    return [done[_config_key(c.to_dict())] for c in cfgs]
+
+
+def _config_key(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True)
+
+
+class _Measurer:
+    """A run's supernet on ``device``, measuring subnets' top-1 (BN recalibration, then
+    :func:`ofa.evaluate.subnet_accuracy`); the dataset is loaded at the first measurement."""
+
+    def __init__(self, run: str | Path, device: str, precision: str,
+                 recal_images: int | None) -> None:
+        from ofa.device import conv_memory_format, resolve_device, resolve_precision
+        from ofa.train.run import load_run
+
+        self.dev = resolve_device(device)
+        conv_memory_format(self.dev)  # on CUDA: depthwise convolutions off cuDNN's plans
+        self.precision = resolve_precision(precision, self.dev)
+        self.run = Path(run)
+        self.net, self.cfg, _ = load_run(run)
+        self.space = self.net.space
+        self.recal = recal_images or self.cfg.recal_images
+        self.ds: Any = None
+        self.cache: dict = {}
+
+    def header(self, split: str, **extra: Any) -> dict[str, Any]:
+        """The cache header that pins run, split, space, recalibration and precision."""
+        h = {"kind": "ofa-edge-accuracy-dataset", "run": str(self.run.resolve()),
+             "split": split, **extra, "space": self.space.name, "recal_images": self.recal}
+        if self.precision != "fp32":
+            h["precision"] = self.precision
+        return h
+
+    def open_cache(self, out: str | Path, header: dict[str, Any]) -> list[dict[str, Any]]:
+        """The cache's intact rows; rewrites header + rows (drops a line torn by a kill)."""
+        rows = read_dataset(out, header)
+        atomic_write_text(Path(out), "".join(json.dumps(o) + "\n" for o in [header, *rows]))
+        return rows
+
+    def top1(self, cfg: SubnetConfig, split: str, data: str | None, workers: int) -> float:
+        from ofa.data import load_dataset
+        from ofa.evaluate import subnet_accuracy
+
+        if self.ds is None:
+            self.ds = load_dataset(self.cfg.dataset, data or self.cfg.data,
+                                   holdout=self.cfg.holdout, seed=self.cfg.seed)
+            self.net.to(self.dev)
+        return subnet_accuracy(self.net, cfg, self.ds, split, self.recal, cache=self.cache,
+                               precision=self.precision, workers=workers)
 
 
 def fit_and_score(space: SearchSpace, rows: list[dict[str, Any]], val_fraction: float = 0.2,

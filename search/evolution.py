@@ -34,7 +34,8 @@ from search.encoding import ArchEncoder, Encoded, concat, take
 from search.latency import BlockSum
 from search.models import OBJECTIVES, AccuracyModel, LatencyModel
 
-__all__ = ["Budget", "SearchConfig", "Scorer", "run_search", "open_storage", "OBJECTIVES"]
+__all__ = ["Budget", "SearchConfig", "Scorer", "run_search", "open_storage", "OBJECTIVES",
+           "shortlist"]
 
 
 @dataclass
@@ -76,6 +77,10 @@ class SearchConfig:
             :func:`run_search`).
         memetic: pre-screen and local search around the elites (default on).
         progress: a progress bar per generation.
+        shortlist: besides the best subnet, return up to this many feasible subnets the
+            accuracy model cannot tell from it (:func:`shortlist`), 1..1000; 1 = none.
+        shortlist_margin: how far below the best predicted top-1 a shortlisted subnet may
+            be (top-1 points, >= 0): the accuracy model's held-out RMSE is the natural value.
 
     Raises:
         ValueError: a value outside its range, an unknown objective.
@@ -91,14 +96,20 @@ class SearchConfig:
     study_name: str = "ofa-search"
     memetic: bool = True
     progress: bool = False
+    shortlist: int = 1
+    shortlist_margin: float = 0.5
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"objective {self.objective!r} unknown; allowed: {list(OBJECTIVES)}")
-        for name, lo in (("population", 2), ("generations", 1), ("seed", 0)):
+        for name, lo, hi in (("population", 2, 100_000), ("generations", 1, 100_000),
+                             ("seed", 0, 100_000), ("shortlist", 1, 1000)):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= 100_000:
-                raise ValueError(f"{name} must be an integer in {lo}..100000, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+        v = self.shortlist_margin
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise ValueError(f"shortlist_margin must be a finite number >= 0, got {v!r}")
 
     @property
     def constraints(self) -> dict[str, float]:
@@ -240,6 +251,35 @@ def _prescreen(scorer: Scorer, cons: dict[str, float], n: int, pareto: bool, obj
     bins = np.clip(np.searchsorted(edges, m[objective][ok], side="right") - 1, 0, n - 1)
     chosen = [ok[bins == b][np.argmax(m["acc"][ok[bins == b]])] for b in np.unique(bins)]
     return take(enc, np.asarray(chosen))
+
+
+def shortlist(encoder: ArchEncoder, enc: Encoded, acc: np.ndarray, k: int,
+              margin: float) -> np.ndarray:
+    """Up to ``k`` distinct subnets of ``enc`` whose predicted top-1 ``acc`` ``(N,)`` (%) is
+    within ``margin`` points of the best, spread apart; returns indices into ``enc``, the most
+    accurate first.
+
+    The search returns the subnet the accuracy model rates highest, which is also where the
+    model's error is most likely positive (the winner's curse of surrogate-based search:
+    the maximum of noisy estimates is biased upwards). Subnets within the model's error of
+    the best cannot be ranked by it, only by measuring them. Neighbours of the best share
+    its error, so the shortlist is spread by farthest-point sampling: after the best, each
+    pick is the subnet with the most genes (:meth:`ArchEncoder.network_rows`) differing from
+    every subnet already picked, ties going to the more accurate.
+    """
+    near = np.nonzero(acc >= acc.max() - margin)[0]
+    near = near[np.argsort(-acc[near], kind="stable")]
+    rows = encoder.network_rows(take(enc, near))
+    _, first = np.unique(rows, axis=0, return_index=True)
+    keep = np.sort(first)  # distinct networks, still most accurate first
+    near, rows = near[keep], rows[keep]
+    picked = [0]
+    dist = (rows != rows[0]).sum(1)
+    while len(picked) < min(k, len(near)):
+        j = int(np.argmax(dist))
+        picked.append(j)
+        dist = np.minimum(dist, (rows != rows[j]).sum(1))
+    return near[picked]
 
 
 def _refine(scorer: Scorer, enc: Encoded, m: dict[str, np.ndarray],
@@ -429,6 +469,10 @@ def _result(scorer: Scorer, archive: _Archive, cfg: SearchConfig, trials: int,
     best = int(feasible[np.argmax(m["acc"][feasible])])
     res: dict[str, Any] = {"best": [row(best)], "trials": trials,
                            "budget": cfg.constraints, "evaluations": evaluations}
+    if cfg.shortlist > 1:
+        picked = shortlist(scorer.encoder, take(enc, feasible), m["acc"][feasible],
+                           cfg.shortlist, cfg.shortlist_margin)
+        res["shortlist"] = [row(int(feasible[i])) for i in picked]
     if cfg.pareto:
         res["front"] = [row(int(i)) for i in _front(feasible, m, cfg.objective)]
         res["objective"] = cfg.objective
@@ -457,7 +501,9 @@ def run_search(space: SearchSpace, acc_pred: AccuracyModel, lat_pred: LatencyMod
     trials it already holds; it must answer the same query (:func:`query_key`).
 
     Each result row: ``config`` (dict), ``summary``, ``acc`` (%), ``latency_ms``, ``macs``,
-    ``params``.
+    ``params``. With ``shortlist`` > 1 the result also holds ``"shortlist"``: the best and
+    up to ``shortlist - 1`` other feasible subnets within ``shortlist_margin`` of it
+    (:func:`shortlist`), for measuring before choosing.
 
     Raises:
         ValueError: an infeasible budget (names the smallest achievable value), a latency

@@ -176,6 +176,7 @@ CASES: tuple[Case, ...] = (
     _c("run", *_RUN, "--table", "digits_table_12.json"),  # resolutions 16, 20 missing
     _c("run", *_RUN, "--schedule", "nope"),
     _c("run", *_RUN, "--population", "1"),
+    _c("run", *_RUN, "--shortlist", "0"),
     _c("run", "run", "--root", "runs", "--name", "x", "--epochs", "nan"),
     _c("run", *_RUN, "--space", "mbv3-nope"),
     # --- space ---------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from ofa.cli import main
 
 TINY = ["run", "--name", "t", "--resolutions", "12,16", "--epochs", "0.3", "--samples", "12",
         "--lut-runs", "3", "--lut-calib", "3", "--generations", "2", "--population", "16",
-        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
+        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32",
+        "--shortlist", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,21 @@ def test_run_writes_every_artifact(tiny_job: Path):
         assert meta["config"] == r["config"] and meta["predicted"]["acc"] == r["predicted_acc"]
         assert r["sizes"]["onnx-fp32"] == (bundle / "onnx-fp32" / "model.onnx").stat().st_size
     md = (d / "report.md").read_text()
-    assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) == 3
+    assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) == 6
+    # each budget's shortlist was measured on the hold-out split; the most accurate is chosen
+    assert "## Shortlists measured on the hold-out split" in md
+    margin = rep["predictor"]["rmse"]
+    for r in rep["subnets"]:
+        sl = rep["shortlists"][r["label"]]
+        assert 1 <= len(sl) <= 4 and len({json.dumps(s["config"]) for s in sl}) == len(sl)
+        assert all(s["acc"] >= sl[0]["acc"] - margin - 1e-9 for s in sl)
+        assert all(s["latency_ms"] <= r["budget_ms"] + 1e-9 for s in sl)
+        best = max(sl, key=lambda s: s["holdout_top1"])
+        assert r["config"] == best["config"] and r["predicted_acc"] == best["acc"]
+    cached = (d / "shortlist.jsonl").read_text().splitlines()
+    assert json.loads(cached[0])["split"] == "holdout"
+    assert len(cached) - 1 == len({json.dumps(s["config"], sort_keys=True)
+                                   for sl in rep["shortlists"].values() for s in sl})
     front = rep["pareto_front"]
     for p in front:  # mutually non-dominated
         assert not any(q["acc"] >= p["acc"] and q["latency_ms"] < p["latency_ms"]

@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import numpy as np
@@ -7,7 +8,7 @@ from conftest import shared_path, synthetic_table
 from ofa.space import get_space
 from search.accuracy import AccuracyPredictor, import_ofa_predictor, load_accuracy_predictor
 from search.encoding import ArchEncoder
-from search.evolution import Budget, Scorer, SearchConfig, _refine, run_search
+from search.evolution import Budget, Scorer, SearchConfig, _refine, run_search, shortlist
 from search.latency import LatencyPredictor
 
 
@@ -112,6 +113,40 @@ def test_refine_keeps_only_improving_feasible_neighbours(setup):
     tight = {"latency_ms": float(ml["latency_ms"][0])}  # only the smallest subnet fits
     assert len(_refine(scorer, low, ml, tight, False, "latency_ms",
                        np.random.default_rng(0))["r"]) == 0
+
+
+def test_shortlist_skips_neighbours_of_the_best_for_distant_subnets():
+    """Farthest-point picks: a one-gene neighbour of the best (which shares its predictor
+    error) is passed over for a subnet that differs in many genes, once both are within
+    the margin; below the margin nothing is picked."""
+    space = get_space("mbv3-cifar")
+    enc = ArchEncoder(space)
+    best = space.config(5, 4, 3, 28)
+    near = dataclasses.replace(best, ks=(7, *best.ks[1:]))
+    far = space.config(3, 6, 2, 32)
+    low = space.config(7, 6, 4, 32)
+    batch = enc.encode([near, best, far, best, low])  # the best twice: one network
+    acc = np.array([80.9, 81.0, 80.5, 81.0, 70.0])
+    assert shortlist(enc, batch, acc, 2, 1.0).tolist() == [1, 2]
+    assert shortlist(enc, batch, acc, 3, 1.0).tolist() == [1, 2, 0]
+    assert shortlist(enc, batch, acc, 5, 1.0).tolist() == [1, 2, 0]  # `low` is 11 below
+    assert shortlist(enc, batch, acc, 5, 0.0).tolist() == [1]
+
+
+def test_search_shortlist_is_feasible_distinct_and_within_the_margin(setup):
+    space, pred, lat = setup
+    b = Budget(latency_ms=float(lat.predict(space.config(5, 4, 3, 28))))
+    res = run_search(space, pred, lat, SearchConfig(b, population=20, generations=4,
+                                                    shortlist=6, shortlist_margin=1.5))
+    sl = res["shortlist"]
+    assert sl[0] == res["best"][0] and 2 <= len(sl) <= 6
+    assert all(r["latency_ms"] <= b.latency_ms and r["acc"] >= sl[0]["acc"] - 1.5
+               for r in sl)
+    assert len({str(r["summary"]) for r in sl}) == len(sl)
+    assert "shortlist" not in run_search(space, pred, lat, SearchConfig(
+        b, population=20, generations=1))
+    with pytest.raises(ValueError, match="shortlist_margin"):
+        SearchConfig(b, shortlist=3, shortlist_margin=-1)
 
 
 def test_memetic_search_beats_plain_nsga2_at_equal_generations(setup):

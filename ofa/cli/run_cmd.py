@@ -35,6 +35,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--table", help="latency table to use instead of a shipped/built one")
     p.add_argument("--tables-dir", default=None, help="where to look for a table measured on "
                    "this machine (default: the tables shipped in the latency_tables package)")
+    p.add_argument("--shortlist", type=int_range(1, 100), default=8,
+                   help="per budget, measure this many subnets within the predictor's error "
+                   "of the best prediction on the hold-out split and choose the most accurate "
+                   "(1: the search's best, unmeasured; see docs/cifar10.md)")
     p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
     p.add_argument("--lut-runs", type=int_range(1, 100_000), default=TimingProtocol.runs,
@@ -62,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, lr_scale=args.lr_scale, seed=args.seed,
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
-        budgets=args.budgets, population=args.population, generations=args.generations,
+        budgets=args.budgets, shortlist=args.shortlist, population=args.population,
+        generations=args.generations,
         device=args.device, workers=args.workers,
         precision="auto" if args.precision == "int8" else args.precision,
         model_precision="int8" if args.precision == "int8" else "fp32",
