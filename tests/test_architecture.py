@@ -57,11 +57,15 @@ def test_search_query_needs_no_torch(tmp_path):
     code = ("from ofa.cli import main\n"
             f"rc = main(['search', '--predictor', {str(tmp_path / 'p.safetensors')!r}, '--table', "
             f"{str(tmp_path / 't.json')!r}, '--latency-ms', '30', '--generations', '2', "
-            f"'--population', '10', '--json', '--out', {str(tmp_path / 'r.json')!r}])\n"
+            f"'--population', '10', '--shortlist', '4', '--shortlist-margin', '2', '--json', "
+            f"'--out', {str(tmp_path / 'r.json')!r}])\n"
             "assert rc == 0")
     mods = _modules_after(code)
     assert "torch" not in mods
-    assert json.loads((tmp_path / "r.json").read_text())["best"][0]["latency_ms"] <= 30
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert res["best"][0]["latency_ms"] <= 30 and res["shortlist"][0] == res["best"][0]
+    assert all(r["acc"] >= res["best"][0]["acc"] - 2 and r["latency_ms"] <= 30
+               for r in res["shortlist"])
 
 
 def test_wheel_ships_tables_and_installed_run_finds_them(tmp_path):

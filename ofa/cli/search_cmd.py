@@ -30,6 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
     p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--shortlist", type=int_range(1, 1000), default=1,
+                   help="also list up to this many spread-apart subnets within "
+                   "--shortlist-margin of the best prediction, to measure before choosing")
+    p.add_argument("--shortlist-margin", type=float_range(0, 100),
+                   help="top-1 points (default: the predictor's held-out RMSE, else 0.5)")
     p.add_argument("--storage", help="Optuna storage URL or journal file (resumable; keyed "
                    "by the query)")
     p.add_argument("--study-name", default="ofa-search")
@@ -45,11 +50,6 @@ def run(args: argparse.Namespace) -> int:
     from search.latency import LatencyPredictor
     from search.latency_table import LatencyTable
 
-    config = SearchConfig(
-        budget=Budget(args.latency_ms, args.macs, args.params, args.size_bytes),
-        pareto=args.pareto, objective=args.objective, population=args.population,
-        generations=args.generations, seed=args.seed, storage=args.storage,
-        study_name=args.study_name, progress=not args.json)
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
     space = get_space(args.space, **kw)
     lat = None
@@ -59,15 +59,31 @@ def run(args: argparse.Namespace) -> int:
             r for r in space.resolutions if r in table.resolutions))
         lat = LatencyPredictor(table, space)
     acc = load_accuracy_predictor(args.predictor, space)
+    margin = args.shortlist_margin
+    if margin is None:
+        margin = float(acc.metrics.get("rmse", 0.5))
+    config = SearchConfig(
+        budget=Budget(args.latency_ms, args.macs, args.params, args.size_bytes),
+        pareto=args.pareto, objective=args.objective, population=args.population,
+        generations=args.generations, seed=args.seed, storage=args.storage,
+        study_name=args.study_name, progress=not args.json, shortlist=args.shortlist,
+        shortlist_margin=margin)
     res = run_search(space, acc, lat, config)
     if args.out:
         atomic_write_json(args.out, res)
     if args.json:
         print(json.dumps(res))
         return 0
-    rows = res.get("front", res["best"])
+    _print_rows(res.get("front", res["best"]))
+    if "shortlist" in res:
+        print(f"\nshortlist: {len(res['shortlist'])} subnets within {margin:.2f} points of "
+              "the best prediction; measure them before choosing")
+        _print_rows(res["shortlist"])
+    return 0
+
+
+def _print_rows(rows: list[dict]) -> None:
     print(f"{'acc%':>7} {'lat ms':>8} {'MMACs':>7} {'Mparams':>8}  subnet")
     for r in rows:
         print(f"{r['acc']:7.2f} {r.get('latency_ms', float('nan')):8.2f} {r['macs'] / 1e6:7.1f} "
               f"{r['params'] / 1e6:8.2f}  {r['summary']}")
-    return 0
