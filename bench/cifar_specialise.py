@@ -7,7 +7,9 @@ Starts from a trained ``mbv3-cifar`` supernet (``--supernet RUN``: ``ofa train``
 1. measures ``max(--samples)`` subnets on the hold-out split (the accuracy-predictor dataset)
    and fits the predictor on the first 100 / 300 / 1,000: held-out RMSE and Kendall tau each;
 2. searches (:func:`search.evolution.run_search`) the best subnet under 3 latency budgets
-   spread over the table's range, with the predictor fitted on all samples;
+   spread over the table's range, with the predictor fitted on all samples; with
+   ``--shortlist K`` > 1, as ``ofa run --shortlist K``, the most accurate of each budget's
+   shortlist measured on the hold-out split is chosen instead of the search's best;
 3. measures on the test split the chosen subnet and ``--random`` random subnets that meet the
    same budget (by the same table): top-1 must rise with the budget and beat the random best;
 4. fine-tunes each chosen subnet (KD from the largest subnet) and trains the same subnet from
@@ -72,6 +74,7 @@ def search_budgets(args, work: Path, space) -> tuple[list[dict], object, object]
     """Step 2: the chosen subnet per budget (ms), the space restricted to the table's
     resolutions, and the latency model."""
     from ofa.cli.pipeline import auto_budgets
+    from search.acc_dataset import choose_measured
     from search.accuracy import AccuracyPredictor
     from search.evolution import Budget, SearchConfig, run_search
     from search.latency import LatencyPredictor
@@ -86,12 +89,22 @@ def search_budgets(args, work: Path, space) -> tuple[list[dict], object, object]
                else auto_budgets(lat, space))
 
     def make():
-        out = []
-        for b in budgets:
-            best = run_search(space, acc, lat, SearchConfig(Budget(latency_ms=b), seed=0))
-            out.append({"budget_ms": b, **best["best"][0]})
-        return out
-    return _cached(work / "search.json", make), space, lat
+        found = [run_search(space, acc, lat, SearchConfig(
+            Budget(latency_ms=b), seed=0, shortlist=args.shortlist,
+            shortlist_margin=acc.metrics["rmse"])) for b in budgets]
+        if args.shortlist == 1:
+            return [{"budget_ms": b, **res["best"][0]} for b, res in zip(budgets, found)]
+        picks = choose_measured(args.supernet, [res["shortlist"] for res in found],
+                                work / "shortlist.jsonl", data=args.data,
+                                recal_images=args.recal_images, device=args.device,
+                                precision=args.precision)
+        return [{"budget_ms": b, **c} for b, c in zip(budgets, picks)]
+    name = "search.json" if args.shortlist == 1 else f"search_shortlist{args.shortlist}.json"
+    return _cached(work / name, make), space, lat
+
+
+def _ck(config: dict) -> str:
+    return json.dumps(config, sort_keys=True)
 
 
 def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
@@ -111,7 +124,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line torn by a kill
-            done[(row["budget_ms"], row["kind"], row["i"])] = row
+            done[(row["budget_ms"], row["kind"], row["i"], _ck(row["config"]))] = row
     net, cfg, _ = load_run(args.supernet)
     dev = resolve_device(args.device)
     conv_memory_format(dev)  # on CUDA: depthwise convolutions off cuDNN's per-shape plans
@@ -135,7 +148,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
     order = [(b, *todo[b][k]) for k in range(max(map(len, todo.values())))
              for b in todo if k < len(todo[b])]
     for b, kind, i, s in order:
-        key = (b, kind, i)
+        key = (b, kind, i, _ck(s.to_dict()))  # the chosen subnet differs with --shortlist
         if key not in done:
             top1 = subnet_accuracy(net, s, data, "test", args.recal_images, cache=cache,
                                    precision=args.precision)
@@ -145,7 +158,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
                 f.write(json.dumps(done[key]) + "\n")
     rows = []
     for b, subnets in todo.items():
-        measured = [done[(b, kind, i)] for kind, i, _ in subnets]
+        measured = [done[(b, kind, i, _ck(s.to_dict()))] for kind, i, s in subnets]
         rand = [m["top1"] for m in measured if m["kind"] == "random"]
         rows.append({"budget_ms": b, "chosen_latency_ms": measured[0]["latency_ms"],
                      "chosen_top1": measured[0]["top1"], "random_n": len(rand),
@@ -191,6 +204,8 @@ def main() -> None:
     ap.add_argument("--samples", default="100,300,1000", help="predictor sample counts")
     ap.add_argument("--budgets", help="ms, e.g. 1.5,2.2,3 (default: 3 over the table's range)")
     ap.add_argument("--random", type=int, default=100, help="random subnets per budget")
+    ap.add_argument("--shortlist", type=int, default=1, help="as ofa run --shortlist (1: the "
+                    "search's best, unmeasured)")
     ap.add_argument("--recal-images", type=int, default=500)
     ap.add_argument("--finetune-epochs", type=float, default=2.0)
     ap.add_argument("--scratch-lr", type=float, default=1.0, help="peak lr at batch 2048")

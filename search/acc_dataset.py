@@ -25,7 +25,8 @@ from ofa.space import SearchSpace, SubnetConfig
 from search.encoding import ArchEncoder
 from search.metrics import kendall_tau
 
-__all__ = ["build_accuracy_dataset", "measure_subnets", "read_dataset", "fit_and_score"]
+__all__ = ["build_accuracy_dataset", "measure_subnets", "choose_measured", "read_dataset",
+           "fit_and_score"]
 
 #: bumped when the subnets drawn for an index change, so an older cache is refused
 SAMPLER = "arch-encoder-stratified-v2"
@@ -136,6 +137,32 @@ def measure_subnets(run: str | Path, out: str | Path, configs: list[dict[str, An
             _append_line(Path(out), {"config": c.to_dict(), "acc": acc})
             done[_config_key(c.to_dict())] = acc
     return [done[_config_key(c.to_dict())] for c in cfgs]
+
+
+def choose_measured(run: str | Path, shortlists: list[list[dict[str, Any]]], out: str | Path,
+                    **measure: Any) -> list[dict[str, Any]]:
+    """The most accurate subnet of each shortlist (rows of
+    :func:`search.evolution.run_search`'s ``"shortlist"``), measured on the hold-out split.
+
+    Every subnet of every shortlist is measured in one :func:`measure_subnets` call (cache
+    ``out``; ``measure`` passes ``data``, ``recal_images``, ``device``, ``precision``,
+    ``workers``, ``progress``) and gets ``holdout_top1`` (%). Each returned row is the
+    chosen shortlist row plus ``shortlist`` (the annotated list) and ``shortlist_pick`` (its
+    index there, i.e. the predictor's rank; ties go to the better predicted).
+
+    Raises:
+        ValueError: as :func:`measure_subnets`, or an empty shortlist.
+    """
+    if not all(shortlists):
+        raise ValueError("every shortlist needs at least one subnet")
+    top1 = iter(measure_subnets(run, out, [r["config"] for sl in shortlists for r in sl],
+                                **measure))
+    chosen = []
+    for sl in shortlists:
+        sl = [{**r, "holdout_top1": next(top1)} for r in sl]
+        pick = max(range(len(sl)), key=lambda j: sl[j]["holdout_top1"])
+        chosen.append({**sl[pick], "shortlist": sl, "shortlist_pick": pick})
+    return chosen
 
 
 def _config_key(config: dict[str, Any]) -> str:
