@@ -10,15 +10,16 @@ from ofa.cli import main
 
 TINY = ["run", "--name", "t", "--resolutions", "12,16", "--epochs", "0.3", "--samples", "12",
         "--lut-runs", "3", "--lut-calib", "3", "--generations", "2", "--population", "16",
-        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32",
-        "--shortlist", "4"]
+        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
+SHORTLIST = ["--shortlist", "3"]  # the first run (and its re-run) measure shortlists
 
 
 @pytest.fixture(scope="module")
 def tiny_job(tmp_path_factory):
     root = tmp_path_factory.mktemp("ofa-run")
     (root / "no-tables").mkdir()  # no shipped table: the run measures its own
-    assert main([*TINY, "--root", str(root), "--tables-dir", str(root / "no-tables")]) == 0
+    assert main([*TINY, *SHORTLIST, "--root", str(root),
+                 "--tables-dir", str(root / "no-tables")]) == 0
     return root / "t"
 
 
@@ -58,7 +59,7 @@ def test_run_writes_every_artifact(tiny_job: Path):
     margin = rep["predictor"]["rmse"]
     for r in rep["subnets"]:
         sl = rep["shortlists"][r["label"]]
-        assert 1 <= len(sl) <= 4 and len({json.dumps(s["config"]) for s in sl}) == len(sl)
+        assert 1 <= len(sl) <= 3 and len({json.dumps(s["config"]) for s in sl}) == len(sl)
         assert all(s["acc"] >= sl[0]["acc"] - margin - 1e-9 for s in sl)
         assert all(s["latency_ms"] <= r["budget_ms"] + 1e-9 for s in sl)
         best = max(sl, key=lambda s: s["holdout_top1"])
@@ -78,7 +79,8 @@ def test_rerun_skips_finished_steps(tiny_job: Path, capsys):
     stamps = {p: p.stat().st_mtime_ns for p in d.rglob("*") if p.is_file()
               and p.name not in ("report.json", "report.md", "pareto.png", "config.json")}
     capsys.readouterr()
-    assert main([*TINY, "--root", str(d.parent), "--tables-dir", str(d.parent / "no-tables")]) == 0
+    assert main([*TINY, *SHORTLIST, "--root", str(d.parent),
+                 "--tables-dir", str(d.parent / "no-tables")]) == 0
     out = capsys.readouterr().out
     for step in ("train: done", "accuracy predictor: done", "latency table: done",
                  "search: done", "export + measure: done"):
@@ -126,6 +128,7 @@ def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     assert not (d / "supernet").exists() and (d / "acc_predictor.safetensors").is_file()
     rep = json.loads((d / "report.json").read_text())
     assert rep["supernet"]["run"] == str(sup) and len(rep["subnets"]) == 3
+    assert rep["shortlists"] == {} and not (d / "shortlist.jsonl").exists()  # off by default
     md = (d / "report.md").read_text()
     assert "supernet reused from" in md and "## Fine-tuning" in md
     for r in rep["subnets"]:  # fine-tuned, then exported and measured as such
