@@ -485,33 +485,36 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
     return rep
 
 
-def _shortlist_md(chosen: list[dict[str, Any]]) -> str:
-    """The report's shortlist table (``ofa run --shortlist``), or ''."""
-    rows = [c for c in chosen if "shortlist" in c]
+def _md_section(title: str, header: list[str], rows: list[list[str]]) -> str:
+    """A report section: ``## title`` and a markdown table, or '' without rows."""
     if not rows:
         return ""
-    return ("\n## Shortlists measured on the hold-out split\n\n"
-            "| subnet | measured | predicted top-1 | hold-out top-1 | chosen: predictor's rank, "
-            "predicted / hold-out |\n|---|---|---|---|---|\n"
-            + "".join(
-                f"| {c['label']} | {len(c['shortlist'])} | "
-                f"{min(r['acc'] for r in c['shortlist']):.2f}-{c['shortlist'][0]['acc']:.2f} | "
-                f"{min(r['holdout_top1'] for r in c['shortlist']):.2f}-"
-                f"{max(r['holdout_top1'] for r in c['shortlist']):.2f} | "
-                f"#{c['shortlist_pick'] + 1}, {c['acc']:.2f} / {c['holdout_top1']:.2f} |\n"
-                for c in rows))
+    return (f"\n## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header)
+            + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+
+
+def _shortlist_md(chosen: list[dict[str, Any]]) -> str:
+    """The report's shortlist table (``ofa run --shortlist``), or ''."""
+    rows = []
+    for c in chosen:
+        if "shortlist" in c:
+            pred = [r["acc"] for r in c["shortlist"]]
+            hold = [r["holdout_top1"] for r in c["shortlist"]]
+            rows.append([c["label"], str(len(hold)), f"{min(pred):.2f}-{max(pred):.2f}",
+                         f"{min(hold):.2f}-{max(hold):.2f}",
+                         f"#{c['shortlist_pick'] + 1}, {c['acc']:.2f} / {c['holdout_top1']:.2f}"])
+    return _md_section("Shortlists measured on the hold-out split",
+                       ["subnet", "measured", "predicted top-1", "hold-out top-1",
+                        "chosen: predictor's rank, predicted / hold-out"], rows)
 
 
 def _finetune_md(results: list[dict[str, Any]]) -> str:
     """The report's fine-tuning table (top-1 before / after per subnet), or ''."""
-    tuned = [r for r in results if "finetune" in r]
-    if not tuned:
-        return ""
-    return ("\n## Fine-tuning (knowledge distillation from the largest subnet)\n\n"
-            "| subnet | epochs | top-1 before | top-1 after | seconds |\n|---|---|---|---|---|\n"
-            + "".join(f"| {r['label']} | {r['finetune']['epochs']:g} | "
-                      f"{r['finetune']['top1_before']:.2f} | {r['finetune']['top1_after']:.2f} | "
-                      f"{r['finetune']['train_seconds']:.0f} |\n" for r in tuned))
+    rows = [[r["label"], f"{r['finetune']['epochs']:g}", f"{r['finetune']['top1_before']:.2f}",
+             f"{r['finetune']['top1_after']:.2f}", f"{r['finetune']['train_seconds']:.0f}"]
+            for r in results if "finetune" in r]
+    return _md_section("Fine-tuning (knowledge distillation from the largest subnet)",
+                       ["subnet", "epochs", "top-1 before", "top-1 after", "seconds"], rows)
 
 
 def run_pipeline(rc: RunConfig) -> dict[str, Any]:
