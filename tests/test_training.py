@@ -345,6 +345,33 @@ def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
         build_accuracy_dataset(tiny_run, out, 10, precision="fp32", progress=False)
 
 
+def test_measured_subnets_are_cached_by_config(tiny_run, tmp_path):
+    """`measure_subnets` measures each distinct subnet once, answers a repeat from its cache
+    (the same numbers, no new line) and matches what `build_accuracy_dataset` measures; a
+    subnet of another space is refused before anything is measured."""
+    from ofa.space import get_space
+    from search.acc_dataset import build_accuracy_dataset, choose_measured, measure_subnets
+
+    out, ds = tmp_path / "m.jsonl", tmp_path / "acc.jsonl"
+    _, rows = build_accuracy_dataset(tiny_run, ds, 3, progress=False)
+    cfgs = [r["config"] for r in rows]
+    first = measure_subnets(tiny_run, out, [cfgs[0], cfgs[1], cfgs[0]], progress=False)
+    assert first == [rows[0]["acc"], rows[1]["acc"], rows[0]["acc"]]
+    lines = out.read_text().splitlines()
+    assert len(lines) == 3  # header + 2 distinct subnets
+    again = measure_subnets(tiny_run, out, [cfgs[1], cfgs[2]], progress=False)
+    assert again == [rows[1]["acc"], rows[2]["acc"]]
+    assert out.read_text().splitlines()[:3] == lines and len(out.read_text().splitlines()) == 4
+    picks = choose_measured(tiny_run, [[{"config": c, "acc": 0.0} for c in cfgs]], out,
+                            progress=False)
+    best = max(range(3), key=lambda j: rows[j]["acc"])
+    assert picks[0]["shortlist_pick"] == best and picks[0]["config"] == cfgs[best]
+    other = get_space("mbv3-cifar").max_subnet().to_dict()
+    with pytest.raises(ValueError):
+        measure_subnets(tiny_run, out, [other], progress=False)
+    assert len(out.read_text().splitlines()) == 4
+
+
 def test_conv_layout_keeps_depthwise_off_cudnn_on_cuda(monkeypatch):
     """CPU: channels-last. CUDA: the native depthwise kernel where torch has the switch
     (channels-last stays), else channels-first, where torch does not pick cuDNN for bf16/fp32
