@@ -166,7 +166,8 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
         rows.append({"budget_ms": b, "chosen_latency_ms": measured[0]["latency_ms"],
                      "chosen_top1": measured[0]["top1"], "random_n": len(rand),
                      "random_best": rand[0]["top1"] if rand else float("nan"),
-                     "random_median": rand[len(rand) // 2]["top1"] if rand else float("nan")})
+                     "random_median": (sorted(m["top1"] for m in rand)[len(rand) // 2]
+                                       if rand else float("nan"))})
     # the best of N measured subnets is also the one whose measurement erred most upwards:
     # measure the chosen one and the best random ones again on other images (the hold-out
     # split), where no selection has happened
