@@ -39,7 +39,7 @@ import random
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -460,36 +460,45 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                      precision: str, threads: int, protocol: TimingProtocol, target: Target,
                      batch: int, tmp: Path, save: Callable[[], None],
                      bar: tqdm) -> dict[str, float]:
-    """Time the blocks of ``todo`` on ``target``, ``batch`` per ``Target.bench_many`` (over
-    SSH one request to the session's agent process). Batch ``i + 1`` is exported here while the
-    device times batch ``i``; the first batch, at most :data:`FIRST_BATCH` blocks so that its
-    export hides behind the device's start, also carries the overhead model and sets the
-    table's context from the device's answer. ``save`` runs after every batch.
+    """Time the blocks of ``todo`` on ``target``, ``batch`` per request
+    (``Target.bench_batches``; over SSH the device loads batch ``i + 1`` in a second agent
+    process while it times batch ``i``). Batch ``i + 1`` is exported here while the device
+    times batch ``i``; the first batch, at most :data:`FIRST_BATCH` blocks so that its export
+    hides behind the device's start, also carries the overhead model and sets the table's
+    context from the device's answer. ``save`` runs after every batch.
 
     Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
-    ``wait`` (the device waiting for this machine's export of a batch), ``send`` (a
-    request's round trip less the agent's work: the bytes going over, decoding, the answer),
-    ``timing`` and ``load`` (the agent's timed trials, warm-up included, and model loading,
-    summed over batches); NaN where the target does not report them (adb).
+    ``wait`` (the device waiting for this machine's export of a batch), ``timing`` and
+    ``load`` (the agent's timed trials, warm-up included, and model loading, summed over
+    batches), ``load_wait`` (the part of the loading nothing hid: the first batch's, and
+    any still running when the previous batch was timed); NaN where the target does not
+    report them (adb); ``prefetched``: how many batches were loaded while the one before
+    was timed. The rest of ``wall`` is requests and answers going over.
     """
     first = min(batch, FIRST_BATCH)  # exported while the device starts, timed soon after
     chunks = [todo[:first]] + [todo[i:i + batch] for i in range(first, len(todo), batch)]
-    spent = {"start": 0.0, "wait": 0.0, "send": 0.0, "timing": 0.0, "load": 0.0}
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
+    spent = {"start": 0.0, "wait": 0.0, "timing": 0.0, "load": 0.0, "load_wait": 0.0,
+             "prefetched": 0}
+
+    def exported(pool: ThreadPoolExecutor) -> Iterator[list[Path]]:
+        """Each chunk's models, the next one exported while the device times this one."""
         nxt = pool.submit(_export_batch, chunks[0], runtime, precision, tmp / "batch0",
                           "context" not in state)
         target.start(runtime)  # the device gets ready while the first batch is exported
         spent["start"] = time.perf_counter() - t0
-        for i, chunk in enumerate(chunks):
+        for i in range(len(chunks)):
             t1 = time.perf_counter()
             paths = nxt.result()
-            t2 = time.perf_counter()
-            if i + 1 < len(chunks):
+            spent["wait"] += time.perf_counter() - t1
+            if i + 1 < len(chunks):  # three folders: one timed, one loaded, one exported
                 nxt = pool.submit(_export_batch, chunks[i + 1], runtime, precision,
-                                  tmp / f"batch{(i + 1) % 2}", False)
-            rows = target.bench_many(paths, threads, protocol)
-            t3 = time.perf_counter()
+                                  tmp / f"batch{(i + 1) % 3}", False)
+            yield paths
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        for i, rows in enumerate(target.bench_batches(exported(pool), threads, protocol)):
+            chunk = chunks[i]
             if "context" not in state:
                 head = rows.pop(0)
                 state["context"] = {
@@ -504,11 +513,10 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
             save()  # a dropped device loses one batch
             bar.update(len(chunk))
             info = rows[0].get("batch", {}) if rows else {}
-            agent = [info.get(f"{k}_s") for k in ("timing", "load")]
-            spent["wait"] += t2 - t1
-            spent["send"] += (t3 - t2 - sum(agent)) if None not in agent else float("nan")
-            for k, v in zip(("timing", "load"), agent):
+            for k in ("timing", "load", "load_wait"):
+                v = info.get(f"{k}_s")
                 spent[k] += float("nan") if v is None else v
+            spent["prefetched"] += bool(info.get("prefetched"))
     return {"wall": time.perf_counter() - t0, **spent}
 
 
@@ -544,12 +552,12 @@ def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
     wall, start, timing = spent["wall"], spent["start"], spent["timing"]
     if not blocks or not timing > 0:  # nothing timed, or a target that does not say (adb)
         return f"{where}: {blocks} block(s) in {wall:.1f} s"
-    rest = wall - sum(spent[k] for k in ("start", "wait", "send", "timing", "load"))
+    send = wall - sum(spent[k] for k in ("start", "wait", "timing", "load_wait"))
     return (f"{where}: {blocks} block(s) in {wall:.1f} s: session start {start:.1f} s, timed "
-            f"trials {timing:.1f} s (warm-up included), loading {spent['load']:.1f} s, "
-            f"sending {spent['send']:.1f} s, waiting for this machine's export "
-            f"{spent['wait']:.1f} s, the rest {rest:.1f} s; overhead "
-            f"{100 * (wall - timing) / timing:.0f}% of the timed trials "
+            f"trials {timing:.1f} s (warm-up included), loading {spent['load']:.1f} s "
+            f"({spent['load_wait']:.1f} s of it not hidden behind timing), waiting for this "
+            f"machine's export {spent['wait']:.1f} s, requests and answers {send:.1f} s; "
+            f"overhead {100 * (wall - timing) / timing:.0f}% of the timed trials "
             f"({100 * (wall - start - timing) / timing:.0f}% after the session start)")
 
 
@@ -618,7 +626,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                                          target, batch, Path(tmp),
                                          lambda: atomic_write_json(partial_path, state), bar)
             print(_device_time(spent, len(todo), target.name))
-            build = {"blocks": len(todo), **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
+            build = {"blocks": len(todo), "prefetched": int(spent.pop("prefetched")),
+                     **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
         else:
             state.setdefault("context", _context(runtime, threads, precision))
             folder = _models_folder(out, runtime, precision)

@@ -32,7 +32,9 @@ import sys
 import tarfile
 import tempfile
 import threading
+import time
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
@@ -40,7 +42,7 @@ from urllib.parse import urlparse
 from deploy.device.runtimes import TimingProtocol
 
 __all__ = ["Target", "TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
-           "parse_benchmark_model", "start_in_background"]
+           "parse_benchmark_model", "start_in_background", "one_batch_at_a_time"]
 
 _PKG = Path(__file__).resolve().parent
 _DEVICE = _PKG / "device"
@@ -73,11 +75,33 @@ class Target(Protocol):
         allows it: one entry per model with ``latency_ms`` (the agent's stats)."""
         ...
 
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """:meth:`bench_many` of each batch in turn, yielded as each is timed (``batches``
+        may still be being exported). Where the target allows it (SSH, a device with a core
+        to spare) the next batch is loaded while this one is timed."""
+        ...
+
     def start(self, runtime: str) -> None:
         """Get the device ready to time ``runtime``'s models (log in, start the agent,
         import the runtime) while the host exports the first batch; nothing where there is
         nothing to start."""
         ...
+
+
+def one_batch_at_a_time(target: Target, batches: Iterable[list[Path]], threads: int = 1,
+                        protocol: TimingProtocol | None = None
+                        ) -> Iterator[list[dict[str, Any]]]:
+    """``target.bench_many`` of each batch in turn: :meth:`Target.bench_batches` of a target
+    that cannot load one batch while it times another (each row's ``batch`` gains
+    ``load_wait_s``, equal to its ``load_s``, and ``prefetched``: false)."""
+    for models in batches:
+        rows = target.bench_many(models, threads, protocol)
+        for r in rows:
+            if isinstance(r.get("batch"), dict):
+                r["batch"].update(load_wait_s=r["batch"].get("load_s"), prefetched=False)
+        yield rows
 
 
 def _agent_args(models: list[str], threads: int, protocol: TimingProtocol,
@@ -150,6 +174,12 @@ class LocalTarget:
         args = _agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
         return _batch_rows(self._agent(args), models, "local")
 
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """One agent run per batch (:func:`one_batch_at_a_time`)."""
+        return one_batch_at_a_time(self, batches, threads, protocol)
+
     def start(self, runtime: str) -> None:
         """Nothing to start: each batch runs in a fresh interpreter here."""
 
@@ -158,6 +188,43 @@ class LocalTarget:
         proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
                               capture_output=True, text=True, cwd=_PKG.parent)
         return _agent_json(proc, "local")
+
+
+def _protocol_fields(protocol: TimingProtocol) -> dict[str, int]:
+    return {"warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials}
+
+
+class _AgentProcess:
+    """One ``--serve`` agent process on the device (its ssh command here), with its stderr
+    in a temporary file and the number of requests whose answers are not read yet."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.err: IO[str] = tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, bufsize=1)
+        self.pending = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def end(self, wait: bool = False) -> tuple[int | None, str]:
+        """End it: killed when an answer is outstanding (``wait``: it is already ending),
+        else by the end of its input; its exit code and stderr."""
+        if self.pending and not wait:  # interrupted mid-batch: do not wait for the device
+            self.proc.kill()
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()  # end of input: the agent exits
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        err = ""
+        with contextlib.suppress(OSError, ValueError):
+            self.err.seek(0)
+            err = self.err.read()
+            self.err.close()
+        return rc, err
 
 
 class SSHTarget:
@@ -179,12 +246,14 @@ class SSHTarget:
         remote_dir: working folder on the device, relative to the login's home.
         timeout: seconds one command (or one batch's answer) may take.
         multiplex: reuse one connection (False: one connection per command).
+        prefetch: start a second agent process, so that :meth:`bench_batches` loads the
+            next batch while the first times this one (where the device has a core to spare).
     """
 
     def __init__(self, user: str | None, host: str, port: int = 22, python: str = "python3",
                  insecure: bool = False, known_hosts: str | None = None,
                  identity: str | None = None, remote_dir: str = ".cache/ofa-edge-agent",
-                 timeout: float = 300.0, multiplex: bool = True) -> None:
+                 timeout: float = 300.0, multiplex: bool = True, prefetch: bool = True) -> None:
         self.user, self.host, self.port = user, host, port
         self.python, self.remote_dir, self.timeout = python, remote_dir, timeout
         self.name = f"ssh://{user + '@' if user else ''}{host}:{port}"
@@ -202,12 +271,12 @@ class SSHTarget:
         self.dest = f"{user}@{host}" if user else host
         self.multiplex = multiplex
         self._control: Path | None = None  # folder of the master connection's socket
-        self._server: subprocess.Popen | None = None
-        self._server_err: IO[str] | None = None
+        self.prefetch = prefetch
+        self._agents: list[_AgentProcess | None] = [None, None]  # the second: prefetching
+        self._cores: int | None = None  # the device's, once an agent has said
         self._agent_copied = False
-        self._busy = False  # a request is out and its answer not read
         self._starting = threading.Lock()
-        self._ready: set[str] = set()  # runtimes the session's agent has imported
+        self._ready: set[str] = set()  # runtimes the session's agents have imported
 
     @property
     def opts(self) -> list[str]:
@@ -295,20 +364,10 @@ class SSHTarget:
 
     def close(self) -> None:
         """End the device's agent process and the master connection; idempotent."""
-        srv, self._server = self._server, None
-        if srv is not None:
-            if self._busy:  # interrupted mid-batch: do not wait for the device to finish it
-                srv.kill()
-            with contextlib.suppress(OSError):
-                srv.stdin.close()  # end of input: the agent exits
-            try:
-                srv.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-                srv.wait()
-        if self._server_err is not None:
-            self._server_err.close()
-            self._server_err = None
+        agents, self._agents = self._agents, [None, None]
+        for a in agents:
+            if a is not None:
+                a.end()
         control, self._control = self._control, None
         if control is not None:
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
@@ -399,38 +458,119 @@ class SSHTarget:
             TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
-        srv = self._serving()
+        req = {**self._load_request(models, threads, None), **_protocol_fields(protocol)}
+        req["models"] = req.pop("load")
+        return _batch_rows(self._request(self._serving(0), req), models, self.name)
+
+    def _load_request(self, models: list[Path], threads: int,
+                      workers: int | None) -> dict[str, Any]:
+        """A ``load`` request: the models inline, zlib-compressed, under unique names."""
         names = [f"{j}/{Path(m).name}" for j, m in enumerate(models)]  # unique, same name
-        req = {"models": names, "threads": threads, "warmup": protocol.warmup,
-               "runs": protocol.runs, "trials": protocol.trials, "compression": "zlib",
-               "files": {n: base64.b64encode(zlib.compress(Path(m).read_bytes())).decode()
-                         for n, m in zip(names, models)}}
-        return _batch_rows(self._request(srv, req), models, self.name)
+        return {"load": names, "threads": threads, "workers": workers, "compression": "zlib",
+                "files": {n: base64.b64encode(zlib.compress(Path(m).read_bytes())).decode()
+                          for n, m in zip(names, models)}}
+
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """Time batch after batch, each as :meth:`bench_many` does, and load the next batch
+        in the session's second agent process while this one is timed: the loading (an
+        int8 model's session build, ~50 ms each on the emulated Pi) then costs no time.
+
+        Only where it cannot disturb the timing: with ``prefetch``, after :meth:`start`, on a
+        device with more cores than ``threads`` (the loader uses the spare ones; the timed
+        process has its own interpreter, so no lock is shared); otherwise
+        :func:`one_batch_at_a_time`. Each row's ``batch`` gains ``load_wait_s`` (seconds
+        this machine waited for the batch to be loaded, after the previous one was timed)
+        and ``prefetched``.
+
+        Raises:
+            TargetError: the device went away or lacks the runtime.
+        """
+        protocol = protocol or TimingProtocol()
+        spare = (self._cores or 0) - threads
+        if not self.prefetch or spare < 1 or self._cores is None:
+            yield from one_batch_at_a_time(self, batches, threads, protocol)
+            return
+        it = iter(batches)
+        cur = next(it, None)
+        if cur is None:
+            return
+        k, timing = 0, {"time": True, **_protocol_fields(protocol)}
+        try:
+            t0 = time.perf_counter()
+            loaded = self._request(self._serving(0), self._load_request(cur, threads, None))
+            wait, prefetched = time.perf_counter() - t0, False
+            while cur is not None:
+                now = self._serving(k)
+                self._send(now, timing)
+                nxt = next(it, None)  # this machine may still be exporting it
+                if nxt is not None:
+                    other = self._serving(1 - k)
+                    self._send(other, self._load_request(nxt, threads, spare))
+                rows = _batch_rows({**self._receive(now), "load_s": loaded["load_s"]}, cur,
+                                   self.name)
+                for r in rows:
+                    r["batch"].update(load_wait_s=wait, prefetched=prefetched)
+                yield rows
+                if nxt is not None:
+                    t0 = time.perf_counter()
+                    loaded = self._receive(other)
+                    wait, prefetched = time.perf_counter() - t0, True
+                cur, k = nxt, 1 - k
+        finally:  # abandoned mid-way: no answer may be left unread for the next caller
+            for j, a in enumerate(self._agents):
+                if a is not None and a.pending:
+                    a.end()
+                    self._agents[j] = None
 
     def start(self, runtime: str) -> None:
-        """Log in, start the session's agent process and import ``runtime`` there.
+        """Log in, start the session's agent process (two with ``prefetch``) and import
+        ``runtime`` there.
 
         Raises:
             TargetError: unreachable, or the runtime is not installed on the device.
         """
         with self._starting:  # also called early from another thread (``ofa lut build``)
-            if runtime in self._ready and self._server is not None \
-                    and self._server.poll() is None:
+            n = 2 if self.prefetch else 1
+            if runtime in self._ready and all(a is not None and a.alive()
+                                              for a in self._agents[:n]):
                 return
-            srv = self._serving()
-            self._request(srv, {"prepare": runtime})
+            agents = [self._serving(k) for k in range(n)]
+            for a in agents:  # both import the runtime at once
+                self._send(a, {"prepare": runtime})
+            answers = [self._receive(a) for a in agents]
+            self._cores = (answers[0].get("device") or {}).get("cores")
             self._ready.add(runtime)
 
-    def _request(self, srv: subprocess.Popen, req: dict[str, Any]) -> dict[str, Any]:
-        """Send one request line to the agent process; its answer (errors raised)."""
-        self._busy = True
+    def _request(self, agent: _AgentProcess, req: dict[str, Any]) -> dict[str, Any]:
+        """Send one request line to an agent process; its answer (errors raised)."""
+        self._send(agent, req)
+        return self._receive(agent)
+
+    def _send(self, agent: _AgentProcess, req: dict[str, Any]) -> None:
         try:
-            srv.stdin.write(json.dumps(req) + "\n")
-            srv.stdin.flush()
+            agent.proc.stdin.write(json.dumps(req) + "\n")
+            agent.proc.stdin.flush()
         except OSError:
-            raise TargetError(self._server_failure()) from None
-        ans = self._answer(srv)
-        self._busy = False
+            raise TargetError(self._failure(agent)) from None
+        agent.pending += 1
+
+    def _receive(self, agent: _AgentProcess) -> dict[str, Any]:
+        """The agent process's next answer line (within ``timeout`` seconds)."""
+        ready, _, _ = select.select([agent.proc.stdout], [], [], self.timeout)
+        if not ready:
+            agent.proc.kill()
+            raise TargetError(f"{self.name}: the agent gave no answer in {self.timeout:.0f} s")
+        line = agent.proc.stdout.readline()
+        if not line:
+            raise TargetError(self._failure(agent))
+        agent.pending -= 1
+        try:
+            ans = json.loads(line)
+        except json.JSONDecodeError:
+            raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
+                              ) from None
         if "error" in ans:
             msg = str(ans["error"])
             if "no space left" in msg.lower():
@@ -438,48 +578,21 @@ class SSHTarget:
             raise _agent_error(self.name, msg, ans.get("code", 2))
         return ans
 
-    def _serving(self) -> subprocess.Popen:
-        """The session's agent process (``python -m deploy.device.agent --serve``)."""
-        if self._server is not None and self._server.poll() is None:
-            return self._server
+    def _serving(self, k: int = 0) -> _AgentProcess:
+        """The session's agent process ``k`` (``python -m deploy.device.agent --serve``)."""
+        a = self._agents[k]
+        if a is not None and a.alive():
+            return a
         self._copy_agent()
-        if self._server_err is not None:
-            self._server_err.close()
-        self._server_err = tempfile.TemporaryFile("w+")
-        self._server = subprocess.Popen(self._agent_command(["--serve"]), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=self._server_err,
-                                        text=True, bufsize=1)
-        return self._server
+        if a is not None:
+            a.end()
+        self._agents[k] = a = _AgentProcess(self._agent_command(["--serve"]))
+        return a
 
-    def _answer(self, srv: subprocess.Popen) -> dict[str, Any]:
-        """The agent process's next answer line (within ``timeout`` seconds)."""
-        ready, _, _ = select.select([srv.stdout], [], [], self.timeout)
-        if not ready:
-            srv.kill()
-            raise TargetError(f"{self.name}: the agent gave no answer in {self.timeout:.0f} s")
-        line = srv.stdout.readline()
-        if not line:
-            raise TargetError(self._server_failure())
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
-                              ) from None
-
-    def _server_failure(self) -> str:
-        """One line on why the agent process ended (it is waited for, briefly)."""
-        srv = self._server
-        rc = None
-        if srv is not None:
-            try:
-                rc = srv.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                srv.kill()
-        err = ""
-        if self._server_err is not None:
-            self._server_err.seek(0)
-            err = self._server_err.read()
-        self._server = None
+    def _failure(self, agent: _AgentProcess) -> str:
+        """One line on why an agent process ended (it is waited for, briefly)."""
+        rc, err = agent.end(wait=True)
+        self._agents = [None if a is agent else a for a in self._agents]
         if rc == 255:
             return self._explain(err or "connection closed")
         return self._agent_failure(rc, err) or f"{self.name}: agent ended: " + (
@@ -624,6 +737,12 @@ class AdbTarget:
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """One ``benchmark_model`` run per model (it times one graph per process)."""
         return [self.bench(m, threads, protocol) for m in models]
+
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """One ``benchmark_model`` run per model (:func:`one_batch_at_a_time`)."""
+        return one_batch_at_a_time(self, batches, threads, protocol)
 
     def start(self, runtime: str) -> None:
         """Nothing to start: ``benchmark_model`` runs once per model."""

@@ -21,6 +21,7 @@ from deploy.targets import (
     LocalTarget,
     SSHTarget,
     TargetError,
+    one_batch_at_a_time,
     parse_benchmark_model,
     parse_target,
     start_in_background,
@@ -483,16 +484,24 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
         shutil.copy(model, p)
     reqs = [{"models": [str(p) for p in paths], "runs": 3, "warmup": 1, "trials": 2},
             {"models": [str(tmp_path / "missing.onnx")]},
+            {"time": True},
+            {"load": [str(paths[1])], "workers": 1},
+            {"time": True, "runs": 2, "warmup": 0, "trials": 2},
             {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True}]
     p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
                        input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
-    first, missing, third = (json.loads(line) for line in p.stdout.strip().splitlines())
+    first, missing, nothing, loaded, timed, third = (
+        json.loads(line) for line in p.stdout.strip().splitlines())
     assert [m["model"] for m in first["models"]] == ["b0.onnx", "b1.onnx"]
     assert all(m["latency_ms"]["count"] == 6 for m in first["models"])
     assert first["timing_s"] > 0 and first["load_s"] > 0
     assert missing["code"] == 2 and "missing.onnx" in missing["error"]
+    assert nothing["code"] == 2 and "no batch loaded" in nothing["error"]
+    assert loaded["loaded"] == 1 and loaded["load_s"] > 0  # held, timed by the next request
+    assert [m["model"] for m in timed["models"]] == ["b1.onnx"]
+    assert timed["models"][0]["latency_ms"]["count"] == 4 and timed["load_s"] > 0
     assert third["models"][0]["latency_ms"]["count"] == 2
     assert not paths[0].exists() and paths[1].exists()  # deleted after its batch only
 
@@ -510,18 +519,60 @@ def test_ssh_session_reuses_one_connection_and_one_agent(sshd, bundles, tmp_path
     for p in paths:
         shutil.copy(model, p)
     start_in_background(t, "onnxruntime").join()  # as ofa lut build starts a device
-    agent_pid, socket_path = t._server.pid, t._control / "s"
+    pids, socket_path = [a.proc.pid for a in t._agents], t._control / "s"
+    assert len(set(pids)) == 2  # the second loads the next batch while the first times
     t.start("onnxruntime")  # the build's own start finds the session ready
     rows = t.bench_many(paths, 1, QUICK)
-    assert t._server.pid == agent_pid
+    assert [a.proc.pid for a in t._agents] == pids
     assert socket_path.exists() and rows[0]["batch"]["size"] == 2
     rows = t.bench_many(paths[:1], 1, QUICK)
-    assert t._server.pid == agent_pid and [r["model"] for r in rows] == ["b0.onnx"]
+    assert t._agents[0].proc.pid == pids[0] and [r["model"] for r in rows] == ["b0.onnx"]
     assert rows[0]["device"]["cores"] >= 1 and rows[0]["runtime_version"]
     written = t.ssh(["find", t.remote_dir, "-name", "b?.onnx"]).stdout.split()
     assert written == []  # the batches were loaded from the requests, never written
     t.close()
-    assert t._server is None and not socket_path.exists()
+    assert t._agents == [None, None] and not socket_path.exists()
+
+
+def test_ssh_batches_load_the_next_while_this_one_is_timed(sshd, bundles, tmp_path):
+    """bench_batches alternates two agent processes: batch i+1 is loaded (on the spare
+    core) while batch i is timed, in order, each batch's rows as bench_many gives them; a
+    caller that stops mid-way leaves no answer unread for the next request."""
+    d = sshd["dir"]
+    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
+                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
+    folder, rep = bundles[0]
+    model = folder / rep["models"]["onnx-fp32"]["path"]
+    paths = [tmp_path / f"b{j}.onnx" for j in range(5)]
+    for p in paths:
+        shutil.copy(model, p)
+    batches = [paths[:2], paths[2:3], paths[3:]]
+    handed: list[int] = []
+
+    def given():
+        for j, b in enumerate(batches):
+            handed.append(j)
+            yield b
+
+    t.start("onnxruntime")
+    if t._cores < 2:
+        pytest.skip(f"this machine has {t._cores} core: nothing to load on beside the timing")
+    out = list(t.bench_batches(given(), 1, QUICK))
+    assert [[r["model"] for r in rows] for rows in out] == [
+        [p.name for p in b] for b in batches]
+    assert [rows[0]["batch"]["prefetched"] for rows in out] == [False, True, True]
+    assert all(r["latency_ms"]["count"] == QUICK.runs * QUICK.trials for rows in out
+               for r in rows)
+    assert out[0][0]["batch"]["load_wait_s"] >= out[0][0]["batch"]["load_s"] > 0
+    gen = t.bench_batches(iter(batches), 1, QUICK)
+    next(gen)  # the second batch is being loaded: stop here
+    gen.close()
+    rows = t.bench_many(paths[:1], 1, QUICK)  # the session still answers in order
+    assert [r["model"] for r in rows] == ["b0.onnx"]
+    t.prefetch = False
+    out = list(t.bench_batches(iter(batches), 1, QUICK))
+    assert [rows[0]["batch"]["prefetched"] for rows in out] == [False, False, False]
+    t.close()
 
 
 def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
@@ -547,6 +598,9 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
 
         def start(self, runtime):
             t.start(runtime)
+
+        def bench_batches(self, batches, threads=1, protocol=None):
+            return one_batch_at_a_time(self, batches, threads, protocol)
 
         def bench_many(self, models, threads=1, protocol=None):
             if sent:

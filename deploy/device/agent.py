@@ -65,7 +65,8 @@ from deploy.device.runtimes import (
     time_invoke,
 )
 
-__all__ = ["benchmark", "benchmark_many", "serve", "load_eval_data", "top1", "main", "SCHEMA"]
+__all__ = ["benchmark", "benchmark_many", "LoadedBatch", "serve", "load_eval_data", "top1",
+           "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
 def _meta(model: Path) -> dict[str, Any]:
@@ -197,10 +198,10 @@ def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | No
 
 
 def _load_all(kind: str, threads: int, paths: list[Path],
-              contents: Mapping[str, bytes]) -> list[Runtime]:
+              contents: Mapping[str, bytes], workers: int | None = None) -> list[Runtime]:
     """Load every model (from ``contents`` by its name as given, else from its file), in
-    parallel threads, one per core: the runtimes build their sessions outside Python's lock,
-    and nothing is timed meanwhile (2.5 s -> 1.4 s for 96 blocks on the emulated Pi)."""
+    ``workers`` parallel threads (default one per core): the runtimes build their sessions
+    outside Python's lock (2.5 s -> 1.4 s for 96 blocks on the emulated Pi)."""
 
     def one(p: Path) -> Runtime:
         rt = get_runtime(kind, threads)
@@ -208,11 +209,65 @@ def _load_all(kind: str, threads: int, paths: list[Path],
         rt.load_bytes(data, p.name) if data is not None else rt.load(str(p))
         return rt
 
-    workers = max(1, min(len(paths), os.cpu_count() or 1))
+    workers = max(1, min(len(paths), workers or os.cpu_count() or 1))
     if workers == 1:
         return [one(p) for p in paths]
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(one, paths))
+
+
+class LoadedBatch:
+    """A batch of models (one runtime, by suffix) loaded and given seeded random inputs of
+    their input shapes, ready to be timed (:meth:`time`); ``load_s``: seconds it took.
+
+    Loading is separate from timing so that the persistent agent can load the next batch in
+    a second process while this one is timed (:func:`serve`'s ``load`` and ``time``
+    requests, used by ``deploy.targets.SSHTarget.bench_batches``).
+
+    Raises (constructor):
+        FileNotFoundError/ValueError: a missing or corrupt model, or models of two runtimes.
+        RuntimeMissing: the runtime is not installed.
+    """
+
+    def __init__(self, models: list[str | Path], threads: int = 1,
+                 contents: Mapping[str, bytes] | None = None,
+                 workers: int | None = None) -> None:
+        self.paths = [Path(m) for m in models]
+        contents = contents or {}
+        kinds = {runtime_for(p) for p in self.paths}
+        if len(kinds) != 1:
+            raise ValueError(f"one runtime per batch, got {sorted(kinds)}")
+        kind = kinds.pop()
+        get_runtime(kind, threads).version()  # RuntimeMissing before any thread starts
+        self.threads = threads
+        rng = np.random.default_rng(0)
+        t0 = time.perf_counter()
+        self.runtimes = _load_all(kind, threads, self.paths, contents, workers)
+        self.inputs = [rt.prepare(rng.standard_normal(tuple(int(d) for d in rt.input_shape))
+                                  .astype(np.float32)) for rt in self.runtimes]
+        self.load_s = time.perf_counter() - t0
+        self.sizes = [len(contents[str(p)]) if str(p) in contents else p.stat().st_size
+                      for p in self.paths]
+
+    def time(self, protocol: TimingProtocol | None = None) -> dict[str, Any]:
+        """Time one invoke of each model in interleaved trials
+        (:func:`deploy.device.runtimes.time_interleaved`): the batch answer of
+        :func:`benchmark_many`."""
+        protocol = protocol or TimingProtocol()
+        t1 = time.perf_counter()
+        stats = time_interleaved(self.runtimes, self.inputs, protocol)
+        t2 = time.perf_counter()
+        rt = self.runtimes[0]
+        return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
+                "runtime_version": rt.version(), "backend": rt.backend,
+                "threads": self.threads, "runs": protocol.runs, "warmup": protocol.warmup,
+                "trials": protocol.trials, "device": device_facts(),
+                "models": [{"model": p.name, "model_bytes": n,
+                            "input_shape": [int(d) for d in r.input_shape], "latency_ms": st,
+                            "median": st["median"]}
+                           for p, n, r, st in zip(self.paths, self.sizes, self.runtimes,
+                                                  stats)],
+                "load_s": self.load_s, "timing_s": t2 - t1}
 
 
 def benchmark_many(models: list[str | Path], threads: int = 1,
@@ -229,32 +284,7 @@ def benchmark_many(models: list[str | Path], threads: int = 1,
         FileNotFoundError/ValueError: a missing or corrupt model, or models of two runtimes.
         RuntimeMissing: the runtime is not installed.
     """
-    paths = [Path(m) for m in models]
-    contents = contents or {}
-    kinds = {runtime_for(p) for p in paths}
-    if len(kinds) != 1:
-        raise ValueError(f"one runtime per batch, got {sorted(kinds)}")
-    kind, protocol = kinds.pop(), protocol or TimingProtocol()
-    get_runtime(kind, threads).version()  # RuntimeMissing before any thread starts
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    rts = _load_all(kind, threads, paths, contents)
-    xs = [rt.prepare(rng.standard_normal(tuple(int(d) for d in rt.input_shape))
-                     .astype(np.float32)) for rt in rts]
-    t1 = time.perf_counter()
-    stats = time_interleaved(rts, xs, protocol)
-    t2 = time.perf_counter()
-    rt = rts[0]
-    size = {str(p): len(contents[str(p)]) if str(p) in contents else p.stat().st_size
-            for p in paths}
-    return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
-            "runtime_version": rt.version(), "backend": rt.backend, "threads": threads,
-            "runs": protocol.runs, "warmup": protocol.warmup, "trials": protocol.trials,
-            "device": device_facts(),
-            "models": [{"model": p.name, "model_bytes": size[str(p)],
-                        "input_shape": [int(d) for d in r.input_shape], "latency_ms": st,
-                        "median": st["median"]} for p, r, st in zip(paths, rts, stats)],
-            "load_s": t1 - t0, "timing_s": t2 - t1}
+    return LoadedBatch(models, threads, contents).time(protocol)
 
 
 def _prepare(runtime: str) -> dict[str, Any]:
@@ -268,21 +298,45 @@ def _prepare(runtime: str) -> dict[str, Any]:
         return {"error": str(exc).splitlines()[0], "code": 2}
 
 
+def _protocol(req: Mapping[str, Any]) -> TimingProtocol:
+    return TimingProtocol(int(req.get("warmup", TimingProtocol.warmup)),
+                          int(req.get("runs", TimingProtocol.runs)),
+                          int(req.get("trials", TimingProtocol.trials)))
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    """The answer to a request whose models could not be loaded or timed."""
+    if isinstance(exc, RuntimeMissing):
+        return {"error": str(exc), "code": 3}
+    return {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
+
+
 def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
     """Answer batch requests (one JSON object per line of ``lines``) with one JSON line each
     through ``write``, until the lines end: the persistent agent of ``--serve``.
 
-    A request ``{"models": [names], "threads": 1, "warmup": 3, "runs": 15, "trials": 10,
-    "files": {name: base64}, "compression": "zlib", "delete": false}`` is timed by
-    :func:`benchmark_many` (``files``: model files sent inline, zlib-compressed when
-    ``compression`` says so, loaded from memory, so a batch needs no copy process and writes
-    nothing on the device; the other names are files there, which ``delete`` removes
-    afterwards). A request that fails gets
-    ``{"error": one line, "code": 2}`` (``3``: the runtime is not installed) and serving goes
-    on; a line that is not a request ends serving with that error. ``{"prepare": RUNTIME}``
-    imports that runtime ahead of the first batch and answers ``{"runtime",
-    "runtime_version", "device"}``.
+    Requests:
+
+    - ``{"models": [names], "threads": 1, "warmup": 3, "runs": 15, "trials": 10,
+      "files": {name: base64}, "compression": "zlib", "delete": false}``: load and time the
+      batch (:func:`benchmark_many`). ``files``: model files sent inline, zlib-compressed
+      when ``compression`` says so, loaded from memory, so a batch needs no copy process and
+      writes nothing on the device; the other names are files there, which ``delete``
+      removes afterwards.
+    - ``{"load": [names], "threads", "files", "compression", "delete", "workers"}``: only
+      load the batch (``workers`` loading threads, default one per core) and hold it;
+      answers ``{"loaded": N, "load_s"}``. ``{"time": true, "warmup", "runs", "trials"}``
+      then times the held batch and answers as ``models`` does. Two agent processes so
+      driven load one batch while the other times the previous one
+      (``deploy.targets.SSHTarget.bench_batches``).
+    - ``{"prepare": RUNTIME}``: import that runtime ahead of the first batch; answers
+      ``{"runtime", "runtime_version", "device"}``.
+
+    A request that fails gets ``{"error": one line, "code": 2}`` (``3``: the runtime is not
+    installed) and serving goes on; a line that is not a request ends serving with that
+    error.
     """
+    held: tuple[LoadedBatch, list[Path]] | None = None  # a load request's batch, its files
     for line in lines:
         if not line.strip():
             continue
@@ -291,27 +345,38 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
             if "prepare" in req:
                 write(json.dumps(_prepare(str(req["prepare"]))))
                 continue
-            models = [Path(m) for m in req["models"]]
+            timing = "time" in req
+            models = [] if timing else [Path(m) for m in req.get("load", req.get("models"))]
             unpack = {None: bytes, "zlib": zlib.decompress}[req.get("compression")]
             files = {k: unpack(base64.b64decode(v)) for k, v in req.get("files", {}).items()}
-            protocol = TimingProtocol(int(req.get("warmup", TimingProtocol.warmup)),
-                                      int(req.get("runs", TimingProtocol.runs)),
-                                      int(req.get("trials", TimingProtocol.trials)))
+            protocol = _protocol(req)
             threads = int(req.get("threads", 1))
+            workers = int(req["workers"]) if req.get("workers") else None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error,
                 zlib.error) as exc:
             write(json.dumps({"error": f"not a batch request ({exc})", "code": 2}))
             return
+        # files on the device to remove once the batch is timed
+        delete = [m for m in models if str(m) not in files] if req.get("delete") else []
+        ans: dict[str, Any]
         try:
-            ans: dict[str, Any] = benchmark_many(models, threads, protocol, files)
-        except RuntimeMissing as exc:
-            ans = {"error": str(exc), "code": 3}
-        except (ValueError, OSError) as exc:
-            ans = {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
-        if req.get("delete"):
-            for m in (m for m in models if str(m) not in files):
-                with contextlib.suppress(OSError):
-                    m.unlink(missing_ok=True)
+            if timing:
+                if held is None:
+                    raise ValueError("no batch loaded to time (send a load request first)")
+                (batch, delete), held = held, None
+                ans = batch.time(protocol)
+            else:
+                batch = LoadedBatch(models, threads, files, workers)
+                if "load" in req:
+                    held, delete = (batch, delete), []
+                    ans = {"loaded": len(models), "load_s": batch.load_s}
+                else:
+                    ans = batch.time(protocol)
+        except (RuntimeMissing, ValueError, OSError) as exc:
+            ans = _failure(exc)
+        for m in delete:
+            with contextlib.suppress(OSError):
+                m.unlink(missing_ok=True)
         write(json.dumps(ans))
 
 

@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "device; here, every model is converted by --jobs first, then the "
                    "batches are timed back to back")
     b.add_argument("--out", required=True)
+    b.add_argument("--no-prefetch", action="store_true",
+                   help="on an SSH --target, load each batch only after the one before is "
+                   "timed (default: the next batch loads on a spare device core meanwhile)")
     _jobs(b)
     add_device_args(b)
     c = sub.add_parser("calibrate", help="refit a table's calibration a*sum^p on whole "
@@ -110,6 +113,8 @@ def _build(args: argparse.Namespace, target) -> int:
     from deploy.targets import start_in_background
 
     if target is not None:
+        if args.no_prefetch and hasattr(target, "prefetch"):
+            target.prefetch = False
         start_in_background(target, args.runtime)  # the device starts while torch imports
     from deploy.device.runtimes import TimingProtocol
     from deploy.lut import build_table
