@@ -468,7 +468,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
     context from the device's answer. ``save`` runs after every batch.
 
     Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
-    ``wait`` (the device waiting for this machine's export of a batch), ``timing`` and
+    ``wait`` (the device waiting for this machine's export of a batch, idle), ``timing`` and
     ``load`` (the agent's timed trials, warm-up included, and model loading, summed over
     batches), ``load_wait`` (the part of the loading nothing hid: the first batch's, and
     any still running when the previous batch was timed); NaN where the target does not
@@ -517,6 +517,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                 v = info.get(f"{k}_s")
                 spent[k] += float("nan") if v is None else v
             spent["prefetched"] += bool(info.get("prefetched"))
+            spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
     return {"wall": time.perf_counter() - t0, **spent}
 
 

@@ -22,6 +22,7 @@ import atexit
 import base64
 import contextlib
 import io
+import itertools
 import json
 import re
 import select
@@ -481,20 +482,22 @@ class SSHTarget:
         device with more cores than ``threads`` (the loader uses the spare ones; the timed
         process has its own interpreter, so no lock is shared); otherwise
         :func:`one_batch_at_a_time`. Each row's ``batch`` gains ``load_wait_s`` (seconds
-        this machine waited for the batch to be loaded, after the previous one was timed)
-        and ``prefetched``.
+        this machine waited for the batch to be loaded, after the previous one was timed),
+        ``prefetched`` and ``hidden_wait_s`` (seconds ``batches`` took to give the next
+        batch while the device was timing this one: no time lost).
 
         Raises:
             TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
-        spare = (self._cores or 0) - threads
-        if not self.prefetch or spare < 1 or self._cores is None:
-            yield from one_batch_at_a_time(self, batches, threads, protocol)
-            return
         it = iter(batches)
-        cur = next(it, None)
+        cur = next(it, None)  # the caller may start the device while it makes the first
         if cur is None:
+            return
+        spare = (self._cores or 0) - threads
+        if not self.prefetch or spare < 1:
+            yield from one_batch_at_a_time(self, itertools.chain([cur], it), threads,
+                                           protocol)
             return
         k, timing = 0, {"time": True, **_protocol_fields(protocol)}
         try:
@@ -504,14 +507,17 @@ class SSHTarget:
             while cur is not None:
                 now = self._serving(k)
                 self._send(now, timing)
+                t0 = time.perf_counter()
                 nxt = next(it, None)  # this machine may still be exporting it
+                waited = time.perf_counter() - t0
                 if nxt is not None:
                     other = self._serving(1 - k)
                     self._send(other, self._load_request(nxt, threads, spare))
-                rows = _batch_rows({**self._receive(now), "load_s": loaded["load_s"]}, cur,
-                                   self.name)
-                for r in rows:
-                    r["batch"].update(load_wait_s=wait, prefetched=prefetched)
+                ans = self._receive(now)
+                rows = _batch_rows({**ans, "load_s": loaded["load_s"]}, cur, self.name)
+                for r in rows:  # waiting for the next batch hid behind this one's timing
+                    r["batch"].update(load_wait_s=wait, prefetched=prefetched,
+                                      hidden_wait_s=min(waited, ans.get("timing_s") or 0.0))
                 yield rows
                 if nxt is not None:
                     t0 = time.perf_counter()

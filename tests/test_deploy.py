@@ -620,6 +620,9 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
     assert set(table.entries["12"]) == keys
     assert all(table.entries["12"][k] == v for k, v in first.items())  # kept, not re-timed
     assert not (tmp_path / "t.json.partial.json").exists()
+    # the rerun's batches after the first were loaded while the one before was timed
+    assert table.build["prefetched"] == -(-(len(keys) - 4) // 4) - 1
+    assert 0 < table.build["load_wait_s"] and table.build["timing_s"] > 0
 
 
 def test_one_format_table_agrees_with_the_runtimes():

@@ -117,4 +117,5 @@ def test_small_table_build_over_ssh_on_the_emulated_pi(target, tmp_path):
                     protocol=TimingProtocol(1, 3, 1), calib=2, target=target, batch=64)
     assert t.context["device"]["arch"] == "aarch64"
     assert "EMULATED" in t.describe()
+    assert t.build["prefetched"] == 1  # the second batch loaded while the first was timed
     assert np.isfinite(LatencyPredictor(t, space).predict(space.max_subnet(12)))
