@@ -518,6 +518,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
                 spent[k] += float("nan") if v is None else v
             spent["prefetched"] += bool(info.get("prefetched"))
             spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
+    spent["wait"] = max(0.0, spent["wait"])  # less what hid behind timing: rounding below 0
     return {"wall": time.perf_counter() - t0, **spent}
 
 
