@@ -525,10 +525,7 @@ class SSHTarget:
                     wait, prefetched = time.perf_counter() - t0, True
                 cur, k = nxt, 1 - k
         finally:  # abandoned mid-way: no answer may be left unread for the next caller
-            for j, a in enumerate(self._agents):
-                if a is not None and a.pending:
-                    a.end()
-                    self._agents[j] = None
+            self._end_pending()
 
     def start(self, runtime: str) -> None:
         """Log in, start the session's agent process (two with ``prefetch``) and import
@@ -543,11 +540,23 @@ class SSHTarget:
                                               for a in self._agents[:n]):
                 return
             agents = [self._serving(k) for k in range(n)]
-            for a in agents:  # both import the runtime at once
-                self._send(a, {"prepare": runtime})
-            answers = [self._receive(a) for a in agents]
+            try:
+                for a in agents:  # both import the runtime at once
+                    self._send(a, {"prepare": runtime})
+                answers = [self._receive(a) for a in agents]
+            except TargetError:  # no answer may be left unread for the next request
+                self._end_pending()
+                raise
             self._cores = (answers[0].get("device") or {}).get("cores")
             self._ready.add(runtime)
+
+    def _end_pending(self) -> None:
+        """End the agent processes whose answers are still to be read (a later request
+        starts a fresh one)."""
+        for j, a in enumerate(self._agents):
+            if a is not None and a.pending:
+                a.end()
+                self._agents[j] = None
 
     def _request(self, agent: _AgentProcess, req: dict[str, Any]) -> dict[str, Any]:
         """Send one request line to an agent process; its answer (errors raised)."""
