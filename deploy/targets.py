@@ -235,7 +235,8 @@ class SSHTarget:
     (OpenSSH ``ControlMaster``, ``ControlPersist`` 60 s) that every later ``ssh`` command
     reuses, so a handshake (seconds on a small or emulated board) is paid once. The agent
     package is copied once per session, and :meth:`bench_many` keeps one agent process on
-    the device (``--serve``) that times batch after batch. :meth:`close` (also run at exit)
+    the device (``--serve``) that times batch after batch (:meth:`bench_batches`: two, one
+    loading while the other times). :meth:`close` (also run at exit)
     ends both.
 
     Args:
@@ -247,8 +248,8 @@ class SSHTarget:
         remote_dir: working folder on the device, relative to the login's home.
         timeout: seconds one command (or one batch's answer) may take.
         multiplex: reuse one connection (False: one connection per command).
-        prefetch: start a second agent process, so that :meth:`bench_batches` loads the
-            next batch while the first times this one (where the device has a core to spare).
+        prefetch: start a second agent process, which loads the next batch while the first
+            times this one in :meth:`bench_batches` (where the device has a core to spare).
     """
 
     def __init__(self, user: str | None, host: str, port: int = 22, python: str = "python3",
@@ -364,7 +365,7 @@ class SSHTarget:
         atexit.register(self.close)
 
     def close(self) -> None:
-        """End the device's agent process and the master connection; idempotent."""
+        """End the device's agent processes and the master connection; idempotent."""
         agents, self._agents = self._agents, [None, None]
         for a in agents:
             if a is not None:

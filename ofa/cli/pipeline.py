@@ -222,14 +222,17 @@ def _table(rc: RunConfig, space):
         return t
     except TableError:
         pass
-    if rc.target != "local":
-        raise ValueError(f"no latency table for {rc.target}: build one on the device "
-                         "(ofa lut build there) and pass --table")
+    target = None
+    if rc.target != "local":  # exported here, timed there in batches (resumable)
+        from deploy.targets import parse_target, start_in_background
+
+        target = parse_target(rc.target, **rc.target_options)
+        start_in_background(target, rc.runtime)
     _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.model_precision}, "
-         f"{rc.threads} thread(s))")
+         f"{rc.threads} thread(s)) on {rc.target}")
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
                        protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed,
-                       precision=rc.model_precision, jobs=default_jobs())
+                       target=target, precision=rc.model_precision, jobs=default_jobs())
 
 
 def _table_path(rc: RunConfig) -> Path:
