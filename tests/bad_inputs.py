@@ -169,6 +169,7 @@ CASES: tuple[Case, ...] = (
     _c("run", *_RUN, "--samples", "0"),
     _c("run", *_RUN, "--lut-runs", "0"),
     _c("run", *_RUN, "--target", "ssh://nobody@127.0.0.1:1", "--insecure"),
+    _c("run", *_RUN, "--target", "adb"),  # benchmark_model times .tflite only
     _c("run", *_RUN, "--table", "missing_table.json"),
     _c("run", *_RUN, "--table", "table_negative.json"),
     _c("run", *_RUN, "--table", "cifar_table.json", "--precision", "int8"),  # fp32 table

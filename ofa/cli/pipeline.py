@@ -531,6 +531,9 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     from ofa.train.run import load_run
     from search.latency import LatencyPredictor
 
+    if rc.target.startswith("adb") and rc.runtime != "litert":
+        raise ValueError(f"--target {rc.target}: a phone is measured with TFLite's "
+                         "benchmark_model, which times .tflite models only; add --runtime litert")
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
     if rc.table:  # kind, context, space and resolutions: before training, not after it
