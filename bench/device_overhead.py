@@ -45,13 +45,15 @@ def _model_bytes(space_name: str, r: int, precision: str) -> tuple[int, int]:
     import tempfile
     import zlib
 
-    from deploy.lut import _export_batch
+    from deploy.lut import _export, _export_block, _Overhead
     from ofa.space import get_space
 
     space = get_space(space_name, resolutions=[r])
     with tempfile.TemporaryDirectory() as tmp:
-        paths = _export_batch([(r, s) for s in space.all_block_shapes([r])], "onnxruntime",
-                              precision, Path(tmp) / "b", True)
+        paths = [_export(_Overhead(), (1, 8, 1, 1), "onnxruntime", precision,
+                         Path(tmp) / "overhead.onnx")]
+        paths += [Path(_export_block(s, "onnxruntime", precision, f"{tmp}/b{j}.onnx"))
+                  for j, s in enumerate(space.all_block_shapes([r]))]
         data = [p.read_bytes() for p in paths]
         return sum(map(len, data)), sum(len(zlib.compress(d)) for d in data)
 

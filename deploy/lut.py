@@ -40,7 +40,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -436,88 +435,88 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     return time.perf_counter() - t0
 
 
-def _export_batch(chunk: list[tuple[int, BlockShape]], runtime: str, precision: str,
-                  folder: Path, overhead: bool) -> list[Path]:
-    """The blocks of ``chunk`` exported into ``folder`` as ``b0``, ``b1``, ...; with
-    ``overhead`` the almost empty model that measures the per-invoke overhead goes first."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    suffix = format_for(runtime, precision).suffix
-    paths = []
-    if overhead:
-        paths.append(folder / f"overhead{suffix}")
-        _export(_Overhead(), (1, 8, 1, 1), runtime, precision, paths[-1])
-    for j, (_, s) in enumerate(chunk):
-        paths.append(Path(_export_block(s, runtime, precision, str(folder / f"b{j}{suffix}"))))
-    return paths
-
-
 def _entry(st: dict[str, Any]) -> dict[str, Any]:
     return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
 
 
 def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
                      precision: str, threads: int, protocol: TimingProtocol, target: Target,
-                     batch: int, tmp: Path, save: Callable[[], None],
-                     bar: tqdm) -> dict[str, float]:
+                     batch: int, tmp: Path, save: Callable[[], None], bar: tqdm,
+                     convert: Callable[..., Any], folder: Path) -> dict[str, float]:
     """Time the blocks of ``todo`` on ``target``, ``batch`` per request
     (``Target.bench_batches``; over SSH the device loads batch ``i + 1`` in a second agent
-    process while it times batch ``i``). Batch ``i + 1`` is exported here while the device
-    times batch ``i``; the first batch, at most :data:`FIRST_BATCH` blocks so that its export
-    hides behind the device's start, also carries the overhead model and sets the table's
-    context from the device's answer. ``save`` runs after every batch.
+    process while it times batch ``i``). The blocks are converted here by ``convert`` (an
+    open converter pool's map: every conversion is submitted at once and runs while the
+    device times) into ``folder`` (:func:`block_models_dir`: a killed build converts
+    nothing twice), and a batch goes to the device as soon as its models are there; the
+    first batch, at most :data:`FIRST_BATCH` blocks so that its conversion hides behind the
+    device's start, also carries the overhead model and sets the table's context from the
+    device's answer. ``save`` runs after every batch.
 
     Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
-    ``wait`` (the device waiting for this machine's export of a batch, idle), ``timing`` and
+    ``wait`` (the device waiting for this machine's conversions, idle), ``timing`` and
     ``load`` (the agent's timed trials, warm-up included, and model loading, summed over
     batches), ``load_wait`` (the part of the loading nothing hid: the first batch's, and
     any still running when the previous batch was timed); NaN where the target does not
     report them (adb); ``prefetched``: how many batches were loaded while the one before
-    was timed. The rest of ``wall`` is requests and answers going over.
+    was timed; ``converted``: block models converted by this call. The rest of ``wall`` is
+    requests and answers going over.
     """
-    first = min(batch, FIRST_BATCH)  # exported while the device starts, timed soon after
+    first = min(batch, FIRST_BATCH)  # converted while the device starts, timed soon after
     chunks = [todo[:first]] + [todo[i:i + batch] for i in range(first, len(todo), batch)]
     spent = {"start": 0.0, "wait": 0.0, "timing": 0.0, "load": 0.0, "load_wait": 0.0,
-             "prefetched": 0}
+             "prefetched": 0, "converted": 0}
+    suffix = format_for(runtime, precision).suffix
+    files = [_block_file(folder, s, suffix) for _, s in todo]
+    missing = [(f, s) for f, (_, s) in zip(files, todo) if not f.exists()]
+    spent["converted"] = len({f for f, _ in missing})
 
-    def exported(pool: ThreadPoolExecutor) -> Iterator[list[Path]]:
-        """Each chunk's models, the next one exported while the device times this one."""
-        nxt = pool.submit(_export_batch, chunks[0], runtime, precision, tmp / "batch0",
-                          "context" not in state)
-        target.start(runtime)  # the device gets ready while the first batch is exported
+    def converted() -> Iterator[list[Path]]:
+        """Each chunk's models, as soon as the pool has converted them."""
+        head = []
+        if "context" not in state:  # the first batch carries the overhead model
+            head = [tmp / f"overhead{suffix}"]
+            _export(_Overhead(), (1, 8, 1, 1), runtime, precision, head[0])
+        todo_paths = list(dict.fromkeys(f for f, _ in missing))  # a shape once
+        shape = {f: s for f, s in missing}
+        done = iter(convert(_export_block, [shape[f] for f in todo_paths],
+                            [runtime] * len(todo_paths), [precision] * len(todo_paths),
+                            [str(f) for f in todo_paths]))
+        target.start(runtime)  # the device gets ready while the first batch converts
         spent["start"] = time.perf_counter() - t0
-        for i in range(len(chunks)):
+        ready = {f for f in files if f.exists()}
+        j = 0
+        for i, chunk in enumerate(chunks):
+            paths = files[j:j + len(chunk)]
+            j += len(chunk)
             t1 = time.perf_counter()
-            paths = nxt.result()
+            while not all(f in ready for f in paths):  # results come in submission order
+                ready.add(Path(next(done)))
             spent["wait"] += time.perf_counter() - t1
-            if i + 1 < len(chunks):  # three folders: one timed, one loaded, one exported
-                nxt = pool.submit(_export_batch, chunks[i + 1], runtime, precision,
-                                  tmp / f"batch{(i + 1) % 3}", False)
-            yield paths
+            yield (head if i == 0 else []) + paths
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(1) as pool:
-        for i, rows in enumerate(target.bench_batches(exported(pool), threads, protocol)):
-            chunk = chunks[i]
-            if "context" not in state:
-                head = rows.pop(0)
-                state["context"] = {
-                    "device": head.get("device") or {"name": target.name}, "runtime": runtime,
-                    "runtime_version": head.get("runtime_version"),
-                    "backend": head.get("backend"), "threads": threads,
-                    "precision": precision, "batch": 1, "target": target.name,
-                    "block_layout": block_layout(runtime)}
-                state["overhead_ms"] = head["latency_ms"][protocol.statistic]
-            for (r, s), row in zip(chunk, rows):
-                state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
-            save()  # a dropped device loses one batch
-            bar.update(len(chunk))
-            info = rows[0].get("batch", {}) if rows else {}
-            for k in ("timing", "load", "load_wait"):
-                v = info.get(f"{k}_s")
-                spent[k] += float("nan") if v is None else v
-            spent["prefetched"] += bool(info.get("prefetched"))
-            spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
+    for i, rows in enumerate(target.bench_batches(converted(), threads, protocol)):
+        chunk = chunks[i]
+        if "context" not in state:
+            head = rows.pop(0)
+            state["context"] = {
+                "device": head.get("device") or {"name": target.name}, "runtime": runtime,
+                "runtime_version": head.get("runtime_version"),
+                "backend": head.get("backend"), "threads": threads,
+                "precision": precision, "batch": 1, "target": target.name,
+                "block_layout": block_layout(runtime)}
+            state["overhead_ms"] = head["latency_ms"][protocol.statistic]
+        for (r, s), row in zip(chunk, rows):
+            state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
+        save()  # a dropped device loses one batch
+        bar.update(len(chunk))
+        info = rows[0].get("batch", {}) if rows else {}
+        for k in ("timing", "load", "load_wait"):
+            v = info.get(f"{k}_s")
+            spent[k] += float("nan") if v is None else v
+        spent["prefetched"] += bool(info.get("prefetched"))
+        spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
     spent["wait"] = max(0.0, spent["wait"])  # less what hid behind timing: rounding below 0
     return {"wall": time.perf_counter() - t0, **spent}
 
@@ -580,10 +579,11 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     Entries are kept in ``<out>.partial.json`` after each batch (and a local build's
     converted blocks in :func:`block_models_dir` until the table is written), so a killed
     build, or one whose device went away, resumes. ``target`` (SSH or adb,
-    :mod:`deploy.targets`): the blocks are exported here and timed on that device,
-    ``batch`` blocks per ``Target.bench_many`` (over SSH: one transfer and one request to
-    the session's agent process, the blocks timed in interleaved trials), the next batch
-    exported while the device times this one; the device's facts and runtime version go
+    :mod:`deploy.targets`): the blocks are converted here by the ``jobs`` processes (into
+    :func:`block_models_dir` too) and timed on that device as soon as a batch is ready,
+    ``batch`` blocks per request (``Target.bench_batches``; over SSH one transfer and one
+    request to one of the session's two agent processes, the blocks timed in interleaved
+    trials while the other loads the next batch); the device's facts and runtime version go
     into the table's context, and one printed line says where the device time went (timed
     trials, model loading, the rest). None = this machine, in process. The table's
     ``build`` record says where the time went (``docs/formats.md``). Returns the finished
@@ -626,9 +626,11 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                       initial=len(shapes) - len(todo)) as bar:
                 spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
                                          target, batch, Path(tmp),
-                                         lambda: atomic_write_json(partial_path, state), bar)
+                                         lambda: atomic_write_json(partial_path, state), bar,
+                                         convert, _models_folder(out, runtime, precision))
             print(_device_time(spent, len(todo), target.name))
-            build = {"blocks": len(todo), "prefetched": int(spent.pop("prefetched")),
+            build = {"blocks": len(todo), "jobs": jobs,
+                     **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},
                      **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
         else:
             state.setdefault("context", _context(runtime, threads, precision))

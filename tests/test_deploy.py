@@ -580,7 +580,7 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
     """Blocks go to the device in batches (one copy, one agent run each); the device going
     away after the first batch leaves that batch in the partial file, and a rerun measures
     only the rest."""
-    from deploy.lut import build_table
+    from deploy.lut import block_models_dir, build_table
     from ofa.space import get_space
 
     d = sshd["dir"]
@@ -616,8 +616,12 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
     partial = json.loads((tmp_path / "t.json.partial.json").read_text())
     first = partial["entries"]["12"]
     assert sent == [5] and len(first) == 4 and len(keys) > 4  # the overhead model + 4 blocks
+    kept = len(list(block_models_dir(out).glob("*.onnx")))  # converted, kept for the rerun
+    assert kept >= 4
     table = build_table(space, [12], "onnxruntime", out, protocol=QUICK, calib=0, target=t,
                         batch=4)
+    assert table.build["converted"] == len(keys) - kept  # nothing converted twice
+    assert not block_models_dir(out).exists()
     assert set(table.entries["12"]) == keys
     assert all(table.entries["12"][k] == v for k, v in first.items())  # kept, not re-timed
     assert not (tmp_path / "t.json.partial.json").exists()
