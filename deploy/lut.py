@@ -622,12 +622,14 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     with (tempfile.TemporaryDirectory() as tmp, converter_pool(jobs) as convert):
         models = None
         if target is not None:
+            folder = _models_folder(out, runtime, precision)
+            models = folder / "calibration"  # converted there, ahead by convert_blocks or now
             with tqdm(desc=f"lut {runtime} {precision}", unit="block", total=len(shapes),
                       initial=len(shapes) - len(todo)) as bar:
                 spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
                                          target, batch, Path(tmp),
                                          lambda: atomic_write_json(partial_path, state), bar,
-                                         convert, _models_folder(out, runtime, precision))
+                                         convert, folder)
             print(_device_time(spent, len(todo), target.name))
             build = {"blocks": len(todo), "jobs": jobs,
                      **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},

@@ -288,18 +288,19 @@ def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     block models (:func:`deploy.lut.convert_blocks`) in a background process now,
     beside training and the accuracy predictor: conversions need no quiet machine, only the
     timing does, and a LiteRT table's 288 digits blocks take ~4 min of conversion on 2
-    cores. The table step stops it and converts what is left. Returns the process, or None
-    when no table will be built (a given or finished table, a device target, the torch
-    runtime, a shipped table of this CPU)."""
+    cores. The table step stops it and converts what is left (here or, for a device
+    target, before sending the blocks there). Returns the process, or None when no table
+    will be built (a given or finished table, the torch runtime, a shipped table of this
+    CPU for a local run)."""
     import multiprocessing as mp
 
     path = _table_path(rc)
-    if rc.table or rc.target != "local" or rc.runtime == "torch" or path.exists():
+    if rc.table or rc.runtime == "torch" or path.exists():
         return None
     space = _planned_space(rc, reused)
-    if find_shipped_table(space, rc.runtime, rc.threads,
-                          Path(rc.tables_dir) if rc.tables_dir else None,
-                          rc.model_precision) is not None:
+    if rc.target == "local" and find_shipped_table(
+            space, rc.runtime, rc.threads, Path(rc.tables_dir) if rc.tables_dir else None,
+            rc.model_precision) is not None:
         return None
     proc = mp.get_context("spawn").Process(
         target=_convert_blocks_in_background, daemon=True,
