@@ -507,18 +507,23 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     assert not paths[0].exists() and paths[1].exists()  # deleted after its batch only
 
 
-def test_ssh_session_reuses_one_connection_and_one_agent(sshd, bundles, tmp_path):
-    """Batches over SSH go through one master connection and one agent process (started
-    early in the background), which loads the models from the requests and writes no file;
-    close() ends both."""
+def _ssh_and_models(sshd, bundles, folder: Path, n: int) -> tuple[SSHTarget, list[Path]]:
+    """An SSH target on the test sshd and ``n`` copies of a bundle's ONNX model."""
     d = sshd["dir"]
     t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
                      known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
-    folder, rep = bundles[0]
-    model = folder / rep["models"]["onnx-fp32"]["path"]
-    paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
+    bundle, rep = bundles[0]
+    paths = [folder / f"b{j}.onnx" for j in range(n)]
     for p in paths:
-        shutil.copy(model, p)
+        shutil.copy(bundle / rep["models"]["onnx-fp32"]["path"], p)
+    return t, paths
+
+
+def test_ssh_session_reuses_one_connection_and_its_agents(sshd, bundles, tmp_path):
+    """Batches over SSH go through one master connection and the session's agent processes
+    (two, started early in the background), which load the models from the requests and
+    write no file; close() ends them all."""
+    t, paths = _ssh_and_models(sshd, bundles, tmp_path, 2)
     start_in_background(t, "onnxruntime").join()  # as ofa lut build starts a device
     pids, socket_path = [a.proc.pid for a in t._agents], t._control / "s"
     assert len(set(pids)) == 2  # the second loads the next batch while the first times
@@ -539,26 +544,12 @@ def test_ssh_batches_load_the_next_while_this_one_is_timed(sshd, bundles, tmp_pa
     """bench_batches alternates two agent processes: batch i+1 is loaded (on the spare
     core) while batch i is timed, in order, each batch's rows as bench_many gives them; a
     caller that stops mid-way leaves no answer unread for the next request."""
-    d = sshd["dir"]
-    t = parse_target(f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}", python=sys.executable,
-                     known_hosts=str(d / "known_hosts"), identity=str(d / "client"))
-    folder, rep = bundles[0]
-    model = folder / rep["models"]["onnx-fp32"]["path"]
-    paths = [tmp_path / f"b{j}.onnx" for j in range(5)]
-    for p in paths:
-        shutil.copy(model, p)
+    t, paths = _ssh_and_models(sshd, bundles, tmp_path, 5)
     batches = [paths[:2], paths[2:3], paths[3:]]
-    handed: list[int] = []
-
-    def given():
-        for j, b in enumerate(batches):
-            handed.append(j)
-            yield b
-
     t.start("onnxruntime")
     if t._cores < 2:
         pytest.skip(f"this machine has {t._cores} core: nothing to load on beside the timing")
-    out = list(t.bench_batches(given(), 1, QUICK))
+    out = list(t.bench_batches(iter(batches), 1, QUICK))
     assert [[r["model"] for r in rows] for rows in out] == [
         [p.name for p in b] for b in batches]
     assert [rows[0]["batch"]["prefetched"] for rows in out] == [False, True, True]
