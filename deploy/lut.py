@@ -335,19 +335,30 @@ def _block_file(folder: Path, s: BlockShape, suffix: str) -> Path:
     return folder / (hashlib.sha1(s.key().encode()).hexdigest()[:20] + suffix)
 
 
+def _conversions(todo: list[tuple[int, BlockShape]], runtime: str, precision: str,
+                 folder: Path, convert: Callable[..., Any]) -> tuple[int, Iterator[str]]:
+    """Start converting the models of ``todo``'s blocks missing from ``folder`` (one per
+    shape) with ``convert`` (a :func:`deploy.export.converter_pool` map: a process pool
+    takes every task at once); returns how many, and their paths in ``todo``'s order, each
+    given once its file is written."""
+    suffix = format_for(runtime, precision).suffix
+    missing = {_block_file(folder, s, suffix): s for _, s in todo}
+    missing = {p: s for p, s in missing.items() if not p.exists()}
+    return len(missing), iter(convert(_export_block, list(missing.values()),
+                                      [runtime] * len(missing), [precision] * len(missing),
+                                      [str(p) for p in missing]))
+
+
 def _convert_missing(todo: list[tuple[int, BlockShape]], runtime: str, precision: str,
                      folder: Path, convert: Callable[..., Any], progress: bool = True) -> int:
     """Convert the models of ``todo``'s blocks missing from ``folder`` (one per shape) with
     ``convert`` (a :func:`deploy.export.converter_pool` map); returns how many."""
-    suffix = format_for(runtime, precision).suffix
-    missing = {_block_file(folder, s, suffix): s for _, s in todo}
-    missing = {p: s for p, s in missing.items() if not p.exists()}
-    with tqdm(total=len(missing), desc=f"convert blocks ({runtime} {precision})", unit="block",
-              disable=not progress or not missing) as bar:
-        for _ in convert(_export_block, list(missing.values()), [runtime] * len(missing),
-                         [precision] * len(missing), [str(p) for p in missing]):
+    n, done = _conversions(todo, runtime, precision, folder, convert)
+    with tqdm(total=n, desc=f"convert blocks ({runtime} {precision})", unit="block",
+              disable=not progress or not n) as bar:
+        for _ in done:
             bar.update()
-    return len(missing)
+    return n
 
 
 def calibration_configs(space: SearchSpace, resolutions: list[int], k: int,
@@ -468,8 +479,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
              "prefetched": 0, "converted": 0}
     suffix = format_for(runtime, precision).suffix
     files = [_block_file(folder, s, suffix) for _, s in todo]
-    missing = [(f, s) for f, (_, s) in zip(files, todo) if not f.exists()]
-    spent["converted"] = len({f for f, _ in missing})
+    ready = {f for f in files if f.exists()}  # converted by an earlier call
 
     def converted() -> Iterator[list[Path]]:
         """Each chunk's models, as soon as the pool has converted them."""
@@ -477,14 +487,9 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
         if "context" not in state:  # the first batch carries the overhead model
             head = [tmp / f"overhead{suffix}"]
             _export(_Overhead(), (1, 8, 1, 1), runtime, precision, head[0])
-        todo_paths = list(dict.fromkeys(f for f, _ in missing))  # a shape once
-        shape = {f: s for f, s in missing}
-        done = iter(convert(_export_block, [shape[f] for f in todo_paths],
-                            [runtime] * len(todo_paths), [precision] * len(todo_paths),
-                            [str(f) for f in todo_paths]))
-        target.start(runtime)  # the device gets ready while the first batch converts
+        spent["converted"], done = _conversions(todo, runtime, precision, folder, convert)
+        target.start(runtime)  # the device gets ready while the pool converts the first
         spent["start"] = time.perf_counter() - t0
-        ready = {f for f in files if f.exists()}
         j = 0
         for i, chunk in enumerate(chunks):
             paths = files[j:j + len(chunk)]
