@@ -474,7 +474,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
     requests and answers going over.
     """
     first = min(batch, FIRST_BATCH)  # converted while the device starts, timed soon after
-    chunks = [todo[:first]] + [todo[i:i + batch] for i in range(first, len(todo), batch)]
+    bounds = [(0, first)] + [(i, i + batch) for i in range(first, len(todo), batch)]
     spent = {"start": 0.0, "wait": 0.0, "timing": 0.0, "load": 0.0, "load_wait": 0.0,
              "prefetched": 0, "converted": 0}
     suffix = format_for(runtime, precision).suffix
@@ -490,10 +490,8 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
         spent["converted"], done = _conversions(todo, runtime, precision, folder, convert)
         target.start(runtime)  # the device gets ready while the pool converts the first
         spent["start"] = time.perf_counter() - t0
-        j = 0
-        for i, chunk in enumerate(chunks):
-            paths = files[j:j + len(chunk)]
-            j += len(chunk)
+        for i, (a, b) in enumerate(bounds):
+            paths = files[a:b]
             t1 = time.perf_counter()
             while not all(f in ready for f in paths):  # results come in submission order
                 ready.add(Path(next(done)))
@@ -502,7 +500,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
 
     t0 = time.perf_counter()
     for i, rows in enumerate(target.bench_batches(converted(), threads, protocol)):
-        chunk = chunks[i]
+        chunk = todo[slice(*bounds[i])]
         if "context" not in state:
             head = rows.pop(0)
             state["context"] = {
