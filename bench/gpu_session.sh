@@ -11,7 +11,8 @@
 #   bash bench/gpu_session.sh sandwich     # sandwich-step seconds, both conv layouts
 #   bash bench/gpu_session.sh cifar MIN    # DεpS CIFAR-10 supernet for MIN minutes + ofa run
 #   bash bench/gpu_session.sh spec MIN     # the supernet, then bench/cifar_specialise.py
-#   bash bench/gpu_session.sh resume       # continue spec (a cold machine: from .gpu/c10.tar.*)
+#   bash bench/gpu_session.sh resume       # continue spec (a cold machine: from .gpu/c10.tar.*;
+#                                          # SPEC_SUPERNET=DIR: that supernet, e.g. job's)
 #   bash bench/gpu_session.sh job EPOCHS   # ofa run --device cuda end to end (training
 #                                          # included), detached; the 1,000-subnet predictor
 #                                          # curve beside it; the benchmark on its supernet
@@ -125,7 +126,8 @@ spec)  # spec MINUTES: a DεpS supernet, then the issue-17 benchmark for the cal
     specialise "$(left 15)"
     ;;
 resume)  # continue spec; on a cold machine the supernet comes from the carried .gpu/c10.tar.*
-    [ -d /tmp/c10 ] || cat .gpu/c10.tar.part-* | tar -xf - -C /tmp || exit 1
+    [ -n "${SPEC_SUPERNET:-}" ] || [ -d /tmp/c10 ] || cat .gpu/c10.tar.part-* | tar -xf - -C /tmp \
+        || exit 1
     specialise "$(left 15)"
     if [ "${RUN_CUDA:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # issue 16: ofa run on the GPU
         step run-cuda "$(left 10)" "${O[@]}" run --supernet /tmp/c10 --root /tmp/runs \
@@ -150,9 +152,12 @@ h = json.loads(rows[0]); h['run'] = str(pathlib.Path(sys.argv[2]).resolve())
 open(sys.argv[3], 'w').write('\n'.join([json.dumps(h), *rows[1:]]) + '\n')" \
             runs/spec1000/acc.jsonl runs/gpu9/c10 /tmp/spec1000g/acc.jsonl
     fi
-    step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
-        --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" --work /tmp/spec1000g \
-        --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only > $JO/curve.log 2>&1 &
+    if [ -d runs/gpu9/c10 ]; then  # the curve's supernet, when carried (measured: session 14)
+        step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
+            --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" \
+            --work /tmp/spec1000g --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only \
+            > $JO/curve.log 2>&1 &
+    fi
     step run-cuda "${RUN_LIMIT:-1500}" "${O[@]}" run "${C10[@]}" --schedule deps --epochs "$2" \
         --batch-size 512 --lr-scale 0.35 --device "$DEV" --workers 8 \
         --samples "${JOB_SAMPLES:-300}" --finetune-epochs "${JOB_FT:-1}" --formats onnx-fp32 \

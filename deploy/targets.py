@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import hashlib
 import io
 import itertools
 import json
@@ -82,6 +83,13 @@ class Target(Protocol):
         """:meth:`bench_many` of each batch in turn, yielded as each is timed (``batches``
         may still be being exported). Where the target allows it (SSH, a device with a core
         to spare) the next batch is loaded while this one is timed."""
+        ...
+
+    def top1(self, models: list[Path], data: list[Path], threads: int = 1
+             ) -> list[dict[str, Any] | None]:
+        """Top-1 of each model on the device, on its evaluation images (``data``: the
+        ``eval.npz`` of each model's bundle, ``deploy/bundle.py``): ``{"model", "top1" (%),
+        "images"}`` per model, or None where the target runs no accuracy check (adb)."""
         ...
 
     def start(self, runtime: str) -> None:
@@ -181,6 +189,15 @@ class LocalTarget:
         """One agent run per batch (:func:`one_batch_at_a_time`)."""
         return one_batch_at_a_time(self, batches, threads, protocol)
 
+    def top1(self, models: list[Path], data: list[Path], threads: int = 1
+             ) -> list[dict[str, Any] | None]:
+        """One agent run per model (its one timed invoke is not used)."""
+        rows = []
+        for m, d in zip(models, data, strict=True):
+            acc = self.bench(m, threads, _ONE_INVOKE, data=d)["accuracy"]
+            rows.append({"model": Path(m).name, **acc})
+        return rows
+
     def start(self, runtime: str) -> None:
         """Nothing to start: each batch runs in a fresh interpreter here."""
 
@@ -189,6 +206,18 @@ class LocalTarget:
         proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
                               capture_output=True, text=True, cwd=_PKG.parent)
         return _agent_json(proc, "local")
+
+
+_ONE_INVOKE = TimingProtocol(warmup=0, runs=1, trials=1)  # an accuracy run's timing: unused
+
+
+def _model_json(model: Path) -> dict[str, Any]:
+    """The ``model.json`` beside an exported model (``deploy/bundle.py``), {} without one."""
+    p = model.with_name("model.json")
+    try:
+        return json.loads(p.read_text()) if p.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        raise TargetError(f"{p}: not a readable model description") from None
 
 
 def _protocol_fields(protocol: TimingProtocol) -> dict[str, int]:
@@ -471,6 +500,32 @@ class SSHTarget:
         return {"load": names, "threads": threads, "workers": workers, "compression": "zlib",
                 "files": {n: base64.b64encode(zlib.compress(Path(m).read_bytes())).decode()
                           for n, m in zip(names, models)}}
+
+    def top1(self, models: list[Path], data: list[Path], threads: int = 1
+             ) -> list[dict[str, Any] | None]:
+        """One request to the session's agent process: the models, their ``model.json`` and
+        their evaluation images inline (an ``eval.npz`` shared by several models, as those of
+        one resolution are, travels once); nothing is written on the device.
+
+        Raises:
+            TargetError: the device went away, lacks the runtime, or a file is unreadable.
+        """
+        req = self._load_request(models, threads, None)
+        names, blobs = [], {}
+        for d in data:
+            raw = Path(d).read_bytes()
+            key = hashlib.sha256(raw).hexdigest()[:16]
+            names.append(blobs.setdefault(key, (f"data/{key}.npz", raw))[0])
+        req["files"].update({n: base64.b64encode(zlib.compress(raw)).decode()
+                             for n, raw in blobs.values()})
+        req.update(top1=req.pop("load"), data=names,
+                   meta=[_model_json(Path(m)) for m in models])
+        ans = self._request(self._serving(0), req)
+        rows = ans.get("models")
+        if not isinstance(rows, list) or len(rows) != len(models):
+            raise TargetError(f"{self.name}: the agent's top-1 answer does not list the "
+                              "models sent")
+        return [{**r, "model": Path(m).name} for r, m in zip(rows, models)]
 
     def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
                       protocol: TimingProtocol | None = None
@@ -759,6 +814,12 @@ class AdbTarget:
                       ) -> Iterator[list[dict[str, Any]]]:
         """One ``benchmark_model`` run per model (:func:`one_batch_at_a_time`)."""
         return one_batch_at_a_time(self, batches, threads, protocol)
+
+    def top1(self, models: list[Path], data: list[Path], threads: int = 1
+             ) -> list[dict[str, Any] | None]:
+        """None per model: ``benchmark_model`` times a graph and checks no accuracy (the
+        exported file's top-1 on this machine is in its bundle, ``deploy/bundle.py``)."""
+        return [None] * len(models)
 
     def start(self, runtime: str) -> None:
         """Nothing to start: ``benchmark_model`` runs once per model."""

@@ -23,9 +23,6 @@ from ofa.space import SubnetConfig
 
 __all__ = ["validate_subnets", "markdown_table", "write_validation"]
 
-_ACCURACY_ONLY = TimingProtocol(warmup=0, runs=1, trials=1)  # the top-1 run's timing: unused
-
-
 def _export_bundle(run: str, cfg: dict[str, Any], folder: str, formats: tuple[str, ...],
                    data: str | None, predicted: dict[str, Any]) -> dict[str, Any]:
     """One supernet subnet's bundle (a converter-pool task: plain arguments)."""
@@ -54,11 +51,13 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     Latency: every subnet's model in one ``target.bench_many`` (one agent run, interleaved
     trials: the way a latency table's calibration subnets are timed, so that prediction
     and measurement see the device alike); top-1: one pass over each bundle's evaluation
-    images.
+    images on the target (``Target.top1``; over SSH one request to the session's agent),
+    or, where the target checks no accuracy (adb's ``benchmark_model``), the same file's
+    top-1 measured here at export (``top1_measured_on``: the target's name or ``here``).
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
-    measured_top1, sizes (bytes per format), measurement (agent JSON)``.
+    measured_top1, top1_measured_on, sizes (bytes per format), measurement (agent JSON)``.
 
     Raises:
         deploy.targets.TargetError: the target could not measure.
@@ -97,29 +96,34 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     # latency: all subnets in one agent run, interleaved trials (as a table's calibration
     # subnets are timed), so a drift of the device's speed reaches them alike
     timed = target.bench_many(paths, threads, protocol)
+    # top-1 of the same files on the bundles' evaluation images, after the timing
+    accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     results = []
-    for row, (label, cfg, folder, rep), model, t in zip(rows, bundles, paths, timed):
-        # top-1 on the exported evaluation images (one untimed-length pass of timing)
-        meas = target.bench(model, threads, _ACCURACY_ONLY, data=folder / "eval.npz")
+    for row, (label, cfg, _, rep), model, t, acc in zip(rows, bundles, paths, timed, accs):
         lat = t["latency_ms"]
-        meas.update(latency_ms=lat, median=lat["median"], p90=lat.get("p90"),
-                    min=lat.get("min"), warmup=protocol.warmup, runs=protocol.runs,
-                    trials=protocol.trials, timing="interleaved")
+        meas = {**t, "median": lat["median"], "p90": lat.get("p90"), "min": lat.get("min"),
+                "warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials,
+                "timing": "interleaved", "target": target.name}
+        if acc is not None:
+            meas["accuracy"] = {"top1": acc["top1"], "images": acc["images"]}
+            top1, top1_on = acc["top1"], target.name
+        else:  # the target checks no accuracy: the same file's top-1 here, at export
+            top1, top1_on = rep["models"][fmt]["top1"], "here"
         pred = row.get("latency_ms")
         m = lat[protocol.statistic]
         err = None if pred is None else (pred - m) / m * 100
         results.append({
             "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
             "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
-            "predicted_ms": pred, "measured_ms": m, "measured_p90_ms": meas.get("p90"),
+            "predicted_ms": pred, "measured_ms": m, "measured_p90_ms": lat.get("p90"),
             "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
             "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
-            "measured_top1": meas.get("accuracy", {}).get("top1"),
+            "measured_top1": top1, "top1_measured_on": top1_on,
             "sizes": {k: v["bytes"] for k, v in rep["models"].items()},
             "parity": {k: {"max_abs_diff": v["max_abs_diff"],
                            "top1_agreement": v["top1_agreement"]}
                        for k, v in rep["models"].items()},
-            "model": str(model), "format": fmt, "target": meas.get("target"),
+            "model": str(model), "format": fmt, "target": target.name,
             "measurement": meas})
     return results
 
@@ -136,12 +140,14 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     lines = []
     for r in results:
         sizes = ", ".join(f"{k} {v / 1024:.0f}" for k, v in r["sizes"].items())
+        # a target that checks no accuracy (adb): the same file's top-1 on this machine
+        here = " (here)" if r.get("top1_measured_on") == "here" else ""
         lines.append(
             f"| {r['label']} | {f(r['budget_ms'])} | `{r['summary']}` | {r['macs'] / 1e6:.2f} | "
             f"{r['params'] / 1e6:.3f} | {f(r['predicted_ms'], '{:.3f}')} | "
             f"{r['measured_ms']:.3f} | {f(r['error_pct'], '{:+.1f}%')} | "
             f"{'–' if r['within_10pct'] is None else ('yes' if r['within_10pct'] else 'no')} | "
-            f"{f(r['predicted_acc'])} | {r['supernet_top1']:.2f} | {f(r['measured_top1'])} | "
+            f"{f(r['predicted_acc'])} | {r['supernet_top1']:.2f} | {f(r['measured_top1'])}{here} | "
             f"{sizes} |")
     return head + "\n".join(lines) + "\n"
 

@@ -488,12 +488,13 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
             {"time": True},
             {"load": [str(paths[1])], "workers": 1},
             {"time": True, "runs": 2, "warmup": 0, "trials": 2},
-            {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True}]
+            {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True},
+            {"top1": [str(paths[1])], "data": [], "meta": []}]
     p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
                        input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
-    first, missing, nothing, loaded, timed, third = (
+    first, missing, nothing, loaded, timed, third, top1 = (
         json.loads(line) for line in p.stdout.strip().splitlines())
     assert [m["model"] for m in first["models"]] == ["b0.onnx", "b1.onnx"]
     assert all(m["latency_ms"]["count"] == 6 for m in first["models"])
@@ -505,6 +506,7 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     assert timed["models"][0]["latency_ms"]["count"] == 4 and timed["load_s"] > 0
     assert third["models"][0]["latency_ms"]["count"] == 2
     assert not paths[0].exists() and paths[1].exists()  # deleted after its batch only
+    assert top1["code"] == 2 and "one entry per model" in top1["error"]
 
 
 def _ssh_and_models(sshd, bundles, folder: Path, n: int) -> tuple[SSHTarget, list[Path]]:
@@ -642,6 +644,70 @@ def test_run_builds_the_device_table_over_ssh(sshd, tmp_path):
     assert len(table.calibration["fitted_on"]) == 3  # 1 random + largest + smallest
     again = _table(rc, space)
     assert again.entries == table.entries
+
+
+def _bundled_rows(bundles, out: Path) -> list[dict]:
+    """Search-result rows for the bundles, copied into ``out`` under their labels (so that
+    validate_subnets reuses them instead of exporting)."""
+    rows = []
+    for folder, rep in bundles:
+        shutil.copytree(folder, out / folder.name)
+        rows.append({"config": rep["config"], "label": folder.name, "latency_ms": 1.0,
+                     "acc": 90.0})
+    return rows
+
+
+class _NoAccuracyCheck(LocalTarget):
+    """A target that times models but checks no accuracy (as adb's benchmark_model)."""
+
+    name = "no-accuracy-check"
+
+    def top1(self, models, data, threads=1):
+        return AdbTarget.top1(self, models, data, threads)
+
+
+def test_deploy_reports_the_files_top1_where_the_target_checks_none(tiny_run, bundles,
+                                                                      tmp_path):
+    """A target without an accuracy check (adb) gets the same file's top-1 measured here at
+    export, said so in the table, instead of no top-1 (which ofa run's report cannot take)."""
+    from deploy.validate import markdown_table, validate_subnets
+
+    res = validate_subnets(tiny_run, _bundled_rows(bundles, tmp_path), tmp_path,
+                           _NoAccuracyCheck(), formats=("onnx-fp32",), protocol=QUICK,
+                           progress=False)
+    assert [r["label"] for r in res] == ["s0", "s1", "s2"]
+    for r, (_, rep) in zip(res, bundles):
+        assert r["measured_top1"] == rep["models"]["onnx-fp32"]["top1"]
+        assert r["top1_measured_on"] == "here" and "accuracy" not in r["measurement"]
+        assert r["measurement"]["latency_ms"]["count"] == 3  # the batch's timing
+    assert markdown_table(res).count(" (here) |") == 3
+
+
+def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp_path):
+    """ofa deploy's top-1 over SSH: one request to the session's agent process, models and
+    evaluation images inline (nothing written on the device), the same top-1 as this
+    machine's run of the same files."""
+    from deploy.validate import validate_subnets
+
+    t, _ = _ssh_and_models(sshd, bundles, tmp_path, 0)
+    rows = _bundled_rows(bundles, tmp_path / "out")
+    mark = f"{t.remote_dir}/before-deploy"
+    t.ssh(["mkdir", "-p", t.remote_dir])
+    t.ssh(["touch", mark])
+    res = validate_subnets(tiny_run, rows, tmp_path / "out", t, formats=("onnx-fp32",),
+                           protocol=QUICK, progress=False)
+    pid = t._agents[0].proc.pid
+    for r, (_, rep) in zip(res, bundles):
+        assert r["top1_measured_on"] == t.name
+        assert r["measured_top1"] == pytest.approx(rep["models"]["onnx-fp32"]["top1"])
+        assert r["measurement"]["accuracy"]["images"] == 100
+    written = t.ssh(["find", t.remote_dir, "-newer", mark, "(", "-name", "*.onnx", "-o",
+                     "-name", "*.npz", ")"])
+    assert written.returncode == 0 and written.stdout.split() == []
+    again = t.top1([Path(res[0]["model"])] * 2, [tmp_path / "out/s0/eval.npz"] * 2)
+    assert t._agents[0].proc.pid == pid  # the same agent process answered
+    assert [a["top1"] for a in again] == pytest.approx([res[0]["measured_top1"]] * 2)
+    t.close()
 
 
 def test_one_format_table_agrees_with_the_runtimes():

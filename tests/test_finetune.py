@@ -15,8 +15,8 @@ def _cfg(tiny_run, out, **kw):
     from ofa.space import get_space
 
     sub = get_space("mbv3-digits", resolutions=[12, 16]).config(5, 4, 3, 16)
-    return FinetuneConfig(run=str(tiny_run), subnet=sub.to_dict(), out=str(out), epochs=0.3,
-                          batch_size=32, **kw)
+    return FinetuneConfig(run=str(tiny_run), subnet=sub.to_dict(), out=str(out),
+                          **{"epochs": 0.3, "batch_size": 32, **kw})
 
 
 def test_finetune_improves_resumes_exactly_and_exports(tiny_run, tmp_path, capsys):
@@ -68,12 +68,15 @@ def test_finetune_without_kd_and_cli(tiny_run, tmp_path, capsys):
 def test_finetune_fp16_keeps_its_loss_scale_across_a_resume(tiny_run, tmp_path):
     """fp16 autocast with a gradient scaler on the CPU: the scaler's state is checkpointed and
     restored, so an interrupted fp16 fine-tune resumes to the same weights."""
-    straight = finetune(_cfg(tiny_run, tmp_path / "a", precision="fp16"))
-    assert finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16", max_steps=5,
-                         ckpt_every=5)) == {"stopped_at": 5}
+    # fp16 autocast is slow on a CPU: 6 steps, interrupted after 3
+    straight = finetune(_cfg(tiny_run, tmp_path / "a", precision="fp16", epochs=0.15))
+    assert straight["steps"] == 6
+    assert finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16", epochs=0.15, max_steps=3,
+                         ckpt_every=3)) == {"stopped_at": 3}
     st = torch.load(tmp_path / "b" / FINETUNE_CKPT, weights_only=False)
-    assert st["scaler"]["scale"] == 65536.0 and st["scaler"]["_growth_tracker"] == 5
-    resumed = finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16"), resume=True)
+    assert st["scaler"]["scale"] == 65536.0 and st["scaler"]["_growth_tracker"] == 3
+    resumed = finetune(_cfg(tiny_run, tmp_path / "b", precision="fp16", epochs=0.15),
+                       resume=True)
     a = load_weights(tmp_path / "a" / "finetuned.safetensors")
     b = load_weights(tmp_path / "b" / "finetuned.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -23,10 +23,11 @@ all timed in one process in interleaved trials (``load_s``: seconds spent loadin
 ``--serve`` keeps one process for a whole latency-table build (:func:`serve`): each stdin
 line is a batch request ``{"models": [...], "threads", "warmup", "runs", "trials", "files",
 "compression", "delete"}`` (``files``: the models' bytes inline, base64 of zlib, loaded
-from memory) or ``{"prepare": RUNTIME}`` (import it now) and gets one stdout line, the batch
-answer above or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it. The interpreter
-start and the runtime's import (tens of seconds on an emulated board) are then paid once per
-build, not once per batch.
+from memory), ``{"top1": [...], "data": [...], "meta": [...], ...}`` (each model's top-1 on
+its evaluation images, :func:`accuracy`) or ``{"prepare": RUNTIME}`` (import it now) and gets
+one stdout line, the answer or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it.
+The interpreter start and the runtime's import (tens of seconds on an emulated board) are
+then paid once per build, not once per batch.
 
 Accuracy data: an ``.npz`` written by ``ofa export`` (``x``: float32 ``(N, 3, r, r)``
 already normalised, ``y``: int labels), or raw images (``x_test``/``y_test`` uint8
@@ -42,6 +43,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import io
 import json
 import os
 import sys
@@ -66,7 +68,7 @@ from deploy.device.runtimes import (
 )
 
 __all__ = ["benchmark", "benchmark_many", "LoadedBatch", "serve", "load_eval_data", "top1",
-           "main", "SCHEMA"]
+           "accuracy", "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
 def _meta(model: Path) -> dict[str, Any]:
@@ -118,13 +120,16 @@ def _normalise(raw: list[np.ndarray], meta: dict[str, Any]) -> np.ndarray:
     return np.stack(out).astype(np.float32)
 
 
-def load_eval_data(path: str | Path, meta: dict[str, Any], limit: int | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(N, 3, r, r)`` float32 and labels ``(N,)`` from an ``.npz`` or a folder.
+def load_eval_data(path: str | Path | bytes, meta: Mapping[str, Any],
+                   limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 3, r, r)`` float32 and labels ``(N,)`` from an ``.npz`` (a file, or its
+    bytes sent inline) or a folder.
 
     Raises:
         ValueError: missing/malformed data, or raw images without a model.json.
     """
+    if isinstance(path, bytes):
+        return _eval_arrays(io.BytesIO(path), "the data sent", meta, limit)
     path = Path(path)
     if not path.exists():
         raise ValueError(f"data {path} does not exist")
@@ -143,20 +148,26 @@ def load_eval_data(path: str | Path, meta: dict[str, Any], limit: int | None = N
             raise ValueError(f"{path}: no class folders with images (class/xxx.jpg)")
         raw = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
         return _normalise(raw, meta), np.array([y for _, y in files], np.int64)
+    return _eval_arrays(path, str(path), meta, limit)
+
+
+def _eval_arrays(src: Path | io.BytesIO, where: str, meta: Mapping[str, Any],
+                 limit: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_eval_data` of an ``.npz`` (``where`` names it in errors)."""
     try:
-        z = np.load(path)
+        z = np.load(src)
         keys = set(z.files)
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable .npz ({exc})") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"{where}: not a readable .npz ({exc})") from None
     if {"x", "y"} <= keys:
         x, y = z["x"].astype(np.float32), z["y"].astype(np.int64)
     elif {"x_test", "y_test"} <= keys:
         n = limit or len(z["y_test"])
         x, y = _normalise(list(z["x_test"][:n]), meta), z["y_test"][:n].astype(np.int64)
     else:
-        raise ValueError(f"{path}: expected arrays x, y (ofa export) or x_test, y_test")
+        raise ValueError(f"{where}: expected arrays x, y (ofa export) or x_test, y_test")
     if x.ndim != 4 or len(x) != len(y):
-        raise ValueError(f"{path}: x must be (N, 3, r, r) with one label each, got {x.shape}")
+        raise ValueError(f"{where}: x must be (N, 3, r, r) with one label each, got {x.shape}")
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
@@ -164,6 +175,24 @@ def top1(rt: Runtime, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy (%) of the loaded model on ``x (N, 3, r, r)``, ``y (N,)``."""
     pred = rt.logits(x).argmax(1)
     return float((pred == y).mean() * 100)
+
+
+def accuracy(model: str | Path, data: str | Path | bytes, threads: int = 1,
+             meta: Mapping[str, Any] | None = None, content: bytes | None = None,
+             limit: int | None = None) -> dict[str, Any]:
+    """Top-1 (%) of ``model`` on the evaluation images ``data`` (:func:`load_eval_data`),
+    without timing it: ``{"model", "top1", "images"}``. ``content``: the model's bytes (sent
+    inline; no file is read); ``meta``: its ``model.json`` (default: the file beside it).
+
+    Raises:
+        FileNotFoundError/ValueError: missing, empty or corrupt model or data.
+        RuntimeMissing: the runtime's package is not installed.
+    """
+    model = Path(model)
+    rt = get_runtime(runtime_for(model), threads)
+    rt.load_bytes(content, model.name) if content is not None else rt.load(str(model))
+    xs, ys = load_eval_data(data, _meta(model) if meta is None else meta, limit)
+    return {"model": model.name, "top1": top1(rt, xs, ys), "images": int(len(ys))}
 
 
 def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
@@ -329,6 +358,10 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
       then times the held batch and answers as ``models`` does. Two agent processes so
       driven load one batch while the other times the previous one
       (``deploy.targets.SSHTarget.bench_batches``).
+    - ``{"top1": [names], "data": [names], "meta": [model.json dicts], "threads", "files",
+      "compression"}``: each model's top-1 on its evaluation images (:func:`accuracy`; the
+      data may be sent inline like the models); answers ``{"models": [{"model", "top1",
+      "images"}], "device"}``.
     - ``{"prepare": RUNTIME}``: import that runtime ahead of the first batch; answers
       ``{"runtime", "runtime_version", "device"}``.
 
@@ -346,7 +379,12 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
                 write(json.dumps(_prepare(str(req["prepare"]))))
                 continue
             timing = "time" in req
-            models = [] if timing else [Path(m) for m in req.get("load", req.get("models"))]
+            models = [] if timing else [
+                Path(m) for m in req.get("load", req.get("models", req.get("top1")))]
+            if "top1" in req:
+                data, metas = list(req["data"]), list(req["meta"])
+                if not len(models) == len(data) == len(metas):
+                    raise ValueError("top1, data and meta must list one entry per model")
             unpack = {None: bytes, "zlib": zlib.decompress}[req.get("compression")]
             files = {k: unpack(base64.b64decode(v)) for k, v in req.get("files", {}).items()}
             protocol = _protocol(req)
@@ -360,7 +398,11 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
         delete = [m for m in models if str(m) not in files] if req.get("delete") else []
         ans: dict[str, Any]
         try:
-            if timing:
+            if "top1" in req:
+                ans = {"models": [accuracy(m, files.get(d, d), threads, meta, files.get(str(m)))
+                                  for m, d, meta in zip(models, data, metas)],
+                       "device": device_facts()}
+            elif timing:
                 if held is None:
                     raise ValueError("no batch loaded to time (send a load request first)")
                 (batch, delete), held = held, None
