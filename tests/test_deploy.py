@@ -681,6 +681,21 @@ def test_deploy_reports_the_files_top1_where_the_target_checks_none(tiny_run, bu
         assert r["top1_measured_on"] == "here" and "accuracy" not in r["measurement"]
         assert r["measurement"]["latency_ms"]["count"] == 3  # the batch's timing
     assert markdown_table(res).count(" (here) |") == 3
+    r = res[0]  # ± one standard error of a top-1 on the bundle's 100 parity images
+    p = r["measured_top1"] / 100
+    assert r["top1_images"] == 100
+    assert r["top1_se"] == pytest.approx((p * (1 - p) / 100) ** 0.5 * 100)
+    assert f"{r['measured_top1']:.2f} ± {r['top1_se']:.2f} (here) |" in markdown_table(res)
+
+
+def test_top1_standard_error():
+    from deploy.validate import top1_standard_error
+
+    assert top1_standard_error(97.0, 359) == pytest.approx(0.9003, abs=1e-4)
+    assert top1_standard_error(80.0, 10_000) == pytest.approx(0.4)
+    assert top1_standard_error(100.0, 50) == 0.0
+    with pytest.raises(ValueError, match="not a measurement"):
+        top1_standard_error(50.0, 0)
 
 
 def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp_path):

@@ -47,6 +47,8 @@ def test_run_writes_every_artifact(tiny_job: Path):
         assert r["within_10pct"] == (abs(r["error_pct"]) <= 10)
         # the exported ONNX model scores exactly what the supernet subnet scores
         assert r["measured_top1"] == pytest.approx(r["supernet_top1"])
+        assert r["top1_measured_on"] == "local" and r["top1_images"] == 359  # digits' test
+        assert f"{r['measured_top1']:.2f} ± {r['top1_se']:.2f} |" in (d / "report.md").read_text()
         assert r["parity"]["onnx-fp32"]["max_abs_diff"] <= 1e-4
         bundle = d / "models" / r["label"]
         meta = json.loads((bundle / "onnx-fp32" / "model.json").read_text())

@@ -482,7 +482,10 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
           "## Chosen subnets: predicted vs measured\n\n" + markdown_table(results) +
           f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; largest error "
           f"{rep['summary']['max_abs_error_pct']:.1f}%; lowest exported top-1 "
-          f"{rep['summary']['min_measured_top1']:.2f}%.\n\n"
+          f"{rep['summary']['min_measured_top1']:.2f}%. Exported top-1 is measured on "
+          f"{results[0]['top1_images']} evaluation images; ± is its standard error, and two "
+          "subnets whose top-1 differ by less than about twice that are not told apart by "
+          "this measurement.\n\n"
           f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n"
           + _shortlist_md(chosen) + _finetune_md(results))
     atomic_write_text(folder / "report.md", md)
