@@ -749,6 +749,7 @@ class AdbTarget:
                  xnnpack: bool = True, adb: str = "adb") -> None:
         self.serial, self.binary, self.xnnpack, self.adb = serial, benchmark_binary, xnnpack, adb
         self.name = f"adb:{serial}" if serial else "adb"
+        self._binary_pushed = False  # once a session, not once a model (a table: hundreds)
 
     def _adb(self, *args: str) -> subprocess.CompletedProcess:
         cmd = [self.adb, *(["-s", self.serial] if self.serial else []), *args]
@@ -787,9 +788,11 @@ class AdbTarget:
         if not self.binary or not Path(self.binary).is_file():
             raise TargetError("adb target needs --benchmark-binary PATH: the TFLite "
                               "benchmark_model for the phone's ABI (android_aarch64)")
-        self._adb("shell", "mkdir", "-p", self.remote)
-        self._adb("push", self.binary, f"{self.remote}/benchmark_model")
-        self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
+        if not self._binary_pushed:
+            self._adb("shell", "mkdir", "-p", self.remote)
+            self._adb("push", self.binary, f"{self.remote}/benchmark_model")
+            self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
+            self._binary_pushed = True
         self._adb("push", str(model), f"{self.remote}/{model.name}")
         proc = self._adb("shell", f"{self.remote}/benchmark_model",
                          f"--graph={self.remote}/{model.name}", f"--num_threads={threads}",

@@ -657,29 +657,44 @@ def _bundled_rows(bundles, out: Path) -> list[dict]:
     return rows
 
 
-class _NoAccuracyCheck(LocalTarget):
-    """A target that times models but checks no accuracy (as adb's benchmark_model)."""
+def _fake_adb(folder: Path) -> tuple[str, Path]:
+    """An ``adb`` that logs its arguments (one JSON line per call) and answers a
+    ``benchmark_model`` run with a real one's output (``tests/data``); (path, log)."""
+    log = folder / "adb.log"
+    script = folder / "adb"
+    script.write_text(
+        f"#!{sys.executable}\nimport json, sys\n"
+        f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+        "if any(a.startswith('--graph=') for a in sys.argv):  # a benchmark_model run\n"
+        f"    print(open({str(DATA / 'benchmark_model_xnnpack.txt')!r}).read())\n")
+    script.chmod(0o755)
+    return str(script), log
 
-    name = "no-accuracy-check"
 
-    def top1(self, models, data, threads=1):
-        return AdbTarget.top1(self, models, data, threads)
-
-
-def test_deploy_reports_the_files_top1_where_the_target_checks_none(tiny_run, bundles,
-                                                                      tmp_path):
-    """A target without an accuracy check (adb) gets the same file's top-1 measured here at
-    export, said so in the table, instead of no top-1 (which ofa run's report cannot take)."""
+def test_deploy_to_a_phone_reports_the_files_top1_measured_here(tiny_run, bundles, tmp_path):
+    """adb (a fake adb here): benchmark_model is pushed once for all models, each model
+    pushed and timed; it checks no accuracy, so the table gives the same file's top-1
+    measured here at export, said so, instead of no top-1 (which ofa run's report cannot
+    take)."""
     from deploy.validate import markdown_table, validate_subnets
 
-    res = validate_subnets(tiny_run, _bundled_rows(bundles, tmp_path), tmp_path,
-                           _NoAccuracyCheck(), formats=("onnx-fp32",), protocol=QUICK,
+    adb, log = _fake_adb(tmp_path)
+    binary = tmp_path / "benchmark_model"
+    binary.write_bytes(b"\x7fELF")
+    t = AdbTarget("R58M", benchmark_binary=str(binary), adb=adb)
+    res = validate_subnets(tiny_run, _bundled_rows(bundles, tmp_path / "out"), tmp_path / "out",
+                           t, runtime="litert", formats=("tflite-fp32",), protocol=QUICK,
                            progress=False)
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert all(c[:2] == ["-s", "R58M"] for c in calls)
+    pushes = [c[3] for c in calls if c[2] == "push"]
+    assert pushes == [str(binary)] + [str(tmp_path / "out" / f"s{i}" / "tflite-fp32" /
+                                          "model.tflite") for i in range(3)]
     assert [r["label"] for r in res] == ["s0", "s1", "s2"]
     for r, (_, rep) in zip(res, bundles):
-        assert r["measured_top1"] == rep["models"]["onnx-fp32"]["top1"]
+        assert r["measured_ms"] == pytest.approx(1.184)  # benchmark_model's median, in ms
+        assert r["measured_top1"] == rep["models"]["tflite-fp32"]["top1"]
         assert r["top1_measured_on"] == "here" and "accuracy" not in r["measurement"]
-        assert r["measurement"]["latency_ms"]["count"] == 3  # the batch's timing
     assert markdown_table(res).count(" (here) |") == 3
     r = res[0]  # ± one standard error of a top-1 on the bundle's 100 parity images
     p = r["measured_top1"] / 100
