@@ -40,6 +40,7 @@ def top1_standard_error(top1: float, images: int) -> float:
     p = top1 / 100.0
     return math.sqrt(p * (1.0 - p) / images) * 100.0
 
+
 def _export_bundle(run: str, cfg: dict[str, Any], folder: str, formats: tuple[str, ...],
                    data: str | None, predicted: dict[str, Any]) -> dict[str, Any]:
     """One supernet subnet's bundle (a converter-pool task: plain arguments)."""
