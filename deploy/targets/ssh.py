@@ -1,20 +1,9 @@
-"""Where a model is measured: this machine, a board over SSH, or an Android phone over adb.
+"""A board over SSH (a Raspberry Pi with the device extra): one OpenSSH session, the
+torch-free agent copied once and kept serving requests. Torch-free.
 
-``parse_target("local" | "ssh://user@host[:port]" | "adb" | "adb:SERIAL")`` returns a target
-with ``bench(model, threads, protocol, data=None) -> dict`` in the device agent's JSON schema
-(see :mod:`deploy.device.agent`). Torch-free.
-
-- :class:`LocalTarget` runs the agent in a fresh Python process.
-- :class:`SSHTarget` copies the agent (the torch-free ``deploy/device`` package) and the model
-  as a tar stream through ``ssh``, runs ``PYTHON -m deploy.device.agent`` on the device and
-  reads its JSON. Host keys are
-  checked (``StrictHostKeyChecking=yes`` against known_hosts) unless ``insecure=True``. Every
-  remote argument is quoted with :func:`shlex.quote`; no local shell is used.
-- :class:`AdbTarget` pushes the ``.tflite`` and a user-supplied TFLite ``benchmark_model``
-  binary to ``/data/local/tmp`` and parses its output (:func:`parse_benchmark_model`).
-
-Failures raise :class:`TargetError` with one line that names the fix.
-"""
+Host keys are checked (``StrictHostKeyChecking=yes`` against known_hosts) unless
+``insecure=True``. Every remote argument is quoted with :func:`shlex.quote`; no local shell is
+used."""
 
 from __future__ import annotations
 
@@ -25,12 +14,10 @@ import hashlib
 import io
 import itertools
 import json
-import re
 import select
 import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
@@ -38,177 +25,22 @@ import time
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
-from urllib.parse import urlparse
+from typing import IO, Any
 
 from deploy.device.runtimes import TimingProtocol
+from deploy.targets.base import (
+    DEVICE,
+    PKG,
+    TargetError,
+    agent_args,
+    agent_error,
+    agent_json,
+    batch_rows,
+    one_batch_at_a_time,
+    protocol_fields,
+)
 
-__all__ = ["Target", "TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
-           "parse_benchmark_model", "start_in_background", "one_batch_at_a_time"]
-
-_PKG = Path(__file__).resolve().parent
-_DEVICE = _PKG / "device"
-
-
-class TargetError(RuntimeError):
-    """A target could not measure (unreachable, auth, missing runtime, bad output)."""
-
-
-class Target(Protocol):
-    """Where a model is measured. ``bench`` returns the device agent's JSON (latency in ms
-    per invoke, batch 1; ``accuracy`` when ``data`` is given) plus ``"target": name``.
-
-    Raises (``bench``):
-        TargetError: the target could not measure.
-    """
-
-    name: str
-
-    def check(self) -> None:
-        """Fail fast (seconds) when the target cannot be reached; before any export."""
-        ...
-
-    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
-              data: str | Path | None = None) -> dict[str, Any]: ...
-
-    def bench_many(self, models: list[Path], threads: int = 1,
-                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
-        """Latency of every model (one runtime), in one device session where the target
-        allows it: one entry per model with ``latency_ms`` (the agent's stats)."""
-        ...
-
-    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
-                      protocol: TimingProtocol | None = None
-                      ) -> Iterator[list[dict[str, Any]]]:
-        """:meth:`bench_many` of each batch in turn, yielded as each is timed (``batches``
-        may still be being exported). Where the target allows it (SSH, a device with a core
-        to spare) the next batch is loaded while this one is timed."""
-        ...
-
-    def top1(self, models: list[Path], data: list[Path], threads: int = 1
-             ) -> list[dict[str, Any] | None]:
-        """Top-1 of each model on the device, on its evaluation images (``data``: the
-        ``eval.npz`` of each model's bundle, ``deploy/bundle.py``): ``{"model", "top1" (%),
-        "images"}`` per model, or None where the target runs no accuracy check (adb)."""
-        ...
-
-    def start(self, runtime: str) -> None:
-        """Get the device ready to time ``runtime``'s models (log in, start the agent,
-        import the runtime) while the host exports the first batch; nothing where there is
-        nothing to start."""
-        ...
-
-
-def one_batch_at_a_time(target: Target, batches: Iterable[list[Path]], threads: int = 1,
-                        protocol: TimingProtocol | None = None
-                        ) -> Iterator[list[dict[str, Any]]]:
-    """``target.bench_many`` of each batch in turn: :meth:`Target.bench_batches` of a target
-    that cannot load one batch while it times another (each row's ``batch`` gains
-    ``load_wait_s``, equal to its ``load_s``, and ``prefetched``: false)."""
-    for models in batches:
-        rows = target.bench_many(models, threads, protocol)
-        for r in rows:
-            if isinstance(r.get("batch"), dict):
-                r["batch"].update(load_wait_s=r["batch"].get("load_s"), prefetched=False)
-        yield rows
-
-
-def _agent_args(models: list[str], threads: int, protocol: TimingProtocol,
-                data: str | None) -> list[str]:
-    args = [*models, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
-            "--warmup", str(protocol.warmup), "--trials", str(protocol.trials)]
-    return args + (["--data", data] if data else [])
-
-
-def _batch_rows(res: dict[str, Any], models: list[Path], where: str) -> list[dict[str, Any]]:
-    """One row per model from the agent's batch answer, in order, each with the batch's
-    ``device``, ``runtime_version`` and ``backend`` and ``batch``: ``{"size", "load_s",
-    "timing_s"}`` (seconds the agent spent loading the models and in the timed trials)."""
-    rows = res.get("models", [res] if "model" in res else None)  # one model: the plain answer
-    if not isinstance(rows, list) or [r.get("model") for r in rows] != [
-            Path(m).name for m in models]:
-        raise TargetError(f"{where}: the agent's batch answer does not list the models sent")
-    batch = {"size": len(rows), "load_s": res.get("load_s"), "timing_s": res.get("timing_s")}
-    for r in rows:
-        for k in ("device", "runtime_version", "backend"):
-            r.setdefault(k, res.get(k))
-        r["batch"] = batch
-    return rows
-
-
-def _agent_error(where: str, msg: str, code: int) -> TargetError:
-    """The one-line error for an agent that answered ``msg`` with exit code / ``code`` (3:
-    the runtime is not installed on the device)."""
-    if code == 3:
-        return TargetError(f"{where}: {msg.removeprefix('agent: error: ')} on the device "
-                           "(install the device extra there: pip install 'ofa-edge[device]' "
-                           "or the runtime's package)")
-    return TargetError(f"{where}: agent failed: {msg}")
-
-
-def _agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
-    if proc.returncode != 0:
-        raise _agent_error(where, (proc.stderr.strip().splitlines() or ["no output"])[-1],
-                           proc.returncode)
-    try:
-        return json.loads(proc.stdout.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise TargetError(f"{where}: agent printed no JSON") from None
-
-
-class LocalTarget:
-    """This machine; the agent runs in a fresh interpreter (``python``, default: this one)."""
-
-    name = "local"
-
-    def __init__(self, python: str | None = None) -> None:
-        self.python = python or sys.executable
-
-    def check(self) -> None:
-        """This machine is always there."""
-
-    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
-              data: str | Path | None = None) -> dict[str, Any]:
-        protocol = protocol or TimingProtocol()
-        # absolute paths: the agent runs beside the deploy package, not in the caller's cwd
-        res = self._agent(_agent_args([str(Path(model).resolve())], threads, protocol,
-                                      str(Path(data).resolve()) if data else None))
-        res["target"] = "local"
-        return res
-
-    def bench_many(self, models: list[Path], threads: int = 1,
-                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
-        """Every model in one agent run (interleaved trials)."""
-        protocol = protocol or TimingProtocol()
-        args = _agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
-        return _batch_rows(self._agent(args), models, "local")
-
-    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
-                      protocol: TimingProtocol | None = None
-                      ) -> Iterator[list[dict[str, Any]]]:
-        """One agent run per batch (:func:`one_batch_at_a_time`)."""
-        return one_batch_at_a_time(self, batches, threads, protocol)
-
-    def top1(self, models: list[Path], data: list[Path], threads: int = 1
-             ) -> list[dict[str, Any] | None]:
-        """One agent run per model (its one timed invoke is not used)."""
-        rows = []
-        for m, d in zip(models, data, strict=True):
-            acc = self.bench(m, threads, _ONE_INVOKE, data=d)["accuracy"]
-            rows.append({"model": Path(m).name, **acc})
-        return rows
-
-    def start(self, runtime: str) -> None:
-        """Nothing to start: each batch runs in a fresh interpreter here."""
-
-    def _agent(self, args: list[str]) -> dict[str, Any]:
-        """Run the agent beside the deploy package with ``args``; its JSON answer."""
-        proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
-                              capture_output=True, text=True, cwd=_PKG.parent)
-        return _agent_json(proc, "local")
-
-
-_ONE_INVOKE = TimingProtocol(warmup=0, runs=1, trials=1)  # an accuracy run's timing: unused
+__all__ = ["SSHTarget"]
 
 
 def _model_json(model: Path) -> dict[str, Any]:
@@ -219,9 +51,6 @@ def _model_json(model: Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError):
         raise TargetError(f"{p}: not a readable model description") from None
 
-
-def _protocol_fields(protocol: TimingProtocol) -> dict[str, int]:
-    return {"warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials}
 
 
 class _AgentProcess:
@@ -472,7 +301,7 @@ class SSHTarget:
         if data:
             self.copy([Path(data)], "data")
             rdata = f"data/{Path(data).name}"
-        res = self._agent(_agent_args([f"model/{model.name}"], threads, protocol, rdata))
+        res = self._agent(agent_args([f"model/{model.name}"], threads, protocol, rdata))
         res["target"] = self.name
         return res
 
@@ -489,9 +318,9 @@ class SSHTarget:
             TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
-        req = {**self._load_request(models, threads, None), **_protocol_fields(protocol)}
+        req = {**self._load_request(models, threads, None), **protocol_fields(protocol)}
         req["models"] = req.pop("load")
-        return _batch_rows(self._request(self._serving(0), req), models, self.name)
+        return batch_rows(self._request(self._serving(0), req), models, self.name)
 
     def _load_request(self, models: list[Path], threads: int,
                       workers: int | None) -> dict[str, Any]:
@@ -555,7 +384,7 @@ class SSHTarget:
             yield from one_batch_at_a_time(self, itertools.chain([cur], it), threads,
                                            protocol)
             return
-        k, timing = 0, {"time": True, **_protocol_fields(protocol)}
+        k, timing = 0, {"time": True, **protocol_fields(protocol)}
         try:
             t0 = time.perf_counter()
             loaded = self._request(self._serving(0), self._load_request(cur, threads, None))
@@ -570,7 +399,7 @@ class SSHTarget:
                     other = self._serving(1 - k)
                     self._send(other, self._load_request(nxt, threads, spare))
                 ans = self._receive(now)
-                rows = _batch_rows({**ans, "load_s": loaded["load_s"]}, cur, self.name)
+                rows = batch_rows({**ans, "load_s": loaded["load_s"]}, cur, self.name)
                 for r in rows:  # waiting for the next batch hid behind this one's timing
                     r["batch"].update(load_wait_s=wait, prefetched=prefetched,
                                       hidden_wait_s=min(waited, ans.get("timing_s") or 0.0))
@@ -646,7 +475,7 @@ class SSHTarget:
             msg = str(ans["error"])
             if "no space left" in msg.lower():
                 raise TargetError(self._copy_error("", msg))
-            raise _agent_error(self.name, msg, ans.get("code", 2))
+            raise agent_error(self.name, msg, ans.get("code", 2))
         return ans
 
     def _serving(self, k: int = 0) -> _AgentProcess:
@@ -687,8 +516,8 @@ class SSHTarget:
         """
         if self._agent_copied:
             return
-        files = [_PKG / "__init__.py", *sorted(_DEVICE.glob("*.py"))]
-        self._send_tar({str(f.relative_to(_PKG.parent)): f for f in files}, "agent copy")
+        files = [PKG / "__init__.py", *sorted(DEVICE.glob("*.py"))]
+        self._send_tar({str(f.relative_to(PKG.parent)): f for f in files}, "agent copy")
         self._agent_copied = True
 
     def _agent_command(self, args: list[str]) -> list[str]:
@@ -704,165 +533,4 @@ class SSHTarget:
         why = self._agent_failure(proc.returncode, proc.stderr)
         if why:
             raise TargetError(why)
-        return _agent_json(proc, self.name)
-
-
-_TIMINGS = re.compile(r"count=(\d+) first=(\S+) curr=(\S+) min=(\S+) max=(\S+) avg=(\S+) "
-                      r"std=(\S+)(?: p5=(\S+) median=(\S+) p95=(\S+))?")
-_SUMMARY = re.compile(r"Inference timings in us: Init: (\S+), First inference: (\S+), "
-                      r"Warmup \(avg\): (\S+), Inference \(avg\): (\S+)")
-
-
-def parse_benchmark_model(text: str) -> dict[str, Any]:
-    """Parse TFLite ``benchmark_model`` output into the agent's schema (ms).
-
-    Uses the last ``count=... first=... avg=... std=...`` line (the timed runs, after the
-    warm-up line) and the ``Inference timings in us`` summary.
-
-    Raises:
-        TargetError: no timing lines in ``text``.
-    """
-    rows = _TIMINGS.findall(text)
-    summary = _SUMMARY.search(text)
-    if not rows or not summary:
-        tail = text.strip().splitlines()[-1] if text.strip() else "no output"
-        raise TargetError(f"benchmark_model printed no timings (last line: {tail})")
-    count, first, _, lo, hi, avg, std, p5, median, p95 = rows[-1]
-    init, first_inf, warm, inf = (float(v) for v in summary.groups())
-    med = float(median) if median else float(avg)
-    lat = {"median": med / 1e3, "mean": float(avg) / 1e3, "std": float(std) / 1e3,
-           "min": float(lo) / 1e3, "max": float(hi) / 1e3, "count": int(count),
-           "p90": None}
-    if p95:
-        lat["p95"] = float(p95) / 1e3
-    return {"latency_ms": lat, "median": lat["median"], "p90": None, "min": lat["min"],
-            "runs": int(count), "inference_avg_ms": inf / 1e3, "init_ms": init / 1e3,
-            "first_inference_ms": first_inf / 1e3, "warmup_avg_ms": warm / 1e3}
-
-
-class AdbTarget:
-    """An Android phone: TFLite ``benchmark_model`` (user-supplied binary) over adb."""
-
-    remote = "/data/local/tmp/ofa-edge"
-
-    def __init__(self, serial: str | None = None, benchmark_binary: str | None = None,
-                 xnnpack: bool = True, adb: str = "adb") -> None:
-        self.serial, self.binary, self.xnnpack, self.adb = serial, benchmark_binary, xnnpack, adb
-        self.name = f"adb:{serial}" if serial else "adb"
-        self._binary_pushed = False  # once a session, not once a model (a table: hundreds)
-
-    def _adb(self, *args: str) -> subprocess.CompletedProcess:
-        cmd = [self.adb, *(["-s", self.serial] if self.serial else []), *args]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except FileNotFoundError:
-            raise TargetError("adb not found: install Android platform-tools and put adb on "
-                              "PATH") from None
-        if proc.returncode != 0:
-            msg = (proc.stderr.strip() or proc.stdout.strip() or "failed").splitlines()[-1]
-            if "no devices" in msg or "not found" in msg or "unauthorized" in msg:
-                raise TargetError(f"{self.name}: {msg} (check `adb devices` and authorise "
-                                  "USB debugging)")
-            raise TargetError(f"{self.name}: adb {args[0]} failed: {msg}")
-        return proc
-
-    def check(self) -> None:
-        """A benchmark binary is given and the phone answers ``adb get-state``.
-
-        Raises:
-            TargetError: no binary, adb missing, no (authorised) device.
-        """
-        if not self.binary or not Path(self.binary).is_file():
-            raise TargetError("adb target needs --benchmark-binary PATH: the TFLite "
-                              "benchmark_model for the phone's ABI (android_aarch64)")
-        self._adb("get-state")
-
-    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
-              data: str | Path | None = None) -> dict[str, Any]:
-        protocol = protocol or TimingProtocol()
-        model = Path(model)
-        if model.suffix != ".tflite":
-            raise TargetError(f"{self.name}: benchmark_model runs .tflite models, not {model}")
-        if not model.is_file():
-            raise TargetError(f"model file {model} does not exist")
-        if not self.binary or not Path(self.binary).is_file():
-            raise TargetError("adb target needs --benchmark-binary PATH: the TFLite "
-                              "benchmark_model for the phone's ABI (android_aarch64)")
-        if not self._binary_pushed:
-            self._adb("shell", "mkdir", "-p", self.remote)
-            self._adb("push", self.binary, f"{self.remote}/benchmark_model")
-            self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
-            self._binary_pushed = True
-        self._adb("push", str(model), f"{self.remote}/{model.name}")
-        proc = self._adb("shell", f"{self.remote}/benchmark_model",
-                         f"--graph={self.remote}/{model.name}", f"--num_threads={threads}",
-                         f"--use_xnnpack={'true' if self.xnnpack else 'false'}",
-                         f"--warmup_runs={protocol.warmup}",
-                         f"--num_runs={protocol.runs * protocol.trials}")
-        res = parse_benchmark_model(proc.stdout + proc.stderr)
-        res.update({"schema": "ofa-edge-agent", "version": 1, "model": model.name,
-                    "model_bytes": model.stat().st_size, "runtime": "tflite benchmark_model",
-                    "backend": "XNNPACK" if self.xnnpack else "CPU", "threads": threads,
-                    "warmup": protocol.warmup, "trials": 1, "target": self.name,
-                    "device": {"name": self.name}})
-        return res
-
-    def bench_many(self, models: list[Path], threads: int = 1,
-                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
-        """One ``benchmark_model`` run per model (it times one graph per process)."""
-        return [self.bench(m, threads, protocol) for m in models]
-
-    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
-                      protocol: TimingProtocol | None = None
-                      ) -> Iterator[list[dict[str, Any]]]:
-        """One ``benchmark_model`` run per model (:func:`one_batch_at_a_time`)."""
-        return one_batch_at_a_time(self, batches, threads, protocol)
-
-    def top1(self, models: list[Path], data: list[Path], threads: int = 1
-             ) -> list[dict[str, Any] | None]:
-        """None per model: ``benchmark_model`` times a graph and checks no accuracy (the
-        exported file's top-1 on this machine is in its bundle, ``deploy/bundle.py``)."""
-        return [None] * len(models)
-
-    def start(self, runtime: str) -> None:
-        """Nothing to start: ``benchmark_model`` runs once per model."""
-
-
-def start_in_background(target: Target, runtime: str) -> threading.Thread:
-    """Run ``target.start(runtime)`` in a daemon thread: the device logs in, starts its agent
-    and imports the runtime (seconds on a small board) while this machine still imports
-    torch and exports the first models. A failure here is dropped: the caller's own
-    ``start`` (which waits for this one) tries again and raises it."""
-
-    def run() -> None:
-        with contextlib.suppress(TargetError):
-            target.start(runtime)
-
-    th = threading.Thread(target=run, name="device-start", daemon=True)
-    th.start()
-    return th
-
-
-def parse_target(spec: str, python: str = "python3", insecure: bool = False,
-                 known_hosts: str | None = None, identity: str | None = None,
-                 benchmark_binary: str | None = None) -> Target:
-    """``local`` | ``ssh://user@host[:port]`` | ``adb`` | ``adb:SERIAL`` -> a target.
-
-    Raises:
-        ValueError: an unknown or malformed target.
-    """
-    if spec == "local":
-        return LocalTarget()
-    if spec == "adb" or spec.startswith("adb:"):
-        return AdbTarget(spec[4:] or None, benchmark_binary)
-    if spec.startswith("ssh://"):
-        u = urlparse(spec)
-        if not u.hostname:
-            raise ValueError(f"target {spec!r}: expected ssh://user@host[:port]")
-        try:
-            port = u.port or 22
-        except ValueError:
-            raise ValueError(f"target {spec!r}: bad port") from None
-        return SSHTarget(u.username, u.hostname, port, python=python, insecure=insecure,
-                         known_hosts=known_hosts, identity=identity)
-    raise ValueError(f"unknown target {spec!r}; use local, ssh://user@host[:port], adb[:serial]")
+        return agent_json(proc, self.name)

@@ -1,0 +1,73 @@
+"""This machine as a target: the device agent in a fresh interpreter. Torch-free."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from deploy.device.runtimes import TimingProtocol
+from deploy.targets.base import (
+    ONE_INVOKE,
+    PKG,
+    agent_args,
+    agent_json,
+    batch_rows,
+    one_batch_at_a_time,
+)
+
+__all__ = ["LocalTarget"]
+
+
+class LocalTarget:
+    """This machine; the agent runs in a fresh interpreter (``python``, default: this one)."""
+
+    name = "local"
+
+    def __init__(self, python: str | None = None) -> None:
+        self.python = python or sys.executable
+
+    def check(self) -> None:
+        """This machine is always there."""
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]:
+        protocol = protocol or TimingProtocol()
+        # absolute paths: the agent runs beside the deploy package, not in the caller's cwd
+        res = self._agent(agent_args([str(Path(model).resolve())], threads, protocol,
+                                      str(Path(data).resolve()) if data else None))
+        res["target"] = "local"
+        return res
+
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        """Every model in one agent run (interleaved trials)."""
+        protocol = protocol or TimingProtocol()
+        args = agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
+        return batch_rows(self._agent(args), models, "local")
+
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        """One agent run per batch (:func:`one_batch_at_a_time`)."""
+        return one_batch_at_a_time(self, batches, threads, protocol)
+
+    def top1(self, models: list[Path], data: list[Path], threads: int = 1
+             ) -> list[dict[str, Any] | None]:
+        """One agent run per model (its one timed invoke is not used)."""
+        rows = []
+        for m, d in zip(models, data, strict=True):
+            acc = self.bench(m, threads, ONE_INVOKE, data=d)["accuracy"]
+            rows.append({"model": Path(m).name, **acc})
+        return rows
+
+    def start(self, runtime: str) -> None:
+        """Nothing to start: each batch runs in a fresh interpreter here."""
+
+    def _agent(self, args: list[str]) -> dict[str, Any]:
+        """Run the agent beside the deploy package with ``args``; its JSON answer."""
+        proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
+                              capture_output=True, text=True, cwd=PKG.parent)
+        return agent_json(proc, "local")
