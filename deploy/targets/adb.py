@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from deploy.device.runtimes import TimingProtocol
-from deploy.targets.base import TargetError, one_batch_at_a_time
+from deploy.targets.base import OneBatchAtATime, TargetError
 
 __all__ = ["AdbTarget", "parse_benchmark_model"]
 
@@ -48,7 +47,7 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
             "first_inference_ms": first_inf / 1e3, "warmup_avg_ms": warm / 1e3}
 
 
-class AdbTarget:
+class AdbTarget(OneBatchAtATime):
     """An Android phone: TFLite ``benchmark_model`` (user-supplied binary) over adb."""
 
     remote = "/data/local/tmp/ofa-edge"
@@ -119,12 +118,6 @@ class AdbTarget:
                    protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
         """One ``benchmark_model`` run per model (it times one graph per process)."""
         return [self.bench(m, threads, protocol) for m in models]
-
-    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
-                      protocol: TimingProtocol | None = None
-                      ) -> Iterator[list[dict[str, Any]]]:
-        """One ``benchmark_model`` run per model (:func:`one_batch_at_a_time`)."""
-        return one_batch_at_a_time(self, batches, threads, protocol)
 
     def top1(self, models: list[Path], data: list[Path], threads: int = 1
              ) -> list[dict[str, Any] | None]:

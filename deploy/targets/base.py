@@ -82,6 +82,16 @@ def one_batch_at_a_time(target: Target, batches: Iterable[list[Path]], threads: 
         yield rows
 
 
+class OneBatchAtATime:
+    """:meth:`Target.bench_batches` of a target that cannot load one batch while it times
+    another (this machine, adb): :func:`one_batch_at_a_time`."""
+
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        return one_batch_at_a_time(self, batches, threads, protocol)  # self: a Target
+
+
 def agent_args(models: list[str], threads: int, protocol: TimingProtocol,
                 data: str | None) -> list[str]:
     args = [*models, "--json", "--threads", str(threads), "--runs", str(protocol.runs),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,16 @@ from deploy.device.runtimes import TimingProtocol
 from deploy.targets.base import (
     ONE_INVOKE,
     PKG,
+    OneBatchAtATime,
     agent_args,
     agent_json,
     batch_rows,
-    one_batch_at_a_time,
 )
 
 __all__ = ["LocalTarget"]
 
 
-class LocalTarget:
+class LocalTarget(OneBatchAtATime):
     """This machine; the agent runs in a fresh interpreter (``python``, default: this one)."""
 
     name = "local"
@@ -47,12 +46,6 @@ class LocalTarget:
         protocol = protocol or TimingProtocol()
         args = agent_args([str(Path(m).resolve()) for m in models], threads, protocol, None)
         return batch_rows(self._agent(args), models, "local")
-
-    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
-                      protocol: TimingProtocol | None = None
-                      ) -> Iterator[list[dict[str, Any]]]:
-        """One agent run per batch (:func:`one_batch_at_a_time`)."""
-        return one_batch_at_a_time(self, batches, threads, protocol)
 
     def top1(self, models: list[Path], data: list[Path], threads: int = 1
              ) -> list[dict[str, Any] | None]:
