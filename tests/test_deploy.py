@@ -477,7 +477,9 @@ def test_periodic_weights_keep_block_latency_and_compress(tmp_path):
 
 def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     """``--serve``: one JSON answer line per request line, a failed request answers an error
-    and serving goes on, ``delete`` removes the batch's files, end of input ends it."""
+    and serving goes on, ``delete`` removes the batch's files, a ``top1`` request measures
+    top-1 without timing, a malformed request answers an error and ends serving (the
+    request after it gets no answer)."""
     folder, rep = bundles[0]
     model = folder / rep["models"]["onnx-fp32"]["path"]
     paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
@@ -489,12 +491,14 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
             {"load": [str(paths[1])], "workers": 1},
             {"time": True, "runs": 2, "warmup": 0, "trials": 2},
             {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True},
-            {"top1": [str(paths[1])], "data": [], "meta": []}]
+            {"top1": [str(paths[1])], "data": [str(folder / "eval.npz")], "meta": [{}]},
+            {"top1": [str(paths[1])], "data": [], "meta": []},  # malformed: ends serving
+            {"time": True}]
     p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
                        input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
-    first, missing, nothing, loaded, timed, third, top1 = (
+    first, missing, nothing, loaded, timed, third, acc, top1 = (
         json.loads(line) for line in p.stdout.strip().splitlines())
     assert [m["model"] for m in first["models"]] == ["b0.onnx", "b1.onnx"]
     assert all(m["latency_ms"]["count"] == 6 for m in first["models"])
@@ -507,6 +511,8 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     assert third["models"][0]["latency_ms"]["count"] == 2
     assert not paths[0].exists() and paths[1].exists()  # deleted after its batch only
     assert top1["code"] == 2 and "one entry per model" in top1["error"]
+    assert acc["models"] == [{"model": "b1.onnx", "images": 100,
+                              "top1": pytest.approx(rep["models"]["onnx-fp32"]["top1"])}]
 
 
 def _ssh_and_models(sshd, bundles, folder: Path, n: int) -> tuple[SSHTarget, list[Path]]:
