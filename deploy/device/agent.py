@@ -68,11 +68,15 @@ from deploy.device.runtimes import (
 )
 
 __all__ = ["benchmark", "benchmark_many", "LoadedBatch", "serve", "load_eval_data", "top1",
-           "accuracy", "main", "SCHEMA"]
+           "accuracy", "model_meta", "main", "SCHEMA"]
 
 SCHEMA = "ofa-edge-agent"
-def _meta(model: Path) -> dict[str, Any]:
-    """The ``model.json`` beside the model (or ``<stem>.json``); {} when there is none."""
+def model_meta(model: Path) -> dict[str, Any]:
+    """The ``model.json`` beside the model (or ``<stem>.json``); {} when there is none.
+
+    Raises:
+        ValueError: the description is not valid JSON.
+    """
     p = model.with_name("model.json")
     p = p if p.exists() else model.with_suffix(".json")
     if p.exists():
@@ -191,7 +195,7 @@ def accuracy(model: str | Path, data: str | Path | bytes, threads: int = 1,
     model = Path(model)
     rt = get_runtime(runtime_for(model), threads)
     rt.load_bytes(content, model.name) if content is not None else rt.load(str(model))
-    xs, ys = load_eval_data(data, _meta(model) if meta is None else meta, limit)
+    xs, ys = load_eval_data(data, model_meta(model) if meta is None else meta, limit)
     return {"model": model.name, "top1": top1(rt, xs, ys), "images": int(len(ys))}
 
 
@@ -207,7 +211,7 @@ def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | No
     protocol = protocol or TimingProtocol()
     rt = get_runtime(runtime_for(model), threads)
     rt.load(str(model))
-    meta = _meta(model)
+    meta = model_meta(model)
     shape = tuple(int(d) for d in rt.input_shape)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(shape).astype(np.float32)  # already in the model's layout

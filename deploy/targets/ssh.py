@@ -27,6 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from deploy.device.agent import model_meta
 from deploy.device.runtimes import TimingProtocol
 from deploy.targets.base import (
     DEVICE,
@@ -41,16 +42,6 @@ from deploy.targets.base import (
 )
 
 __all__ = ["SSHTarget"]
-
-
-def _model_json(model: Path) -> dict[str, Any]:
-    """The ``model.json`` beside an exported model (``deploy/bundle.py``), {} without one."""
-    p = model.with_name("model.json")
-    try:
-        return json.loads(p.read_text()) if p.exists() else {}
-    except (OSError, json.JSONDecodeError):
-        raise TargetError(f"{p}: not a readable model description") from None
-
 
 
 class _AgentProcess:
@@ -347,8 +338,11 @@ class SSHTarget:
             names.append(blobs.setdefault(key, (f"data/{key}.npz", raw))[0])
         req["files"].update({n: base64.b64encode(zlib.compress(raw)).decode()
                              for n, raw in blobs.values()})
-        req.update(top1=req.pop("load"), data=names,
-                   meta=[_model_json(Path(m)) for m in models])
+        try:  # model.json: resolution and normalisation, for raw evaluation images
+            metas = [model_meta(Path(m)) for m in models]
+        except ValueError as exc:
+            raise TargetError(str(exc)) from None
+        req.update(top1=req.pop("load"), data=names, meta=metas)
         ans = self._request(self._serving(0), req)
         rows = ans.get("models")
         if not isinstance(rows, list) or len(rows) != len(models):
