@@ -135,6 +135,5 @@ def agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
         raise TargetError(f"{where}: agent printed no JSON") from None
 
 
-
 def protocol_fields(protocol: TimingProtocol) -> dict[str, int]:
     return {"warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials}
