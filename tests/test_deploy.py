@@ -1,5 +1,6 @@
 """Export (ONNX/TFLite, fp32/int8), the torch-free device agent, and the targets."""
 
+import base64
 import json
 import os
 import random
@@ -492,13 +493,17 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
             {"time": True, "runs": 2, "warmup": 0, "trials": 2},
             {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True},
             {"top1": [str(paths[1])], "data": [str(folder / "eval.npz")], "meta": [{}]},
+            {"top1": ["x/m.onnx"], "data": [str(folder / "eval.npz")], "meta": [{}],
+             "files": {"x/m.onnx": base64.b64encode(model.read_bytes()).decode()}},
+            {"top1": ["x/m.onnx"], "data": [str(folder / "eval.npz")], "meta": [{}],
+             "reuse": ["x/m.onnx"]},  # the model sent in the request before, not again
             {"top1": [str(paths[1])], "data": [], "meta": []},  # malformed: ends serving
             {"time": True}]
     p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
                        input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
-    first, missing, nothing, loaded, timed, third, acc, top1 = (
+    first, missing, nothing, loaded, timed, third, acc, inline, reused, top1 = (
         json.loads(line) for line in p.stdout.strip().splitlines())
     assert [m["model"] for m in first["models"]] == ["b0.onnx", "b1.onnx"]
     assert all(m["latency_ms"]["count"] == 6 for m in first["models"])
@@ -513,6 +518,7 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     assert top1["code"] == 2 and "one entry per model" in top1["error"]
     assert acc["models"] == [{"model": "b1.onnx", "images": 100,
                               "top1": pytest.approx(rep["models"]["onnx-fp32"]["top1"])}]
+    assert inline["models"] == reused["models"] == [{**acc["models"][0], "model": "m.onnx"}]
 
 
 def _ssh_and_models(sshd, bundles, folder: Path, n: int) -> tuple[SSHTarget, list[Path]]:
@@ -721,11 +727,20 @@ def test_top1_standard_error():
 
 def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp_path):
     """ofa deploy's top-1 over SSH: one request to the session's agent process, models and
-    evaluation images inline (nothing written on the device), the same top-1 as this
-    machine's run of the same files."""
+    evaluation images inline (nothing written on the device; the models, sent with the
+    timing request just before, are not sent again), the same top-1 as this machine's run
+    of the same files."""
+    from deploy.targets.ssh import SSHTarget as Ssh
     from deploy.validate import validate_subnets
 
     t, _ = _ssh_and_models(sshd, bundles, tmp_path, 0)
+    lines = []  # what goes down the wire
+
+    def reusing(agent, req):
+        lines.append(Ssh._reusing(agent, req))
+        return lines[-1]
+
+    t._reusing = reusing
     rows = _bundled_rows(bundles, tmp_path / "out")
     mark = f"{t.remote_dir}/before-deploy"
     t.ssh(["mkdir", "-p", t.remote_dir])
@@ -740,6 +755,9 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
     written = t.ssh(["find", t.remote_dir, "-newer", mark, "(", "-name", "*.onnx", "-o",
                      "-name", "*.npz", ")"])
     assert written.returncode == 0 and written.stdout.split() == []
+    timing, top1 = [r for r in lines if "models" in r or "top1" in r]
+    assert sorted(timing["files"]) == sorted(top1["reuse"]) == sorted(top1["top1"])
+    assert top1["files"] and all(n.startswith("data/") for n in top1["files"])
     again = t.top1([Path(res[0]["model"])] * 2, [tmp_path / "out/s0/eval.npz"] * 2)
     assert t._agents[0].proc.pid == pid  # the same agent process answered
     assert [a["top1"] for a in again] == pytest.approx([res[0]["measured_top1"]] * 2)

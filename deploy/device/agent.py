@@ -369,16 +369,21 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
     - ``{"prepare": RUNTIME}``: import that runtime ahead of the first batch; answers
       ``{"runtime", "runtime_version", "device"}``.
 
+    ``"reuse": [names]`` in a request: files sent inline in the previous request, not sent
+    again (``deploy.targets.ssh.SSHTarget`` leaves out what it sent the line before).
+
     A request that fails gets ``{"error": one line, "code": 2}`` (``3``: the runtime is not
     installed) and serving goes on; a line that is not a request ends serving with that
     error.
     """
     held: tuple[LoadedBatch, list[Path]] | None = None  # a load request's batch, its files
+    previous: dict[str, bytes] = {}  # the last request's inline files, which "reuse" names
     for line in lines:
         if not line.strip():
             continue
         try:
             req = json.loads(line)
+            reusable, previous = previous, {}
             if "prepare" in req:
                 write(json.dumps(_prepare(str(req["prepare"]))))
                 continue
@@ -391,6 +396,11 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
                     raise ValueError("top1, data and meta must list one entry per model")
             unpack = {None: bytes, "zlib": zlib.decompress}[req.get("compression")]
             files = {k: unpack(base64.b64decode(v)) for k, v in req.get("files", {}).items()}
+            for name in req.get("reuse", []):
+                if name not in reusable:
+                    raise ValueError(f"reuse: {name} was not sent in the previous request")
+                files[name] = reusable[name]
+            previous = files
             protocol = _protocol(req)
             threads = int(req.get("threads", 1))
             workers = int(req["workers"]) if req.get("workers") else None

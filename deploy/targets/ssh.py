@@ -46,13 +46,15 @@ __all__ = ["SSHTarget"]
 
 class _AgentProcess:
     """One ``--serve`` agent process on the device (its ssh command here), with its stderr
-    in a temporary file and the number of requests whose answers are not read yet."""
+    in a temporary file, the number of requests whose answers are not read yet and the
+    inline files of the last request sent (which the next may ``reuse``)."""
 
     def __init__(self, argv: list[str]) -> None:
         self.err: IO[str] = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.err, text=True, bufsize=1)
         self.pending = 0
+        self.files: dict[str, str] = {}  # name -> encoded content, as last sent
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -442,9 +444,22 @@ class SSHTarget:
         self._send(agent, req)
         return self._receive(agent)
 
+    @staticmethod
+    def _reusing(agent: _AgentProcess, req: dict[str, Any]) -> dict[str, Any]:
+        """``req`` without the inline files that ``agent`` got, the same name and content, in
+        the request before (named in ``reuse`` instead): ``ofa deploy`` times its models,
+        then checks their top-1 with the same files, which then travel once."""
+        files = req.get("files") or {}
+        reuse = [n for n, v in files.items() if agent.files.get(n) == v]
+        agent.files = dict(files)
+        if not reuse:
+            return req
+        return {**req, "files": {n: v for n, v in files.items() if n not in reuse},
+                "reuse": reuse}
+
     def _send(self, agent: _AgentProcess, req: dict[str, Any]) -> None:
         try:
-            agent.proc.stdin.write(json.dumps(req) + "\n")
+            agent.proc.stdin.write(json.dumps(self._reusing(agent, req)) + "\n")
             agent.proc.stdin.flush()
         except OSError:
             raise TargetError(self._failure(agent)) from None
