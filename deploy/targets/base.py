@@ -16,7 +16,6 @@ __all__ = ["Target", "TargetError", "one_batch_at_a_time"]
 
 PKG = Path(__file__).resolve().parents[1]  # deploy/: the agent runs beside it
 DEVICE = PKG / "device"  # the torch-free package an SSH target copies to the device
-ONE_INVOKE = TimingProtocol(warmup=0, runs=1, trials=1)  # an accuracy run's timing: unused
 
 
 class TargetError(RuntimeError):

@@ -9,7 +9,6 @@ from typing import Any
 
 from deploy.device.runtimes import TimingProtocol
 from deploy.targets.base import (
-    ONE_INVOKE,
     PKG,
     OneBatchAtATime,
     agent_args,
@@ -18,6 +17,8 @@ from deploy.targets.base import (
 )
 
 __all__ = ["LocalTarget"]
+
+_ONE_INVOKE = TimingProtocol(warmup=0, runs=1, trials=1)  # an accuracy run's timing: unused
 
 
 class LocalTarget(OneBatchAtATime):
@@ -52,7 +53,7 @@ class LocalTarget(OneBatchAtATime):
         """One agent run per model (its one timed invoke is not used)."""
         rows = []
         for m, d in zip(models, data, strict=True):
-            acc = self.bench(m, threads, ONE_INVOKE, data=d)["accuracy"]
+            acc = self.bench(m, threads, _ONE_INVOKE, data=d)["accuracy"]
             rows.append({"model": Path(m).name, **acc})
         return rows
 
