@@ -33,6 +33,7 @@ raw and calibrated predictions: share within ±5% / ±10%, RMSPE, Kendall τ, an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import random
@@ -53,6 +54,7 @@ from deploy.device.devinfo import device_facts
 from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.export import converter_pool
 from deploy.formats import format_for
+from deploy.probe import PROBE_ID, ProbedTarget, load_probe, probe_summary
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
 from ofa.fileio import atomic_write_json
@@ -63,7 +65,7 @@ from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 from search.metrics import relative_error_report
 
-__all__ = ["measure_module", "build_table", "block_models_dir", "convert_blocks",
+__all__ = ["measure_module", "measure_subnets", "build_table", "block_models_dir", "convert_blocks",
            "calibration_configs", "calibrate", "fit_calibration",
            "refit_calibration", "validate_table",
            "runtime_context", "representative_set", "periodic_weights", "block_layout",
@@ -263,16 +265,22 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                      protocol: TimingProtocol, desc: str, target: Target | None = None,
                      precision: str = "fp32", jobs: int = 1,
                      convert: Callable[..., Any] | None = None,
-                     models: Path | None = None) -> list[float]:
-    """Whole-subnet latency (ms, the protocol's statistic) of every config, end to end.
+                     models: Path | None = None) -> dict[str, list[float]]:
+    """Whole-subnet latency of every config, end to end, beside the reference probe.
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
-    interleaved trials (:func:`deploy.device.runtimes.time_interleaved`), so a drift of the
-    machine's speed during the minutes this takes spreads over all subnets alike, and no
-    conversion runs while anything is timed: here in this process, on a device target as one
-    batch (``Target.bench_many``: one copy, one agent run). ``convert``: an open converter
-    pool's map to export with (else one is started for ``jobs``). ``models``: a folder to
-    export into whose files already there are used (else a temporary one)."""
+    interleaved trials with the probe first (:func:`deploy.device.runtimes.time_interleaved`,
+    ``TimingProtocol(probe=True)``), so a change of the machine's speed during the minutes
+    this takes cancels from each subnet's ``rel``, and no conversion runs while anything is
+    timed: here in this process, on a device target as one batch (``Target.bench_many``: one
+    copy, one agent run). ``convert``: an open converter pool's map to export with (else one
+    is started for ``jobs``). ``models``: a folder to export into whose files already there
+    are used (else a temporary one).
+
+    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
+    and its time in probe units, and the probe's medians (ms) over the measurement (its
+    speed states)."""
+    protocol = dataclasses.replace(protocol, probe=True)
     with tempfile.TemporaryDirectory() as tmp:
         if runtime == "torch" and target is None:
             loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
@@ -282,18 +290,42 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             paths = _export_subnets(space, cfgs, runtime, precision, models or Path(tmp),
                                     desc, jobs, convert)
             if target is not None:
-                return [row["latency_ms"][protocol.statistic]
-                        for row in target.bench_many(paths, threads, protocol)]
+                rows = ProbedTarget(target, runtime, precision).bench_many(paths, threads,
+                                                                           protocol)
+                return {"ms": [r["latency_ms"][protocol.statistic] for r in rows],
+                        "rel": [r["latency_ms"]["rel"] for r in rows],
+                        "probe_ms": list(rows[0]["probe"]["trial_medians"]) if rows else []}
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
                 rt = get_runtime(runtime, threads)
                 rt.load(str(path))
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
-        with tqdm(total=len(cfgs) * protocol.trials, leave=False,
-                  desc=f"{desc}: time ({protocol.trials} interleaved trials)") as bar:
-            stats = time_interleaved(rts, xs, protocol, progress=bar.update)
-        return [st[protocol.statistic] for st in stats]
+        prt, px = load_probe(runtime, threads, precision)
+        with tqdm(total=(len(cfgs) + 1) * protocol.trials, leave=False,
+                  desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
+            head, *stats = time_interleaved([prt, *rts], [px, *xs], protocol,
+                                            progress=bar.update)
+        return {"ms": [st[protocol.statistic] for st in stats],
+                "rel": [st["rel"] for st in stats], "probe_ms": head["trial_medians"]}
+
+
+def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
+                    target: Target | None = None, jobs: int = 1, desc: str = "measure",
+                    protocol: TimingProtocol | None = None) -> dict[str, list[float]]:
+    """Whole subnets measured beside the reference probe in ``table``'s context (runtime,
+    threads, precision, protocol), on ``target`` (None: this machine, in process), with
+    periodic weights (a latency does not depend on the values, :func:`periodic_weights`).
+
+    Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
+
+    Raises:
+        deploy.targets.TargetError: the device could not measure.
+    """
+    return _measure_configs(space, cfgs, table.context["runtime"],
+                            int(table.context["threads"]),
+                            protocol or TimingProtocol.from_fields(table.protocol), desc,
+                            target, table.context.get("precision", "fp32"), jobs)
 
 
 def _export_block(s: BlockShape, runtime: str, precision: str, path: str) -> str:
@@ -422,11 +454,14 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     t0 = time.perf_counter()
     ent = state["entries"]
     suffix = "" if runtime == "torch" else format_for(runtime, precision).suffix
+    if not todo:
+        return 0.0
     ov_rt, ov_x = _loaded(_Overhead(), (1, 8, 1, 1), runtime, threads, folder / "overhead",
-                          precision) if todo else (None, None)
+                          precision)
+    prt, px = load_probe(runtime, threads, precision)
     for i in range(0, len(todo), batch):
         chunk = todo[i:i + batch]
-        rts, xs = [ov_rt], [ov_x]
+        rts, xs = [prt, ov_rt], [px, ov_x]
         for _, s in chunk:
             shape = (1, s.in_ch, s.in_size, s.in_size)
             rt = get_runtime(runtime, threads)
@@ -436,18 +471,30 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
                 rt.load(str(_block_file(folder, s, suffix)))
             rts.append(rt)
             xs.append(_random_input(rt, shape))
-        ov, *stats = time_interleaved(rts, xs, protocol)
+        probe, ov, *stats = time_interleaved(rts, xs, protocol)
         for (r, s), st in zip(chunk, stats):
             ent.setdefault(str(r), {})[s.key()] = _entry(st)
-        state.setdefault("overheads_ms", []).append(ov[protocol.statistic])
-        state["overhead_ms"] = float(np.median(state["overheads_ms"]))
+        _batch_done(state, probe, ov, protocol)
         save()
         bar.update(len(chunk))
     return time.perf_counter() - t0
 
 
 def _entry(st: dict[str, Any]) -> dict[str, Any]:
-    return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count")}
+    return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count", "rel")}
+
+
+def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any],
+                protocol: TimingProtocol) -> None:
+    """Record a timed batch's probe (its median: the device's speed in that batch; how
+    often it was re-timed) and its per-invoke overhead (ms and probe units; the table's
+    are the medians over the batches)."""
+    state.setdefault("probe_ms", []).append(probe["median"])
+    state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
+    state.setdefault("overheads_ms", []).append(ov[protocol.statistic])
+    state.setdefault("overheads_rel", []).append(ov["rel"])
+    state["overhead_ms"] = float(np.median(state["overheads_ms"]))
+    state["overhead_rel"] = float(np.median(state["overheads_rel"]))
 
 
 def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
@@ -502,14 +549,18 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
     for i, rows in enumerate(target.bench_batches(converted(), threads, protocol)):
         chunk = todo[slice(*bounds[i])]
         if "context" not in state:
-            head = rows.pop(0)
+            head = rows[0]
             state["context"] = {
                 "device": head.get("device") or {"name": target.name}, "runtime": runtime,
                 "runtime_version": head.get("runtime_version"),
                 "backend": head.get("backend"), "threads": threads,
                 "precision": precision, "batch": 1, "target": target.name,
                 "block_layout": block_layout(runtime)}
-            state["overhead_ms"] = head["latency_ms"][protocol.statistic]
+        if rows and len(rows) > len(chunk):  # the overhead model of the first batch
+            _batch_done(state, rows[0]["probe"], rows.pop(0)["latency_ms"], protocol)
+        elif rows:
+            state.setdefault("probe_ms", []).append(rows[0]["probe"]["median"])
+            state["retimed"] = state.get("retimed", 0) + int(rows[0]["probe"].get("retimed", 0))
         for (r, s), row in zip(chunk, rows):
             state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
         save()  # a dropped device loses one batch
@@ -603,7 +654,7 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         format_for(runtime, precision)
     elif precision != "fp32":
         raise ValueError("the torch runtime is timed in fp32 only")
-    protocol = protocol or TimingProtocol()
+    protocol = dataclasses.replace(protocol or TimingProtocol(), probe=True)
     out = Path(out)
     for r in resolutions:
         space.validate(space.max_subnet(r))
@@ -625,18 +676,21 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     with (tempfile.TemporaryDirectory() as tmp, converter_pool(jobs) as convert):
         models = None
         if target is not None:
+            target = ProbedTarget(target, runtime, precision)
             folder = _models_folder(out, runtime, precision)
             models = folder / "calibration"  # converted there, ahead by convert_blocks or now
-            with tqdm(desc=f"lut {runtime} {precision}", unit="block", total=len(shapes),
-                      initial=len(shapes) - len(todo)) as bar:
-                spent = _build_on_device(state, todo, runtime, precision, threads, protocol,
-                                         target, batch, Path(tmp),
-                                         lambda: atomic_write_json(partial_path, state), bar,
-                                         convert, folder)
-            print(_device_time(spent, len(todo), target.name))
-            build = {"blocks": len(todo), "jobs": jobs,
-                     **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},
-                     **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
+            build = {"blocks": 0, "jobs": jobs}
+            if todo:  # else: a build stopped after its blocks goes on to its calibration
+                with tqdm(desc=f"lut {runtime} {precision}", unit="block",
+                          total=len(shapes), initial=len(shapes) - len(todo)) as bar:
+                    spent = _build_on_device(state, todo, runtime, precision, threads,
+                                             protocol, target, batch, Path(tmp),
+                                             lambda: atomic_write_json(partial_path, state),
+                                             bar, convert, folder)
+                print(_device_time(spent, len(todo), target.name))
+                build = {"blocks": len(todo), "jobs": jobs,
+                         **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},
+                         **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
         else:
             state.setdefault("context", _context(runtime, threads, precision))
             folder = _models_folder(out, runtime, precision)
@@ -657,12 +711,20 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
             build = {"blocks": len(todo), "converted": converted, "jobs": jobs,
                      "wall_s": round(time.perf_counter() - t0, 2),
                      "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}
+        build["retimed"] = state.get("retimed", 0)
         table = LatencyTable(context=state["context"], space=space.to_dict(),
                              resolutions=sorted(resolutions), entries=ent,
                              protocol=asdict(protocol), overhead_ms=state["overhead_ms"],
-                             source=str(out), build=build)
-        if calib > 0:
+                             source=str(out), build=build,
+                             probe={"id": PROBE_ID, "ms": probe_summary(state["probe_ms"]),
+                                    "measured": "build"},
+                             overhead_rel=state["overhead_rel"])
+        if calib > 0 and state.get("calibration"):  # measured before the build was stopped
+            table.calibration = state["calibration"]
+        elif calib > 0:
             calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
+            state["calibration"] = table.calibration
+            atomic_write_json(partial_path, state)
     table.save(out)
     partial_path.unlink(missing_ok=True)
     shutil.rmtree(block_models_dir(out), ignore_errors=True)
@@ -686,15 +748,15 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     the subnets' models converted ahead (:func:`convert_blocks`). Returns ``table``.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = protocol or TimingProtocol(**{k_: v for k_, v in table.protocol.items()
-                                       if k_ in ("warmup", "runs", "trials", "statistic")})
+    protocol = protocol or TimingProtocol.from_fields(table.protocol)
     cfgs = calibration_configs(space, table.resolutions, k, seed)
-    measured = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
-                                table.context.get("precision", "fp32"), jobs, convert, models)
-    raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs).tolist()
-    table.calibration = {**fit_calibration(raw, measured), "fitted_on": [
-        {"config": c.to_dict(), "sum_ms": s, "measured_ms": m}
-        for c, s, m in zip(cfgs, raw, measured)]}
+    m = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
+                         table.context.get("precision", "fp32"), jobs, convert, models)
+    measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
+    raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
+    table.calibration = {**fit_calibration(raw, measured), "unit": table.unit, "fitted_on": [
+        {"config": c.to_dict(), "sum": s, "measured": v, "measured_ms": ms}
+        for c, s, v, ms in zip(cfgs, raw, measured, m["ms"])]}
     return table
 
 
@@ -710,8 +772,10 @@ def refit_calibration(table: LatencyTable) -> LatencyTable:
     if len(pts) < 2:
         raise ValueError(f"{len(pts)} calibration subnet(s) recorded; refitting needs two or "
                          "more (run `ofa lut calibrate` without --refit to measure some)")
-    table.calibration = {**fit_calibration([f["sum_ms"] for f in pts],
-                                           [f["measured_ms"] for f in pts]), "fitted_on": pts}
+    table.calibration = {**fit_calibration([f.get("sum", f.get("sum_ms")) for f in pts],
+                                           [f.get("measured", f.get("measured_ms"))
+                                            for f in pts]),
+                         "unit": table.unit, "fitted_on": pts}
     return table
 
 
@@ -748,33 +812,52 @@ def fit_calibration(raw: list[float], measured: list[float]) -> dict[str, Any]:
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
                    plot: str | Path | None = None, target: Target | None = None,
                    jobs: int = 1) -> dict[str, Any]:
-    """Measure ``n`` random subnets end to end in the table's context (runtime, threads,
-    precision; on ``target`` when given, see :func:`build_table`; converted by ``jobs``
-    processes); compare with the table's raw and calibrated predictions
-    (:func:`search.metrics.relative_error_report`), optionally with a scatter plot PNG."""
+    """Measure ``n`` random subnets end to end beside the reference probe in the table's
+    context (runtime, threads, precision; on ``target`` when given, see
+    :func:`build_table`; converted by ``jobs`` processes) and compare them with the table's
+    raw and calibrated predictions (:func:`search.metrics.relative_error_report`).
+
+    Reported separately: ``relative`` (calibrated prediction in probe units against each
+    subnet's measured time in probe units: what a change of the device's speed cannot
+    move), ``absolute`` (calibrated ms at the table's nominal speed against the ms measured
+    now: what also depends on the device's speed now), ``raw`` (block sums, in the table's
+    unit), and ``speed``: the probe's speed states in this run beside the table's. For a
+    table without probe data, ``relative`` is None and ``raw``/``calibrated`` are in ms.
+    Optionally a scatter plot PNG.
+    """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = TimingProtocol(**{k: v for k, v in table.protocol.items()
-                           if k in ("warmup", "runs", "trials", "statistic")})
+    protocol = TimingProtocol.from_fields(table.protocol)
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
-    measured = np.asarray(_measure_configs(space, cfgs, runtime, threads, protocol, "validate",
-                                           target, table.context.get("precision", "fp32"),
-                                           jobs))
-    raw = LatencyPredictor(table, space, calibrated=False).predict_many(cfgs)
-    cal = LatencyPredictor(table, space, calibrated=True).predict_many(cfgs)
+    m = _measure_configs(space, cfgs, runtime, threads, protocol, "validate", target,
+                         table.context.get("precision", "fp32"), jobs)
+    ms, rel = np.asarray(m["ms"]), np.asarray(m["rel"])
+    units = rel if table.probe else ms
+    raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs)
+    cal = LatencyPredictor(table, space, calibrated=True).units_many(cfgs)
+    cal_ms = table.to_ms(cal)
+    now = probe_summary(m["probe_ms"])
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
-              "raw": relative_error_report(raw, measured),
-              "calibrated": relative_error_report(cal, measured),
-              "samples": [{"config": c.to_dict(), "measured_ms": float(m), "raw_ms": float(r),
-                           "calibrated_ms": float(p)}
-                          for c, m, r, p in zip(cfgs, measured, raw, cal)]}
+              "unit": table.unit,
+              "relative": relative_error_report(cal, rel) if table.probe else None,
+              "absolute": relative_error_report(cal_ms, ms),
+              "raw": relative_error_report(raw, units),
+              "calibrated": relative_error_report(cal, units),
+              "speed": {"now": now, "table": table.probe.get("ms") if table.probe else None,
+                        "now_vs_table": (now["median"] / table.probe_ms()
+                                         if table.probe else None)},
+              "samples": [{"config": c.to_dict(), "measured_ms": float(a),
+                           "measured_rel": float(r), "raw": float(w), "calibrated": float(p),
+                           "calibrated_ms": float(q)}
+                          for c, a, r, w, p, q in zip(cfgs, ms, rel, raw, cal, cal_ms)]}
     if plot:
-        _scatter(measured, raw, cal, Path(plot), table.describe())
+        _scatter(units, raw, cal, Path(plot), table.describe(), table.unit)
         report["plot"] = str(plot)
     return report
 
 
-def _scatter(meas: np.ndarray, raw: np.ndarray, cal: np.ndarray, path: Path, title: str) -> None:
+def _scatter(meas: np.ndarray, raw: np.ndarray, cal: np.ndarray, path: Path, title: str,
+             unit: str = "ms") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -790,8 +873,9 @@ def _scatter(meas: np.ndarray, raw: np.ndarray, cal: np.ndarray, path: Path, tit
     ax.plot(xs, xs, "k-", lw=0.8)
     ax.scatter(meas, raw, s=10, alpha=0.6, label="raw sum")
     ax.scatter(meas, cal, s=10, alpha=0.8, label="calibrated")
-    ax.set_xlabel("measured latency (ms)")
-    ax.set_ylabel("predicted latency (ms)")
+    what = "probe units" if unit == "probe" else "ms"
+    ax.set_xlabel(f"measured latency ({what})")
+    ax.set_ylabel(f"predicted latency ({what})")
     ax.set_title(title, fontsize=7)
     ax.legend()
     fig.tight_layout()

@@ -82,26 +82,41 @@ class LatencyPredictor:
         space: the search space; only resolutions present in the table can be predicted.
         calibrated: apply the table's calibration ``a * raw ** p + b``
             (:meth:`search.latency_table.LatencyTable.calibrated`).
+        speed: the device speed a table in probe units converts to ms at (``nominal`` or
+            ``sustained``, :meth:`search.latency_table.LatencyTable.probe_ms`).
 
     Raises:
         TableError: the table misses an entry the space needs, or is for another space.
     """
 
-    def __init__(self, table: LatencyTable, space: SearchSpace, calibrated: bool = True) -> None:
+    def __init__(self, table: LatencyTable, space: SearchSpace, calibrated: bool = True,
+                 speed: str = "nominal") -> None:
         table.check(space=space)
+        self.speed = speed
+        self.ms_per_unit = table.probe_ms(speed)
         self.table, self.space = table, space
         self.resolutions = sorted(set(table.resolutions) & set(space.resolutions))
         if not self.resolutions:
             raise TableError(f"{table.source}: no resolution in common with the space "
                              f"(table {table.resolutions}, space {list(space.resolutions)})")
         self.calibrated = calibrated
-        ov = table.overhead_ms
+        ov = table.overhead
         self.sum = BlockSum(space, lambda r, s: table.entry(r, s.key()) - ov, self.resolutions)
-        self.overhead_ms = ov
+        self.overhead = ov
         self.encoder = ArchEncoder(space)
 
     def predict_encoded(self, enc: Encoded) -> np.ndarray:
-        """Latency (ms) ``(N,)`` of encoded configs (:data:`search.encoding.Encoded`).
+        """Latency (ms at :attr:`speed`) ``(N,)`` of encoded configs
+        (:data:`search.encoding.Encoded`).
+
+        Raises:
+            TableError: a resolution the table has no entries for.
+        """
+        return self.units_encoded(enc) * self.ms_per_unit
+
+    def units_encoded(self, enc: Encoded) -> np.ndarray:
+        """Latency ``(N,)`` in the table's unit (probe units, or ms for a table without
+        probe data): what a probe-relative measurement is compared with.
 
         Raises:
             TableError: a resolution the table has no entries for.
@@ -110,8 +125,14 @@ class LatencyPredictor:
         if np.isnan(raw).any():
             raise TableError(f"{self.table.source}: no latencies for resolution(s) "
                              f"{self.sum.missing(enc['r'])} (table has {self.resolutions})")
-        raw = raw + self.overhead_ms
-        return self.table.calibrated(raw) if self.calibrated else raw
+        raw = raw + self.overhead
+        if not self.calibrated:
+            return raw
+        return self.table.calibrated(raw) * self.table.scale(enc["r"])
+
+    def units_many(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
+        """:meth:`units_encoded` of configs."""
+        return self.units_encoded(self.encoder.encode(cfgs))
 
     def describe(self) -> str:
         """The table's measurement context in words."""

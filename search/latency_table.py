@@ -11,7 +11,11 @@ One JSON file per measurement context (see ``docs/formats.md``)::
      "overhead_ms": 0.01,
      "build": {"blocks": 96, "wall_s": 95.1, "timing_s": 88.0, "load_s": 4.2},  # optional
      "calibration": {"a": 1.0, "p": 1.0, "b": 0.0, "fit": "log-power",
-                     "fitted_on": [{"config": ..., "sum_ms": .., "measured_ms": ..}]},
+                     "unit": "probe", "fitted_on": [{"config": ..., "sum": .., "measured": ..,
+                                                      "measured_ms": ..}]},
+     "probe": {"id": "probe-v1", "ms": {"median", "fastest", "slowest", "p90", "range",
+                                        "batches"}, "measured": "build"},
+     "overhead_rel": 0.05,
      "entries": {"<resolution>": {"<OFA-style key>": {"median": .., "mean": .., "std": ..,
                                                        "p90": .., "count": ..}}}}
 
@@ -23,12 +27,22 @@ raw prediction is ``sum(entry - overhead) + overhead`` (one invoke), and the cal
 ``a * raw ** p + b`` (:meth:`LatencyTable.calibrated`; block sums miss fusion, cache effects
 and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Tables calibrated before the
 power law have no ``p`` (1: a straight line).
+
+Probe units. A table built with the reference probe (``deploy/probe.py``) also records each
+entry's ``rel`` (its time over the probe's, timed in the same trials), ``overhead_rel`` and
+``probe``: the probe's id and its median time in every batch of the build, summarised as the
+device's speed states (``median`` = nominal, ``fastest``, ``slowest``, ``p90`` = sustained).
+Such a table predicts in probe units, where a change of the device's speed cancels out, its
+calibration is fitted in probe units too, and a prediction becomes ms at a stated speed
+(:meth:`LatencyTable.probe_ms`). Tables without ``probe`` predict in ms, as measured at the
+speed of their build (loading one prints a one-line note).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +52,9 @@ import numpy as np
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, SubnetConfig
 
-__all__ = ["SCHEMA", "LatencyTable", "TableError", "import_ofa_yaml"]
+__all__ = ["SCHEMA", "LatencyTable", "TableError", "import_ofa_yaml", "SPEEDS"]
+
+SPEEDS = {"nominal": "median", "sustained": "p90"}  # --speed -> the probe statistic used
 
 SCHEMA = "ofa-edge-latency-table"
 VERSION = 1
@@ -67,6 +83,47 @@ class LatencyTable:
     source: str = ""
     statistic: str = "median"
     build: dict[str, Any] = field(default_factory=dict)  # where the build's time went (s)
+    probe: dict[str, Any] = field(default_factory=dict)  # {"id", "ms": speed states, ...}
+    overhead_rel: float = 0.0  # the per-invoke overhead in probe units
+
+    # --- units ---------------------------------------------------------------------------
+    @property
+    def unit(self) -> str:
+        """``probe`` when entries and calibration are in probe units, else ``ms``."""
+        return "probe" if self.probe else "ms"
+
+    @property
+    def overhead(self) -> float:
+        """One invoke's overhead in the table's unit."""
+        return self.overhead_rel if self.probe else self.overhead_ms
+
+    def probe_ms(self, speed: str = "nominal") -> float:
+        """ms per probe unit at ``speed``: ``nominal`` (the probe's median time over the
+        build's batches, or over the measurements that verified the table on this device)
+        or ``sustained`` (the slow end: 90% of the batches were at least this fast).
+        1.0 for a table in ms.
+
+        Raises:
+            ValueError: an unknown speed.
+        """
+        if speed not in SPEEDS:
+            raise ValueError(f"speed {speed!r}: use {' or '.join(SPEEDS)}")
+        return float(self.probe["ms"][SPEEDS[speed]]) if self.probe else 1.0
+
+    def to_ms(self, value: Any, speed: str = "nominal") -> Any:
+        """A latency in the table's unit (a number or an array) in ms at ``speed``."""
+        return value * self.probe_ms(speed)
+
+    def speed_text(self) -> str:
+        """The device's speed states in one phrase (``''`` without probe data)."""
+        if not self.probe:
+            return ""
+        m = self.probe["ms"]
+        where = self.probe.get("measured", "build")
+        return (f"probe {self.probe.get('id', '?')} {m['median']:.4f} ms nominal, "
+                f"{m['fastest']:.4f}-{m['slowest']:.4f} ms over {m.get('batches', '?')} "
+                f"batches ({m['slowest'] / m['fastest']:.2f}x), sustained (p90) "
+                f"{m['p90']:.4f} ms; measured at {where}")
 
     # --- io ------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -74,7 +131,9 @@ class LatencyTable:
                 "space": self.space, "resolutions": self.resolutions,
                 "protocol": self.protocol, "overhead_ms": self.overhead_ms,
                 "calibration": self.calibration, "statistic": self.statistic,
-                **({"build": self.build} if self.build else {}), "entries": self.entries}
+                **({"build": self.build} if self.build else {}),
+                **({"probe": self.probe, "overhead_rel": self.overhead_rel}
+                   if self.probe else {}), "entries": self.entries}
 
     def save(self, path: str | Path) -> Path:
         return atomic_write_json(path, self.to_dict())
@@ -113,14 +172,17 @@ class LatencyTable:
         for r in res:
             if str(r) not in d["entries"]:
                 raise TableError(f"{source}: no entries for resolution {r}")
+        probe = d.get("probe") or {}
+        _check_probe(probe, d.get("overhead_rel", 0.0), source)
         for r, group in d["entries"].items():
             if not isinstance(group, dict):
                 raise TableError(f"{source}: entries[{r!r}] must be an object")
             for key, e in group.items():
-                v = e.get(stat) if isinstance(e, dict) else None
-                if not _finite(v) or v <= 0:
-                    raise TableError(f"{source}: entry {r}/{key!r}: {stat} must be a finite "
-                                     f"latency > 0 ms, got {v!r}")
+                for k in (stat, "rel") if probe else (stat,):
+                    v = e.get(k) if isinstance(e, dict) else None
+                    if not _finite(v) or v <= 0:
+                        raise TableError(f"{source}: entry {r}/{key!r}: {k} must be a "
+                                         f"finite latency > 0, got {v!r}")
         cal = d.get("calibration") or {"a": 1.0, "b": 0.0, "fitted_on": []}
         a, b, pw = ((cal.get("a"), cal.get("b"), cal.get("p", 1.0)) if isinstance(cal, dict)
                     else (None, None, None))
@@ -136,7 +198,8 @@ class LatencyTable:
                    entries=d["entries"], protocol=d.get("protocol") or {},
                    overhead_ms=float(d.get("overhead_ms", 0.0)), calibration=cal,
                    source=source, statistic=stat,
-                   build=d["build"] if isinstance(d.get("build"), dict) else {})
+                   build=d["build"] if isinstance(d.get("build"), dict) else {},
+                   probe=probe, overhead_rel=float(d.get("overhead_rel", 0.0)))
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None,
@@ -155,6 +218,11 @@ class LatencyTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TableError(f"latency table {path} is not valid JSON ({exc})") from None
         t = cls.from_dict(d, source=str(path))
+        if not t.probe and str(path) not in _NOTED:
+            _NOTED.add(str(path))
+            print(f"note: {path} has no probe data: its ms hold at the speed of its build "
+                  "only; rebuild it with `ofa lut build` to predict in probe units",
+                  file=sys.stderr)
         t.check(space=space, resolutions=resolutions, precision=precision, runtime=runtime,
                 threads=threads)
         return t
@@ -189,30 +257,47 @@ class LatencyTable:
                                  f"not {want!r}")
 
     def entry(self, r: int, key: str) -> float:
-        """The statistic (ms) of ``key`` measured at input resolution ``r``.
+        """``key``'s latency at input resolution ``r`` in the table's unit: ``rel`` (probe
+        units) for a table with probe data, else the statistic (ms).
 
         Raises:
             TableError: no such entry.
         """
         try:
-            return float(self.entries[str(r)][key][self.statistic])
+            return float(self.entries[str(r)][key]["rel" if self.probe else self.statistic])
         except KeyError:
             raise TableError(f"{self.source or 'table'}: no entry for {key} at r={r}") from None
 
     def predict_raw(self, space: SearchSpace, cfg: SubnetConfig) -> float:
-        """Sum of entries minus per-entry overhead, plus one invoke's overhead (ms)."""
-        ov = self.overhead_ms
+        """Sum of entries minus per-entry overhead, plus one invoke's overhead (the table's
+        unit, :attr:`unit`)."""
+        ov = self.overhead
         return sum(self.entry(cfg.r, b.key()) - ov for b in space.block_shapes(cfg)) + ov
 
-    def predict(self, space: SearchSpace, cfg: SubnetConfig, calibrated: bool = True) -> float:
+    def predict(self, space: SearchSpace, cfg: SubnetConfig, calibrated: bool = True,
+                speed: str = "nominal") -> float:
+        """One subnet's latency in ms at ``speed`` (:meth:`probe_ms`)."""
         raw = self.predict_raw(space, cfg)
-        return float(self.calibrated(np.asarray(raw))) if calibrated else raw
+        val = (float(self.calibrated(np.asarray(raw))) * self.scale(cfg.r) if calibrated
+               else raw)
+        return float(self.to_ms(val, speed))
 
     def calibrated(self, raw: np.ndarray) -> np.ndarray:
         """``a * raw ** p + b`` (ms, any shape) with the table's calibration (``p`` = 1 and a
         straight line for tables fitted before the power law)."""
         c = self.calibration
         return float(c["a"]) * np.power(raw, float(c.get("p", 1.0))) + float(c["b"])
+
+    def scale(self, r: Any) -> Any:
+        """The factor a verification on another device fitted (``deploy/verify.py``) at
+        input resolution(s) ``r`` (an int or an int array): the calibration's
+        ``resolution_scale`` for ``r``, else its ``scale``, else 1."""
+        per = self.calibration.get("resolution_scale") or {}
+        one = float(self.calibration.get("scale", 1.0))
+        if not per:
+            return np.full(np.shape(r), one) if np.ndim(r) else one
+        look = np.vectorize(lambda x: float(per.get(str(int(x)), per.get(int(x), one))))
+        return look(r) if np.ndim(r) else float(look(r))
 
     def calibration_text(self) -> str:
         """The calibration in one short phrase, e.g. ``a=0.970 p=1.084 b=0.000 ms``."""
@@ -226,6 +311,31 @@ class LatencyTable:
             dev += " (EMULATED: timings are not the device's)"
         return (f"{dev} / {c['runtime']} {c['runtime_version']} / {c['backend']} / "
                 f"{c['threads']} thread(s) / {c['precision']} / batch {c['batch']}")
+
+
+_NOTED: set[str] = set()  # tables already noted as lacking probe data (once per path)
+
+
+def _check_probe(probe: Any, overhead_rel: Any, source: str) -> None:
+    """A table's ``probe`` record: ``{}`` or an object with ``id`` and ``ms`` speed states.
+
+    Raises:
+        TableError: naming the malformed field.
+    """
+    if not isinstance(probe, dict):
+        raise TableError(f"{source}: field 'probe' must be a JSON object")
+    if not probe:
+        return
+    ms = probe.get("ms")
+    if not isinstance(probe.get("id"), str) or not isinstance(ms, dict):
+        raise TableError(f"{source}: probe needs 'id' and 'ms' (its speed states)")
+    for k in ("median", "fastest", "slowest", "p90"):
+        if not _finite(ms.get(k)) or ms[k] <= 0:
+            raise TableError(f"{source}: probe.ms.{k} must be a finite time > 0 ms, "
+                             f"got {ms.get(k)!r}")
+    if not _finite(overhead_rel) or overhead_rel < 0:
+        raise TableError(f"{source}: overhead_rel must be a finite number >= 0, "
+                         f"got {overhead_rel!r}")
 
 
 def _check_complete(path: Path, r: int, group: dict[str, Any], space: SearchSpace) -> None:

@@ -1,5 +1,6 @@
 import json
 import random
+from dataclasses import asdict
 
 import pytest
 import yaml
@@ -84,7 +85,8 @@ def test_table_roundtrip_and_vectorised_prediction(tiny_table):
     assert len(loaded.calibration["fitted_on"]) == 5
     for group in loaded.entries.values():
         for e in group.values():
-            assert set(e) == {"median", "mean", "std", "p90", "count"} and e["count"] == 5
+            assert set(e) == {"median", "mean", "std", "p90", "count", "rel"} and e["count"] == 5
+            assert e["rel"] > 0  # probe units (deploy/probe.py)
     pred = LatencyPredictor(loaded, space)
     g = random.Random(1)
     cfgs = [space.sample(g) for _ in range(30)]
@@ -93,10 +95,13 @@ def test_table_roundtrip_and_vectorised_prediction(tiny_table):
         assert v == pytest.approx(loaded.predict(space, c), rel=1e-9)
         assert pred.predict(c) == pytest.approx(v)
     raw = LatencyPredictor(loaded, space, calibrated=False).predict(cfgs[0])
-    ov = loaded.overhead_ms
+    ov = loaded.overhead_rel  # a table with probe data sums probe units, then converts to ms
     group = loaded.entries[str(cfgs[0].r)]
-    manual = sum(group[s.key()]["median"] - ov for s in space.block_shapes(cfgs[0])) + ov
-    assert raw == pytest.approx(manual)
+    manual = sum(group[s.key()]["rel"] - ov for s in space.block_shapes(cfgs[0])) + ov
+    assert loaded.unit == "probe" and loaded.probe["ms"]["median"] > 0
+    assert raw == pytest.approx(manual * loaded.probe["ms"]["median"])
+    slow = LatencyPredictor(loaded, space, calibrated=False, speed="sustained").predict(cfgs[0])
+    assert slow == pytest.approx(manual * loaded.probe["ms"]["p90"])
 
 
 def test_mismatched_context_and_corrupt_tables(tiny_table, tmp_path):
@@ -147,7 +152,9 @@ def test_cli_calibrate_refits_a_copied_table(tiny_table, tmp_path, capsys):
     for f in t.calibration["fitted_on"]:  # the fit explains the subnets it was fitted on
         pred = LatencyPredictor(t, space).predict(SubnetConfig.from_dict(f["config"]))
         cal = t.calibration
-        assert pred == pytest.approx(cal["a"] * f["sum_ms"] ** cal["p"] + cal["b"])
+        assert cal["unit"] == "probe"  # fitted in probe units, converted at the build's speed
+        units = cal["a"] * f["sum"] ** cal["p"] + cal["b"]
+        assert pred == pytest.approx(units * t.probe_ms())
     copied.write_text(out.read_text()[:200])
     capsys.readouterr()
     assert main(["lut", "calibrate", str(copied), "--out", str(tmp_path / "x.json")]) == 2
@@ -195,15 +202,23 @@ def test_build_resumes_from_partial(tmp_path):
     partial = tmp_path / "t.json.partial.json"
     # a build killed after two entries left this partial file behind
     keys = [s.key() for s in space.all_block_shapes([12])]
-    fake = {"median": 123.0, "mean": 123.0, "std": 0.0, "p90": 123.0, "count": 1}
-    state = {"space": space.to_dict(), "resolutions": [12], "runtime": "onnxruntime",
-             "threads": 1, "protocol": {"warmup": 1, "runs": 2, "trials": 1,
-                                        "statistic": "median"},
-             "entries": {"12": {keys[0]: fake, keys[1]: fake}}, "overhead_ms": 0.001}
+    fake = {"median": 123.0, "mean": 123.0, "std": 0.0, "p90": 123.0, "count": 1, "rel": 9.0}
+    old = {"space": space.to_dict(), "resolutions": [12], "runtime": "onnxruntime",
+           "threads": 1, "protocol": {"warmup": 1, "runs": 2, "trials": 1,
+                                      "statistic": "median"},
+           "entries": {"12": {keys[0]: fake, keys[1]: fake}}, "overhead_ms": 0.001}
+    # a partial file from before probe-relative timing is not mixed into a new build
+    partial.write_text(json.dumps(old))
+    t = build_table(space, [12], "onnxruntime", out, protocol=TimingProtocol(1, 2, 1), calib=0)
+    assert t.entries["12"][keys[0]]["median"] < 100.0
+    state = {**old, "protocol": asdict(TimingProtocol(1, 2, 1, probe=True)),
+             "probe_ms": [0.1], "overhead_rel": 0.01, "overheads_rel": [0.01]}
     partial.write_text(json.dumps(state))
     t = build_table(space, [12], "onnxruntime", out, protocol=TimingProtocol(1, 2, 1), calib=0)
     assert t.entries["12"][keys[0]]["median"] == 123.0  # kept, not re-measured
+    assert t.entries["12"][keys[0]]["rel"] == 9.0
     assert t.entries["12"][keys[2]]["median"] < 100.0  # measured now
+    assert t.probe["ms"]["batches"] == 2  # the speed of the stopped build's batch, and now
     assert not partial.exists() and out.exists()
 
 

@@ -300,7 +300,8 @@ class LoadedBatch:
                             "median": st["median"]}
                            for p, n, r, st in zip(self.paths, self.sizes, self.runtimes,
                                                   stats)],
-                "load_s": self.load_s, "timing_s": t2 - t1}
+                "load_s": self.load_s, "timing_s": t2 - t1,
+                **({"probe": stats[0]} if protocol.probe else {})}
 
 
 def benchmark_many(models: list[str | Path], threads: int = 1,
@@ -332,9 +333,7 @@ def _prepare(runtime: str) -> dict[str, Any]:
 
 
 def _protocol(req: Mapping[str, Any]) -> TimingProtocol:
-    return TimingProtocol(int(req.get("warmup", TimingProtocol.warmup)),
-                          int(req.get("runs", TimingProtocol.runs)),
-                          int(req.get("trials", TimingProtocol.trials)))
+    return TimingProtocol.from_fields(req)
 
 
 def _failure(exc: Exception) -> dict[str, Any]:
@@ -447,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=TimingProtocol.runs)
     ap.add_argument("--warmup", type=int, default=TimingProtocol.warmup)
     ap.add_argument("--trials", type=int, default=TimingProtocol.trials)
+    ap.add_argument("--probe", action="store_true",
+                    help="the first model is the reference probe: report times in its units")
+    ap.add_argument("--probe-bound", type=float, default=TimingProtocol.probe_bound)
+    ap.add_argument("--retime", type=int, default=TimingProtocol.retime)
     ap.add_argument("--data", help="eval .npz or image folder: also report top-1")
     ap.add_argument("--limit", type=int, help="at most this many eval images")
     ap.add_argument("--json", action="store_true")
@@ -474,8 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         print("agent: error: several models are a batch: --json, and no --data",
               file=sys.stderr)
         return 2
-    protocol = TimingProtocol(a.warmup, a.runs, a.trials)
+    if a.probe and len(a.model) < 2:
+        print("agent: error: --probe: give the probe first, then the models to time",
+              file=sys.stderr)
+        return 2
     try:
+        protocol = TimingProtocol(a.warmup, a.runs, a.trials, probe=a.probe,
+                                  probe_bound=a.probe_bound, retime=a.retime)
         res = (benchmark_many(a.model, a.threads, protocol) if len(a.model) > 1 else
                benchmark(a.model[0], a.threads, protocol, a.data, a.limit))
     except RuntimeMissing as exc:

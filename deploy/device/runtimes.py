@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "time_invoke",
            "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
-           "register_runtime"]
+           "register_runtime", "probe_spread"]
 
 
 class RuntimeMissing(RuntimeError):
@@ -299,22 +299,53 @@ class TimingProtocol:
     them alike at Kendall tau 0.92-0.94 with it, against 2.0-4.6% and 0.82-0.89 with 3 trials
     of 10 + 50 (``bench/timing_protocol.py``, two runs).
 
+    ``probe``: the first model of every timed batch is the reference probe
+    (``deploy/probe.py``), timed in the same trials; each model's statistics then also
+    carry ``rel``, its time in probe units, the median over trials of (its trial median /
+    the probe's trial median in that trial). A batch whose probe's trial medians spread
+    more than ``probe_bound`` (slowest / fastest) is timed again, up to ``retime`` times,
+    and the attempt with the steadiest probe is kept (``docs/latency.md``).
+
     Raises:
-        ValueError: ``runs``/``trials`` below 1 or ``warmup`` below 0.
+        ValueError: ``runs``/``trials`` below 1, ``warmup`` or ``retime`` below 0, or
+            ``probe_bound`` not above 1.
     """
 
     warmup: int = 3
     runs: int = 15
     trials: int = 10
     statistic: str = "median"
+    probe: bool = False
+    probe_bound: float = 1.25
+    retime: int = 3
 
     def __post_init__(self) -> None:
-        for name, lo in (("warmup", 0), ("runs", 1), ("trials", 1)):
+        for name, lo in (("warmup", 0), ("runs", 1), ("trials", 1), ("retime", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if self.statistic not in ("median", "mean", "min", "p90"):
             raise ValueError(f"statistic {self.statistic!r}: use median, mean, min or p90")
+        b = self.probe_bound
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 1.0 < b <= 10.0:
+            raise ValueError(f"probe_bound must be a number in (1, 10], got {b!r}")
+
+    def fields(self) -> dict[str, Any]:
+        """What a timing request carries (``deploy/device/agent.py``): everything but the
+        statistic, which the caller reads."""
+        return {"warmup": self.warmup, "runs": self.runs, "trials": self.trials,
+                "probe": self.probe, "probe_bound": self.probe_bound, "retime": self.retime}
+
+    @classmethod
+    def from_fields(cls, d: Mapping[str, Any]) -> TimingProtocol:
+        """The protocol of a request or a table's ``protocol`` record (missing keys take
+        the defaults; unknown keys are ignored).
+
+        Raises:
+            ValueError: a field out of range.
+        """
+        known = {"warmup", "runs", "trials", "statistic", "probe", "probe_bound", "retime"}
+        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def stats_ms(times_ms: list[float]) -> dict[str, float]:
@@ -330,9 +361,60 @@ def time_invoke(rt: Runtime, x: np.ndarray, protocol: TimingProtocol | None = No
     return time_interleaved([rt], [x], protocol)[0]
 
 
+def _timed(rt: Runtime, p: TimingProtocol) -> list[float]:
+    """One trial of one model: ``warmup`` untimed invokes, then ``runs`` timed ones (ms)."""
+    for _ in range(p.warmup):
+        rt.invoke()
+    out = []
+    for _ in range(p.runs):
+        t = time.perf_counter()
+        rt.invoke()
+        out.append((time.perf_counter() - t) * 1e3)
+    return out
+
+
+PROBE_INTERVAL_S = 0.05  # the probe is timed again within a trial after this long
+
+
+def _trials(rts: Sequence[Runtime], p: TimingProtocol,
+            progress: Callable[[], None] | None
+            ) -> tuple[list[list[list[float]]], list[float], list[list[int]]]:
+    """Every model's trials: ``times[model][trial]`` (ms per timed invoke). With a probe
+    (``rts[0]``) also the probe's medians in the order they were timed, ``samples``, and for
+    each other model and trial the index of the sample timed just before it, ``before``:
+    the probe is timed at the start of every trial, again whenever
+    :data:`PROBE_INTERVAL_S` passed since it was last timed (a trial of many large models),
+    and once after the last trial, so every model's trial lies between two samples."""
+    times: list[list[list[float]]] = [[] for _ in rts]
+    samples: list[float] = []
+    before: list[list[int]] = [[] for _ in rts]
+    for _ in range(p.trials):
+        last = time.perf_counter()
+        for i, rt in enumerate(rts):
+            if p.probe and i > 0 and time.perf_counter() - last > PROBE_INTERVAL_S:
+                samples.append(float(np.median(_timed(rts[0], p))))
+                last = time.perf_counter()
+            times[i].append(_timed(rt, p))
+            if p.probe and i == 0:
+                samples.append(float(np.median(times[0][-1])))
+            before[i].append(len(samples) - 1)
+            if progress is not None:
+                progress()
+    if p.probe:
+        samples.append(float(np.median(_timed(rts[0], p))))
+    return times, samples, before
+
+
+def probe_spread(trial_medians: Sequence[float]) -> float:
+    """How far the probe moved during a batch: its slowest trial median over its fastest
+    (1.0: it did not move)."""
+    a = np.asarray(trial_medians, dtype=np.float64)
+    return float(a.max() / a.min()) if a.size and a.min() > 0 else float("inf")
+
+
 def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
                      protocol: TimingProtocol | None = None,
-                     progress: Callable[[], None] | None = None) -> list[dict[str, float]]:
+                     progress: Callable[[], None] | None = None) -> list[dict[str, Any]]:
     """Time several loaded models in rounds: trial ``t`` times every model (``warmup``
     untimed, then ``runs`` timed invokes) before trial ``t + 1`` starts.
 
@@ -341,23 +423,42 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     (ms, one dict per model as :func:`time_invoke`) compare fairly. ``progress`` is called
     after each model's trial.
 
+    With ``protocol.probe`` the first model is the reference probe: every dict also holds
+    ``rel`` (the model's time in probe units: the median over trials of its trial median
+    over the mean of the probe's medians timed just before and just after it, see
+    :func:`_trials`; 1.0 for the probe) and the probe's dict holds ``trial_medians`` (ms,
+    every time the probe was timed, in order), ``spread`` (:func:`probe_spread`) and
+    ``retimed`` (how many times the batch was timed again because the spread exceeded
+    ``protocol.probe_bound``; the attempt with the smallest spread is kept).
+
     Raises:
-        ValueError: as many inputs as runtimes are needed.
+        ValueError: as many inputs as runtimes are needed; a probe needs a model.
     """
     p = protocol or TimingProtocol()
     if len(rts) != len(xs):
         raise ValueError(f"{len(rts)} runtimes but {len(xs)} inputs")
-    times: list[list[float]] = [[] for _ in rts]
+    if p.probe and not rts:
+        raise ValueError("a probed batch needs the probe as its first model")
     for rt, x in zip(rts, xs):
         rt.set_input(x)
-    for _ in range(p.trials):
-        for rt, out in zip(rts, times):
-            for _ in range(p.warmup):
-                rt.invoke()
-            for _ in range(p.runs):
-                t = time.perf_counter()
-                rt.invoke()
-                out.append((time.perf_counter() - t) * 1e3)
-            if progress is not None:
-                progress()
-    return [stats_ms(t) for t in times]
+    best: tuple[float, Any] | None = None
+    attempts = 0
+    for attempts in range(1 + (p.retime if p.probe else 0)):  # noqa: B007 (read after)
+        times, samples, before = _trials(rts, p, progress if attempts == 0 else None)
+        if not p.probe:
+            return [stats_ms([v for trial in t for v in trial]) for t in times]
+        spread = probe_spread(samples)
+        if best is None or spread < best[0]:
+            best = (spread, (times, samples, before))
+        if spread <= p.probe_bound:
+            break
+    assert best is not None
+    spread, (times, samples, before) = best
+    out = []
+    for t, b in zip(times, before):  # each trial against the probe timed around it
+        st: dict[str, Any] = stats_ms([v for trial in t for v in trial])
+        st["rel"] = float(np.median([np.median(trial) * 2 / (samples[k] + samples[k + 1])
+                                     for trial, k in zip(t, b)]))
+        out.append(st)
+    out[0].update(rel=1.0, trial_medians=samples, spread=spread, retimed=attempts)
+    return out

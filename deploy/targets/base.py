@@ -95,6 +95,9 @@ def agent_args(models: list[str], threads: int, protocol: TimingProtocol,
                 data: str | None) -> list[str]:
     args = [*models, "--json", "--threads", str(threads), "--runs", str(protocol.runs),
             "--warmup", str(protocol.warmup), "--trials", str(protocol.trials)]
+    if protocol.probe:  # the first model is the reference probe (deploy/probe.py)
+        args += ["--probe", "--probe-bound", str(protocol.probe_bound), "--retime",
+                 str(protocol.retime)]
     return args + (["--data", data] if data else [])
 
 
@@ -134,5 +137,6 @@ def agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
         raise TargetError(f"{where}: agent printed no JSON") from None
 
 
-def protocol_fields(protocol: TimingProtocol) -> dict[str, int]:
-    return {"warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials}
+def protocol_fields(protocol: TimingProtocol) -> dict[str, Any]:
+    """The timing protocol as a request's fields (:meth:`TimingProtocol.fields`)."""
+    return protocol.fields()

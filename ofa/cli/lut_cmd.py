@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from deploy.device.runtimes import TimingProtocol
 from ofa.cli.args import (
@@ -134,11 +135,10 @@ def _build(args: argparse.Namespace, target) -> int:
 
 
 def _table_and_space(args: argparse.Namespace, target):
-    """The table of ``args.table`` and its space; a table measured on another CPU model than
-    this machine is refused for a local measurement unless ``--force``.
-
-    Raises:
-        CliError: another CPU model.
+    """The table of ``args.table`` and its space. A table measured on another CPU model
+    than this machine is measured all the same, with a one-line note: the subnets are timed
+    beside the probe, so the report says how well the table holds here (the CPU model
+    string alone decides nothing; ``ofa lut verify`` keeps, adapts or rebuilds).
     """
     from deploy.device.devinfo import device_facts
     from ofa.space import SearchSpace
@@ -148,10 +148,9 @@ def _table_and_space(args: argparse.Namespace, target):
     dev = table.context.get("device")
     theirs = dev.get("cpu_model") if isinstance(dev, dict) else None
     mine = device_facts()["cpu_model"]
-    if target is None and not args.force and theirs != mine:
-        raise CliError(f"{args.table} was measured on {theirs or 'an unknown CPU'}, this "
-                       f"machine is {mine}: block ratios do not carry across CPU models; "
-                       "rebuild the table here with `ofa lut build` (or pass --force)")
+    if target is None and theirs != mine:
+        print(f"note: {args.table} was measured on {theirs or 'an unknown CPU'}, this machine "
+              f"is {mine}: measuring it here all the same", file=sys.stderr)
     return table, SearchSpace.from_dict(table.space)
 
 
@@ -189,10 +188,29 @@ def _validate(args: argparse.Namespace, target) -> int:
     if args.json:
         print(json.dumps({k: v for k, v in rep.items() if k != "samples"}))
         return 0
-    print(f"{rep['context']}: {rep['n']} random subnets measured end to end")
-    print(f"{'':12}{'±5%':>8}{'±10%':>8}{'RMSPE':>8}{'tau':>8}")
-    for k in ("raw", "calibrated"):
-        m = rep[k]
-        print(f"{k:12}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%{m['rmspe']:7.2f}%"
-              f"{m['kendall_tau']:8.3f}")
+    print(f"{rep['context']}: {rep['n']} random subnets measured end to end beside the probe")
+    print(f"{'':34}{'±5%':>8}{'±10%':>8}{'RMSPE':>8}{'tau':>8}")
+    unit = "probe units" if rep["unit"] == "probe" else "ms"
+    rows = [(f"raw block sum ({unit})", rep["raw"]),
+            ("probe-relative (calibrated)", rep["relative"]),
+            ("absolute ms at the table's speed", rep["absolute"])]
+    for name, m in rows:
+        if m is not None:
+            print(f"{name:34}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%"
+                  f"{m['rmspe']:7.2f}%{m['kendall_tau']:8.3f}")
+    print(speed_line(rep["speed"]))
     return 0
+
+
+def speed_line(speed: dict) -> str:
+    """One line: the device's speed (the probe's median ms) during a measurement, beside
+    the table's."""
+    now = speed["now"]
+    line = (f"device speed now: probe {now['median']:.4f} ms median, {now['fastest']:.4f}-"
+            f"{now['slowest']:.4f} ms ({now['range']:.2f}x)")
+    if speed.get("table"):
+        line += (f"; the table's build: {speed['table']['median']:.4f} ms "
+                 f"({speed['now_vs_table']:.2f}x slower now)" if speed["now_vs_table"] >= 1
+                 else f"; the table's build: {speed['table']['median']:.4f} ms "
+                 f"({1 / speed['now_vs_table']:.2f}x faster now)")
+    return line

@@ -1,0 +1,177 @@
+"""The reference probe: one fixed small network timed beside every measurement.
+
+A device's speed changes in steps (a Raspberry Pi that throttles when hot, a phone's
+governor, a VM sharing its cores): a time in ms is only true of the minute it was taken in.
+Timed in the same interleaved trials as the models of a batch, the probe turns each of
+their times into a ratio that the device's speed cancels from, *probe units*
+(:class:`deploy.device.runtimes.TimingProtocol`, ``probe``). Latency tables keep their
+entries in probe units and the probe's own times over the build (the device's speed
+states), and convert to ms at a stated speed (:meth:`search.latency_table.LatencyTable.
+probe_ms`); see ``docs/latency.md``.
+
+The probe is the same network everywhere (:data:`PROBE_ID`), exported in the runtime and
+precision of what it is timed with: a 3x3 stem and two inverted-residual blocks (one with a
+shortcut) at 24 px, the operations of the subnets it is compared with, small enough that
+its share of a table build's timed work stays low (``bench/drift.py`` reports it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime
+from deploy.formats import format_for
+from deploy.targets import Target
+from deploy.torch_runtime import TorchRuntime
+
+__all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
+           "ProbedTarget", "probe_summary"]
+
+PROBE_ID = "probe-v1"  # change the name whenever the network below changes
+PROBE_INPUT = (1, 3, 24, 24)  # NCHW
+
+
+class _Probe(nn.Module):
+    """``(1, 3, 24, 24)`` -> ``(1, 10)``: stem conv 3->16 (h-swish), an inverted residual
+    16 -> 64 (dw 5x5) -> 24, stride 2, and 24 -> 72 (dw 3x3) -> 24 with a shortcut; pool,
+    linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def cbn(i: int, o: int, k: int, s: int = 1, g: int = 1) -> list[nn.Module]:
+            return [nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o)]
+
+        self.stem = nn.Sequential(*cbn(3, 16, 3), nn.Hardswish())
+        self.b1 = nn.Sequential(*cbn(16, 64, 1), nn.ReLU(), *cbn(64, 64, 5, 2, 64), nn.ReLU(),
+                                *cbn(64, 24, 1))
+        self.b2 = nn.Sequential(*cbn(24, 72, 1), nn.Hardswish(), *cbn(72, 72, 3, 1, 72),
+                                nn.Hardswish(), *cbn(72, 24, 1))
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b1(self.stem(x))
+        y = y + self.b2(y)
+        return self.head(y.mean((2, 3)))
+
+
+def probe_module() -> nn.Module:
+    """The probe network (eval mode, seeded weights: every export of it is the same)."""
+    g = torch.Generator().manual_seed(20261206)
+    net = _Probe()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return net.eval()
+
+
+def _cache() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "ofa-edge" / "probe" / torch.__version__
+
+
+def probe_file(runtime: str, precision: str = "fp32", folder: str | Path | None = None
+               ) -> Path:
+    """The probe exported for ``runtime`` at ``precision`` (the file ``ofa export`` writes
+    for them, ``deploy/formats.py``), in ``folder`` (default: the user's cache,
+    ``~/.cache/ofa-edge/probe/<torch version>/``); an existing file is reused, a new one is
+    written atomically.
+
+    Raises:
+        ValueError: a runtime without a file format (torch) or a precision it lacks.
+    """
+    fmt = format_for(runtime, precision)
+    folder = Path(folder) if folder is not None else _cache()
+    path = folder / f"{PROBE_ID}-{fmt.name}{fmt.suffix}"
+    if not path.exists():
+        calib = None
+        if precision == "int8":
+            calib = np.random.default_rng(0).standard_normal(
+                (8, *PROBE_INPUT[1:])).astype(np.float32)
+        fmt.export(probe_module(), PROBE_INPUT, path, calib=calib)  # written atomically
+    return path
+
+
+def load_probe(runtime: str, threads: int, precision: str = "fp32",
+               folder: str | Path | None = None) -> tuple[Runtime, np.ndarray]:
+    """The probe loaded in ``runtime`` in this process and a seeded input in its layout and
+    type: the first model of a batch timed here with ``TimingProtocol(probe=True)``."""
+    rt = get_runtime(runtime, threads)
+    if isinstance(rt, TorchRuntime):
+        rt.load_module(probe_module(), PROBE_INPUT)
+    else:
+        rt.load(str(probe_file(runtime, precision, folder)))
+    x = np.random.default_rng(0).standard_normal(PROBE_INPUT).astype(np.float32)
+    return rt, rt.prepare(x)
+
+
+def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
+    """The device's speed states seen over a measurement, from the probe's median time (ms)
+    of each batch: ``median`` (nominal), ``fastest``, ``slowest``, ``p90`` (90% of the
+    batches were at least this fast: the sustained speed, ``--speed sustained``), and
+    ``range`` (slowest / fastest).
+
+    Raises:
+        ValueError: no batch, or a time that is not positive.
+    """
+    a = np.asarray(list(batch_ms), dtype=np.float64)
+    if not a.size or (a <= 0).any() or not np.isfinite(a).all():
+        raise ValueError("the probe's speed needs one positive time per batch")
+    return {"median": float(np.median(a)), "fastest": float(a.min()),
+            "slowest": float(a.max()), "p90": float(np.percentile(a, 90)),
+            "range": float(a.max() / a.min()), "batches": int(a.size)}
+
+
+class ProbedTarget:
+    """A :class:`deploy.targets.Target` whose every timed batch carries the probe: the probe
+    file goes first, the protocol says so (``probe=True``), and the probe's row is taken out
+    of the answer again. Each row's ``latency_ms`` gains ``rel`` (probe units) and each row
+    gets ``probe``: the batch's probe statistics (``trial_medians``, ``spread``,
+    ``retimed``). ``bench`` and ``top1`` pass through (a single model, an accuracy run).
+    """
+
+    def __init__(self, target: Target, runtime: str, precision: str = "fp32",
+                 folder: str | Path | None = None) -> None:
+        self.target, self.name = target, target.name
+        self.probe = probe_file(runtime, precision, folder)
+
+    def __getattr__(self, item: str) -> Any:  # check, start, top1, close, ...
+        return getattr(self.target, item)
+
+    def _protocol(self, protocol: TimingProtocol | None) -> TimingProtocol:
+        return dataclasses.replace(protocol or TimingProtocol(), probe=True)
+
+    def _split(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        head, *rows = rows
+        probe = {k: v for k, v in head["latency_ms"].items()}
+        for r in rows:
+            r["probe"] = probe
+        return rows
+
+    def bench(self, model: str | Path, threads: int = 1, protocol: TimingProtocol | None = None,
+              data: str | Path | None = None) -> dict[str, Any]:
+        """The target's answer for ``model`` (with ``data``: its top-1 too), its latency
+        taken beside the probe."""
+        res = self.target.bench(model, threads, protocol, data) if data else {}
+        row = self.bench_many([Path(model)], threads, protocol)[0]
+        return {**row, **{k: v for k, v in res.items() if k == "accuracy"}}
+
+    def bench_many(self, models: list[Path], threads: int = 1,
+                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
+        return self._split(self.target.bench_many([self.probe, *map(Path, models)], threads,
+                                                  self._protocol(protocol)))
+
+    def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
+                      protocol: TimingProtocol | None = None
+                      ) -> Iterator[list[dict[str, Any]]]:
+        probed = ([self.probe, *map(Path, b)] for b in batches)
+        for rows in self.target.bench_batches(probed, threads, self._protocol(protocol)):
+            yield self._split(rows)
