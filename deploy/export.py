@@ -177,5 +177,19 @@ def converter_pool(jobs: int) -> Iterator[Callable[..., Iterator[Any]]]:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                             initializer=_converter_init) as pool:
         yield pool.map
+
+
+def _converter_init() -> None:
+    """A converter process: one thread, any core (the parent may be pinned to the core it
+    times on, ``bench/drift.py``), ends with its parent and leaves group signals to it
+    (:func:`ofa.lifetime.worker_lifetime`)."""
+    import os
+
+    from ofa.lifetime import worker_lifetime
+
+    worker_lifetime()
+    torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))

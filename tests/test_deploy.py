@@ -405,9 +405,11 @@ def test_batched_and_one_by_one_tables_agree(tmp_path):
                        calib=0, target=LocalTarget(), batch=64).entries["16"]
     assert one.keys() == many.keys() and len(one) >= 10
     keys = sorted(one)
-    ratios = np.array([many[k]["median"] / one[k]["median"] for k in keys])
-    assert 0.67 < np.median(ratios) < 1.5, ratios
-    tau = kendalltau([one[k]["median"] for k in keys], [many[k]["median"] for k in keys])[0]
+    # in probe units: this VM's speed moves up to 2x between the two builds, and the probe
+    # timed in the same trials takes it out (the ms ratios are not asserted)
+    ratios = np.array([many[k]["rel"] / one[k]["rel"] for k in keys])
+    assert 0.8 < np.median(ratios) < 1.25, ratios
+    tau = kendalltau([one[k]["rel"] for k in keys], [many[k]["rel"] for k in keys])[0]
     assert tau > 0.6, tau
 
 

@@ -47,6 +47,7 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterable, Mapping
@@ -282,13 +283,23 @@ class LoadedBatch:
         self.sizes = [len(contents[str(p)]) if str(p) in contents else p.stat().st_size
                       for p in self.paths]
 
-    def time(self, protocol: TimingProtocol | None = None) -> dict[str, Any]:
+    def time(self, protocol: TimingProtocol | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Time one invoke of each model in interleaved trials
         (:func:`deploy.device.runtimes.time_interleaved`): the batch answer of
-        :func:`benchmark_many`."""
+        :func:`benchmark_many`. ``progress(done, total)``: called after each model's
+        trial."""
         protocol = protocol or TimingProtocol()
         t1 = time.perf_counter()
-        stats = time_interleaved(self.runtimes, self.inputs, protocol)
+        total, done = len(self.runtimes) * protocol.trials, 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        stats = time_interleaved(self.runtimes, self.inputs, protocol, step)
         t2 = time.perf_counter()
         rt = self.runtimes[0]
         return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
@@ -343,6 +354,52 @@ def _failure(exc: Exception) -> dict[str, Any]:
     return {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
 
 
+PROGRESS_S = 5.0  # a working agent writes a progress line at least this often
+
+
+def _progress_writer(write: Callable[[str], None]) -> Callable[[int, int], None]:
+    """``progress(done, total)`` that writes ``{"progress": done, "of": total}`` at most
+    every :data:`PROGRESS_S` seconds: the host's wait for an answer then scales with the
+    work (``deploy.targets.ssh``)."""
+    last = time.monotonic()
+
+    def progress(done: int, total: int) -> None:
+        nonlocal last
+        if time.monotonic() - last >= PROGRESS_S:
+            last = time.monotonic()
+            write(json.dumps({"progress": done, "of": total}))
+
+    return progress
+
+
+def watch_parent(stdin_fd: int | None = 0, poll_s: float = 1.0) -> threading.Thread:
+    """End this process (exit code 0) as soon as its parent is gone or ``stdin_fd`` is
+    hung up (the SSH connection dropped, the host's command was killed): nothing of the
+    agent outlives the request that started it, even in the middle of a long timing.
+    ``stdin_fd`` None watches the parent only. Returns the daemon thread."""
+    import select as _select
+
+    parent = os.getppid()
+    poller = None
+    if stdin_fd is not None and hasattr(_select, "poll"):
+        poller = _select.poll()
+        poller.register(stdin_fd, _select.POLLHUP | _select.POLLERR)
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(0)
+            if poller is not None:
+                for _, ev in poller.poll(0):
+                    if ev & (_select.POLLHUP | _select.POLLERR):
+                        os._exit(0)
+            time.sleep(poll_s)
+
+    t = threading.Thread(target=watch, name="parent-watch", daemon=True)
+    t.start()
+    return t
+
+
 def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
     """Answer batch requests (one JSON object per line of ``lines``) with one JSON line each
     through ``write``, until the lines end: the persistent agent of ``--serve``.
@@ -367,6 +424,9 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
       "images"}], "device"}``.
     - ``{"prepare": RUNTIME}``: import that runtime ahead of the first batch; answers
       ``{"runtime", "runtime_version", "device"}``.
+
+    While a request is worked on, a line ``{"progress": done, "of": total}`` is written at
+    least every :data:`PROGRESS_S` seconds (timing: model trials done); the answer follows.
 
     ``"reuse": [names]`` in a request: files sent inline in the previous request, not sent
     again (``deploy.targets.ssh.SSHTarget`` leaves out what it sent the line before).
@@ -419,14 +479,14 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
                 if held is None:
                     raise ValueError("no batch loaded to time (send a load request first)")
                 (batch, delete), held = held, None
-                ans = batch.time(protocol)
+                ans = batch.time(protocol, _progress_writer(write))
             else:
                 batch = LoadedBatch(models, threads, files, workers)
                 if "load" in req:
                     held, delete = (batch, delete), []
                     ans = {"loaded": len(models), "load_s": batch.load_s}
                 else:
-                    ans = batch.time(protocol)
+                    ans = batch.time(protocol, _progress_writer(write))
         except (RuntimeMissing, ValueError, OSError) as exc:
             ans = _failure(exc)
         for m in delete:
@@ -468,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             answers.write(text + "\n")
             answers.flush()
 
+        watch_parent(0)  # a dropped connection ends the agent, even mid-batch
         serve(sys.stdin, write)
         return 0
     if not a.model:
@@ -481,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
         print("agent: error: --probe: give the probe first, then the models to time",
               file=sys.stderr)
         return 2
+    watch_parent(None)
     try:
         protocol = TimingProtocol(a.warmup, a.runs, a.trials, probe=a.probe,
                                   probe_bound=a.probe_bound, retime=a.retime)

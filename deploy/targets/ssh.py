@@ -14,7 +14,7 @@ import hashlib
 import io
 import itertools
 import json
-import select
+import queue
 import shlex
 import shutil
 import subprocess
@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,6 +55,15 @@ class _AgentProcess:
                                      stderr=self.err, text=True, bufsize=1)
         self.pending = 0
         self.files: dict[str, str] = {}  # name -> encoded content, as last sent
+        # every stdout line, read by a thread: answers and the progress lines before them
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True, name="agent-stdout").start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            for line in self.proc.stdout:
+                self.lines.put(line)
+        self.lines.put("")  # end of output
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -97,7 +106,9 @@ class SSHTarget:
         known_hosts: a known_hosts file to check against (default: the user's).
         identity: a private key file (default: the ssh agent / ``~/.ssh`` keys).
         remote_dir: working folder on the device, relative to the login's home.
-        timeout: seconds one command (or one batch's answer) may take.
+        timeout: seconds one command may take, and seconds an agent process may stay
+            silent (it sends progress while it works: a long batch on a slow board is
+            never cut off by it).
         multiplex: reuse one connection (False: one connection per command).
         prefetch: start a second agent process, which loads the next batch while the first
             times this one in :meth:`bench_batches` (where the device has a core to spare).
@@ -109,6 +120,8 @@ class SSHTarget:
                  timeout: float = 300.0, multiplex: bool = True, prefetch: bool = True) -> None:
         self.user, self.host, self.port = user, host, port
         self.python, self.remote_dir, self.timeout = python, remote_dir, timeout
+        # called with (done, total) for each progress line of the agent (a tqdm bar)
+        self.progress: Callable[[int, int], None] | None = None
         self.name = f"ssh://{user + '@' if user else ''}{host}:{port}"
         opts = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         if insecure:
@@ -466,20 +479,31 @@ class SSHTarget:
         agent.pending += 1
 
     def _receive(self, agent: _AgentProcess) -> dict[str, Any]:
-        """The agent process's next answer line (within ``timeout`` seconds)."""
-        ready, _, _ = select.select([agent.proc.stdout], [], [], self.timeout)
-        if not ready:
-            agent.proc.kill()
-            raise TargetError(f"{self.name}: the agent gave no answer in {self.timeout:.0f} s")
-        line = agent.proc.stdout.readline()
-        if not line:
-            raise TargetError(self._failure(agent))
+        """The agent process's next answer line. The agent sends a progress line at least
+        every few seconds while it works (``{"progress": done, "of": total}``), so the
+        wait is not fixed: only ``timeout`` seconds *without a line* end it (a slow board
+        timing a long batch is never cut off)."""
+        while True:
+            try:
+                line = agent.lines.get(timeout=self.timeout)
+            except queue.Empty:
+                agent.proc.kill()
+                raise TargetError(f"{self.name}: the agent sent nothing for "
+                                  f"{self.timeout:.0f} s (the device hung or the link "
+                                  "dropped)") from None
+            if not line:
+                raise TargetError(self._failure(agent))
+            try:
+                ans = json.loads(line)
+            except json.JSONDecodeError:
+                raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
+                                  ) from None
+            if isinstance(ans, dict) and set(ans) == {"progress", "of"}:
+                if self.progress is not None:
+                    self.progress(int(ans["progress"]), int(ans["of"]))
+                continue
+            break
         agent.pending -= 1
-        try:
-            ans = json.loads(line)
-        except json.JSONDecodeError:
-            raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
-                              ) from None
         if "error" in ans:
             msg = str(ans["error"])
             if "no space left" in msg.lower():

@@ -244,20 +244,20 @@ def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
                                   precision: str, calib: int, seed: int) -> None:
     """The background process of :func:`_start_block_conversion` (spawned: plain
     arguments): at the lowest priority, so that training keeps the cores it uses. The table
-    step stops it with SIGTERM, which ends it at once: its files are written atomically
+    step stops it with SIGKILL, which ends it at once: its files are written atomically
     (:func:`ofa.fileio.atomic_write`; a killed conversion's temp file is removed by the
     build), and it holds no semaphore (tqdm's lock is a thread lock here) to leak."""
     import os
-    import signal
     import threading
 
     import torch
     from tqdm import tqdm
 
     from deploy.lut import convert_blocks
+    from ofa.lifetime import worker_lifetime
     from ofa.space import SearchSpace
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the run's: it terminates this
+    worker_lifetime()  # ends with the run, even a SIGKILLed one; group signals are the run's
     tqdm.set_lock(threading.RLock())
     os.nice(19)
     torch.set_num_threads(1)
@@ -554,7 +554,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
         acc = _predictor(rc, run, tcfg.dataset)
     finally:
         if converting is not None:  # the table step converts what is left, in parallel
-            converting.terminate()
+            converting.kill()  # it ignores SIGTERM (ofa/lifetime.py); files are atomic
             converting.join()
     table = _table(rc, space)
     lat = LatencyPredictor(table, space)

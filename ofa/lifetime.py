@@ -1,0 +1,65 @@
+"""Worker processes that end with their parent, whatever ended it.
+
+Every process the project starts (the converter pool of ``deploy/export.py``, DataLoader
+workers of ``ofa/data.py``, the background block conversion of ``ofa run``) calls
+:func:`worker_lifetime` first:
+
+- it dies when its parent dies, even by SIGKILL (a job scheduler's time limit, the OOM
+  killer): Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``), or a watching thread
+  that polls the parent elsewhere;
+- it ignores SIGINT and SIGTERM, so that a signal sent to the whole process group (Ctrl-C in
+  a terminal, ``timeout``, many schedulers) reaches the command's own handler only: the
+  command then cleans up and exits 130 / 143 in one line, and its workers follow it through
+  the parent-death signal, instead of dying first and turning the clean exit into a
+  "worker killed by signal" traceback.
+
+Numpy-free and torch-free; the device agent has its own watch (``deploy/device/agent.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+
+__all__ = ["worker_lifetime", "die_with_parent"]
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0) -> str:
+    """Make this process receive ``sig`` when its parent exits. Returns how: ``prctl`` on
+    Linux, else ``watch`` (a daemon thread that checks the parent every ``poll_s`` seconds
+    and ends this process). A parent already gone ends this process at once."""
+    parent = os.getppid()
+    how = "watch"
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if how == "watch":
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(poll_s)
+            os.kill(os.getpid(), sig)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # the parent went between the fork and the prctl
+        os.kill(os.getpid(), sig)
+    return how
+
+
+def worker_lifetime(*_: object) -> None:
+    """The first call of every worker process (usable as a ``worker_init_fn`` or a pool
+    ``initializer``: arguments are ignored): ignore SIGINT/SIGTERM, die with the parent
+    (:func:`die_with_parent`, SIGKILL: the worker holds nothing to clean up that its parent
+    does not)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    die_with_parent(signal.SIGKILL)
