@@ -18,6 +18,7 @@ from deploy.bundle import export_subnet, read_bundle
 from deploy.device.runtimes import TimingProtocol
 from deploy.export import converter_pool
 from deploy.formats import format_for
+from deploy.probe import ProbedTarget
 from deploy.targets import Target
 from ofa.fileio import atomic_write_json, atomic_write_text
 from ofa.space import SubnetConfig
@@ -55,7 +56,9 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      protocol: TimingProtocol | None = None, progress: bool = True,
                      data: str | None = None,
                      models: dict[str, Any] | None = None,
-                     precision: str = "fp32", jobs: int = 1) -> list[dict[str, Any]]:
+                     precision: str = "fp32", jobs: int = 1,
+                     ms_per_unit: float | None = None,
+                     speed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
@@ -72,6 +75,14 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     images on the target (``Target.top1``; over SSH one request to the session's agent),
     or, where the target checks no accuracy (adb's ``benchmark_model``), the same file's
     top-1 measured here at export (``top1_measured_on``: the target's name or ``here``).
+
+    The models are timed beside the reference probe (``deploy/probe.py``). ``ms_per_unit``
+    (the latency table's ms per probe unit at the stated speed,
+    :meth:`search.latency_table.LatencyTable.probe_ms`): ``measured_ms`` is then each
+    model's time in probe units converted at that speed, so that prediction and
+    measurement meet at one speed whatever the device's speed was during this run (the ms
+    as timed now stay in ``measured_now_ms``); ``speed``: the speed states the conversion
+    came from, kept in each row.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -114,7 +125,7 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
     # latency: all subnets in one agent run, interleaved trials (as a table's calibration
     # subnets are timed), so a drift of the device's speed reaches them alike
-    timed = target.bench_many(paths, threads, protocol)
+    timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol)
     # top-1 of the same files on the bundles' evaluation images, after the timing
     accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     results = []
@@ -130,12 +141,14 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
             top1, top1_on = rep["models"][fmt]["top1"], "here"
             images = rep["parity_images"]
         pred = row.get("latency_ms")
-        m = lat[protocol.statistic]
+        now = lat[protocol.statistic]
+        m = lat["rel"] * ms_per_unit if ms_per_unit else now
         err = None if pred is None else (pred - m) / m * 100
         results.append({
             "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
             "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
-            "predicted_ms": pred, "measured_ms": m, "measured_p90_ms": lat.get("p90"),
+            "predicted_ms": pred, "measured_ms": m, "measured_now_ms": now,
+            "measured_rel": lat["rel"], "speed": speed, "measured_p90_ms": lat.get("p90"),
             "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
             "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
             "measured_top1": top1, "top1_measured_on": top1_on, "top1_images": images,

@@ -72,6 +72,10 @@ class RunConfig:
     finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
     shortlist: int = 1  # subnets per budget measured on the hold-out split before choosing
     # (1: the search's best, unmeasured; docs/cifar10.md measured no gain from 8)
+    speed: str = "nominal"  # the device speed budgets mean: nominal | sustained (the slow
+    # end of the probe's range; search.latency_table.SPEEDS)
+    budget_candidates: int = 6  # subnets per budget measured on the target before choosing
+    # (deploy/budget.py); 0: the search's choice, unmeasured
 
     def __post_init__(self) -> None:
         from ofa.train.schedule import run_settings
@@ -93,14 +97,16 @@ def _log(msg: str) -> None:
 
 def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = None,
                        precision: str = "fp32") -> LatencyTable | None:
-    """A table measured on a CPU like this one for this space/runtime/threads/precision that
-    covers every resolution of ``space``: from ``folder``, or the tables shipped in the
-    ``latency_tables`` package (read with importlib.resources, so an installed wheel finds
-    them too). None when there is none.
+    """A table for this space/runtime/threads/precision that covers every resolution of
+    ``space``, from ``folder`` or the tables shipped in the ``latency_tables`` package (read
+    with importlib.resources, so an installed wheel finds them too); one measured on this
+    CPU model first, one with probe data first. None when there is none. Whether it holds
+    here is decided by measuring (:func:`deploy.verify.verify_table`), not by its CPU model.
     """
     from deploy.device.devinfo import device_facts
 
     cpu = device_facts()["cpu_model"]
+    found = []
     with _candidates(folder) as paths:
         for p in paths:
             try:
@@ -108,9 +114,10 @@ def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = 
                                       precision=precision, runtime=runtime, threads=threads)
             except TableError:
                 continue
-            if t.space.get("resolutions") and t.context["device"].get("cpu_model") == cpu:
-                return t
-    return None
+            if t.space.get("resolutions"):
+                found.append(t)
+    found.sort(key=lambda t: (not t.probe, t.context["device"].get("cpu_model") != cpu))
+    return found[0] if found else None
 
 
 @contextmanager
@@ -194,26 +201,12 @@ def _predictor(rc: RunConfig, run: Path, dataset: str):
 
 
 def _table(rc: RunConfig, space):
-    from deploy.lut import build_table, calibrate
+    """This run's latency table (``runs/<name>/latency_table.json``): done already, or a
+    given (``--table``) or shipped one verified on the target (:func:`deploy.verify.
+    verify_table`: kept, adapted or, failing both, rebuilt), or one built on the target."""
+    from deploy.lut import build_table
 
-    if rc.table:
-        return LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
-                                 runtime=rc.runtime, threads=rc.threads,
-                                 precision=rc.model_precision)
     path = _table_path(rc)
-    if rc.target == "local" and not path.exists():
-        shipped = find_shipped_table(space, rc.runtime, rc.threads,
-                                     Path(rc.tables_dir) if rc.tables_dir else None,
-                                     rc.model_precision)
-        if shipped is not None:
-            # same CPU model, but VMs of one type differ in speed: refit a, b here
-            _log(f"latency table: shipped {Path(shipped.source).name}, recalibrating on "
-                 f"{rc.lut_calib + 2} subnets measured here")
-            t = calibrate(shipped, space, rc.lut_calib, seed=rc.seed, jobs=default_jobs())
-            t.context = {**t.context, "recalibrated_from": shipped.source}
-            t.save(path)
-            t.source = str(path)
-            return t
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
                               runtime=rc.runtime, threads=rc.threads,
@@ -228,11 +221,47 @@ def _table(rc: RunConfig, space):
 
         target = parse_target(rc.target, **rc.target_options)
         start_in_background(target, rc.runtime)
+    given = None
+    if rc.table:
+        given = LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
+                                  runtime=rc.runtime, threads=rc.threads,
+                                  precision=rc.model_precision)
+    elif rc.target == "local":
+        given = find_shipped_table(space, rc.runtime, rc.threads,
+                                   Path(rc.tables_dir) if rc.tables_dir else None,
+                                   rc.model_precision)
+    if given is not None:
+        t = _verified(rc, space, given, target, path)
+        if t is not None:
+            return t
     _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.model_precision}, "
          f"{rc.threads} thread(s)) on {rc.target}")
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
-                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib, seed=rc.seed,
-                       target=target, precision=rc.model_precision, jobs=default_jobs())
+                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib,
+                       seed=rc.seed, target=target, precision=rc.model_precision,
+                       jobs=default_jobs())
+
+
+def _verified(rc: RunConfig, space, given: LatencyTable, target, path: Path):
+    """``given`` checked on the target with ``rc.lut_calib + 2`` subnets measured beside
+    the probe; the kept or adapted table saved as this run's (its verdict in
+    ``table_verification.json``), or None when it must be rebuilt."""
+    from deploy.verify import verify_table
+
+    _log(f"latency table: verifying {Path(given.source).name} on {rc.target} with "
+         f"{max(4, rc.lut_calib + 2)} subnets measured beside the probe")
+    v = verify_table(given, space, k=max(4, rc.lut_calib + 2), seed=rc.seed + 4321,
+                     target=target, jobs=default_jobs(), where=rc.target)
+    _log(v.line())
+    atomic_write_json(rc.folder / "table_verification.json",
+                      {**v.details, "table": given.source})
+    if v.action == "rebuild":
+        return None
+    t = v.table
+    t.context = {**t.context, "verified_from": given.source}
+    t.save(path)
+    t.source = str(path)
+    return t
 
 
 def _table_path(rc: RunConfig) -> Path:
@@ -361,6 +390,49 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
     return out
 
 
+def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str, Any]
+                      ) -> list[dict[str, Any]]:
+    """Each budget's candidates measured on the target beside the probe, converted to ms
+    at ``rc.speed``; the most accurate that meets its budget as measured
+    (:func:`deploy.budget.measure_budgets`). Kept in ``budget.json`` (skipped when the
+    search, table and speed are the same)."""
+    from deploy.budget import measure_budgets
+    from deploy.lut import measure_subnets
+    from deploy.targets import parse_target
+    from ofa.space import SubnetConfig
+
+    path = rc.folder / "budget.json"
+    key = {"chosen": [c["config"] for c in found["chosen"]], "table": table.source,
+           "speed": rc.speed, "k": rc.budget_candidates,
+           "speed_states": table.probe.get("ms")}
+    if path.exists() and read_json(path, "measured budget").get("key") == key:
+        _log("measured budget: done")
+        return read_json(path, "measured budget")["chosen"]
+    target = None if rc.target == "local" else parse_target(rc.target, **rc.target_options)
+    per_unit = table.probe_ms(rc.speed)
+
+    def measure(cfgs: list[dict[str, Any]]) -> list[float]:
+        _log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.target} beside "
+             "the probe")
+        m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
+                            target=target, jobs=default_jobs(), desc="budget candidates")
+        return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
+
+    rows = measure_budgets([c["budget_ms"] for c in found["chosen"]],
+                           found["chosen"], found["front"], measure, k=rc.budget_candidates)
+    chosen = []
+    for old, row in zip(found["chosen"], rows):
+        moved = row["config"] != old["config"]
+        _log(f"measured budget {row['budget_ms']:g} ms ({rc.speed} speed): "
+             f"{len(row['candidates'])} candidates, chose one measured at "
+             f"{row['measured_ms']:.3f} ms ({row['margin_pct']:+.1f}% margin)"
+             + (" instead of the search's choice" if moved else "")
+             + ("" if row["met"] else "; NONE met the budget as measured: the fastest"))
+        chosen.append({**row, "label": old["label"], "search_choice": old["config"]})
+    atomic_write_json(path, {"key": key, "chosen": chosen})
+    return chosen
+
+
 def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[str, Path]:
     """Fine-tune every chosen subnet (``rc.finetune_epochs``) into
     ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed.
@@ -387,7 +459,7 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
 
 
 def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
-              finetuned: dict[str, Path]) -> list[dict[str, Any]]:
+              finetuned: dict[str, Path], table: LatencyTable) -> list[dict[str, Any]]:
     from deploy.targets import parse_target
     from deploy.validate import validate_subnets
     from ofa.train.finetune import load_finetuned
@@ -397,7 +469,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
         old = read_json(path, "validation")
         if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
                 and old.get("finetuned", []) == sorted(finetuned) \
-                and old.get("precision", "fp32") == rc.model_precision:
+                and old.get("precision", "fp32") == rc.model_precision \
+                and old.get("speed") == [rc.speed, table.probe.get("ms")]:
             _log("export + measure: done")
             return old["subnets"]
     _log(f"export + measure: {len(chosen)} subnets on {rc.target}")
@@ -407,6 +480,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol), models=models,
                            precision=rc.model_precision,
+                           ms_per_unit=table.probe_ms(rc.speed) if table.probe else None,
+                           speed={"speed": rc.speed, "states": table.probe.get("ms")},
                            # one process per subnet: none waits for a second round (3 on
                            # 2 cores here: 51 s against 52-56 s with 2 processes)
                            jobs=max(default_jobs(), len(chosen)))
@@ -416,7 +491,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
             r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
                                                 "train_seconds")}
     atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned),
-                             "precision": rc.model_precision})
+                             "precision": rc.model_precision,
+                             "speed": [rc.speed, table.probe.get("ms")]})
     return res
 
 
@@ -461,7 +537,10 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
            "summary": {
                "all_within_10pct": all(bool(r["within_10pct"]) for r in results),
                "min_measured_top1": min(r["measured_top1"] for r in results),
-               "max_abs_error_pct": max(abs(r["error_pct"]) for r in results)}}
+               "max_abs_error_pct": max(abs(r["error_pct"]) for r in results),
+               "all_within_budget": all(r["budget_ms"] is None or r["measured_ms"] <=
+                                        r["budget_ms"] for r in results),
+               "speed": rc.speed}}
     p = info["predictor"]
     warn = ""
     if p["kendall_tau"] < RANK_TAU:
@@ -478,16 +557,20 @@ def _report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, Any]],
           f"- accuracy predictor: {p['n_train'] + p['n_val']} subnets, held-out RMSE "
           f"{p['rmse']:.2f} points, Kendall tau {p['kendall_tau']:.2f}\n{warn}"
           f"- latency table: `{info['table']['path']}` ({info['table']['context']})\n"
+          f"- device speed: {info['table']['speed_text'] or 'no probe data (ms as built)'}; "
+          f"budgets and measurements in ms at the **{rc.speed}** speed "
+          "(`docs/latency.md`)\n"
           f"- target: `{rc.target}`, {rc.threads} thread(s)\n\n"
           "## Chosen subnets: predicted vs measured\n\n" + markdown_table(results) +
-          f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; largest error "
+          f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; all within their "
+          f"budget as measured: **{rep['summary']['all_within_budget']}**; largest error "
           f"{rep['summary']['max_abs_error_pct']:.1f}%; lowest exported top-1 "
           f"{rep['summary']['min_measured_top1']:.2f}%. Exported top-1 is measured on "
           f"{results[0]['top1_images']} evaluation images; ± is its standard error, and two "
           "subnets whose top-1 differ by less than about twice that are not told apart by "
           "this measurement.\n\n"
           f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n"
-          + _shortlist_md(chosen) + _finetune_md(results))
+          + _budget_md(chosen) + _shortlist_md(chosen) + _finetune_md(results))
     atomic_write_text(folder / "report.md", md)
     return rep
 
@@ -498,6 +581,19 @@ def _md_section(title: str, header: list[str], rows: list[list[str]]) -> str:
         return ""
     return (f"\n## {title}\n\n| " + " | ".join(header) + " |\n|" + "---|" * len(header)
             + "\n" + "".join("| " + " | ".join(r) + " |\n" for r in rows))
+
+
+def _budget_md(chosen: list[dict[str, Any]]) -> str:
+    """The report's measured-budget table (``deploy/budget.py``), or ''."""
+    return _md_section(
+        "Measured budget: candidates timed on the target before choosing",
+        ["subnet", "budget ms", "candidates", "predicted ms", "measured ms", "margin",
+         "met", "search's choice kept"],
+        [[c["label"], f"{c['budget_ms']:g}", str(len(c["candidates"])),
+          f"{c['latency_ms']:.3f}", f"{c['measured_ms']:.3f}", f"{c['margin_pct']:+.1f}%",
+          "yes" if c["met"] else "**no**",
+          "yes" if c["config"] == c.get("search_choice") else "no"]
+         for c in chosen if "candidates" in c])
 
 
 def _shortlist_md(chosen: list[dict[str, Any]]) -> str:
@@ -557,11 +653,13 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
             converting.kill()  # it ignores SIGTERM (ofa/lifetime.py); files are atomic
             converting.join()
     table = _table(rc, space)
-    lat = LatencyPredictor(table, space)
+    lat = LatencyPredictor(table, space, speed=rc.speed)
     budgets = list(rc.budgets) if rc.budgets else auto_budgets(lat, space)
     found = _search(rc, run, space, acc, lat, budgets)
+    if rc.budget_candidates > 0:
+        found["chosen"] = _measured_budgets(rc, space, table, found)
     finetuned = _finetune(rc, run, found["chosen"]) if rc.finetune_epochs > 0 else {}
-    results = _validate(rc, run, found["chosen"], finetuned)
+    results = _validate(rc, run, found["chosen"], finetuned, table)
     phase_ends = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
                   if '"phase_end"' in line] if (run / "metrics.jsonl").exists() else []
     last = phase_ends[-1] if phase_ends else {}
@@ -571,7 +669,9 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
                      "global_steps": info.get("global_steps")},
         "predictor": acc.metrics,
         "table": {"path": table.source, "context": table.describe(),
-                  "calibration": {k: table.calibration.get(k, 1.0) for k in ("a", "p", "b")}},
+                  "calibration": {k: table.calibration.get(k, 1.0) for k in ("a", "p", "b")},
+                  "speed": rc.speed, "speed_states": table.probe.get("ms"),
+                  "speed_text": table.speed_text()},
         "budgets_ms": budgets, "space": space.name, "dataset": tcfg.dataset,
         "training": (f"supernet reused from `{run}`" if rc.supernet else
                      f"schedule `{rc.schedule}`, {rc.epochs:g} epochs")}

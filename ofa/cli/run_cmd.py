@@ -40,6 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "of the best prediction on the hold-out split and choose the most accurate "
                    "(default 1: the search's best, unmeasured; on CIFAR-10 8 gained nothing: "
                    "docs/cifar10.md)")
+    p.add_argument("--speed", default="nominal", choices=["nominal", "sustained"],
+                   help="the device speed a budget means: nominal (default: the probe's "
+                   "median over the table's measurements) or sustained (its slow end, p90: "
+                   "a throttled board or a busy phone); docs/latency.md")
+    p.add_argument("--budget-candidates", type=int_range(0, 100), default=6,
+                   help="per budget, measure this many candidates near it on the target and "
+                   "return the most accurate one that meets the budget as measured (0: the "
+                   "search's choice, unmeasured)")
     p.add_argument("--generations", type=int_range(1, 100_000), default=12)
     p.add_argument("--population", type=int_range(2, 100_000), default=100)
     p.add_argument("--lut-runs", type=int_range(1, 100_000), default=TimingProtocol.runs,
@@ -68,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
         target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
         budgets=args.budgets, shortlist=args.shortlist, population=args.population,
+        speed=args.speed, budget_candidates=args.budget_candidates,
         generations=args.generations,
         device=args.device, workers=args.workers,
         precision="auto" if args.precision == "int8" else args.precision,

@@ -1,0 +1,108 @@
+"""A measured budget: the subnet returned for "<= B ms" is one measured to meet B.
+
+A search chooses on predicted latency; a prediction within ±10% can still put the chosen
+subnet over its budget. Here every budget's candidates (the search's choice and the Pareto
+front's subnets predicted near the budget) are measured on the target beside the reference
+probe (``deploy/probe.py``), converted to ms at the stated speed of the table (``nominal``
+or ``sustained``, :meth:`search.latency_table.LatencyTable.probe_ms`), and the most accurate
+(by the accuracy predictor) whose measured latency meets the budget is returned. When no
+candidate meets it, the next-faster front subnets are measured, ``shortlist`` at a time,
+until one does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["candidates_near", "choose_measured_budget", "measure_budgets"]
+
+Row = dict[str, Any]  # a search row: {"config", "acc", "latency_ms", ...}
+
+
+def candidates_near(budget_ms: float, front: Sequence[Row], chosen: Row | None = None,
+                    k: int = 6, above: float = 0.10) -> list[Row]:
+    """Up to ``k`` subnets to measure for ``budget_ms``: ``chosen`` first, then the front's
+    subnets predicted within ``[budget / (1 + above) ** 3, budget * (1 + above)]``, most
+    accurate first (those predicted a little over the budget may measure under it).
+
+    Raises:
+        ValueError: ``k`` below 1 or a budget that is not positive.
+    """
+    if k < 1 or not budget_ms > 0:
+        raise ValueError(f"candidates need k >= 1 and a budget > 0 ms (got {k}, {budget_ms})")
+    lo, hi = budget_ms / (1 + above) ** 3, budget_ms * (1 + above)
+    out = [chosen] if chosen is not None else []
+    seen = {_key(r) for r in out}
+    for r in sorted(front, key=lambda r: -float(r["acc"])):
+        if lo <= float(r["latency_ms"]) <= hi and _key(r) not in seen:
+            out.append(r)
+            seen.add(_key(r))
+    return out[:k]
+
+
+def _key(r: Row) -> str:
+    import json
+
+    return json.dumps(r["config"], sort_keys=True)
+
+
+def choose_measured_budget(budget_ms: float, rows: Sequence[Row]) -> Row | None:
+    """The most accurate row (``acc``: predicted top-1) whose ``measured_ms`` meets
+    ``budget_ms``; None when none does. Ties go to the faster one."""
+    ok = [r for r in rows if float(r["measured_ms"]) <= budget_ms]
+    return max(ok, key=lambda r: (float(r["acc"]), -float(r["measured_ms"]))) if ok else None
+
+
+def measure_budgets(budgets: Sequence[float], chosen: Sequence[Row], front: Sequence[Row],
+                    measure: Callable[[list[dict[str, Any]]], list[float]], k: int = 6,
+                    rounds: int = 4) -> list[Row]:
+    """For each budget, measure its candidates (:func:`candidates_near`) with ``measure``
+    (configs -> ms at the stated speed, one call per round, all budgets together so that
+    every candidate is timed in the same interleaved trials) and return one row per budget:
+    the chosen candidate (:func:`choose_measured_budget`) with ``measured_ms``,
+    ``margin_pct`` (how far under the budget, %), ``candidates`` (every candidate measured,
+    with its ``measured_ms``) and ``met`` (False only when ``rounds`` rounds found no
+    candidate under the budget: the fastest measured one is returned then). A config
+    measured once is not measured again.
+
+    Raises:
+        ValueError: as many chosen rows as budgets are needed.
+    """
+    if len(chosen) != len(budgets):
+        raise ValueError(f"{len(budgets)} budgets but {len(chosen)} chosen subnets")
+    measured: dict[str, float] = {}
+    known = [*front, *chosen]  # another budget's choice is a candidate too
+    pools = [candidates_near(b, known, c, k) for b, c in zip(budgets, chosen)]
+    faster = [sorted((r for r in known if float(r["latency_ms"]) < min(
+        float(x["latency_ms"]) for x in pool)), key=lambda r: -float(r["latency_ms"]))
+        for pool in pools]
+    for _ in range(rounds):
+        todo = {_key(r): r for pool in pools for r in pool if _key(r) not in measured}
+        if todo:
+            ms = measure([r["config"] for r in todo.values()])
+            measured.update(zip(todo, ms))
+        missing = [i for i, (b, pool) in enumerate(zip(budgets, pools))
+                   if choose_measured_budget(b, _with(pool, measured)) is None]
+        if not missing:
+            break
+        for i in missing:  # the next-faster subnets of the front
+            pools[i] += faster[i][:k]
+            faster[i] = faster[i][k:]
+    out = []
+    for b, pool in zip(budgets, pools):
+        rows = _with(pool, measured)
+        pick = choose_measured_budget(b, rows)
+        met = pick is not None
+        if pick is None:
+            pick = min(rows, key=lambda r: float(r["measured_ms"]))
+        out.append({**pick, "budget_ms": b, "met": met,
+                    "margin_pct": 100.0 * (b - float(pick["measured_ms"])) / b,
+                    "candidates": [{"config": r["config"], "acc": r["acc"],
+                                    "latency_ms": r["latency_ms"],
+                                    "measured_ms": r["measured_ms"]} for r in rows]})
+    return out
+
+
+def _with(pool: Sequence[Row], measured: dict[str, float]) -> list[Row]:
+    return [{**r, "measured_ms": measured[_key(r)]} for r in pool if _key(r) in measured]
