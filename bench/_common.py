@@ -57,3 +57,34 @@ def write_json(name: str, data: Any) -> Path:
                              json.dumps(_strict(data), indent=2, allow_nan=False))
     print(f"wrote {path}")
     return path
+
+
+def run_facts() -> dict[str, Any]:
+    """What a measured figure must carry: date (UTC), the commit, the machine (CPU model,
+    cores) and the runtime versions."""
+    import datetime
+    import platform
+    import subprocess
+
+    from deploy.device.devinfo import device_facts
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root,
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    versions = {}
+    for pkg in ("onnxruntime", "ai-edge-litert", "torch"):
+        try:
+            from importlib.metadata import version
+
+            versions[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 (a package that is not installed)
+            versions[pkg] = None
+    facts = device_facts()
+    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "commit": commit, "machine": {"cpu_model": facts.get("cpu_model"),
+                                          "cores": facts.get("cores"),
+                                          "python": platform.python_version()},
+            "versions": versions}

@@ -7,7 +7,7 @@ probe (``deploy/probe.py``), converted to ms at the stated speed of the table (`
 or ``sustained``, :meth:`search.latency_table.LatencyTable.probe_ms`), and the most accurate
 (by the accuracy predictor) whose measured latency meets the budget is returned. When no
 candidate meets it, the next-faster front subnets are measured, ``shortlist`` at a time,
-until one does.
+until one does (or every subnet predicted under 1.1x the budget was measured).
 """
 
 from __future__ import annotations
@@ -74,9 +74,12 @@ def measure_budgets(budgets: Sequence[float], chosen: Sequence[Row], front: Sequ
     measured: dict[str, float] = {}
     known = [*front, *chosen]  # another budget's choice is a candidate too
     pools = [candidates_near(b, known, c, k) for b, c in zip(budgets, chosen)]
-    faster = [sorted((r for r in known if float(r["latency_ms"]) < min(
-        float(x["latency_ms"]) for x in pool)), key=lambda r: -float(r["latency_ms"]))
-        for pool in pools]
+    # when none meets its budget: the other subnets predicted under budget * 1.1, the
+    # slowest (most accurate) first
+    faster = [sorted((r for r in known if float(r["latency_ms"]) <= b * 1.1
+                      and _key(r) not in {_key(x) for x in pool}),
+                     key=lambda r: -float(r["latency_ms"]))
+              for b, pool in zip(budgets, pools)]
     for _ in range(rounds):
         todo = {_key(r): r for pool in pools for r in pool if _key(r) not in measured}
         if todo:

@@ -491,6 +491,8 @@ def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any]
     are the medians over the batches)."""
     state.setdefault("probe_ms", []).append(probe["median"])
     state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
+    if probe.get("share") is not None:
+        state.setdefault("probe_shares", []).append(probe["share"])
     state.setdefault("overheads_ms", []).append(ov[protocol.statistic])
     state.setdefault("overheads_rel", []).append(ov["rel"])
     state["overhead_ms"] = float(np.median(state["overheads_ms"]))
@@ -559,8 +561,11 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
         if rows and len(rows) > len(chunk):  # the overhead model of the first batch
             _batch_done(state, rows[0]["probe"], rows.pop(0)["latency_ms"], protocol)
         elif rows:
-            state.setdefault("probe_ms", []).append(rows[0]["probe"]["median"])
-            state["retimed"] = state.get("retimed", 0) + int(rows[0]["probe"].get("retimed", 0))
+            probe = rows[0]["probe"]
+            state.setdefault("probe_ms", []).append(probe["median"])
+            state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
+            if probe.get("share") is not None:
+                state.setdefault("probe_shares", []).append(probe["share"])
         for (r, s), row in zip(chunk, rows):
             state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
         save()  # a dropped device loses one batch
@@ -712,6 +717,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
                      "wall_s": round(time.perf_counter() - t0, 2),
                      "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}
         build["retimed"] = state.get("retimed", 0)
+        if state.get("probe_shares"):  # the probe's part of the blocks' timed work
+            build["probe_share"] = round(float(np.mean(state["probe_shares"])), 4)
         table = LatencyTable(context=state["context"], space=space.to_dict(),
                              resolutions=sorted(resolutions), entries=ent,
                              protocol=asdict(protocol), overhead_ms=state["overhead_ms"],

@@ -140,6 +140,8 @@ class ProbedTarget:
 
     def __init__(self, target: Target, runtime: str, precision: str = "fp32",
                  folder: str | Path | None = None) -> None:
+        if isinstance(target, ProbedTarget):  # one probe per batch, not one per wrapping
+            target = target.target
         self.target, self.name = target, target.name
         self.probe = probe_file(runtime, precision, folder)
 

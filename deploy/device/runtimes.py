@@ -427,9 +427,10 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     ``rel`` (the model's time in probe units: the median over trials of its trial median
     over the mean of the probe's medians timed just before and just after it, see
     :func:`_trials`; 1.0 for the probe) and the probe's dict holds ``trial_medians`` (ms,
-    every time the probe was timed, in order), ``spread`` (:func:`probe_spread`) and
+    every time the probe was timed, in order), ``spread`` (:func:`probe_spread`),
     ``retimed`` (how many times the batch was timed again because the spread exceeded
-    ``protocol.probe_bound``; the attempt with the smallest spread is kept).
+    ``protocol.probe_bound``; the attempt with the smallest spread is kept) and ``share``
+    (the probe's part of the timed invokes' time, ~ retimes excluded).
 
     Raises:
         ValueError: as many inputs as runtimes are needed; a probe needs a model.
@@ -460,5 +461,9 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
         st["rel"] = float(np.median([np.median(trial) * 2 / (samples[k] + samples[k + 1])
                                      for trial, k in zip(t, b)]))
         out.append(st)
-    out[0].update(rel=1.0, trial_medians=samples, spread=spread, retimed=attempts)
+    total = sum(v for t in times for trial in t for v in trial)
+    extra = sum(samples[len(times[0]):]) * p.runs  # the probe's timings between trials
+    share = (sum(v for trial in times[0] for v in trial) + extra) / (total + extra)
+    out[0].update(rel=1.0, trial_medians=samples, spread=spread, retimed=attempts,
+                  share=share)
     return out

@@ -1,0 +1,227 @@
+"""Drift harness: reproducible speed changes of the timed process, and latency tables under it.
+
+A device's speed changes in steps (a Raspberry Pi throttling when hot, a phone's governor, a
+VM sharing its cores). This harness makes such steps on this machine, seeded: a competitor
+process on the timed core switches on and off at random times (exponential durations, mean
+``--period`` s). While on, it runs at real-time priority (SCHED_FIFO, needs root or
+CAP_SYS_NICE; otherwise it runs at normal priority and says so) in a duty cycle of ``busy``
+us of work and ``idle`` us of sleep, so the timed process gets the core in slices far
+shorter than one invoke and every invoke is slowed, as a lower clock would slow it (a plain
+competitor at normal priority shares the core in slices of milliseconds: a sub-millisecond
+invoke then runs either at full speed or not at all, and the median hardly moves). The duty
+is set from ``--factor`` (``idle = busy * (factor - 1)``, 1.5x: 1/3 of the core taken) and the
+slow-down it really gives the reference probe is measured and reported.
+
+    python bench/drift.py probe --factor 1.5            # the achieved slow-down, on vs off
+    python bench/drift.py lut --space mbv3-digits --runtime onnxruntime --precision fp32 \\
+        --factor 1.5 -n 100 [--code OLD_CHECKOUT] --out bench/results/drift_lut_X.json
+
+``lut`` builds a table (``ofa lut build``) and validates it (``ofa lut validate -n N``), both as
+subprocesses pinned to the timed core, with the harness off and on; ``--code DIR`` runs the
+``ofa`` of another checkout (the code before probe-relative timing) the same way. It prints a
+table and writes JSON (date, commit, machine, figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def compete(core: int, busy_us: float, idle_us: float, seed: int, period: float) -> None:
+    """The competitor's loop (run in its own process): on and off phases of seeded
+    exponential length (mean ``period`` s); while on, ``busy_us`` of work then ``idle_us``
+    of sleep at real-time priority on ``core``."""
+    os.sched_setaffinity(0, {core})
+    with contextlib.suppress(PermissionError, OSError):
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    g = random.Random(seed)
+    pc = time.perf_counter
+    on = False
+    while True:
+        until = pc() + g.expovariate(1.0 / period)
+        if on:
+            while pc() < until:
+                end = pc() + busy_us * 1e-6
+                while pc() < end:
+                    pass
+                time.sleep(idle_us * 1e-6)
+        else:
+            time.sleep(max(0.0, until - pc()))
+        on = not on
+
+
+@contextlib.contextmanager
+def harness(factor: float, core: int = 0, seed: int = 0, period: float = 4.0,
+            busy_us: float = 50.0, always_on: bool = False) -> Iterator[dict]:
+    """Run the competitor for the ``with`` block; yields its settings. ``factor`` <= 1: no
+    competitor. ``always_on``: no off phases (for measuring the achieved slow-down)."""
+    info = {"factor": factor, "core": core, "seed": seed, "period_s": period,
+            "busy_us": busy_us, "idle_us": busy_us * max(factor - 1.0, 0.0) / 1.0,
+            "realtime": _can_realtime()}
+    if factor <= 1.0:
+        yield info
+        return
+    idle = busy_us / (factor - 1.0) if factor > 1 else 0.0  # taken share = 1 - 1/factor
+    info["idle_us"] = idle
+    args = [sys.executable, __file__, "_compete", str(core), str(busy_us), str(idle),
+            str(seed), str(1e9 if always_on else period)]
+    if always_on:  # start in the on phase and stay there
+        args[-1] = "0"
+    proc = subprocess.Popen(args)
+    try:
+        time.sleep(0.3)
+        yield info
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _can_realtime() -> bool:
+    try:
+        os.sched_param(10)
+        return os.geteuid() == 0
+    except (AttributeError, OSError):
+        return False
+
+
+def _pin(core: int):
+    return lambda: os.sched_setaffinity(0, {core})
+
+
+def probe_slowdown(factor: float, core: int = 0) -> dict:
+    """The reference probe's median (ms), harness off and on (always on), on ``core``."""
+    import numpy as np
+
+    from deploy.probe import load_probe
+
+    os.sched_setaffinity(0, {core})
+    out = {}
+    for name, prec in (("onnxruntime", "fp32"), ("onnxruntime", "int8")):
+        rt, x = load_probe(name, 1, prec)
+        rt.set_input(x)
+
+        def med(rt=rt) -> float:
+            ts = []
+            for _ in range(2000):
+                t = time.perf_counter()
+                rt.invoke()
+                ts.append(time.perf_counter() - t)
+            return float(np.median(ts) * 1e3)
+
+        off = med()
+        with harness(factor, core, always_on=True):
+            on = med()
+        out[f"{name}-{prec}"] = {"off_ms": off, "on_ms": on, "slowdown": on / off}
+    return out
+
+
+def _ofa(code: Path, args: list[str], core: int, log: Path) -> float:
+    """``ofa ARGS`` from the checkout ``code``, pinned to ``core``; its wall seconds."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    t = time.perf_counter()
+    with open(log, "a") as f:
+        subprocess.run([sys.executable, "-m", "ofa.cli", *args], cwd=code, env=env,
+                       preexec_fn=_pin(core), stdout=f, stderr=subprocess.STDOUT, check=True)
+    return time.perf_counter() - t
+
+
+def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: Path) -> dict:
+    """Build and validate one table from ``code`` with the harness at ``factor``."""
+    table = work / f"{tag}.json"
+    rep = work / f"{tag}.validate.json"
+    log = work / f"{tag}.log"
+    for p in (table, rep):
+        p.unlink(missing_ok=True)
+    build = ["lut", "build", "--space", a.space, "--runtime", a.runtime, "--precision",
+             a.precision, "--out", str(table)]
+    if a.resolutions:
+        build += ["--resolutions", a.resolutions]
+    with harness(factor, a.core, a.seed, a.period) as info:
+        build_s = _ofa(code, build, a.core, log)
+        validate_s = _ofa(code, ["lut", "validate", str(table), "-n", str(a.n), "--out",
+                                 str(rep), "--json"], a.core, log)
+    r = json.loads(rep.read_text())
+    t = json.loads(table.read_text())
+    probe = (t.get("probe") or {}).get("ms")
+    row = {"tag": tag, "code": str(code), "harness": info, "build_s": build_s,
+           "validate_s": validate_s, "retimed": t.get("build", {}).get("retimed"),
+           "table_speed": probe, "validate_speed": r.get("speed"),
+           "probe_share": t.get("build", {}).get("probe_share")}
+    for k in ("relative", "absolute", "calibrated", "raw"):
+        if r.get(k):
+            row[k] = {m: r[k][m] for m in ("within_5pct", "within_10pct", "rmspe",
+                                           "kendall_tau")}
+    return row
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("_compete")
+    for k in ("core", "busy", "idle", "seed", "period"):
+        c.add_argument(k)
+    p = sub.add_parser("probe")
+    p.add_argument("--factor", type=float, default=1.5)
+    p.add_argument("--core", type=int, default=0)
+    lt = sub.add_parser("lut")
+    lt.add_argument("--space", default="mbv3-digits")
+    lt.add_argument("--resolutions", default=None)
+    lt.add_argument("--runtime", default="onnxruntime")
+    lt.add_argument("--precision", default="fp32")
+    lt.add_argument("--factor", type=float, default=1.5)
+    lt.add_argument("--period", type=float, default=4.0, help="mean seconds per phase")
+    lt.add_argument("--seed", type=int, default=0)
+    lt.add_argument("--core", type=int, default=0)
+    lt.add_argument("-n", type=int, default=100)
+    lt.add_argument("--code", action="append", default=[],
+                    help="another checkout to run the same way (repeatable)")
+    lt.add_argument("--cases", default="off,on", help="harness off, on, or both")
+    lt.add_argument("--work", default="/tmp/ofa-drift")
+    lt.add_argument("--out", required=True)
+    a = ap.parse_args()
+    if a.cmd == "_compete":
+        compete(int(a.core), float(a.busy), float(a.idle), int(a.seed), float(a.period))
+        return 0
+    if a.cmd == "probe":
+        res = probe_slowdown(a.factor, a.core)
+        for k, v in res.items():
+            print(f"{k:20} off {v['off_ms']:.4f} ms  on {v['on_ms']:.4f} ms  "
+                  f"{v['slowdown']:.2f}x")
+        return 0
+    from bench._common import run_facts  # noqa: E402
+
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for code in [ROOT, *map(Path, a.code)]:
+        for case in a.cases.split(","):
+            factor = a.factor if case == "on" else 1.0
+            tag = f"{'new' if code == ROOT else code.name}-{case}"
+            print(f"{tag}: build + validate ...", flush=True)
+            rows.append(lut_case(a, code, factor, tag, work))
+            r = rows[-1]
+            for k in ("relative", "absolute", "calibrated"):
+                if k in r:
+                    m = r[k]
+                    print(f"  {k:10} ±10% {m['within_10pct']:5.1f}%  ±5% {m['within_5pct']:5.1f}%"
+                          f"  RMSPE {m['rmspe']:5.2f}%  tau {m['kendall_tau']:.3f}", flush=True)
+    out = {**run_facts(), "args": vars(a), "rows": rows}
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""Latency that holds on a device whose speed changes: probe-relative timing, re-timing,
+verification on arrival, a measured budget, and device sessions that neither time out on a
+slow board nor outlive their request."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from drifting import DriftingRuntime, steps
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from deploy.budget import choose_measured_budget, measure_budgets
+from deploy.device.runtimes import TimingProtocol, time_interleaved
+from deploy.verify import judge
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _batch(factor, works=(0.05, 0.1, 0.2, 0.4)):
+    probe = DriftingRuntime(0.1, factor)
+    models = [DriftingRuntime(w, factor) for w in works]
+    rts = [probe, *models]
+    return time_interleaved(rts, [np.zeros(1)] * len(rts),
+                            TimingProtocol(warmup=1, runs=7, trials=15, probe=True, retime=0))
+
+
+def test_probe_relative_times_hold_while_absolute_times_move_2x():
+    """One batch at full speed, one whose speed steps between 2x and 3x slower every 30 ms:
+    the ms move 2-3x, each model's time in probe units stays within 3% of the truth."""
+    quiet = _batch(lambda t: 1.0)
+    drifting = _batch(steps((2.0, 3.0), 0.03))
+    works = np.array([0.05, 0.1, 0.2, 0.4])
+    truth = works / 0.1
+    ms_ratio = np.array([d["median"] / q["median"] for d, q in zip(drifting[1:], quiet[1:])])
+    assert (ms_ratio > 1.9).all(), ms_ratio  # the absolute times moved 2x or more
+    for stats in (quiet, drifting):
+        rel = np.array([s["rel"] for s in stats[1:]])
+        assert np.abs(rel / truth - 1).max() < 0.03, rel
+    assert quiet[0]["rel"] == 1.0 and len(quiet[0]["trial_medians"]) >= 10
+
+
+def test_a_batch_whose_probe_moved_beyond_the_bound_is_timed_again():
+    """The device slows 2x for a moment during the first attempt only: the probe's spread
+    exceeds the bound, the batch is timed again, and the steady attempt is kept."""
+    t0 = time.perf_counter()
+    first = []
+
+    def factor(t: float) -> float:
+        if not first:
+            first.append(t)
+        return 2.0 if 0.02 < t - t0 < 0.06 else 1.0
+
+    probe = DriftingRuntime(0.1, factor)
+    model = DriftingRuntime(0.3, factor)
+    out = time_interleaved([probe, model], [np.zeros(1)] * 2,
+                           TimingProtocol(warmup=0, runs=10, trials=10, probe=True,
+                                          probe_bound=1.2, retime=2))
+    assert out[0]["retimed"] >= 1 and out[0]["spread"] <= 1.2
+    assert out[1]["rel"] == pytest.approx(3.0, rel=0.03)
+    none = time_interleaved([probe, model], [np.zeros(1)] * 2,
+                            TimingProtocol(warmup=0, runs=10, trials=10))
+    assert "rel" not in none[1]  # no probe: statistics in ms only
+
+
+def test_judge_keeps_adapts_and_rebuilds():
+    g = np.random.default_rng(0)
+    pred = g.uniform(1, 5, 12)
+    res = np.array([12, 16, 20] * 4)
+    action, reason, fit = judge(pred, pred * g.normal(1, 0.02, 12), res)
+    assert action == "kept" and fit == {} and "6 of 6" in reason
+    action, _, fit = judge(pred, pred * 1.4 * g.normal(1, 0.02, 12), res)
+    assert action == "adapted" and fit["scale"] == pytest.approx(1.4, rel=0.05)
+    # another device whose resolutions scale differently: per-resolution scales
+    per = np.array([{12: 0.7, 16: 1.0, 20: 1.5}[r] for r in res])
+    action, reason, fit = judge(pred, pred * per, res)
+    assert action == "adapted" and "per-resolution" in reason
+    assert fit["resolution_scale"][20] == pytest.approx(1.5)
+    action, reason, _ = judge(pred, g.uniform(1, 5, 12), res)  # no relation: rebuild
+    assert action == "rebuild" and "need 80%" in reason
+    with pytest.raises(ValueError, match="4 or more"):
+        judge(pred[:3], pred[:3], res[:3])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(0.1, 10), st.floats(50, 99), st.floats(0.5, 2.0)),
+                min_size=1, max_size=30),
+       st.lists(st.floats(0.2, 12), min_size=1, max_size=4))
+def test_a_measured_budget_never_returns_a_subnet_measured_over_it(rows, budgets):
+    """Whatever the predictions and the device: every subnet returned as meeting its budget
+    was measured under it, and 'not met' only when no candidate measured under it."""
+    front = [{"config": {"i": i}, "latency_ms": lat, "acc": acc}
+             for i, (lat, acc, _) in enumerate(rows)]
+    truth = {i: lat * off for i, (lat, _, off) in enumerate(rows)}  # the device's own ms
+    chosen = [min(front, key=lambda r: abs(r["latency_ms"] - b)) for b in budgets]
+    calls = []
+
+    def measure(cfgs):
+        calls.append(len(cfgs))
+        return [truth[c["i"]] for c in cfgs]
+
+    out = measure_budgets(budgets, chosen, front, measure, k=3, rounds=20)
+    for b, r in zip(budgets, out):
+        assert r["measured_ms"] == truth[r["config"]["i"]]
+        if r["met"]:
+            assert r["measured_ms"] <= b
+            best = max(c["acc"] for c in r["candidates"] if c["measured_ms"] <= b)
+            assert r["acc"] == best
+        else:  # every subnet predicted near or under the budget was tried, and failed
+            tried = {c["config"]["i"] for c in r["candidates"]}
+            assert all(c["measured_ms"] > b for c in r["candidates"])
+            assert {f["config"]["i"] for f in front if f["latency_ms"] <= b * 1.1} <= tried
+    assert all(n > 0 for n in calls)
+    assert choose_measured_budget(1.0, [{"acc": 90, "measured_ms": 1.5}]) is None
+
+
+def test_a_table_without_probe_data_loads_with_a_one_line_note(tmp_path, capsys):
+    from conftest import synthetic_table
+
+    from ofa.space import get_space
+    from search.latency_table import LatencyTable
+
+    space = get_space("mbv3-digits", resolutions=[12])
+    t = synthetic_table(space)
+    t.save(tmp_path / "old.json")
+    loaded = LatencyTable.load(tmp_path / "old.json")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no probe data" in err[0] and "ofa lut build" in err[0]
+    assert loaded.unit == "ms" and loaded.probe_ms("sustained") == 1.0
+    LatencyTable.load(tmp_path / "old.json")
+    assert capsys.readouterr().err == ""  # once per file
+
+
+def _tiny_space():
+    from ofa.space import get_space
+
+    return get_space("mbv3-digits", ks_list=[3, 7], expand_list=[3, 6], depth_list=[2],
+                     resolutions=[12, 16])
+
+
+def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
+    """A table built here verifies (kept or adapted); the same table with every block 1.5x
+    slower in probe units is adapted by a scale near 1/1.5; one with random entries is
+    rebuilt. Each verdict is one line."""
+    from deploy.lut import build_table
+    from deploy.verify import verify_table
+
+    space = _tiny_space()
+    proto = TimingProtocol(warmup=2, runs=10, trials=6)
+    table = build_table(space, [12, 16], "onnxruntime", tmp_path / "t.json", protocol=proto,
+                        calib=6)
+    v = verify_table(table, space, k=8)
+    assert v.action in ("kept", "adapted"), v.line()
+    assert v.table.probe["measured"] == "this machine" and "build_ms" in v.table.probe
+    slow = json.loads((tmp_path / "t.json").read_text())
+    for group in slow["entries"].values():
+        for e in group.values():
+            e["rel"] *= 1.5
+    slow["overhead_rel"] *= 1.5
+    from search.latency_table import LatencyTable
+
+    v = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=8)
+    assert v.action == "adapted", v.line()
+    scale = v.table.calibration.get("scale") or np.median(
+        list(v.table.calibration["resolution_scale"].values()))
+    assert scale == pytest.approx(1 / 1.5, rel=0.15)
+    g = np.random.default_rng(0)
+    wrong = json.loads((tmp_path / "t.json").read_text())
+    for group in wrong["entries"].values():
+        for e in group.values():
+            e["rel"] = float(g.uniform(0.05, 20.0))
+    v = verify_table(LatencyTable.from_dict(wrong, "wrong.json"), space, k=8)
+    assert v.action == "rebuild" and "\n" not in v.line()
+
+
+def test_a_device_build_stopped_before_its_calibration_resumes(tmp_path):
+    """Every block measured, the calibration not yet: the same build goes on with the
+    calibration (it used to fail with 'one runtime per batch, got []')."""
+    from deploy.lut import build_table
+    from deploy.targets import LocalTarget
+
+    space = get_tiny = _tiny_space().with_choices(resolutions=(12,))
+    proto = TimingProtocol(warmup=1, runs=5, trials=3)
+    out = tmp_path / "dev.json"
+    build_table(get_tiny, [12], "onnxruntime", out, protocol=proto, calib=0,
+                target=LocalTarget())
+    table = json.loads(out.read_text())
+    partial = tmp_path / "dev.json.partial.json"
+    state = {"space": space.to_dict(), "resolutions": [12], "runtime": "onnxruntime",
+             "precision": "fp32", "threads": 1, "target": "local",
+             "protocol": table["protocol"], "block_layout": "nchw",
+             "entries": table["entries"], "context": table["context"],
+             "overhead_ms": table["overhead_ms"], "overhead_rel": table["overhead_rel"],
+             "probe_ms": [table["probe"]["ms"]["median"]]}
+    partial.write_text(json.dumps(state))
+    t = build_table(space, [12], "onnxruntime", out, protocol=proto, calib=2,
+                    target=LocalTarget())
+    assert len(t.calibration["fitted_on"]) == 4 and t.build["blocks"] == 0
+    assert t.entries == table["entries"] and not partial.exists()
+
+
+def test_the_agent_reports_progress_and_the_host_waits_as_long_as_it_does(monkeypatch):
+    """A request that outlasts the host's timeout completes while the agent sends progress;
+    an agent that goes silent for the timeout is an error, in one line."""
+    from deploy.targets.base import TargetError
+    from deploy.targets.ssh import SSHTarget, _AgentProcess
+
+    script = ("import json, sys, time\n"
+              "for i in range(int(sys.argv[1])):\n"
+              "    time.sleep(0.4); print(json.dumps({'progress': i, 'of': 9}), flush=True)\n"
+              "time.sleep(float(sys.argv[2])); print(json.dumps({'models': []}), flush=True)\n")
+    t = SSHTarget("u", "example.invalid", timeout=1.0)
+    seen = []
+    t.progress = lambda done, total: seen.append(done)
+    slow = _AgentProcess([sys.executable, "-c", script, "6", "0.2"])  # 2.6 s in all
+    slow.pending = 1
+    assert t._receive(slow) == {"models": []} and seen == list(range(6))
+    slow.end()
+    silent = _AgentProcess([sys.executable, "-c", script, "0", "3"])
+    silent.pending = 1
+    with pytest.raises(TargetError, match="sent nothing for 1 s"):
+        t._receive(silent)
+    silent.end()
+
+
+def test_serve_writes_progress_lines_while_it_times(monkeypatch, tmp_path):
+    import deploy.device.agent as agent
+    from deploy.probe import probe_file
+
+    monkeypatch.setattr(agent, "PROGRESS_S", 0.0)
+    probe = probe_file("onnxruntime", "fp32", tmp_path)
+    lines = []
+    req = {"models": [str(probe), str(probe)], "warmup": 0, "runs": 2, "trials": 3,
+           "probe": True}
+    agent.serve([json.dumps(req)], lines.append)
+    answers = [json.loads(x) for x in lines]
+    assert all(set(a) == {"progress", "of"} for a in answers[:-1]) and len(answers) > 2
+    assert answers[-1]["probe"]["rel"] == 1.0
+    assert answers[-1]["models"][1]["latency_ms"]["rel"] == pytest.approx(1.0, rel=0.5)
+
+
+def test_a_serving_agent_ends_when_its_connection_drops(tmp_path):
+    """The host goes away in the middle of a long batch (its ssh killed): the agent stops
+    at once instead of timing on for minutes with no one to answer."""
+    from deploy.probe import probe_file
+
+    probe = probe_file("onnxruntime", "fp32", tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.device.agent", "--serve"],
+                            cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    req = {"models": [str(probe), str(probe)], "warmup": 0, "runs": 1000, "trials": 1000}
+    proc.stdin.write(json.dumps(req) + "\n")
+    proc.stdin.flush()
+    time.sleep(2.0)  # loaded and timing (about 200 s of work)
+    assert proc.poll() is None
+    proc.stdin.close()
+    t = time.monotonic()
+    proc.wait(timeout=10)
+    assert time.monotonic() - t < 5
