@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ofa.errors import InputError
+
 __all__ = ["candidates_near", "choose_measured_budget", "measure_budgets"]
 
 Row = dict[str, Any]  # a search row: {"config", "acc", "latency_ms", ...}
@@ -30,7 +32,7 @@ def candidates_near(budget_ms: float, front: Sequence[Row], chosen: Row | None =
         ValueError: ``k`` below 1 or a budget that is not positive.
     """
     if k < 1 or not budget_ms > 0:
-        raise ValueError(f"candidates need k >= 1 and a budget > 0 ms (got {k}, {budget_ms})")
+        raise InputError(f"candidates need k >= 1 and a budget > 0 ms (got {k}, {budget_ms})")
     lo, hi = budget_ms / (1 + above) ** 3, budget_ms * (1 + above)
     out = [chosen] if chosen is not None else []
     seen = {_key(r) for r in out}
@@ -70,7 +72,7 @@ def measure_budgets(budgets: Sequence[float], chosen: Sequence[Row], front: Sequ
         ValueError: as many chosen rows as budgets are needed.
     """
     if len(chosen) != len(budgets):
-        raise ValueError(f"{len(budgets)} budgets but {len(chosen)} chosen subnets")
+        raise InputError(f"{len(budgets)} budgets but {len(chosen)} chosen subnets")
     measured: dict[str, float] = {}
     known = [*front, *chosen]  # another budget's choice is a candidate too
     pools = [candidates_near(b, known, c, k) for b, c in zip(budgets, chosen)]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write
 
 __all__ = ["export_onnx", "export_tflite", "export_onnx_int8", "export_tflite_int8",
@@ -48,7 +49,7 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], path: str | Path
         try:
             onnx.checker.check_model(onnx.load(tmp))
         except onnx.checker.ValidationError as exc:
-            raise ValueError(f"exported ONNX graph is invalid: {exc}") from None
+            raise InputError(f"exported ONNX graph is invalid: {exc}") from None
 
     return atomic_write(path, write)
 
@@ -83,7 +84,7 @@ def export_onnx_int8(model: nn.Module, input_shape: tuple[int, ...], path: str |
         ValueError: empty calibration set or an invalid graph.
     """
     if len(calib) == 0:
-        raise ValueError("int8 export needs a non-empty representative set")
+        raise InputError("int8 export needs a non-empty representative set")
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
@@ -122,7 +123,7 @@ def export_tflite_int8(model: nn.Module, input_shape: tuple[int, ...], path: str
         RuntimeError: litert-torch is not installed.
     """
     if len(calib) == 0:
-        raise ValueError("int8 export needs a non-empty representative set")
+        raise InputError("int8 export needs a non-empty representative set")
     litert_torch = _litert()
     from litert_torch.quantize.pt2e_quantizer import (
         PT2EQuantizer,

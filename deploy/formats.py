@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
+
 __all__ = ["ExportFormat", "FORMATS", "get_format", "format_for", "parse_formats"]
 
 
@@ -56,7 +58,7 @@ class ExportFormat:
         kw: dict[str, Any] = {"nhwc": nhwc} if self.kind == "tflite" else {}
         if self.precision == "int8":
             if calib is None or len(calib) == 0:
-                raise ValueError(f"{self.name} export needs a non-empty representative set")
+                raise InputError(f"{self.name} export needs a non-empty representative set")
             return fn(model, input_shape, path, calib, **kw)
         return fn(model, input_shape, path, **kw)
 
@@ -72,7 +74,7 @@ FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
 def get_format(name: str) -> ExportFormat:
     """Raises ``ValueError`` naming the allowed formats."""
     if name not in FORMATS:
-        raise ValueError(f"unknown format {name!r}; allowed: {', '.join(FORMATS)}")
+        raise InputError(f"unknown format {name!r}; allowed: {', '.join(FORMATS)}")
     return FORMATS[name]
 
 
@@ -85,7 +87,7 @@ def format_for(runtime: str, precision: str = "fp32") -> ExportFormat:
     for f in FORMATS.values():
         if f.runtime == runtime and f.precision == precision:
             return f
-    raise ValueError(f"no {precision} model format for runtime {runtime!r}; runtimes: "
+    raise InputError(f"no {precision} model format for runtime {runtime!r}; runtimes: "
                      f"{sorted({f.runtime for f in FORMATS.values()})}")
 
 
@@ -98,7 +100,7 @@ def parse_formats(text: str | Sequence[str]) -> list[str]:
     items = text.split(",") if isinstance(text, str) else list(text)
     names = list(dict.fromkeys(n.strip() for n in items if n.strip()))
     if not names:
-        raise ValueError(f"no export format given; allowed: {', '.join(FORMATS)}")
+        raise InputError(f"no export format given; allowed: {', '.join(FORMATS)}")
     for n in names:
         get_format(n)
     return names

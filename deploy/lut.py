@@ -57,6 +57,7 @@ from deploy.formats import format_for
 from deploy.probe import PROBE_ID, ProbedTarget, load_probe, probe_summary
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
+from ofa.errors import InputError
 from ofa.fileio import atomic_write_json
 from ofa.space import BlockShape, SearchSpace, SubnetConfig
 from ofa.static import build_layer
@@ -106,7 +107,7 @@ def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, thread
     rt = get_runtime(runtime, threads)
     if isinstance(rt, TorchRuntime):
         if precision != "fp32":
-            raise ValueError("the torch runtime is timed in fp32 only")
+            raise InputError("the torch runtime is timed in fp32 only")
         rt.load_module(model, input_shape)
     else:
         path = stem.with_name(stem.name + format_for(runtime, precision).suffix)
@@ -130,7 +131,7 @@ def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], ru
         ValueError: the torch runtime (it runs in this process only).
     """
     if runtime == "torch":
-        raise ValueError("the torch runtime is measured in this process only (no --target)")
+        raise InputError("the torch runtime is measured in this process only (no --target)")
     path = Path(workdir) / f"m{format_for(runtime, precision).suffix}"
     _export(model, input_shape, runtime, precision, path)
     return target.bench(path, threads, protocol)
@@ -176,7 +177,7 @@ def periodic_weights(model: nn.Module, period: int = WEIGHT_PERIOD, seed: int = 
         ValueError: ``period < 2``.
     """
     if period < 2:
-        raise ValueError(f"period must be >= 2, got {period}")
+        raise InputError(f"period must be >= 2, got {period}")
     base = torch.randn(period, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         for p in model.parameters():
@@ -654,11 +655,11 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         deploy.targets.TargetError: the device is unreachable or lacks the runtime.
     """
     if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if runtime != "torch":
         format_for(runtime, precision)
     elif precision != "fp32":
-        raise ValueError("the torch runtime is timed in fp32 only")
+        raise InputError("the torch runtime is timed in fp32 only")
     protocol = dataclasses.replace(protocol or TimingProtocol(), probe=True)
     out = Path(out)
     for r in resolutions:
@@ -777,7 +778,7 @@ def refit_calibration(table: LatencyTable) -> LatencyTable:
     """
     pts = table.calibration.get("fitted_on") or []
     if len(pts) < 2:
-        raise ValueError(f"{len(pts)} calibration subnet(s) recorded; refitting needs two or "
+        raise InputError(f"{len(pts)} calibration subnet(s) recorded; refitting needs two or "
                          "more (run `ofa lut calibrate` without --refit to measure some)")
     table.calibration = {**fit_calibration([f.get("sum", f.get("sum_ms")) for f in pts],
                                            [f.get("measured", f.get("measured_ms"))
@@ -808,7 +809,7 @@ def fit_calibration(raw: list[float], measured: list[float]) -> dict[str, Any]:
     """
     x, y = np.asarray(raw, float), np.asarray(measured, float)
     if len(x) < 2 or len(x) != len(y) or (y <= 0).any() or (x <= 0).any():
-        raise ValueError("calibration needs two or more subnets with positive latencies")
+        raise InputError("calibration needs two or more subnets with positive latencies")
     lx, ly = np.log(x), np.log(y)
     p = 1.0
     if lx.max() - lx.min() >= np.log(1.5):

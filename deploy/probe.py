@@ -31,6 +31,7 @@ from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime
 from deploy.formats import format_for
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
+from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
            "ProbedTarget", "probe_summary"]
@@ -124,7 +125,7 @@ def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
     """
     a = np.asarray(list(batch_ms), dtype=np.float64)
     if not a.size or (a <= 0).any() or not np.isfinite(a).all():
-        raise ValueError("the probe's speed needs one positive time per batch")
+        raise InputError("the probe's speed needs one positive time per batch")
     return {"median": float(np.median(a)), "fastest": float(a.min()),
             "slowest": float(a.max()), "p90": float(np.percentile(a, 90)),
             "range": float(a.max() / a.min()), "batches": int(a.size)}

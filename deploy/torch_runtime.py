@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from deploy.device.runtimes import Runtime, register_runtime
+from ofa.errors import InputError
 
 __all__ = ["TorchRuntime"]
 
@@ -28,7 +29,7 @@ class TorchRuntime(Runtime):
         return torch.__version__
 
     def load(self, path: str) -> None:
-        raise ValueError("the torch runtime runs modules in this process (load_module), "
+        raise InputError("the torch runtime runs modules in this process (load_module), "
                          f"not files such as {path}")
 
     def load_module(self, model: nn.Module, input_shape: tuple[int, ...]) -> None:

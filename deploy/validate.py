@@ -20,6 +20,7 @@ from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.probe import ProbedTarget
 from deploy.targets import Target
+from ofa.errors import InputError
 from ofa.fileio import atomic_write_json, atomic_write_text
 from ofa.space import SubnetConfig
 
@@ -37,7 +38,7 @@ def top1_standard_error(top1: float, images: int) -> float:
         ValueError: no images, or a top-1 outside 0-100.
     """
     if images < 1 or not 0.0 <= top1 <= 100.0:
-        raise ValueError(f"top-1 {top1}% on {images} images is not a measurement")
+        raise InputError(f"top-1 {top1}% on {images} images is not a measurement")
     p = top1 / 100.0
     return math.sqrt(p * (1.0 - p) / images) * 100.0
 

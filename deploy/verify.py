@@ -28,6 +28,7 @@ import numpy as np
 from deploy.lut import measure_subnets
 from deploy.probe import probe_summary
 from deploy.targets import Target
+from ofa.errors import InputError
 from ofa.space import SearchSpace, SubnetConfig
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
@@ -82,7 +83,7 @@ def judge(pred: np.ndarray, meas: np.ndarray, res: np.ndarray, tolerance: float 
     """
     pred, meas, res = (np.asarray(a, dtype=np.float64) for a in (pred, meas, res))
     if len(pred) < 4 or not len(pred) == len(meas) == len(res):
-        raise ValueError("verification needs 4 or more subnets, one prediction and one "
+        raise InputError("verification needs 4 or more subnets, one prediction and one "
                          "measurement each")
     fit, test = np.arange(len(pred)) % 2 == 0, np.arange(len(pred)) % 2 == 1
     as_is = _within(pred[test], meas[test], tolerance)
@@ -127,7 +128,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
         deploy.targets.TargetError: the device could not measure.
     """
     if k < 4:
-        raise ValueError(f"verifying a table needs k >= 4 subnets, got {k}")
+        raise InputError(f"verifying a table needs k >= 4 subnets, got {k}")
     cfgs = verify_configs(space, table.resolutions, k, seed)
     m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="verify")
     meas = np.asarray(m["rel"] if table.probe else m["ms"])

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from ofa.device import autocast
+from ofa.errors import InputError
 
 __all__ = ["recalibrate_bn"]
 
@@ -34,7 +35,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000,
         ValueError: ``num_images`` < 1 or the loader yields no images.
     """
     if num_images < 1:
-        raise ValueError(f"num_images must be >= 1, got {num_images}")
+        raise InputError(f"num_images must be >= 1, got {num_images}")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
         return 0
@@ -60,5 +61,5 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000,
             bn.momentum = m
         model.train(was_training)
     if seen == 0:
-        raise ValueError("BN recalibration loader yielded no images")
+        raise InputError("BN recalibration loader yielded no images")
     return seen

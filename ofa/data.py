@@ -28,6 +28,7 @@ __all__ = ["StepBatches", "train_loader", "eval_loader", "DATASETS", "ImageSplit
            "load_dataset", "BatchLoader"]
 
 from ofa import DATASETS
+from ofa.errors import InputError
 from ofa.lifetime import worker_lifetime
 
 _MEANS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
@@ -66,7 +67,7 @@ class ImageSplit:
             try:
                 out.append(decode_image(self.paths[i], mode=ImageReadMode.RGB))
             except (RuntimeError, OSError) as exc:
-                raise ValueError(f"{self.paths[i]}: cannot decode the image "
+                raise InputError(f"{self.paths[i]}: cannot decode the image "
                                  f"({str(exc).splitlines()[0][:80]}); remove or replace it"
                                  ) from None
         return out
@@ -93,7 +94,7 @@ class Dataset:
 
     def split(self, name: str) -> ImageSplit:
         if name not in ("train", "holdout", "test"):
-            raise ValueError(f"unknown split {name!r}; allowed: train, holdout, test")
+            raise InputError(f"unknown split {name!r}; allowed: train, holdout, test")
         return getattr(self, name)
 
     def normalisation(self) -> dict:
@@ -207,7 +208,7 @@ def eval_loader(batches: BatchLoader, workers: int = 0, pin_memory: bool = False
     if workers <= 0:
         return batches
     if batches.train:
-        raise ValueError("eval_loader serves evaluation transforms only")
+        raise InputError("eval_loader serves evaluation transforms only")
     return torch.utils.data.DataLoader(batches, batch_size=None,
                                        sampler=range(batches.start_batch, len(batches)),
                                        num_workers=workers, pin_memory=pin_memory,
@@ -274,7 +275,7 @@ def _from_arrays(x: np.ndarray, y: np.ndarray) -> ImageSplit:
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.dtype != np.uint8:
-        raise ValueError(f"expected uint8 images (N,H,W[,C]), got {x.dtype} {x.shape}")
+        raise InputError(f"expected uint8 images (N,H,W[,C]), got {x.dtype} {x.shape}")
     return ImageSplit(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))),
                       torch.from_numpy(np.asarray(y).astype(np.int64)).reshape(-1))
 
@@ -308,12 +309,14 @@ def _load_npz(path: Path) -> tuple[ImageSplit, ImageSplit, list[str]]:
         with np.load(path, allow_pickle=False) as z:
             missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
             if missing:
-                raise ValueError(f"{path}: .npz lacks arrays {sorted(missing)}")
+                raise InputError(f"{path}: .npz lacks arrays {sorted(missing)}")
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else None
             tr = _from_arrays(z["x_train"], z["y_train"])
             te = _from_arrays(z["x_test"], z["y_test"])
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{path}: cannot read .npz ({exc})") from None
+    except InputError:
+        raise
+    except (OSError, EOFError, ValueError) as exc:  # numpy: not an .npz, or a pickled one
+        raise InputError(f"{path}: cannot read .npz ({str(exc).splitlines()[0]})") from None
     n = int(tr.labels.max()) + 1
     return tr, te, classes or [str(i) for i in range(n)]
 
@@ -329,7 +332,7 @@ def _load_torchvision(name: str, root: Path, download: bool) -> Splits:
     try:
         tr, te = (cls(str(root), train=t, download=download) for t in (True, False))
     except RuntimeError as exc:
-        raise ValueError(f"{name}: not found under {root} ({exc}); pass --data with a local "
+        raise InputError(f"{name}: not found under {root} ({exc}); pass --data with a local "
                          "copy (.npz or torchvision folder)") from None
 
     def conv(ds) -> ImageSplit:
@@ -348,7 +351,7 @@ def _load_imagefolder(root: Path) -> tuple[ImageSplit, ImageSplit, list[str]]:
                           [s[0] for s in ds.samples]), ds.classes
 
     if not (root / "train").is_dir():
-        raise ValueError(f"{root}: imagefolder needs {root}/train/<class>/*.jpg "
+        raise InputError(f"{root}: imagefolder needs {root}/train/<class>/*.jpg "
                          "(and optionally val/ or test/)")
     tr, classes = split(root / "train")
     for name in ("val", "test"):
@@ -371,20 +374,20 @@ def load_dataset(name: str, data: str | Path | None = None, holdout: int | None 
         ValueError: unknown dataset, missing or malformed data (one line, names the path).
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; allowed: {list(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; allowed: {list(DATASETS)}")
     path = Path(data).expanduser() if data else None
     if path is not None and not path.exists():
-        raise ValueError(f"--data {path} does not exist")
+        raise InputError(f"--data {path} does not exist")
     kw: dict = {}
     if name == "digits":
         if path is not None:
-            raise ValueError(f"--data {path}: the digits dataset is built in (scikit-learn) and "
+            raise InputError(f"--data {path}: the digits dataset is built in (scikit-learn) and "
                              "reads no files; pick the dataset of that file with --dataset")
         train, test, classes = _load_digits(seed)
         kw = {"flip": False, "mean": (0.5,) * 3, "std": (0.5,) * 3}
     elif name == "imagefolder":
         if path is None:
-            raise ValueError("imagefolder needs --data DIR (an ImageFolder tree with train/)")
+            raise InputError("imagefolder needs --data DIR (an ImageFolder tree with train/)")
         train, test, classes = _load_imagefolder(path)
         mean, std = _MEANS["imagenet"]
         kw = {"train_aug": "rrc", "crop_ratio": 0.875, "mean": mean, "std": std}
@@ -402,6 +405,6 @@ def load_dataset(name: str, data: str | Path | None = None, holdout: int | None 
             kw["mean"], kw["std"] = (0.4914, 0.4822, 0.4465), (0.247, 0.2435, 0.2616)
     size = holdout if holdout is not None else min(10000, len(train) // 10)
     if not 0 < size < len(train):
-        raise ValueError(f"hold-out size {size} must be between 1 and {len(train) - 1}")
+        raise InputError(f"hold-out size {size} must be between 1 and {len(train) - 1}")
     train, hold = _carve_holdout(train, size, seed=seed + 7)
     return Dataset(name, train, hold, test, classes, **kw)

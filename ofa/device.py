@@ -13,6 +13,8 @@ import contextlib
 
 import torch
 
+from ofa.errors import InputError
+
 __all__ = ["PRECISIONS", "amp_dtype", "autocast", "conv_memory_format", "grad_scaler",
            "resolve_device", "resolve_precision"]
 
@@ -31,14 +33,14 @@ def resolve_device(name: str) -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+        raise InputError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {name!r}: no CUDA GPU is visible here (use --device cpu)")
+            raise InputError(f"device {name!r}: no CUDA GPU is visible here (use --device cpu)")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+            raise InputError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
     return dev
 
 
@@ -56,7 +58,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in _DTYPES:
-        raise ValueError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+        raise InputError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
     return name
 
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ofa.errors import InputError
 from ofa.space import make_divisible
 from ofa.static import MBConv
 
@@ -60,7 +61,7 @@ class ElasticDepthwiseConv(nn.Module):
             ValueError: ``ks`` not in the kernel list.
         """
         if ks not in self.ks_list:
-            raise ValueError(f"kernel {ks} not in {self.ks_list}")
+            raise InputError(f"kernel {ks} not in {self.ks_list}")
         w = self.weight[:channels]
         cur = self.max_ks
         for tgt in reversed(self.ks_list):
@@ -181,9 +182,9 @@ class ElasticMBConv(nn.Module):
 
     def set_active(self, ks: int, e: float) -> None:
         if e not in self.expand_list:
-            raise ValueError(f"expand ratio {e} not in {self.expand_list}")
+            raise InputError(f"expand ratio {e} not in {self.expand_list}")
         if ks not in self.depth_conv.ks_list:
-            raise ValueError(f"kernel {ks} not in {self.depth_conv.ks_list}")
+            raise InputError(f"kernel {ks} not in {self.depth_conv.ks_list}")
         self.depth_conv.active_ks = ks
         self.active_e = e
         self.expand_conv.active_out = self.mid_width(e)

@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ofa.errors import InputError
+
 __all__ = ["atomic_write", "atomic_write_dir", "atomic_write_text", "atomic_write_json",
            "read_json", "note_interrupt", "clear_interrupts", "check_interrupted"]
 
@@ -95,8 +97,8 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"{what} {path} does not exist")
+        raise InputError(f"{what} {path} does not exist")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{what} {path} is not valid JSON ({exc})") from None
+        raise InputError(f"{what} {path} is not valid JSON ({exc})") from None

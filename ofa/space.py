@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
+
 __all__ = [
     "BlockShape",
     "BlockSpec",
@@ -170,7 +172,7 @@ class BlockShape:
 
 def _check_choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not allowed; allowed values: {list(allowed)}")
+        raise InputError(f"{name}={value!r} is not allowed; allowed values: {list(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -195,24 +197,24 @@ class SubnetConfig:
         for name in ("ks", "e", "d"):
             v = getattr(self, name)
             if isinstance(v, (str, bytes)) or not isinstance(v, Sequence):
-                raise ValueError(f"{name} must be a list, got {type(v).__name__}")
+                raise InputError(f"{name} must be a list, got {type(v).__name__}")
             object.__setattr__(self, name, tuple(v))
         if len(self.ks) != len(self.e):
-            raise ValueError(
+            raise InputError(
                 f"ks has {len(self.ks)} entries but e has {len(self.e)}; one per block each"
             )
         if not self.d or len(self.ks) % len(self.d):
-            raise ValueError(f"d has {len(self.d)} entries; ks/e length {len(self.ks)} "
+            raise InputError(f"d has {len(self.d)} entries; ks/e length {len(self.ks)} "
                              "must be a multiple of it (one entry per stage)")
         for name in ("ks", "d"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int):
-                    raise ValueError(f"{name} entries must be integers, got {v!r}")
+                    raise InputError(f"{name} entries must be integers, got {v!r}")
         for v in self.e:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise ValueError(f"e entries must be numbers, got {v!r}")
+                raise InputError(f"e entries must be numbers, got {v!r}")
         if isinstance(self.r, bool) or not isinstance(self.r, int):
-            raise ValueError(f"r must be an integer resolution, got {self.r!r}")
+            raise InputError(f"r must be an integer resolution, got {self.r!r}")
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -230,10 +232,10 @@ class SubnetConfig:
             ValueError: missing or malformed fields.
         """
         if not isinstance(data, dict):
-            raise ValueError(f"subnet config must be a JSON object, got {type(data).__name__}")
+            raise InputError(f"subnet config must be a JSON object, got {type(data).__name__}")
         missing = [k for k in ("ks", "e", "d", "r") if k not in data]
         if missing:
-            raise ValueError(f"subnet config is missing field(s) {missing}")
+            raise InputError(f"subnet config is missing field(s) {missing}")
         r = data["r"]
         if isinstance(r, list) and len(r) == 1:
             r = r[0]
@@ -244,7 +246,7 @@ class SubnetConfig:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise ValueError(f"subnet config is not valid JSON: {exc}") from None
+            raise InputError(f"subnet config is not valid JSON: {exc}") from None
         return cls.from_dict(data)
 
     def summary(self) -> str:
@@ -291,22 +293,22 @@ class SearchSpace:
         for name in ("ks_list", "expand_list", "depth_list", "resolutions"):
             v = tuple(sorted(set(getattr(self, name))))
             if not v:
-                raise ValueError(f"{name} must not be empty")
+                raise InputError(f"{name} must not be empty")
             object.__setattr__(self, name, v)
         for k in self.ks_list:
             if k not in (3, 5, 7):
-                raise ValueError(f"ks_list entry {k} not allowed; allowed values: [3, 5, 7]")
+                raise InputError(f"ks_list entry {k} not allowed; allowed values: [3, 5, 7]")
         for d in self.depth_list:
             if not 1 <= d <= self.max_depth:
-                raise ValueError(f"depth_list entry {d} not allowed; allowed: 1..{self.max_depth}")
+                raise InputError(f"depth_list entry {d} not allowed; allowed: 1..{self.max_depth}")
         for e in self.expand_list:
             if e <= 0:
-                raise ValueError(f"expand_list entry {e} must be positive")
+                raise InputError(f"expand_list entry {e} must be positive")
         for r in self.resolutions:
             if r < 8:
-                raise ValueError(f"resolution {r} too small; must be >= 8")
+                raise InputError(f"resolution {r} too small; must be >= 8")
         if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+            raise InputError(f"num_classes must be >= 1, got {self.num_classes}")
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -355,12 +357,12 @@ class SearchSpace:
             ValueError: naming the field (``ks[3]``, ``d[1]``, ``r``...) and the allowed values.
         """
         if not isinstance(cfg, SubnetConfig):
-            raise ValueError(f"expected a SubnetConfig, got {type(cfg).__name__}")
+            raise InputError(f"expected a SubnetConfig, got {type(cfg).__name__}")
         if len(cfg.ks) != self.num_blocks:
-            raise ValueError(f"ks has {len(cfg.ks)} entries; space {self.name!r} needs "
+            raise InputError(f"ks has {len(cfg.ks)} entries; space {self.name!r} needs "
                              f"{self.num_blocks} (one per block)")
         if len(cfg.d) != self.num_stages:
-            raise ValueError(f"d has {len(cfg.d)} entries; space {self.name!r} needs "
+            raise InputError(f"d has {len(cfg.d)} entries; space {self.name!r} needs "
                              f"{self.num_stages} (one per stage)")
         for i, k in enumerate(cfg.ks):
             _check_choice(f"ks[{i}]", k, self.ks_list)
@@ -517,13 +519,13 @@ class SearchSpace:
             ValueError: not such a description (unknown preset or option, bad values).
         """
         if not isinstance(data, dict) or not isinstance(data.get("preset"), str):
-            raise ValueError("a search-space description needs a 'preset' name")
+            raise InputError("a search-space description needs a 'preset' name")
         data = dict(data)
         preset = data.pop("preset")
         try:
             return get_space(preset, **data)
         except (TypeError, KeyError, OverflowError) as exc:
-            raise ValueError(f"bad search-space description ({exc})") from None
+            raise InputError(f"bad search-space description ({exc})") from None
 
     def with_choices(self, **kw: Any) -> SearchSpace:
         return replace(self, **kw)
@@ -562,11 +564,11 @@ def get_space(name: str, **overrides: Any) -> SearchSpace:
         ValueError: unknown preset name or invalid override.
     """
     if name not in _PRESETS:
-        raise ValueError(f"unknown search space {name!r}; known presets: {preset_names()}")
+        raise InputError(f"unknown search space {name!r}; known presets: {preset_names()}")
     unknown = set(overrides) - {"num_classes", "width_mult", "ks_list", "expand_list",
                                 "depth_list", "resolutions", "dropout"}
     if unknown:
-        raise ValueError(f"unknown search-space option(s) {sorted(unknown)}")
+        raise InputError(f"unknown search-space option(s) {sorted(unknown)}")
     return _PRESETS[name](**overrides)
 
 
@@ -579,7 +581,7 @@ def _mbv3(name: str, preset: str, default_width: float, stem_stride: int,
           **overrides: Any) -> SearchSpace:
     width_mult = float(overrides.pop("width_mult", default_width))
     if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}")
+        raise InputError(f"width_mult must be positive, got {width_mult}")
     w = [make_divisible(b * width_mult, 8) for b in BASE_WIDTHS]
     stages = tuple(StageSpec(w[2 + i], stage_strides[i], _ACTS[i], _SES[i]) for i in range(5))
     kw: dict[str, Any] = {"resolutions": tuple(default_res), "num_classes": default_classes}
@@ -634,15 +636,15 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
     def conv(block: Any) -> dict[str, Any]:
         c = block.get("conv") if isinstance(block, dict) else None
         if not isinstance(c, dict):
-            raise ValueError("net.config: a block without a 'conv' layer")
+            raise InputError("net.config: a block without a 'conv' layer")
         return c
 
     if not isinstance(net_config, dict) or not isinstance(net_config.get("blocks"), list):
-        raise ValueError("not an OFA net.config (no 'blocks' list)")
+        raise InputError("not an OFA net.config (no 'blocks' list)")
     head = (net_config.get("first_conv") or {}).get("out_channels"), \
         (net_config.get("classifier") or {}).get("out_features")
     if head != (space.stem_width, space.num_classes):
-        raise ValueError(f"net.config stem/classes {head} != space {space.name}'s "
+        raise InputError(f"net.config stem/classes {head} != space {space.name}'s "
                          f"{(space.stem_width, space.num_classes)}")
     blocks = [conv(b) for b in net_config["blocks"][1:]]
     ks, e, d = [], [], []
@@ -654,7 +656,7 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
                 == stage[0].out_ch:
             n += 1
         if n not in space.depth_list:
-            raise ValueError(f"net.config stage {st + 1} has {n} blocks of width "
+            raise InputError(f"net.config stage {st + 1} has {n} blocks of width "
                              f"{stage[0].out_ch}; space {space.name} allows depths "
                              f"{list(space.depth_list)}")
         for j, spec in enumerate(stage):
@@ -664,7 +666,7 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
                        c.get("act_func"), bool(c.get("use_se")))
                 want = (spec.in_ch, spec.out_ch, spec.stride, spec.act, spec.se)
                 if got != want:
-                    raise ValueError(f"net.config block {i + j + 1} (in, out, stride, act, se) "
+                    raise InputError(f"net.config block {i + j + 1} (in, out, stride, act, se) "
                                      f"= {got}, space {space.name} has {want}")
                 ks.append(c.get("kernel_size"))
                 e.append(c.get("expand_ratio"))
@@ -674,7 +676,7 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
         d.append(n)
         i += n
     if i != len(blocks):
-        raise ValueError(f"net.config has {len(blocks) - i} block(s) more than space "
+        raise InputError(f"net.config has {len(blocks) - i} block(s) more than space "
                          f"{space.name} can hold")
     return space.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ofa.errors import InputError
 from ofa.space import BlockShape, make_divisible
 
 __all__ = ["MBConv", "MobileNetV3", "SqueezeExcite", "act_layer", "build_block", "build_layer"]
@@ -26,7 +27,7 @@ def act_layer(name: str) -> nn.Module:
         return nn.Hardswish(inplace=True)
     if name == "h_sigmoid":
         return nn.Hardsigmoid(inplace=True)
-    raise ValueError(f"unknown activation {name!r}; allowed: relu, h_swish, h_sigmoid")
+    raise InputError(f"unknown activation {name!r}; allowed: relu, h_swish, h_sigmoid")
 
 
 class SqueezeExcite(nn.Module):
@@ -59,10 +60,10 @@ class MBConv(nn.Module):
                  se: bool, act: str, shortcut: bool, expand: bool = True) -> None:
         super().__init__()
         if shortcut and (stride != 1 or in_ch != out_ch):
-            raise ValueError(f"identity shortcut needs stride 1 and in == out, got stride "
+            raise InputError(f"identity shortcut needs stride 1 and in == out, got stride "
                              f"{stride}, {in_ch} -> {out_ch}")
         if not expand and mid != in_ch:
-            raise ValueError(f"a block without expansion needs mid == in ({mid} != {in_ch})")
+            raise InputError(f"a block without expansion needs mid == in ({mid} != {in_ch})")
         self.shortcut = shortcut
         self.inverted_bottleneck = (
             nn.Sequential(nn.Conv2d(in_ch, mid, 1, bias=False), nn.BatchNorm2d(mid), act_layer(act))
@@ -164,4 +165,4 @@ def build_layer(shape: BlockShape) -> nn.Module:
         return feature_mix_layer(shape.in_ch, shape.out_ch)
     if shape.kind == "classifier":
         return _Logits(shape.in_ch, shape.out_ch)
-    raise ValueError(f"unknown layer kind {shape.kind!r}")
+    raise InputError(f"unknown layer kind {shape.kind!r}")

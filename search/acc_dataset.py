@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write_text
 from ofa.space import SearchSpace, SubnetConfig
 from search.encoding import ArchEncoder
@@ -51,15 +52,15 @@ def read_dataset(path: str | Path, header: dict[str, Any] | None = None
         except json.JSONDecodeError:
             if n == len(lines) - 1:
                 break  # killed mid-write
-            raise ValueError(f"{path}:{n + 1}: corrupt line in accuracy dataset") from None
+            raise InputError(f"{path}:{n + 1}: corrupt line in accuracy dataset") from None
         if n == 0:
             if obj.get("kind") != "ofa-edge-accuracy-dataset":
-                raise ValueError(f"{path}: not an accuracy dataset (bad header)")
+                raise InputError(f"{path}: not an accuracy dataset (bad header)")
             if header is not None:
                 diff = [k for k in sorted(set(header) | set(obj))
                         if obj.get(k) != header.get(k)]
                 if diff:
-                    raise ValueError(f"{path}: cached for another {', '.join(diff)}; "
+                    raise InputError(f"{path}: cached for another {', '.join(diff)}; "
                                      "delete it or use another --out")
             continue
         rows.append(obj)
@@ -154,7 +155,7 @@ def choose_measured(run: str | Path, shortlists: list[list[dict[str, Any]]], out
         ValueError: as :func:`measure_subnets`, or an empty shortlist.
     """
     if not all(shortlists):
-        raise ValueError("every shortlist needs at least one subnet")
+        raise InputError("every shortlist needs at least one subnet")
     top1 = iter(measure_subnets(run, out, [r["config"] for sl in shortlists for r in sl],
                                 **measure))
     chosen = []
@@ -229,7 +230,7 @@ def fit_and_score(space: SearchSpace, rows: list[dict[str, Any]], val_fraction: 
     from search.accuracy import AccuracyPredictor
 
     if len(rows) < 10:
-        raise ValueError(f"need at least 10 measured subnets to fit a predictor, have {len(rows)}")
+        raise InputError(f"need at least 10 measured subnets to fit a predictor, have {len(rows)}")
     cfgs = [space.validate(SubnetConfig.from_dict(r["config"])) for r in rows]
     acc = np.array([r["acc"] for r in rows], dtype=float)
     perm = np.random.default_rng(seed).permutation(len(rows))

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write, atomic_write_json, read_json
 from ofa.space import SearchSpace, SubnetConfig
 from search.encoding import ArchEncoder, Encoded
@@ -45,9 +46,9 @@ class MLP:
             self.layers = [(np.asarray(state[f"{i}.weight"], np.float32).T.copy(),
                             np.asarray(state[f"{i}.bias"], np.float32)) for i in idx]
         except KeyError as exc:
-            raise ValueError(f"MLP weights lack {exc.args[0]}") from None
+            raise InputError(f"MLP weights lack {exc.args[0]}") from None
         if not self.layers or any(w.shape[1] != b.shape[0] for w, b in self.layers):
-            raise ValueError("MLP weights have inconsistent shapes")
+            raise InputError("MLP weights have inconsistent shapes")
         self.d_in = self.layers[0][0].shape[0]
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -56,7 +57,7 @@ class MLP:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         if x.shape[1] != self.d_in:
-            raise ValueError(f"predictor expects {self.d_in} features, got {x.shape[1]}")
+            raise InputError(f"predictor expects {self.d_in} features, got {x.shape[1]}")
         for w, b in self.layers[:-1]:
             x = x @ w  # a fresh array; bias and ReLU in place (no more large temporaries)
             x += b
@@ -76,11 +77,11 @@ def _load_state(path: Path) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     if not path.exists():
-        raise ValueError(f"predictor {path} does not exist")
+        raise InputError(f"predictor {path} does not exist")
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file "
+        raise InputError(f"{path} is not a readable safetensors file "
                          f"({str(exc).splitlines()[0][:100]})") from None
 
 
@@ -152,7 +153,7 @@ class AccuracyPredictor:
             ValueError: the predictor was neither fitted nor loaded.
         """
         if self.mlp is None:
-            raise ValueError("accuracy predictor is not fitted")
+            raise InputError("accuracy predictor is not fitted")
         z = self.mlp(feats).astype(np.float64) + self.base
         return 100.0 / (1.0 + np.exp(-z))
 
@@ -166,7 +167,7 @@ class AccuracyPredictor:
     def save(self, path: str | Path) -> None:
         """``path`` (.safetensors weights) + ``path.json`` (space, sizes, base, metrics)."""
         if self.mlp is None:
-            raise ValueError("accuracy predictor is not fitted")
+            raise InputError("accuracy predictor is not fitted")
         _save(Path(path), self.mlp, {
             "kind": self.kind, "space": self.space.to_dict(), "hidden": self.hidden,
             "layers": self.layers, "base": self.base, "output": "sigmoid",
@@ -178,12 +179,12 @@ class AccuracyPredictor:
         path = Path(path)
         meta = read_json(path.with_suffix(".json"), "predictor description")
         if meta.get("kind") != cls.kind or meta.get("output") != "sigmoid":
-            raise ValueError(f"{path}: not an ofa-edge accuracy predictor (or one from before "
+            raise InputError(f"{path}: not an ofa-edge accuracy predictor (or one from before "
                              "the sigmoid head: rebuild it with `ofa predictor build`)")
         p = cls(SearchSpace.from_dict(meta["space"]), meta["hidden"], meta["layers"])
         mlp = MLP(_load_state(path))
         if mlp.d_in != p.dim or len(mlp.layers) != p.layers + 1:
-            raise ValueError(f"{path}: weights do not fit the space's {p.dim} features")
+            raise InputError(f"{path}: weights do not fit the space's {p.dim} features")
         p.mlp, p.base, p.metrics = mlp, float(meta["base"]), meta.get("metrics", {})
         return p
 
@@ -204,14 +205,14 @@ class OFAAccuracyPredictor:
 
     def __init__(self, mlp: MLP, space: SearchSpace) -> None:
         if space.preset != "mbv3-w1.2" or space.num_blocks != 20:
-            raise ValueError(f"the OFA predictor is for mbv3-w1.2, not {space.name}")
+            raise InputError(f"the OFA predictor is for mbv3-w1.2, not {space.name}")
         bad = sorted(set(space.resolutions) - set(self.RES))
         if bad:
-            raise ValueError(f"the OFA predictor knows resolutions {list(self.RES)}; not {bad}")
+            raise InputError(f"the OFA predictor knows resolutions {list(self.RES)}; not {bad}")
         self.space, self.mlp = space, mlp
         self.encoder = ArchEncoder(space)
         if mlp.d_in != self.encoder.feature_dim(self.RES):
-            raise ValueError(f"OFA predictor weights take {mlp.d_in} features, not "
+            raise InputError(f"OFA predictor weights take {mlp.d_in} features, not "
                              f"{self.encoder.feature_dim(self.RES)}")
         self.metrics: dict = {}
 
@@ -228,12 +229,12 @@ def _read_pth(path: Path) -> MLP:
     import torch
 
     if not path.exists():
-        raise ValueError(f"predictor {path} does not exist")
+        raise InputError(f"predictor {path} does not exist")
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
         return MLP({k: v.numpy() for k, v in sd.items()})
     except Exception as exc:
-        raise ValueError(f"{path}: not the OFA accuracy predictor "
+        raise InputError(f"{path}: not the OFA accuracy predictor "
                          f"({str(exc).splitlines()[0][:100]})") from None
 
 
@@ -271,10 +272,10 @@ def load_accuracy_predictor(path: str | Path, space: SearchSpace
     ps = pred.space
     if (ps.preset, ps.num_blocks, ps.ks_list, ps.expand_list, ps.depth_list) != (
             space.preset, space.num_blocks, space.ks_list, space.expand_list, space.depth_list):
-        raise ValueError(f"{path}: a predictor of space {ps.name!r} {ps.ks_list}/"
+        raise InputError(f"{path}: a predictor of space {ps.name!r} {ps.ks_list}/"
                          f"{ps.expand_list}/{ps.depth_list}, not of {space.name!r}")
     extra = sorted(set(space.resolutions) - set(ps.resolutions))
     if extra:
-        raise ValueError(f"{path}: the predictor knows resolutions {list(ps.resolutions)}, "
+        raise InputError(f"{path}: the predictor knows resolutions {list(ps.resolutions)}, "
                          f"not {extra}")
     return pred

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
 from ofa.space import SearchSpace, SubnetConfig
 
 __all__ = ["ArchEncoder", "Encoded", "take", "concat"]
@@ -73,7 +74,7 @@ class ArchEncoder:
                 "r": np.array([c.r for c in cfgs], dtype=np.int64).reshape(len(cfgs)),
             }
         except KeyError as exc:
-            raise ValueError(f"value {exc.args[0]!r} is not a choice of space "
+            raise InputError(f"value {exc.args[0]!r} is not a choice of space "
                              f"{self.space.name!r}") from None
 
     def decode(self, enc: Encoded, i: int) -> SubnetConfig:
@@ -122,7 +123,7 @@ class ArchEncoder:
         r_pos = {r: i for i, r in enumerate(res)}
         bad = sorted({int(r) for r in enc["r"]} - set(r_pos))
         if bad:
-            raise ValueError(f"resolution(s) {bad} not among the predictor's {res}")
+            raise InputError(f"resolution(s) {bad} not among the predictor's {res}")
         rr = np.zeros((n, len(res)), np.float32)
         rr[np.arange(n), [r_pos[int(r)] for r in enc["r"]]] = 1
         return np.concatenate([ks.reshape(n, -1), es.reshape(n, -1), rr], axis=1)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from ofa.errors import InputError
 from ofa.space import SearchSpace
 from search.encoding import ArchEncoder, Encoded, concat, take
 from search.latency import BlockSum
@@ -55,7 +56,7 @@ class Budget:
         for k, v in vars(self).items():
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v) or v <= 0):
-                raise ValueError(f"{k} budget must be a finite number > 0, got {v!r}")
+                raise InputError(f"{k} budget must be a finite number > 0, got {v!r}")
 
     def active(self) -> dict[str, float]:
         return {k: float(v) for k, v in vars(self).items() if v is not None}
@@ -101,15 +102,15 @@ class SearchConfig:
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective {self.objective!r} unknown; allowed: {list(OBJECTIVES)}")
+            raise InputError(f"objective {self.objective!r} unknown; allowed: {list(OBJECTIVES)}")
         for name, lo, hi in (("population", 2, 100_000), ("generations", 1, 100_000),
                              ("seed", 0, 100_000), ("shortlist", 1, 1000)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-                raise ValueError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
+                raise InputError(f"{name} must be an integer in {lo}..{hi}, got {v!r}")
         v = self.shortlist_margin
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
-            raise ValueError(f"shortlist_margin must be a finite number >= 0, got {v!r}")
+            raise InputError(f"shortlist_margin must be a finite number >= 0, got {v!r}")
 
     @property
     def constraints(self) -> dict[str, float]:
@@ -357,16 +358,16 @@ def _check_feasible(scorer: Scorer, cfg: SearchConfig) -> None:
     space, cons = scorer.space, cfg.constraints
     need = set(cons) | ({cfg.objective} if cfg.pareto else set())
     if "latency_ms" in need and scorer.lat_pred is None:
-        raise ValueError("a latency budget/objective needs a latency table (--table)")
+        raise InputError("a latency budget/objective needs a latency table (--table)")
     if "latency_ms" in cons:
         low = smallest_latency(space, scorer.lat_pred)
         if cons["latency_ms"] < low:
-            raise ValueError(f"latency budget {cons['latency_ms']:g} ms is infeasible: the "
+            raise InputError(f"latency budget {cons['latency_ms']:g} ms is infeasible: the "
                              f"smallest subnet takes {low:.2f} ms on this table")
     smallest = scorer(scorer.encoder.encode([space.min_subnet(min(space.resolutions))]))
     for k in ("macs", "params", "size_bytes"):
         if k in cons and cons[k] < smallest[k][0]:
-            raise ValueError(f"{k} budget {cons[k]:g} is infeasible: the smallest subnet "
+            raise InputError(f"{k} budget {cons[k]:g} is infeasible: the smallest subnet "
                              f"has {smallest[k][0]:g}")
 
 
@@ -421,7 +422,7 @@ def _open_study(scorer: Scorer, cfg: SearchConfig) -> optuna.Study:
         study.set_user_attr("settings", {k: v for k, v in asdict(cfg).items()
                                          if k not in ("storage", "progress")})
     elif old != key:
-        raise ValueError(f"study {cfg.study_name!r} in {cfg.storage} answers another query "
+        raise InputError(f"study {cfg.study_name!r} in {cfg.storage} answers another query "
                          "(space, table, predictor, budgets or settings differ); pass another "
                          "--study-name or --storage")
     return study
@@ -456,7 +457,7 @@ def _result(scorer: Scorer, archive: _Archive, cfg: SearchConfig, trials: int,
     enc, m = archive.enc, archive.m
     feasible = np.nonzero(_violation(m, cfg.constraints) == 0)[0]
     if len(feasible) == 0:
-        raise ValueError("no feasible subnet found; loosen the budget or search longer")
+        raise InputError("no feasible subnet found; loosen the budget or search longer")
 
     def row(i: int) -> dict[str, Any]:
         sub = scorer.encoder.decode(enc, i)
@@ -558,17 +559,17 @@ def result_rows(data: Any, source: str = "search result") -> list[dict[str, Any]
 
     rows = (data.get("front") or data.get("best")) if isinstance(data, dict) else None
     if not isinstance(rows, list) or not rows:
-        raise ValueError(f"{source}: no subnets (expected a non-empty 'best' or 'front' list)")
+        raise InputError(f"{source}: no subnets (expected a non-empty 'best' or 'front' list)")
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or "config" not in row:
-            raise ValueError(f"{source}: row {i} has no 'config'")
+            raise InputError(f"{source}: row {i} has no 'config'")
         try:
             SubnetConfig.from_dict(row["config"])
         except ValueError as exc:
-            raise ValueError(f"{source}: row {i}: {exc}") from None
+            raise InputError(f"{source}: row {i}: {exc}") from None
         for k in ("acc", "latency_ms", "budget_ms"):
             v = row.get(k)
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
                                   or not math.isfinite(v)):
-                raise ValueError(f"{source}: row {i}: {k} must be a finite number, got {v!r}")
+                raise InputError(f"{source}: row {i}: {k} must be a finite number, got {v!r}")
     return rows

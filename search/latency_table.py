@@ -49,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, SubnetConfig
 
@@ -62,7 +63,7 @@ _CONTEXT_KEYS = ("device", "runtime", "runtime_version", "backend", "threads", "
                  "batch")
 
 
-class TableError(ValueError):
+class TableError(InputError):
     """A corrupt, incomplete or mismatched latency table."""
 
 
@@ -107,7 +108,7 @@ class LatencyTable:
             ValueError: an unknown speed.
         """
         if speed not in SPEEDS:
-            raise ValueError(f"speed {speed!r}: use {' or '.join(SPEEDS)}")
+            raise InputError(f"speed {speed!r}: use {' or '.join(SPEEDS)}")
         return float(self.probe["ms"][SPEEDS[speed]]) if self.probe else 1.0
 
     def to_ms(self, value: Any, speed: str = "nominal") -> Any:
@@ -218,13 +219,13 @@ class LatencyTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise TableError(f"latency table {path} is not valid JSON ({exc})") from None
         t = cls.from_dict(d, source=str(path))
+        t.check(space=space, resolutions=resolutions, precision=precision, runtime=runtime,
+                threads=threads)
         if not t.probe and str(path) not in _NOTED:
             _NOTED.add(str(path))
             print(f"note: {path} has no probe data: its ms hold at the speed of its build "
                   "only; rebuild it with `ofa lut build` to predict in probe units",
                   file=sys.stderr)
-        t.check(space=space, resolutions=resolutions, precision=precision, runtime=runtime,
-                threads=threads)
         return t
 
     # --- context -------------------------------------------------------------------------

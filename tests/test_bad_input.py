@@ -44,3 +44,26 @@ def test_the_table_is_large_and_covers_every_command():
     commands = {c.argv[0] for c in CASES}
     assert commands >= {"train", "eval", "lut", "predictor", "search", "export", "bench",
                         "deploy", "run", "space"}
+
+
+def test_a_bug_is_not_reported_as_bad_input(monkeypatch, capsys):
+    """A ValueError from deep inside a step (numpy's, say) is a bug, not the user's input:
+    the traceback is printed, then one line that says so, and the exit code is 70; the
+    same command's bad input stays a one-line error with exit code 2."""
+    import ofa.cli.space_cmd as space_cmd
+    from ofa.cli import BUG_EXIT
+
+    def broken(args):
+        import numpy as np
+
+        np.reshape(np.arange(3), (2, 2))  # raises ValueError inside numpy
+
+    monkeypatch.setattr(space_cmd, "run", broken)
+    assert main(["space", "mbv3-cifar"]) == BUG_EXIT == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "np.reshape" in err
+    assert err.strip().splitlines()[-1].startswith("ofa space: this is a bug in ofa-edge")
+    monkeypatch.undo()
+    with pytest.raises(SystemExit) as exc:
+        main(["space", "no-such-space"])
+    assert exc.value.code == 2 and "Traceback" not in capsys.readouterr().err

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 
 from deploy.device.devinfo import device_facts
+from deploy.device.errors import DeviceInputError
 from deploy.device.runtimes import (
     Runtime,
     RuntimeMissing,
@@ -84,7 +85,7 @@ def model_meta(model: Path) -> dict[str, Any]:
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError:
-            raise ValueError(f"{p}: model description is not valid JSON") from None
+            raise DeviceInputError(f"{p}: model description is not valid JSON") from None
     return {}
 
 
@@ -113,7 +114,7 @@ def _normalise(raw: list[np.ndarray], meta: dict[str, Any]) -> np.ndarray:
         mean = np.asarray(norm["mean"], np.float32)[:, None, None]
         std = np.asarray(norm["std"], np.float32)[:, None, None]
     except (KeyError, TypeError):
-        raise ValueError("raw images need the model.json beside the model (resolution, "
+        raise DeviceInputError("raw images need the model.json beside the model (resolution, "
                          "normalisation); or pass the eval .npz that ofa export wrote") from None
     out = []
     for img in raw:
@@ -137,12 +138,12 @@ def load_eval_data(path: str | Path | bytes, meta: Mapping[str, Any],
         return _eval_arrays(io.BytesIO(path), "the data sent", meta, limit)
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"data {path} does not exist")
+        raise DeviceInputError(f"data {path} does not exist")
     if path.is_dir():
         try:
             from PIL import Image
         except ImportError:
-            raise ValueError("reading an image folder needs Pillow (pip install pillow)"
+            raise DeviceInputError("reading an image folder needs Pillow (pip install pillow)"
                              ) from None
         classes = sorted(d.name for d in path.iterdir() if d.is_dir())
         names = meta.get("classes") or classes
@@ -150,7 +151,7 @@ def load_eval_data(path: str | Path | bytes, meta: Mapping[str, Any],
                  for f in sorted((path / c).iterdir()) if f.is_file()]
         files = files[:limit] if limit else files
         if not files:
-            raise ValueError(f"{path}: no class folders with images (class/xxx.jpg)")
+            raise DeviceInputError(f"{path}: no class folders with images (class/xxx.jpg)")
         raw = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
         return _normalise(raw, meta), np.array([y for _, y in files], np.int64)
     return _eval_arrays(path, str(path), meta, limit)
@@ -163,16 +164,17 @@ def _eval_arrays(src: Path | io.BytesIO, where: str, meta: Mapping[str, Any],
         z = np.load(src)
         keys = set(z.files)
     except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{where}: not a readable .npz ({exc})") from None
+        raise DeviceInputError(f"{where}: not a readable .npz ({exc})") from None
     if {"x", "y"} <= keys:
         x, y = z["x"].astype(np.float32), z["y"].astype(np.int64)
     elif {"x_test", "y_test"} <= keys:
         n = limit or len(z["y_test"])
         x, y = _normalise(list(z["x_test"][:n]), meta), z["y_test"][:n].astype(np.int64)
     else:
-        raise ValueError(f"{where}: expected arrays x, y (ofa export) or x_test, y_test")
+        raise DeviceInputError(f"{where}: expected arrays x, y (ofa export) or x_test, y_test")
     if x.ndim != 4 or len(x) != len(y):
-        raise ValueError(f"{where}: x must be (N, 3, r, r) with one label each, got {x.shape}")
+        raise DeviceInputError(f"{where}: x must be (N, 3, r, r) with one label each, got "
+                               f"{x.shape}")
     return (x[:limit], y[:limit]) if limit else (x, y)
 
 
@@ -270,7 +272,7 @@ class LoadedBatch:
         contents = contents or {}
         kinds = {runtime_for(p) for p in self.paths}
         if len(kinds) != 1:
-            raise ValueError(f"one runtime per batch, got {sorted(kinds)}")
+            raise DeviceInputError(f"one runtime per batch, got {sorted(kinds)}")
         kind = kinds.pop()
         get_runtime(kind, threads).version()  # RuntimeMissing before any thread starts
         self.threads = threads
@@ -452,12 +454,12 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
             if "top1" in req:
                 data, metas = list(req["data"]), list(req["meta"])
                 if not len(models) == len(data) == len(metas):
-                    raise ValueError("top1, data and meta must list one entry per model")
+                    raise DeviceInputError("top1, data and meta must list one entry per model")
             unpack = {None: bytes, "zlib": zlib.decompress}[req.get("compression")]
             files = {k: unpack(base64.b64decode(v)) for k, v in req.get("files", {}).items()}
             for name in req.get("reuse", []):
                 if name not in reusable:
-                    raise ValueError(f"reuse: {name} was not sent in the previous request")
+                    raise DeviceInputError(f"reuse: {name} was not sent in the previous request")
                 files[name] = reusable[name]
             previous = files
             protocol = _protocol(req)
@@ -477,7 +479,7 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
                        "device": device_facts()}
             elif timing:
                 if held is None:
-                    raise ValueError("no batch loaded to time (send a load request first)")
+                    raise DeviceInputError("no batch loaded to time (send a load request first)")
                 (batch, delete), held = held, None
                 ans = batch.time(protocol, _progress_writer(write))
             else:

@@ -27,6 +27,7 @@ from deploy.targets.adb import AdbTarget, parse_benchmark_model
 from deploy.targets.base import Target, TargetError, one_batch_at_a_time
 from deploy.targets.local import LocalTarget
 from deploy.targets.ssh import SSHTarget
+from ofa.errors import InputError
 
 __all__ = ["Target", "TargetError", "LocalTarget", "SSHTarget", "AdbTarget", "parse_target",
            "parse_benchmark_model", "start_in_background", "one_batch_at_a_time"]
@@ -62,11 +63,11 @@ def parse_target(spec: str, python: str = "python3", insecure: bool = False,
     if spec.startswith("ssh://"):
         u = urlparse(spec)
         if not u.hostname:
-            raise ValueError(f"target {spec!r}: expected ssh://user@host[:port]")
+            raise InputError(f"target {spec!r}: expected ssh://user@host[:port]")
         try:
             port = u.port or 22
         except ValueError:
-            raise ValueError(f"target {spec!r}: bad port") from None
+            raise InputError(f"target {spec!r}: bad port") from None
         return SSHTarget(u.username, u.hostname, port, python=python, insecure=insecure,
                          known_hosts=known_hosts, identity=identity)
-    raise ValueError(f"unknown target {spec!r}; use local, ssh://user@host[:port], adb[:serial]")
+    raise InputError(f"unknown target {spec!r}; use local, ssh://user@host[:port], adb[:serial]")

@@ -14,10 +14,12 @@ import importlib
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from typing import NoReturn
 
 from ofa.cli.args import CliError
+from ofa.errors import InputError
 from ofa.fileio import clear_interrupts, note_interrupt
 
 __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
@@ -57,10 +59,29 @@ def _on_signal(signum: int, frame: object) -> None:
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
+BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error, not the user's input
+
+
+def _expected(exc: BaseException) -> bool:
+    """An expected failure, reported in one line: bad input (:class:`ofa.errors.
+    InputError`, the device side's ``DeviceInputError``, a malformed table), a file that
+    cannot be read or written (``OSError``), a device that cannot measure (``TargetError``)
+    or lacks its runtime. The device classes are looked up only where their modules were
+    imported (``ofa --help`` imports none of them)."""
+    kinds: list[type] = [CliError, InputError, OSError]
+    for mod, name in (("deploy.device.errors", "DeviceInputError"),
+                      ("deploy.targets.base", "TargetError"),
+                      ("deploy.device.runtimes", "RuntimeMissing")):
+        if mod in sys.modules:
+            kinds.append(getattr(sys.modules[mod], name))
+    return isinstance(exc, tuple(kinds))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``) and run the command; the exit code:
-    0 done, 2 bad input or an expected failure (one line on stderr), 130 interrupted by
-    SIGINT, 143 by SIGTERM (temporary files removed, partial outputs resumable)."""
+    0 done, 2 bad input or an expected failure (one line on stderr, :func:`_expected`), 70
+    a bug (the traceback, then one line saying so), 130 interrupted by SIGINT, 143 by
+    SIGTERM (temporary files removed, partial outputs resumable)."""
     args = build_parser().parse_args(argv)
     clear_interrupts()
     main_thread = threading.current_thread() is threading.main_thread()
@@ -71,9 +92,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("ofa: interrupted (re-run the same command to resume)", file=sys.stderr)
         return 143 if isinstance(exc, _Terminated) else 130
-    except (CliError, ValueError, OSError) as exc:
+    except Exception as exc:
+        if not _expected(exc):  # a bug: the traceback, and a line that says so
+            traceback.print_exc()
+            print(f"ofa {args.command}: this is a bug in ofa-edge, not a problem with your "
+                  f"input ({type(exc).__name__}); please report it with the traceback above",
+                  file=sys.stderr)
+            return BUG_EXIT
         lines = [ln for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-        # a data-loading worker's error arrives as "Caught ValueError in DataLoader worker
+        # a data-loading worker's error arrives as "Caught InputError in DataLoader worker
         # process 0" + its traceback: the last line is the error itself
         msg = lines[-1].split(": ", 1)[-1] if lines[0].startswith("Caught ") else lines[0]
         print(f"ofa {args.command}: error: {msg}", file=sys.stderr)

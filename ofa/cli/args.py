@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deploy.device.runtimes import TimingProtocol
+from ofa.errors import InputError
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
            "add_target_args", "add_device_args", "add_compute_args", "target_options",
@@ -213,7 +214,7 @@ def load_subnet(value: str, space: Any, seed: int = 0) -> Any:
     try:
         return space.validate(SubnetConfig.from_dict(data))
     except ValueError as exc:
-        raise ValueError(f"{value}: {exc}") from None
+        raise InputError(f"{value}: {exc}") from None
 
 
 def _from_net_config(value: str, data: dict, space: Any) -> Any:
@@ -230,16 +231,16 @@ def _from_net_config(value: str, data: dict, space: Any) -> Any:
 
     run_config = Path(value).with_name("run.config")
     if not run_config.is_file():
-        raise ValueError(f"{value}: an OFA net.config gives no resolution; put OFA's "
+        raise InputError(f"{value}: an OFA net.config gives no resolution; put OFA's "
                          f"run.config (with image_size) beside it")
     size = read_json(run_config, "OFA run.config").get("image_size")
     size = size[0] if isinstance(size, list) and size else size
     if isinstance(size, bool) or not isinstance(size, int):
-        raise ValueError(f"{run_config}: image_size must be a resolution, got {size!r}")
+        raise InputError(f"{run_config}: image_size must be a resolution, got {size!r}")
     try:
         return subnet_from_net_config(space, data, size)
     except ValueError as exc:
-        raise ValueError(f"{value}: {exc}") from None
+        raise InputError(f"{value}: {exc}") from None
 
 
 #: ``--seed`` range (numpy and torch seeds are 32-bit)

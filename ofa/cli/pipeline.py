@@ -25,6 +25,7 @@ from typing import Any
 
 from deploy.device.runtimes import TimingProtocol
 from ofa.cli.args import default_jobs
+from ofa.errors import InputError
 from ofa.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
 from search.latency_table import LatencyTable, TableError
 
@@ -632,7 +633,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     from search.latency import LatencyPredictor
 
     if rc.target.startswith("adb") and rc.runtime != "litert":
-        raise ValueError(f"--target {rc.target}: a phone is measured with TFLite's "
+        raise InputError(f"--target {rc.target}: a phone is measured with TFLite's "
                          "benchmark_model, which times .tflite models only; add --runtime litert")
     parse_target(rc.target, **rc.target_options).check()  # before training, not after
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write
 
 __all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "save_weights", "load_weights"]
@@ -35,16 +36,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise InputError(f"checkpoint {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ValueError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
+        raise InputError(f"checkpoint {path} is truncated or corrupt ({first[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ofa-edge checkpoint (foreign file)")
+        raise InputError(f"{path} is not an ofa-edge checkpoint (foreign file)")
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')} != {VERSION}")
+        raise InputError(f"{path}: checkpoint version {state.get('version')} != {VERSION}")
     return state
 
 
@@ -63,8 +64,8 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.exists():
-        raise ValueError(f"weights file {path} does not exist")
+        raise InputError(f"weights file {path} does not exist")
     try:
         return load_file(str(path))
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable safetensors file ({exc})") from None
+        raise InputError(f"{path} is not a readable safetensors file ({exc})") from None

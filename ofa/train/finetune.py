@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from ofa.data import BatchLoader, Dataset, load_dataset
 from ofa.device import autocast, grad_scaler, resolve_device
+from ofa.errors import InputError
 from ofa.evaluate import evaluate, recalibrated_subnet
 from ofa.fileio import atomic_write_json, read_json
 from ofa.space import SearchSpace, SubnetConfig
@@ -73,11 +74,11 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epochs) and self.epochs > 0):
-            raise ValueError(f"epochs must be a finite number > 0, got {self.epochs}")
+            raise InputError(f"epochs must be a finite number > 0, got {self.epochs}")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+            raise InputError(f"lr must be a finite number > 0, got {self.lr}")
         if self.batch_size < 1:
-            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}")
 
 
 class _Finetuner:
@@ -126,7 +127,7 @@ class _Finetuner:
         mine = {k: v for k, v in asdict(self.cfg).items() if k not in skip}
         theirs = {k: v for k, v in st["config"].items() if k not in skip}
         if mine != theirs:
-            raise ValueError(f"{self.out / FINETUNE_CKPT}: made with other settings; resume "
+            raise InputError(f"{self.out / FINETUNE_CKPT}: made with other settings; resume "
                              "with the same --checkpoint, --subnet, --epochs, --batch-size, "
                              "--lr, --kd")
         self.model.load_state_dict(st["model"])
@@ -184,7 +185,7 @@ class _Finetuner:
                     self.cfg.max_steps is not None and self.step >= self.cfg.max_steps):
                 loss_v = float(loss.detach())
                 if not math.isfinite(loss_v):
-                    raise ValueError(f"fine-tuning diverged at step {self.step} (loss "
+                    raise InputError(f"fine-tuning diverged at step {self.step} (loss "
                                      f"{loss_v}); the last good checkpoint is kept: lower --lr")
                 self.train_seconds += time.perf_counter() - clock
                 clock = time.perf_counter()
@@ -221,11 +222,11 @@ def finetune(cfg: FinetuneConfig, resume: bool = False) -> dict[str, Any]:
     """
     out = Path(cfg.out)
     if not resume and ((out / FINETUNE_JSON).exists() or (out / FINETUNE_CKPT).exists()):
-        raise ValueError(f"{out} already holds a fine-tune; pass --resume or another --out")
+        raise InputError(f"{out} already holds a fine-tune; pass --resume or another --out")
     if resume and not (out / FINETUNE_CKPT).exists():
         if (out / FINETUNE_JSON).exists():
             return read_json(out / FINETUNE_JSON, "fine-tune result")
-        raise ValueError(f"nothing to resume in {out} (no {FINETUNE_CKPT})")
+        raise InputError(f"nothing to resume in {out} (no {FINETUNE_CKPT})")
     return _Finetuner(cfg, resume).run()
 
 
@@ -238,7 +239,7 @@ def load_finetuned(folder: str | Path) -> tuple[nn.Module, SubnetConfig, dict[st
     folder = Path(folder)
     info = read_json(folder / FINETUNE_JSON, "fine-tune result")
     if not isinstance(info, dict) or info.get("kind") != "ofa-edge-finetune":
-        raise ValueError(f"{folder}: not an ofa-edge fine-tune folder")
+        raise InputError(f"{folder}: not an ofa-edge fine-tune folder")
     space = SearchSpace.from_dict(info["space"])
     cfg = space.validate(SubnetConfig.from_dict(info["subnet"]))
     net = build_supernet(space)
@@ -247,6 +248,6 @@ def load_finetuned(folder: str | Path) -> tuple[nn.Module, SubnetConfig, dict[st
     try:
         model.load_state_dict(load_weights(folder / info.get("weights", FINETUNED)))
     except RuntimeError as exc:
-        raise ValueError(f"{folder}: weights do not fit {cfg.summary()} "
+        raise InputError(f"{folder}: weights do not fit {cfg.summary()} "
                          f"({str(exc).splitlines()[0]})") from None
     return model.eval(), cfg, info

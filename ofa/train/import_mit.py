@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ofa.errors import InputError
 from ofa.fileio import atomic_write_dir, atomic_write_json
 from ofa.space import SearchSpace, get_space
 from ofa.supernet import build_supernet
@@ -54,7 +55,7 @@ def mit_key_map(space: SearchSpace) -> dict[str, str]:
         ValueError: a space MIT published no supernet for.
     """
     if space.preset not in SPACES:
-        raise ValueError(f"MIT published MobileNetV3 supernets for {list(SPACES)}, "
+        raise InputError(f"MIT published MobileNetV3 supernets for {list(SPACES)}, "
                          f"not {space.preset!r}")
     m = _conv_bn("first_conv", "stem.0", "stem.1", nested=False)
     m.update(_conv_bn("blocks.0.conv.depth_conv", "first_block.depth_conv.0",
@@ -92,22 +93,22 @@ def convert_mit_state_dict(sd: dict[str, torch.Tensor], space: SearchSpace,
             foreign checkpoint, or weights of another width than ``space``).
     """
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{source}: not a state_dict of tensors")
+        raise InputError(f"{source}: not a state_dict of tensors")
     key_map = mit_key_map(space)
     ours = build_supernet(space).state_dict()
     missing = [k for k in key_map if k not in sd]
     if missing:
-        raise ValueError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} of "
+        raise InputError(f"{source}: tensor {missing[0]!r} is missing ({len(missing)} of "
                          f"{len(key_map)} missing): not MIT's {space.preset} supernet, or a "
                          "truncated file")
     extra = [k for k in sd if k not in key_map]
     if extra:
-        raise ValueError(f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} extra): not "
+        raise InputError(f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} extra): not "
                          f"MIT's {space.preset} supernet")
     out = {}
     for mit, mine in key_map.items():
         if tuple(sd[mit].shape) != tuple(ours[mine].shape):
-            raise ValueError(f"{source}: tensor {mit!r} has shape {tuple(sd[mit].shape)}, "
+            raise InputError(f"{source}: tensor {mit!r} has shape {tuple(sd[mit].shape)}, "
                              f"{space.preset} needs {tuple(ours[mine].shape)} (another width?)")
         out[mine] = sd[mit].to(ours[mine].dtype)
     return out
@@ -115,12 +116,12 @@ def convert_mit_state_dict(sd: dict[str, torch.Tensor], space: SearchSpace,
 
 def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise InputError(f"checkpoint {path} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or truncated files
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ValueError(f"{path}: not a readable torch checkpoint ({first[:120]})") from None
+        raise InputError(f"{path}: not a readable torch checkpoint ({first[:120]})") from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     return obj
@@ -136,9 +137,9 @@ def import_ofa_supernet(ckpt: str | Path, space_name: str, out: str | Path) -> d
     """
     ckpt, out = Path(ckpt), Path(out)
     if space_name not in SPACES:
-        raise ValueError(f"--space {space_name!r}: MIT published supernets for {list(SPACES)}")
+        raise InputError(f"--space {space_name!r}: MIT published supernets for {list(SPACES)}")
     if out.exists():
-        raise ValueError(f"{out} exists; pass a new --out folder")
+        raise InputError(f"{out} exists; pass a new --out folder")
     space = get_space(space_name, num_classes=1000, dropout=0.1)
     weights = convert_mit_state_dict(_read_checkpoint(ckpt), space, str(ckpt))
     net = build_supernet(space)

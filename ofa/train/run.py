@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ofa.errors import InputError
 from ofa.fileio import read_json
 from ofa.space import SearchSpace
 from ofa.supernet import OFAMobileNetV3, build_supernet
@@ -73,16 +74,16 @@ def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, An
     elif (run / CKPT).exists():
         return load_run(run / CKPT)
     else:
-        raise ValueError(f"{run} is not a run folder (no {RUN_JSON} or {CKPT})")
+        raise InputError(f"{run} is not a run folder (no {RUN_JSON} or {CKPT})")
     try:
         space = SearchSpace.from_dict(info["space"])
         cfg = TrainConfig(**info["config"])
     except (KeyError, TypeError) as exc:
-        raise ValueError(f"{run}: run description is incomplete ({exc})") from None
+        raise InputError(f"{run}: run description is incomplete ({exc})") from None
     net = build_supernet(space)
     try:
         net.load_state_dict(weights)
     except RuntimeError as exc:
         msg = str(exc).splitlines()[0]
-        raise ValueError(f"{run}: weights do not match space {space.name} ({msg})") from None
+        raise InputError(f"{run}: weights do not match space {space.name} ({msg})") from None
     return net.eval(), cfg, info

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ofa.errors import InputError
 from ofa.space import SearchSpace
 
 __all__ = ["Phase", "Schedule", "load_schedule", "run_settings", "lr_at", "eps_beta"]
@@ -44,20 +45,20 @@ class Phase:
     def __post_init__(self) -> None:
         where = f"phase {self.name!r}"
         if self.mode not in ("full", "random", "sandwich"):
-            raise ValueError(f"{where}: mode {self.mode!r} not in full/random/sandwich")
+            raise InputError(f"{where}: mode {self.mode!r} not in full/random/sandwich")
         if self.kd not in ("none", "teacher", "inplace"):
-            raise ValueError(f"{where}: kd {self.kd!r} not in none/teacher/inplace")
+            raise InputError(f"{where}: kd {self.kd!r} not in none/teacher/inplace")
         if self.sort_channels not in ("none", "full", "nested"):
-            raise ValueError(f"{where}: sort_channels {self.sort_channels!r} not in "
+            raise InputError(f"{where}: sort_channels {self.sort_channels!r} not in "
                              "none/full/nested")
         if self.kd == "inplace" and self.mode != "sandwich":
-            raise ValueError(f"{where}: in-place distillation needs mode: sandwich")
+            raise InputError(f"{where}: in-place distillation needs mode: sandwich")
         if not (self.epochs > 0 and self.lr > 0 and self.warmup_epochs >= 0 and self.subnets >= 0):
-            raise ValueError(f"{where}: epochs and lr must be > 0, warmup_epochs/subnets >= 0")
+            raise InputError(f"{where}: epochs and lr must be > 0, warmup_epochs/subnets >= 0")
         for k in ("ks", "expand", "depth"):
             v = getattr(self, k)
             if not (v in _CHOICE_WORDS or isinstance(v, list)):
-                raise ValueError(f"{where}: {k} must be one of {_CHOICE_WORDS} or a list")
+                raise InputError(f"{where}: {k} must be one of {_CHOICE_WORDS} or a list")
 
     @property
     def group(self) -> str:
@@ -81,7 +82,7 @@ class Phase:
             else:
                 sel = sorted(x for x in full if x in v)
                 if not sel:
-                    raise ValueError(f"phase {self.name!r}: {key} {v} shares nothing with the "
+                    raise InputError(f"phase {self.name!r}: {key} {v} shares nothing with the "
                                      f"space's {full}")
             out[f"{key}_list"] = sel
         return out
@@ -108,32 +109,32 @@ class Schedule:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "schedule") -> Schedule:
         if not isinstance(data, dict) or "phases" not in data:
-            raise ValueError(f"{source}: a schedule needs a 'phases' list")
+            raise InputError(f"{source}: a schedule needs a 'phases' list")
         data = dict(data)
         try:
             phases = tuple(Phase(**p) for p in data.pop("phases"))
         except TypeError as exc:
-            raise ValueError(f"{source}: bad phase entry ({exc})") from None
+            raise InputError(f"{source}: bad phase entry ({exc})") from None
         if not phases:
-            raise ValueError(f"{source}: 'phases' is empty")
+            raise InputError(f"{source}: 'phases' is empty")
         known = {"name", "lr_batch", "momentum", "nesterov", "weight_decay", "label_smoothing",
                  "kd_ratio", "short_run", "extra"}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"{source}: unknown schedule key(s) {sorted(unknown)}")
+            raise InputError(f"{source}: unknown schedule key(s) {sorted(unknown)}")
         short = data["short_run"] = data.get("short_run") or {}
         if not isinstance(short, dict) or set(short) - {"epochs", "lr_scale"} or not all(
                 isinstance(v, (int, float)) and v > 0 for v in short.values()):
-            raise ValueError(f"{source}: short_run must map epochs / lr_scale to positive "
+            raise InputError(f"{source}: short_run must map epochs / lr_scale to positive "
                              f"numbers, got {short!r}")
         if "name" not in data:
-            raise ValueError(f"{source}: a schedule needs a 'name'")
+            raise InputError(f"{source}: a schedule needs a 'name'")
         return cls(phases=phases, **data)
 
     def scaled(self, total_epochs: float) -> Schedule:
         """The same schedule with its phases' epochs scaled to sum to ``total_epochs``."""
         if total_epochs <= 0:
-            raise ValueError(f"--epochs must be positive, got {total_epochs}")
+            raise InputError(f"--epochs must be positive, got {total_epochs}")
         f = total_epochs / sum(p.epochs for p in self.phases)
         phases = tuple(Phase(**{**asdict(p), "epochs": p.epochs * f,
                                 "warmup_epochs": p.warmup_epochs * f}) for p in self.phases)
@@ -154,14 +155,14 @@ def load_schedule(name_or_path: str) -> Schedule:
         path = SCHEDULE_DIR / f"{name_or_path}.yaml"
         if not path.exists():
             known = sorted(p.stem for p in SCHEDULE_DIR.glob("*.yaml"))
-            raise ValueError(f"unknown schedule {name_or_path!r}; shipped: {known} "
+            raise InputError(f"unknown schedule {name_or_path!r}; shipped: {known} "
                              "(or pass a .yaml path)")
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"schedule file {path} does not exist") from None
+        raise InputError(f"schedule file {path} does not exist") from None
     except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
     return Schedule.from_dict(data, source=str(path))
 
 

@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from ofa.data import Dataset, StepBatches, load_dataset, train_loader
 from ofa.device import amp_dtype, autocast, conv_memory_format, grad_scaler, resolve_device
+from ofa.errors import InputError
 from ofa.evaluate import subnet_accuracy
 from ofa.fileio import atomic_write_json
 from ofa.space import SearchSpace, get_space
@@ -95,7 +96,7 @@ class Trainer:
         elif resume and self.rank == 0:
             print(f"no checkpoint in {self.out}; starting a new run")
         elif not resume and (self.out / CKPT).exists():
-            raise ValueError(f"{self.out} already holds a run; pass --resume to continue it "
+            raise InputError(f"{self.out} already holds a run; pass --resume to continue it "
                              "or choose another --out")
         torch.manual_seed(cfg.seed * 7919 + self.rank + self.global_step)
         if self.world > 1:
@@ -124,16 +125,16 @@ class Trainer:
 
     def _restore(self, st: dict[str, Any]) -> None:
         if st["space"] != self.space.to_dict():
-            raise ValueError(f"{self.out / CKPT} was trained on space {st['space']['preset']} "
+            raise InputError(f"{self.out / CKPT} was trained on space {st['space']['preset']} "
                              "with other settings; resume with the same --space/--dataset")
         if st["schedule"] != self.schedule.to_dict():
-            raise ValueError(f"{self.out / CKPT}: schedule/epochs differ from the checkpoint's; "
+            raise InputError(f"{self.out / CKPT}: schedule/epochs differ from the checkpoint's; "
                              "resume with the same --schedule and --epochs")
         try:
             self.net.load_state_dict(st["model"])
         except RuntimeError as exc:
             msg = str(exc).splitlines()[0]
-            raise ValueError(f"{self.out / CKPT}: weights do not fit ({msg})") from None
+            raise InputError(f"{self.out / CKPT}: weights do not fit ({msg})") from None
         if st["teacher"] is not None:
             self.teacher = self._make_teacher()
             self.teacher.load_state_dict(st["teacher"])
@@ -459,7 +460,7 @@ class _LossWindow:
         if not math.isfinite(m):
             if bar is not None:
                 bar.close()
-            raise ValueError(f"training diverged by step {step} ({phase}, loss {m}); the last "
+            raise InputError(f"training diverged by step {step} ({phase}, loss {m}); the last "
                              f"good checkpoint in {out} is kept: lower --lr-scale or "
                              "--batch-size and start again")
         return m
