@@ -9,7 +9,7 @@ one process on this machine and within seconds:
   back to back, as a latency table times them);
 - ``round-robin``: the sum of the same blocks timed one invoke of each in turn (every block's
   weights evicted by the others' between two of its invokes, as inside a network). Tried in
-  session 13 as a way to time a table's blocks and rejected: the result depends on how many
+  2026-11-26 as a way to time a table's blocks and rejected: the result depends on how many
   blocks take turns (all ~200 blocks here: whole / sum 0.49-0.94; an exploratory run over
   each subnet's own blocks: 0.98-1.12; a table built with batches of 32: 82% of 100 subnets
   within ±10%).

@@ -38,7 +38,7 @@ SHIPPED = [(f"latency_tables/x86_64_mbv3-cifar_{n}_t1.json",
 
 
 def _line(raw: np.ndarray, meas: np.ndarray):
-    a, b = np.polyfit(raw, meas, 1, w=1.0 / meas)  # the fit before session 12
+    a, b = np.polyfit(raw, meas, 1, w=1.0 / meas)  # the fit before 2026-11-26
     return lambda x: a * x + b
 
 

@@ -152,7 +152,7 @@ h = json.loads(rows[0]); h['run'] = str(pathlib.Path(sys.argv[2]).resolve())
 open(sys.argv[3], 'w').write('\n'.join([json.dumps(h), *rows[1:]]) + '\n')" \
             runs/spec1000/acc.jsonl runs/gpu9/c10 /tmp/spec1000g/acc.jsonl
     fi
-    if [ -d runs/gpu9/c10 ]; then  # the curve's supernet, when carried (measured: session 14)
+    if [ -d runs/gpu9/c10 ]; then  # the curve's supernet, when carried (measured: 2026-11-26)
         step curve1000 "${CURVE_LIMIT:-1200}" python3 bench/cifar_specialise.py \
             --supernet runs/gpu9/c10 --data /tmp/cifar10.npz --device "$DEV" \
             --work /tmp/spec1000g --samples "${CURVE_SAMPLES:-100,300,1000}" --predictor-only \

@@ -50,7 +50,7 @@ def resolve_precision(name: str, device: torch.device) -> str:
     fp32 on a CPU because bf16 autocast is slower there even where the CPU has bf16
     instructions: a supernet's fwd+bwd (``mbv3-cifar``, batch 64 at 32 px, channels-last, 2
     threads of an Intel Xeon with AVX512-BF16 and no AMX) took 1.4-2.4x longer in bf16
-    (``python bench/supernet_speed.py --channels-last [--precision bf16]``, session 17).
+    (``python bench/supernet_speed.py --channels-last [--precision bf16]``, 2026-11-27).
 
     Raises:
         ValueError: an unknown precision.

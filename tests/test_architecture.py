@@ -106,12 +106,30 @@ def test_wheel_ships_tables_and_installed_run_finds_them(tmp_path):
     assert source.startswith(str(site)) and pkg.startswith(str(site))
 
 
-def _readme_python_blocks() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+def _readme_python_blocks() -> list[tuple[str, str]]:
+    """Every ```python block of the README and the docs: (where, code)."""
+    out = []
+    for f in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        blocks = re.findall(r"```python\n(.*?)```", f.read_text(), flags=re.S)
+        out += [(f"{f.relative_to(ROOT)} python block {i}", b) for i, b in enumerate(blocks)]
+    return out
 
 
 @pytest.mark.parametrize("i", range(len(_readme_python_blocks())))
 def test_readme_python_examples_run(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(_readme_python_blocks()[i], f"README.md python block {i}", "exec"), {})
+    where, code = _readme_python_blocks()[i]
+    exec(compile(code, where, "exec"), {})
+
+
+def test_the_readme_is_a_front_page():
+    """At most 200 lines, and the repository names no working sessions."""
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True,
+                             text=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout: the tracked files are unknown")
+    pat = re.compile(r"\bsessions? \d+\b", re.I)
+    hits = [f for f in tracked if f.endswith((".py", ".md", ".toml", ".yaml", ".sh"))
+            and (ROOT / f).exists() and pat.search((ROOT / f).read_text(errors="replace"))]
+    assert not hits, hits

@@ -622,7 +622,8 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
                     batch=4)
     partial = json.loads((tmp_path / "t.json.partial.json").read_text())
     first = partial["entries"]["12"]
-    assert sent == [5] and len(first) == 4 and len(keys) > 4  # the overhead model + 4 blocks
+    # the probe, the overhead model and 4 blocks
+    assert sent == [6] and len(first) == 4 and len(keys) > 4
     kept = len(list(block_models_dir(out).glob("*.onnx")))  # converted, kept for the rerun
     assert kept >= 4
     table = build_table(space, [12], "onnxruntime", out, protocol=QUICK, calib=0, target=t,
@@ -702,8 +703,13 @@ def test_deploy_to_a_phone_reports_the_files_top1_measured_here(tiny_run, bundle
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert all(c[:2] == ["-s", "R58M"] for c in calls)
     pushes = [c[3] for c in calls if c[2] == "push"]
-    assert pushes == [str(binary)] + [str(tmp_path / "out" / f"s{i}" / "tflite-fp32" /
-                                          "model.tflite") for i in range(3)]
+    from deploy.probe import probe_file
+
+    # the probe once (it is timed before the first model and after each), then the models
+    assert pushes == [str(binary), str(probe_file("litert"))] + [
+        str(tmp_path / "out" / f"s{i}" / "tflite-fp32" / "model.tflite") for i in range(3)]
+    runs = [c for c in calls if c[2] == "shell" and any("--graph=" in a for a in c)]
+    assert len(runs) == 3 + 4  # 3 models, the probe 4 times
     assert [r["label"] for r in res] == ["s0", "s1", "s2"]
     for r, (_, rep) in zip(res, bundles):
         assert r["measured_ms"] == pytest.approx(1.184)  # benchmark_model's median, in ms
@@ -758,7 +764,11 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
                      "-name", "*.npz", ")"])
     assert written.returncode == 0 and written.stdout.split() == []
     timing, top1 = [r for r in lines if "models" in r or "top1" in r]
-    assert sorted(timing["files"]) == sorted(top1["reuse"]) == sorted(top1["top1"])
+    # the timing request carried the probe first, then the models; the top-1 request
+    # reuses the models (named by content, wherever they stood) and not the probe
+    sent = timing.get("models") or timing["load"]
+    assert "probe-v1" in sent[0] and sorted(top1["reuse"]) == sorted(top1["top1"])
+    assert set(top1["reuse"]) == set(timing["files"]) - {sent[0]}
     assert top1["files"] and all(n.startswith("data/") for n in top1["files"])
     again = t.top1([Path(res[0]["model"])] * 2, [tmp_path / "out/s0/eval.npz"] * 2)
     assert t._agents[0].proc.pid == pid  # the same agent process answered

@@ -259,7 +259,7 @@ def test_calibration_fits_relative_error():
 
 
 def test_calibration_power_law_fits_whole_subnets_against_block_sums():
-    """The 12 calibration subnets of a LiteRT mbv3-digits table (12-20 px, session 12): whole
+    """The 12 calibration subnets of a LiteRT mbv3-digits table (12-20 px, 2026-11-26): whole
     subnets run at 0.84x their block sum at 0.1 ms and 1.13x at 5.7 ms. The power law fits
     them all within ±10%; a line fitted by relative error leaves three outside."""
     import numpy as np

@@ -149,10 +149,12 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
     from deploy.lut import build_table
     from deploy.verify import verify_table
 
-    space = _tiny_space()
-    proto = TimingProtocol(warmup=2, runs=10, trials=6)
-    table = build_table(space, [12, 16], "onnxruntime", tmp_path / "t.json", protocol=proto,
-                        calib=6)
+    from ofa.space import get_space
+
+    # subnets of about a millisecond: sub-0.1 ms ones are within this VM's timing noise
+    space = get_space("mbv3-cifar", ks_list=[3, 7], expand_list=[3, 6], depth_list=[2],
+                      resolutions=[32])
+    table = build_table(space, [32], "onnxruntime", tmp_path / "t.json", calib=4)
     v = verify_table(table, space, k=8)
     assert v.action in ("kept", "adapted"), v.line()
     assert v.table.probe["measured"] == "this machine" and "build_ms" in v.table.probe

@@ -72,3 +72,87 @@ def test_swallowed_interrupt_is_honoured_at_the_next_atomic_write(tmp_path):
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["bundle.json"]
     atomic_write_text(out, "new")
     assert out.read_text() == "new"
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process whose ancestry reaches ``pid`` (read from /proc)."""
+    parents = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parents[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    out, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - out
+        out |= frontier
+    return out
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":
+                    alive.add(p)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
+def test_a_killed_build_leaves_no_converter_behind(tmp_path):
+    """SIGKILL (a scheduler's time limit, the OOM killer) during the conversions of a
+    2-process build: within 10 s no process it started is left."""
+    out = tmp_path / "t.json"
+    proc = subprocess.Popen([sys.executable, "-m", "ofa.cli", "lut", "build", "--space",
+                             "mbv3-digits", "--resolutions", "12", "--calib", "0", "--jobs",
+                             "2", "--out", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    kids: set[int] = set()
+    while time.time() < deadline and proc.poll() is None:
+        kids = _descendants(proc.pid)
+        if len(kids) >= 2 and list((tmp_path / "t.json.models").glob("*.onnx")):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None and len(kids) >= 2, "no converter pool seen"
+    proc.kill()
+    proc.wait()
+    t = time.time()
+    while _alive(kids) and time.time() - t < 10:
+        time.sleep(0.2)
+    assert not _alive(kids), f"left running: {_alive(kids)}"
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_to_the_process_group_ends_training_in_one_line(tmp_path, sig, code):
+    """`timeout`, a terminal's Ctrl-C and many schedulers signal the whole process group:
+    the data-loading workers must not die first and turn the clean exit into a traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "ofa.cli", "train", "--space",
+                             "mbv3-digits", "--resolutions", "12,16", "--epochs", "2",
+                             "--batch-size", "32", "--workers", "2", "--out",
+                             str(tmp_path / "run")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if len(_descendants(proc.pid)) >= 2:  # the workers are up
+            break
+        time.sleep(0.2)
+    time.sleep(3.0)  # training steps under way
+    assert proc.poll() is None, "training ended before it could be interrupted"
+    kids = _descendants(proc.pid)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    # one line after the progress bars (which share lines through carriage returns)
+    assert "Traceback" not in err and "Error" not in err, err[-2000:]
+    last = [ln for ln in err.splitlines() if ln.strip()][-1]
+    assert err.count("ofa: interrupted") == 1 and "ofa: interrupted" in last
+    t = time.time()
+    while _alive(kids) and time.time() - t < 10:
+        time.sleep(0.2)
+    assert not _alive(kids)

@@ -57,6 +57,7 @@ class AdbTarget(OneBatchAtATime):
         self.serial, self.binary, self.xnnpack, self.adb = serial, benchmark_binary, xnnpack, adb
         self.name = f"adb:{serial}" if serial else "adb"
         self._binary_pushed = False  # once a session, not once a model (a table: hundreds)
+        self._pushed: dict[str, tuple] = {}  # remote name -> (file, size, mtime) pushed there
 
     def _adb(self, *args: str) -> subprocess.CompletedProcess:
         cmd = [self.adb, *(["-s", self.serial] if self.serial else []), *args]
@@ -100,7 +101,10 @@ class AdbTarget(OneBatchAtATime):
             self._adb("push", self.binary, f"{self.remote}/benchmark_model")
             self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
             self._binary_pushed = True
-        self._adb("push", str(model), f"{self.remote}/{model.name}")
+        st = model.stat()
+        if self._pushed.get(model.name) != (str(model), st.st_size, st.st_mtime_ns):
+            self._adb("push", str(model), f"{self.remote}/{model.name}")
+            self._pushed[model.name] = (str(model), st.st_size, st.st_mtime_ns)
         proc = self._adb("shell", f"{self.remote}/benchmark_model",
                          f"--graph={self.remote}/{model.name}", f"--num_threads={threads}",
                          f"--use_xnnpack={'true' if self.xnnpack else 'false'}",

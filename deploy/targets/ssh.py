@@ -330,11 +330,16 @@ class SSHTarget:
 
     def _load_request(self, models: list[Path], threads: int,
                       workers: int | None) -> dict[str, Any]:
-        """A ``load`` request: the models inline, zlib-compressed, under unique names."""
-        names = [f"{j}/{Path(m).name}" for j, m in enumerate(models)]  # unique, same name
+        """A ``load`` request: the models inline, zlib-compressed, each named by its
+        content's hash and file name: the same file keeps its name from one request to the
+        next, wherever it stands in the batch (the probe goes first in a timing request, not
+        in a top-1 one), so a later request can ``reuse`` it."""
+        raws = [Path(m).read_bytes() for m in models]
+        names = [f"{hashlib.sha256(r).hexdigest()[:16]}/{Path(m).name}"
+                 for r, m in zip(raws, models)]
         return {"load": names, "threads": threads, "workers": workers, "compression": "zlib",
-                "files": {n: base64.b64encode(zlib.compress(Path(m).read_bytes())).decode()
-                          for n, m in zip(names, models)}}
+                "files": {n: base64.b64encode(zlib.compress(r)).decode()
+                          for n, r in zip(names, raws)}}
 
     def top1(self, models: list[Path], data: list[Path], threads: int = 1
              ) -> list[dict[str, Any] | None]:

@@ -1,4 +1,4 @@
-"""``ofa lut build | calibrate | import-ofa | validate``: latency lookup tables."""
+"""``ofa lut build | calibrate | import-ofa | validate | verify``: latency lookup tables."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from ofa.cli.args import (
 )
 from ofa.space import preset_names
 
-NAME, HELP = "lut", "latency lookup tables: build, calibrate, import-ofa, validate"
+NAME, HELP = "lut", "latency lookup tables: build, calibrate, import-ofa, validate, verify"
 RUNTIMES = ("onnxruntime", "litert", "torch")
 
 
@@ -80,6 +80,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--force", action="store_true", help="validate a table of another CPU model")
     _jobs(v)
     add_device_args(v)
+    f = sub.add_parser("verify", help="check a table on this machine or a --target device "
+                       "with subnets measured beside the probe: keep, adapt or rebuild it")
+    f.add_argument("table")
+    f.add_argument("-k", type=int_range(4, 10_000), default=12,
+                   help="subnets measured (half fit, half test)")
+    f.add_argument("--seed", type=SEED, default=4321)
+    f.add_argument("--out", help="where to write the kept or adapted table (default: not "
+                   "written)")
+    f.add_argument("--json", action="store_true")
+    _jobs(f)
+    add_device_args(f)
 
 
 def _jobs(p: argparse.ArgumentParser) -> None:
@@ -104,8 +115,8 @@ def run(args: argparse.Namespace) -> int:
     target = (None if args.target == "local"
               else parse_target(args.target, **target_options(args)))
     try:
-        return {"build": _build, "calibrate": _calibrate,
-                "validate": _validate}[args.lut_command](args, target)
+        return {"build": _build, "calibrate": _calibrate, "validate": _validate,
+                "verify": _verify}[args.lut_command](args, target)
     except TargetError as exc:
         raise CliError(str(exc)) from None
 
@@ -199,6 +210,23 @@ def _validate(args: argparse.Namespace, target) -> int:
             print(f"{name:34}{m['within_5pct']:7.1f}%{m['within_10pct']:7.1f}%"
                   f"{m['rmspe']:7.2f}%{m['kendall_tau']:8.3f}")
     print(speed_line(rep["speed"]))
+    return 0
+
+
+def _verify(args: argparse.Namespace, target) -> int:
+    from deploy.verify import verify_table
+
+    table, space = _table_and_space(args, target)
+    v = verify_table(table, space, k=args.k, seed=args.seed, target=target, jobs=args.jobs,
+                     where="this machine" if target is None else target.name)
+    if args.out and v.action != "rebuild":
+        v.table.save(args.out)
+    if args.json:
+        print(json.dumps({**v.details, "out": args.out if v.action != "rebuild" else None}))
+        return 0
+    print(v.line())
+    if v.action != "rebuild" and v.table.probe:
+        print(v.table.speed_text())
     return 0
 
 

@@ -19,6 +19,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", required=True, help="accuracy predictor: .safetensors (ours "
                    "or OFA's after `ofa predictor import-ofa`) or OFA's .pth (needs torch)")
     p.add_argument("--table", help="latency lookup table JSON")
+    p.add_argument("--speed", default="nominal", choices=["nominal", "sustained"],
+                   help="the device speed a latency budget means (a table in probe units: its "
+                   "nominal or sustained speed, docs/latency.md)")
     p.add_argument("--precision", choices=["fp32", "int8"], help="the deployed model's "
                    "precision: the table must have been measured at it (default: the table's)")
     p.add_argument("--latency-ms", type=_POSITIVE, help="latency budget (ms)")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         table = LatencyTable.load(args.table, space=space, precision=args.precision)
         space = space.with_choices(resolutions=tuple(
             r for r in space.resolutions if r in table.resolutions))
-        lat = LatencyPredictor(table, space)
+        lat = LatencyPredictor(table, space, speed=args.speed)
     acc = load_accuracy_predictor(args.predictor, space)
     margin = args.shortlist_margin
     if margin is None:
@@ -69,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         study_name=args.study_name, progress=not args.json, shortlist=args.shortlist,
         shortlist_margin=margin)
     res = run_search(space, acc, lat, config)
+    if args.table:  # what `ofa deploy` verifies on its target and predicts again with
+        res["table"], res["speed"] = args.table, args.speed
     if args.out:
         atomic_write_json(args.out, res)
     if args.json:
