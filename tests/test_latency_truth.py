@@ -148,7 +148,6 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
     rebuilt. Each verdict is one line."""
     from deploy.lut import build_table
     from deploy.verify import verify_table
-
     from ofa.space import get_space
 
     # subnets of about a millisecond: sub-0.1 ms ones are within this VM's timing noise
