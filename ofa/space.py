@@ -32,7 +32,7 @@ __all__ = [
     "register_preset",
     "preset_names",
     "get_space",
-    "subnet_from_net_config",
+    "subnet_from_net_config", "net_config_block", "space_for_net_config",
 ]
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
@@ -619,6 +619,66 @@ def _mbv3_digits(**kw: Any) -> SearchSpace:
     return _mbv3("mbv3-digits", "mbv3-digits", 0.5, 1, (1, 2, 2, 1, 2), range(12, 21, 4), 10, **kw)
 
 
+#: the layer names of an inverted-residual block in MIT's two net.config forms
+_MB_LAYERS = ("MBConvLayer", "MBInvertedConvLayer")
+
+
+def net_config_block(block: Any, i: int = 0) -> dict[str, Any]:
+    """The inverted-residual layer of one ``net.config`` block, in either form MIT wrote:
+    the current ``{"name": "ResidualBlock", "conv": {"name": "MBConvLayer", ...}}`` or the
+    published specialised networks' ``{"name": "MobileInvertedResidualBlock",
+    "mobile_inverted_conv": {"name": "MBInvertedConvLayer", ...}}`` (MIT's own reader takes
+    both: ``ofa/utils/layers.py``, ``ResidualBlock.build_from_config``).
+
+    Raises:
+        ValueError: a block with neither layer, or a layer that is not an inverted residual
+            (a ResNet's bottleneck, say), naming block ``i``.
+    """
+    c = None
+    if isinstance(block, dict):
+        c = block.get("conv", block.get("mobile_inverted_conv"))
+    if not isinstance(c, dict):
+        raise InputError(f"net.config block {i}: no inverted-residual layer ('conv' or "
+                         "'mobile_inverted_conv')")
+    if c.get("name") not in _MB_LAYERS:
+        raise InputError(f"net.config block {i}: layer {c.get('name')!r} is not an inverted "
+                         f"residual ({' or '.join(_MB_LAYERS)}): not a MobileNetV3 network")
+    return c
+
+
+def space_for_net_config(net_config: Any, num_classes: int | None = None) -> SearchSpace:
+    """The preset whose stem (width, stride) and final widths match an OFA ``net.config``
+    (w1.0: stem 16, 960/1280; w1.2: 24, 1152/1536; ImageNet stem stride 2), with the
+    net.config's class count.
+
+    Raises:
+        ValueError: not a net.config, or a network of a space ofa-edge does not have (the
+            message names the spaces it has).
+    """
+    if not isinstance(net_config, dict) or not isinstance(net_config.get("blocks"), list):
+        raise InputError("not an OFA net.config (no 'blocks' list)")
+    first = net_config.get("first_conv") or {}
+    fel = net_config.get("final_expand_layer") or {}
+    fml = net_config.get("feature_mix_layer") or {}
+    cls = net_config.get("classifier") or {}
+    n = num_classes or cls.get("out_features")
+    got = (first.get("out_channels"), fel.get("out_channels"), fml.get("out_channels"))
+    stride = first.get("stride")  # ImageNet spaces 2, the CIFAR-layout ones 1
+    for name in preset_names():
+        try:
+            sp = get_space(name, num_classes=n) if isinstance(n, int) and n > 0 else \
+                get_space(name)
+        except ValueError:
+            continue
+        if (sp.stem_width, sp.final_expand_width, sp.feature_mix_width) == got and \
+                stride in (None, sp.stem_stride):
+            return sp
+    have = ", ".join(f"{p} ({get_space(p).stem_width}, {get_space(p).final_expand_width}, "
+                     f"{get_space(p).feature_mix_width})" for p in preset_names())
+    raise InputError(f"net.config widths (stem, final expand, feature mix) = {got} match no "
+                     f"space of ofa-edge; it has {have}")
+
+
 def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: int
                            ) -> SubnetConfig:
     """OFA's published ``net.config`` (a static MobileNetV3: ``first_conv``, ``blocks``,
@@ -633,20 +693,18 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
     Raises:
         ValueError: a ``net.config`` that is not a subnet of ``space`` (names the block).
     """
-    def conv(block: Any) -> dict[str, Any]:
-        c = block.get("conv") if isinstance(block, dict) else None
-        if not isinstance(c, dict):
-            raise InputError("net.config: a block without a 'conv' layer")
-        return c
-
     if not isinstance(net_config, dict) or not isinstance(net_config.get("blocks"), list):
         raise InputError("not an OFA net.config (no 'blocks' list)")
     head = (net_config.get("first_conv") or {}).get("out_channels"), \
         (net_config.get("classifier") or {}).get("out_features")
     if head != (space.stem_width, space.num_classes):
+        try:
+            other = f": it is a network of space {space_for_net_config(net_config).name}"
+        except ValueError as exc:
+            other = f" ({exc})"
         raise InputError(f"net.config stem/classes {head} != space {space.name}'s "
-                         f"{(space.stem_width, space.num_classes)}")
-    blocks = [conv(b) for b in net_config["blocks"][1:]]
+                         f"{(space.stem_width, space.num_classes)}{other}")
+    blocks = [net_config_block(b, i + 1) for i, b in enumerate(net_config["blocks"][1:])]
     ks, e, d = [], [], []
     i = 0
     for st in range(space.num_stages):
