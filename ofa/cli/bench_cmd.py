@@ -27,18 +27,29 @@ def target_and_protocol(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from deploy.device.agent import model_meta
+    from deploy.device.runtimes import runtime_for
+    from deploy.probe import ProbedTarget
     from deploy.targets import TargetError
 
     target, protocol = target_and_protocol(args)
     try:
-        res = target.bench(args.model, args.threads, protocol, data=args.data)
+        runtime = runtime_for(args.model)
+        precision = model_meta(Path(args.model)).get("precision", "fp32")
+        probed = ProbedTarget(target, runtime, "int8" if precision == "int8" else "fp32")
+        res = probed.bench(args.model, args.threads, protocol, data=args.data)
     except TargetError as exc:
         raise CliError(str(exc)) from None
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{res['model']} on {res['target']} ({res['runtime']}, {res['threads']} thread(s)): "
-          f"median {res['median']:.3f} ms, min {res['min']:.3f} ms over {res['runs']} runs")
+    lat, probe = res["latency_ms"], res["probe"]
+    print(f"{res['model']} on {target.name} ({res.get('runtime', runtime)}, {args.threads} "
+          f"thread(s)): median {lat['median']:.3f} ms, min {lat['min']:.3f} ms; "
+          f"{lat['rel']:.3f} probe units (the probe: {probe['median']:.4f} ms, moved "
+          f"{probe['spread']:.2f}x during the trials, timed again {probe['retimed']}x)")
     dev = res.get("device") or {}
     if dev.get("emulated"):
         print(f"device: {dev.get('cpu_model')} on {dev['emulated']}: these timings measure the "
