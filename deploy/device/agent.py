@@ -474,9 +474,11 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
         ans: dict[str, Any]
         try:
             if "top1" in req:
-                ans = {"models": [accuracy(m, files.get(d, d), threads, meta, files.get(str(m)))
-                                  for m, d, meta in zip(models, data, metas)],
-                       "device": device_facts()}
+                progress, done = _progress_writer(write), []
+                for m, d, meta in zip(models, data, metas):
+                    done.append(accuracy(m, files.get(d, d), threads, meta, files.get(str(m))))
+                    progress(len(done), len(models))
+                ans = {"models": done, "device": device_facts()}
             elif timing:
                 if held is None:
                     raise DeviceInputError("no batch loaded to time (send a load request first)")
