@@ -106,6 +106,9 @@ CASES: tuple[Case, ...] = (
     _c("tables", "lut", "validate", "broken.json"),
     _c("tables", "lut", "validate", "w12_subnet.json"),
     # (a table of another CPU model is no longer refused: it is measured, beside the probe)
+    # --- OFA's published specialised networks ------------------------------------------
+    _c("import", "import-ofa-specialized", "no_such_folder", "--out", "imported"),
+    _c("import", "import-ofa-specialized", "w12_subnet.json", "--out", "imported"),
     # --- accuracy predictor -------------------------------------------------------------
     _c("predictor", "predictor", "build", "--checkpoint", "{run}", "--samples", "0",
        "--out", "pred.safetensors"),

@@ -25,8 +25,8 @@ from ofa.fileio import clear_interrupts, note_interrupt
 __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
 
 #: command modules of this package, in the order ``ofa --help`` lists them
-COMMANDS = ("space", "train", "import-ofa-supernet", "eval", "lut", "predictor", "search",
-            "finetune", "export", "bench", "deploy", "run")
+COMMANDS = ("space", "train", "import-ofa-supernet", "import-ofa-specialized", "eval", "lut",
+            "predictor", "search", "finetune", "export", "bench", "deploy", "run")
 
 
 class _Parser(argparse.ArgumentParser):
