@@ -295,7 +295,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                                                                            protocol)
                 return {"ms": [r["latency_ms"][protocol.statistic] for r in rows],
                         "rel": [r["latency_ms"]["rel"] for r in rows],
-                        "probe_ms": list(rows[0]["probe"]["trial_medians"]) if rows else []}
+                        "probe_ms": list(rows[0]["probe"]["trial_means"]) if rows else []}
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
                 rt = get_runtime(runtime, threads)
@@ -308,7 +308,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             head, *stats = time_interleaved([prt, *rts], [px, *xs], protocol,
                                             progress=bar.update)
         return {"ms": [st[protocol.statistic] for st in stats],
-                "rel": [st["rel"] for st in stats], "probe_ms": head["trial_medians"]}
+                "rel": [st["rel"] for st in stats], "probe_ms": head["trial_means"]}
 
 
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],

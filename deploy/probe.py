@@ -135,7 +135,7 @@ class ProbedTarget:
     """A :class:`deploy.targets.Target` whose every timed batch carries the probe: the probe
     file goes first, the protocol says so (``probe=True``), and the probe's row is taken out
     of the answer again. Each row's ``latency_ms`` gains ``rel`` (probe units) and each row
-    gets ``probe``: the batch's probe statistics (``trial_medians``, ``spread``,
+    gets ``probe``: the batch's probe statistics (``trial_means``, ``spread``,
     ``retimed``). ``bench`` and ``top1`` pass through (a single model, an accuracy run).
     """
 

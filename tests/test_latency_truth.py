@@ -41,7 +41,7 @@ def test_probe_relative_times_hold_while_absolute_times_move_2x():
     for stats in (quiet, drifting):
         rel = np.array([s["rel"] for s in stats[1:]])
         assert np.abs(rel / truth - 1).max() < 0.03, rel
-    assert quiet[0]["rel"] == 1.0 and len(quiet[0]["trial_medians"]) >= 10
+    assert quiet[0]["rel"] == 1.0 and len(quiet[0]["trial_means"]) >= 10
 
 
 def test_a_batch_whose_probe_moved_beyond_the_bound_is_timed_again():

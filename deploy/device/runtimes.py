@@ -303,8 +303,8 @@ class TimingProtocol:
 
     ``probe``: the first model of every timed batch is the reference probe
     (``deploy/probe.py``), timed in the same trials; each model's statistics then also
-    carry ``rel``, its time in probe units, the median over trials of (its trial median /
-    the probe's trial median in that trial). A batch whose probe's trial medians spread
+    carry ``rel``, its time in probe units, the median over trials of (its trial mean /
+    the probe's trial mean around it). A batch whose probe's trial means spread
     more than ``probe_bound`` (slowest / fastest) is timed again, up to ``retime`` times,
     and the attempt with the steadiest probe is kept (``docs/latency.md``).
 
@@ -382,7 +382,8 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
             progress: Callable[[], None] | None
             ) -> tuple[list[list[list[float]]], list[float], list[list[int]]]:
     """Every model's trials: ``times[model][trial]`` (ms per timed invoke). With a probe
-    (``rts[0]``) also the probe's medians in the order they were timed, ``samples``, and for
+    (``rts[0]``) also the probe's trial means in the order they were timed, ``samples``
+    (means, not medians: see :func:`time_interleaved`), and for
     each other model and trial the index of the sample timed just before it, ``before``:
     the probe is timed at the start of every trial, again whenever
     :data:`PROBE_INTERVAL_S` passed since it was last timed (a trial of many large models),
@@ -394,23 +395,23 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
         last = time.perf_counter()
         for i, rt in enumerate(rts):
             if p.probe and i > 0 and time.perf_counter() - last > PROBE_INTERVAL_S:
-                samples.append(float(np.median(_timed(rts[0], p))))
+                samples.append(float(np.mean(_timed(rts[0], p))))
                 last = time.perf_counter()
             times[i].append(_timed(rt, p))
             if p.probe and i == 0:
-                samples.append(float(np.median(times[0][-1])))
+                samples.append(float(np.mean(times[0][-1])))
             before[i].append(len(samples) - 1)
             if progress is not None:
                 progress()
     if p.probe:
-        samples.append(float(np.median(_timed(rts[0], p))))
+        samples.append(float(np.mean(_timed(rts[0], p))))
     return times, samples, before
 
 
-def probe_spread(trial_medians: Sequence[float]) -> float:
-    """How far the probe moved during a batch: its slowest trial median over its fastest
+def probe_spread(trial_means: Sequence[float]) -> float:
+    """How far the probe moved during a batch: its slowest trial mean over its fastest
     (1.0: it did not move)."""
-    a = np.asarray(trial_medians, dtype=np.float64)
+    a = np.asarray(trial_means, dtype=np.float64)
     return float(a.max() / a.min()) if a.size and a.min() > 0 else float("inf")
 
 
@@ -426,13 +427,21 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     after each model's trial.
 
     With ``protocol.probe`` the first model is the reference probe: every dict also holds
-    ``rel`` (the model's time in probe units: the median over trials of its trial median
-    over the mean of the probe's medians timed just before and just after it, see
-    :func:`_trials`; 1.0 for the probe) and the probe's dict holds ``trial_medians`` (ms,
+    ``rel`` (the model's time in probe units: the median over trials of its trial mean
+    over the mean of the probe's trial means timed just before and just after it, see
+    :func:`_trials`; 1.0 for the probe) and the probe's dict holds ``trial_means`` (ms,
     every time the probe was timed, in order), ``spread`` (:func:`probe_spread`),
     ``retimed`` (how many times the batch was timed again because the spread exceeded
     ``protocol.probe_bound``; the attempt with the smallest spread is kept) and ``share``
     (the probe's part of the timed invokes' time, ~ retimes excluded).
+
+    Why trial means: a device slowed by time-sharing (a VM's neighbours, a competing
+    process, a board's other work) takes the core away in slices; a short invoke then runs
+    either whole or not at all, so its *median* hardly moves while a longer one's does, and
+    a ratio of medians changes with the models' sizes. The mean of a trial's invokes rises
+    in proportion to the share of the core taken, whatever the invoke's length, as under a
+    lower clock; the median over trials then drops the trials an outlier spoiled
+    (``bench/drift.py`` measured both, ``docs/benchmarks.md``).
 
     Raises:
         ValueError: as many inputs as runtimes are needed; a probe needs a model.
@@ -460,12 +469,12 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     out = []
     for t, b in zip(times, before):  # each trial against the probe timed around it
         st: dict[str, Any] = stats_ms([v for trial in t for v in trial])
-        st["rel"] = float(np.median([np.median(trial) * 2 / (samples[k] + samples[k + 1])
+        st["rel"] = float(np.median([np.mean(trial) * 2 / (samples[k] + samples[k + 1])
                                      for trial, k in zip(t, b)]))
         out.append(st)
     total = sum(v for t in times for trial in t for v in trial)
     extra = sum(samples[len(times[0]):]) * p.runs  # the probe's timings between trials
     share = (sum(v for trial in times[0] for v in trial) + extra) / (total + extra)
-    out[0].update(rel=1.0, trial_medians=samples, spread=spread, retimed=attempts,
+    out[0].update(rel=1.0, trial_means=samples, spread=spread, retimed=attempts,
                   share=share)
     return out

@@ -127,7 +127,7 @@ class AdbTarget(OneBatchAtATime):
         and after every model, each model's ``rel`` is its median over the mean of the
         probe's medians just before and after it, and a model whose two probes differ by
         more than ``protocol.probe_bound`` is timed again (up to ``protocol.retime`` times,
-        keeping the steadiest). The probe's row carries ``trial_medians`` (every probe
+        keeping the steadiest). The probe's row carries ``trial_means`` (every probe
         timing), ``spread`` and ``retimed``, as the agent's."""
         protocol = protocol or TimingProtocol()
         if not protocol.probe:
@@ -154,7 +154,7 @@ class AdbTarget(OneBatchAtATime):
             rows.append(row)
         lat = first["latency_ms"]
         a = sorted(samples)
-        lat.update(rel=1.0, median=a[len(a) // 2], trial_medians=samples,
+        lat.update(rel=1.0, median=a[len(a) // 2], trial_means=samples,
                    spread=max(samples) / min(samples), retimed=retimed)
         return [first, *rows]
 
