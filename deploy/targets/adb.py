@@ -154,7 +154,7 @@ class AdbTarget(OneBatchAtATime):
             rows.append(row)
         lat = first["latency_ms"]
         a = sorted(samples)
-        lat.update(rel=1.0, median=a[len(a) // 2], trial_means=samples,
+        lat.update(rel=1.0, median=a[len(a) // 2], mean=sum(a) / len(a), trial_means=samples,
                    spread=max(samples) / min(samples), retimed=retimed)
         return [first, *rows]
 

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     lat, probe = res["latency_ms"], res["probe"]
     print(f"{res['model']} on {target.name} ({res.get('runtime', runtime)}, {args.threads} "
           f"thread(s)): median {lat['median']:.3f} ms, min {lat['min']:.3f} ms; "
-          f"{lat['rel']:.3f} probe units (the probe: {probe['median']:.4f} ms, moved "
+          f"{lat['rel']:.3f} probe units (the probe: {probe['mean']:.4f} ms, moved "
           f"{probe['spread']:.2f}x during the trials, timed again {probe['retimed']}x)")
     dev = res.get("device") or {}
     if dev.get("emulated"):
