@@ -215,6 +215,25 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
     return row
 
 
+def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
+    """One ``ofa run`` from ``code`` reusing ``--supernet``, pinned to the timed core, with
+    the harness on (seed ``a.seed + i``); what its report says."""
+    name = f"{'new' if code == ROOT else code.name}-{i}"
+    log = work / f"{name}.log"
+    args = ["run", "--name", name, "--root", str(work), "--supernet", str(a.supernet)]
+    with harness(a.factor, a.core, a.seed + i, a.period) as info:
+        wall = _ofa(code, args, a.core, log)
+    rep = json.loads((work / name / "report.json").read_text())
+    subs = [{"label": r["label"], "budget_ms": r["budget_ms"], "predicted_ms": r["predicted_ms"],
+             "measured_ms": r["measured_ms"], "error_pct": r["error_pct"],
+             "within_budget": r["budget_ms"] is None or r["measured_ms"] <= r["budget_ms"]}
+            for r in rep["subnets"]]
+    return {"name": name, "code": str(code), "harness": info, "wall_s": wall,
+            "all_within_10pct": rep["summary"]["all_within_10pct"],
+            "all_within_budget": all(x["within_budget"] for x in subs), "subnets": subs,
+            "table": rep.get("table", {}).get("speed_text")}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -239,7 +258,35 @@ def main() -> int:
     lt.add_argument("--cases", default="off,on", help="harness off, on, or both")
     lt.add_argument("--work", default="/tmp/ofa-drift")
     lt.add_argument("--out", required=True)
+    rn = sub.add_parser("run", help="ofa run under the harness, reusing a trained supernet")
+    rn.add_argument("--supernet", required=True)
+    rn.add_argument("-n", type=int, default=3, help="runs per checkout")
+    rn.add_argument("--factor", type=float, default=1.5)
+    rn.add_argument("--period", type=float, default=4.0)
+    rn.add_argument("--seed", type=int, default=0)
+    rn.add_argument("--core", type=int, default=0)
+    rn.add_argument("--code", action="append", default=[])
+    rn.add_argument("--work", default="/tmp/ofa-drift-run")
+    rn.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.cmd == "run":
+        from bench._common import run_facts  # noqa: E402
+
+        work = Path(a.work)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for code in [ROOT, *map(Path, a.code)]:
+            for i in range(a.n):
+                rows.append(run_case(a, code, i, work))
+                r = rows[-1]
+                print(f"{r['name']}: {r['wall_s']:.0f} s, errors "
+                      + " / ".join(f"{x['error_pct']:+.1f}%" for x in r["subnets"])
+                      + f", all within ±10%: {r['all_within_10pct']}, within budget: "
+                      f"{r['all_within_budget']}", flush=True)
+                Path(a.out).write_text(json.dumps({**run_facts(), "args": vars(a),
+                                                   "rows": rows}, indent=1))
+        print(f"wrote {a.out}")
+        return 0
     if a.cmd == "_compete":
         compete(int(a.core), float(a.busy), float(a.idle), int(a.seed), float(a.period),
                 bool(int(a.start_on)))
