@@ -19,7 +19,8 @@ core time taken, so it is measured, not computed); the achieved slow-down is rep
 
 ``lut`` builds a table (``ofa lut build``) and validates it (``ofa lut validate -n N``), both as
 subprocesses pinned to the timed core, with the harness off and on; ``--code DIR`` runs the
-``ofa`` of another checkout (the code before probe-relative timing) the same way. It prints a
+``ofa`` of another checkout (the code before probe-relative timing) the same way instead
+(``--with-self``: both). ``run`` runs ``ofa run --supernet RUN`` under the harness. It prints a
 table and writes JSON (date, commit, machine, figures).
 """
 
@@ -254,7 +255,9 @@ def main() -> int:
     lt.add_argument("--core", type=int, default=0)
     lt.add_argument("-n", type=int, default=100)
     lt.add_argument("--code", action="append", default=[],
-                    help="another checkout to run the same way (repeatable)")
+                    help="run the ofa of this checkout instead of this one's (repeatable; "
+                    "add --with-self to run this one too)")
+    lt.add_argument("--with-self", action="store_true")
     lt.add_argument("--cases", default="off,on", help="harness off, on, or both")
     lt.add_argument("--work", default="/tmp/ofa-drift")
     lt.add_argument("--out", required=True)
@@ -302,7 +305,8 @@ def main() -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for code in [ROOT, *map(Path, a.code)]:
+    codes = [*map(Path, a.code)]
+    for code in ([ROOT] if a.with_self or not codes else []) + codes:
         for case in a.cases.split(","):
             factor = a.factor if case == "on" else 1.0
             tag = f"{'new' if code == ROOT else code.name}-{case}"
