@@ -75,6 +75,9 @@ __all__ = ["measure_module", "measure_subnets", "build_table", "block_models_dir
 PRECISIONS = ("fp32", "int8")
 CALIB_IMAGES = 8  # representative inputs per int8 conversion (blocks and whole subnets)
 FIRST_BATCH = 8  # blocks in a device build's first request (see _build_on_device)
+# whole subnets timed together beside the probe: each batch short enough (seconds) that a
+# change of the device's speed during it is rare and timing it again is cheap
+SUBNET_BATCH = 16
 
 
 def representative_set(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
@@ -271,11 +274,12 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
     interleaved trials with the probe first (:func:`deploy.device.runtimes.time_interleaved`,
-    ``TimingProtocol(probe=True)``), so a change of the machine's speed during the minutes
-    this takes cancels from each subnet's ``rel``, and no conversion runs while anything is
-    timed: here in this process, on a device target as one batch (``Target.bench_many``: one
-    copy, one agent run). ``convert``: an open converter pool's map to export with (else one
-    is started for ``jobs``). ``models``: a folder to export into whose files already there
+    ``TimingProtocol(probe=True)``), :data:`SUBNET_BATCH` subnets at a time, so a change of
+    the machine's speed cancels from each subnet's ``rel`` and a batch whose probe moved is
+    timed again in seconds, not minutes; no conversion runs while anything is timed: here in
+    this process, on a device target batch after batch (``Target.bench_many``).
+    ``convert``: an open converter pool's map to export with (else one is started for
+    ``jobs``). ``models``: a folder to export into whose files already there
     are used (else a temporary one).
 
     Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
@@ -291,11 +295,14 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             paths = _export_subnets(space, cfgs, runtime, precision, models or Path(tmp),
                                     desc, jobs, convert)
             if target is not None:
-                rows = ProbedTarget(target, runtime, precision).bench_many(paths, threads,
-                                                                           protocol)
-                return {"ms": [r["latency_ms"][protocol.statistic] for r in rows],
-                        "rel": [r["latency_ms"]["rel"] for r in rows],
-                        "probe_ms": list(rows[0]["probe"]["trial_means"]) if rows else []}
+                probed = ProbedTarget(target, runtime, precision)
+                out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
+                for i in range(0, len(paths), SUBNET_BATCH):
+                    rows = probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
+                    out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
+                    out["rel"] += [r["latency_ms"]["rel"] for r in rows]
+                    out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
+                return out
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
                 rt = get_runtime(runtime, threads)
@@ -303,12 +310,17 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
         prt, px = load_probe(runtime, threads, precision)
-        with tqdm(total=(len(cfgs) + 1) * protocol.trials, leave=False,
+        out = {"ms": [], "rel": [], "probe_ms": []}
+        with tqdm(total=len(cfgs) * protocol.trials, leave=False,
                   desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
-            head, *stats = time_interleaved([prt, *rts], [px, *xs], protocol,
-                                            progress=bar.update)
-        return {"ms": [st[protocol.statistic] for st in stats],
-                "rel": [st["rel"] for st in stats], "probe_ms": head["trial_means"]}
+            for i in range(0, len(rts), SUBNET_BATCH):
+                head, *stats = time_interleaved([prt, *rts[i:i + SUBNET_BATCH]],
+                                                [px, *xs[i:i + SUBNET_BATCH]], protocol,
+                                                progress=bar.update)
+                out["ms"] += [st[protocol.statistic] for st in stats]
+                out["rel"] += [st["rel"] for st in stats]
+                out["probe_ms"] += head["trial_means"]
+        return out
 
 
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
