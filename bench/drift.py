@@ -278,7 +278,7 @@ def main() -> int:
         work = Path(a.work)
         work.mkdir(parents=True, exist_ok=True)
         rows = []
-        for code in [ROOT, *map(Path, a.code)]:
+        for code in [*map(Path, a.code)] or [ROOT]:  # --code: that checkout instead
             for i in range(a.n):
                 rows.append(run_case(a, code, i, work))
                 r = rows[-1]
