@@ -39,8 +39,16 @@ def check_interrupted() -> None:
         raise KeyboardInterrupt
 
 
+def _umask() -> int:
+    """The process's umask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file onto ``path``; no partial files.
+    The file gets the permissions a plain ``open`` would give it (``0666`` less the umask).
 
     The temp file is removed if ``write`` raises, or if the process was interrupted while it
     ran (:func:`check_interrupted`), in which case ``path`` is left as it was.
@@ -52,6 +60,8 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     try:
         write(tmp)
         check_interrupted()
+        if os.path.exists(tmp):  # mkstemp's 0600 -> what open() would give (umask)
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
