@@ -12,17 +12,19 @@ NAME, HELP = ("import-ofa-specialized", "import one of OFA's published specialis
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="the network's folder (net.config, run.config, init), as "
                    "OFA's model zoo serves it; nothing is downloaded")
+    p.add_argument("--out", required=True, help="new folder")
     p.add_argument("--space", choices=["mbv3-w1.0", "mbv3-w1.2"], default=None,
                    help="the supernet it comes from (default: found from its widths)")
-    p.add_argument("--out", required=True, help="new folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from ofa.train.import_specialized import import_ofa_specialized
 
     info = import_ofa_specialized(args.folder, args.out, args.space)
-    print(f"wrote {args.out}: {info['summary']} at {info['imported']['image_size']} px "
-          f"(sha256 {info['imported']['sha256'][:12]}); use it as a fine-tuned network: "
-          f"`ofa eval --checkpoint {args.out} --data IMAGENET_DIR`, `ofa export --checkpoint "
-          f"{args.out} --data IMAGENET_DIR --out MODELS`")
+    imported, out = info["imported"], args.out
+    lines = [f"wrote {out}: {info['summary']} at {imported['image_size']} px (sha256 "
+             f"{imported['sha256'][:12]}); it is used as a fine-tuned network:",
+             f"  ofa eval --checkpoint {out} --data IMAGENET_DIR",
+             f"  ofa export --checkpoint {out} --data IMAGENET_DIR --out MODELS"]
+    print("\n".join(lines))
     return 0
