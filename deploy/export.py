@@ -178,19 +178,17 @@ def converter_pool(jobs: int) -> Iterator[Callable[..., Iterator[Any]]]:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_converter_init) as pool:
+                             initializer=_converter_init, initargs=(os.getpid(),)) as pool:
         yield pool.map
 
 
-def _converter_init() -> None:
+def _converter_init(parent: int) -> None:
     """A converter process: one thread, any core (the parent may be pinned to the core it
-    times on, ``bench/drift.py``), ends with its parent and leaves group signals to it
-    (:func:`ofa.lifetime.worker_lifetime`)."""
-    import os
-
+    times on, ``bench/drift.py``), ends with its parent (pid ``parent``) and leaves group
+    signals to it (:func:`ofa.lifetime.worker_lifetime`)."""
     from ofa.lifetime import worker_lifetime
 
-    worker_lifetime()
+    worker_lifetime(parent=parent)
     torch.set_num_threads(1)
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, range(os.cpu_count() or 1))

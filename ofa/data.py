@@ -29,7 +29,7 @@ __all__ = ["StepBatches", "train_loader", "eval_loader", "DATASETS", "ImageSplit
 
 from ofa import DATASETS
 from ofa.errors import InputError
-from ofa.lifetime import worker_lifetime
+from ofa.lifetime import lifetime_init
 
 _MEANS = {"imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 
@@ -212,7 +212,7 @@ def eval_loader(batches: BatchLoader, workers: int = 0, pin_memory: bool = False
     return torch.utils.data.DataLoader(batches, batch_size=None,
                                        sampler=range(batches.start_batch, len(batches)),
                                        num_workers=workers, pin_memory=pin_memory,
-                                       prefetch_factor=4, worker_init_fn=worker_lifetime)
+                                       prefetch_factor=4, worker_init_fn=lifetime_init())
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -261,7 +261,7 @@ def train_loader(batches: StepBatches, start: int, stop: int, workers: int = 0,
     (0: in this process) with prefetching, persistent workers and pinned memory (for CUDA)."""
     kw: dict = {"num_workers": workers, "pin_memory": pin_memory}
     if workers > 0:
-        kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=worker_lifetime)
+        kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=lifetime_init())
     # its own generator: a DataLoader iterator draws a seed, which must not move the global
     # RNG (dropout draws from it; a resumed run must see the same stream)
     return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, stop),

@@ -25,16 +25,19 @@ import sys
 import threading
 import time
 
-__all__ = ["worker_lifetime", "die_with_parent"]
+__all__ = ["worker_lifetime", "die_with_parent", "lifetime_init"]
 
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0) -> str:
+def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0,
+                    parent: int | None = None) -> str:
     """Make this process receive ``sig`` when its parent exits. Returns how: ``prctl`` on
     Linux, else ``watch`` (a daemon thread that checks the parent every ``poll_s`` seconds
-    and ends this process). A parent already gone ends this process at once."""
-    parent = os.getppid()
+    and ends this process). ``parent``: the pid the parent had when it started this process
+    (a worker that takes seconds to start, importing torch, may already have been handed
+    to init when it gets here); that parent already gone ends this process at once."""
+    parent = parent or os.getppid()
     how = "watch"
     if sys.platform.startswith("linux"):
         try:
@@ -55,11 +58,20 @@ def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0) -> str:
     return how
 
 
-def worker_lifetime(*_: object) -> None:
+def worker_lifetime(*_: object, parent: int | None = None) -> None:
     """The first call of every worker process (usable as a ``worker_init_fn`` or a pool
-    ``initializer``: arguments are ignored): ignore SIGINT/SIGTERM, die with the parent
-    (:func:`die_with_parent`, SIGKILL: the worker holds nothing to clean up that its parent
-    does not)."""
+    ``initializer``: positional arguments are ignored): ignore SIGINT/SIGTERM, die with the
+    parent (:func:`die_with_parent`, SIGKILL: the worker holds nothing to clean up that its
+    parent does not). ``parent``: the parent's pid as the parent saw it (pass
+    ``os.getpid()`` from there, e.g. with :func:`functools.partial`)."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
-    die_with_parent(signal.SIGKILL)
+    die_with_parent(signal.SIGKILL, parent=parent)
+
+
+def lifetime_init(parent: int | None = None):
+    """:func:`worker_lifetime` bound to this process as the parent: the ``worker_init_fn``
+    or pool ``initializer`` to give the workers this process starts."""
+    import functools
+
+    return functools.partial(worker_lifetime, parent=parent or os.getpid())

@@ -16,6 +16,7 @@ export (ONNX + TFLite) -> measure on the target -> report. Every step writes int
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -271,7 +272,7 @@ def _table_path(rc: RunConfig) -> Path:
 
 
 def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
-                                  precision: str, calib: int, seed: int) -> None:
+                                  precision: str, calib: int, seed: int, parent: int) -> None:
     """The background process of :func:`_start_block_conversion` (spawned: plain
     arguments): at the lowest priority, so that training keeps the cores it uses. The table
     step stops it with SIGKILL, which ends it at once: its files are written atomically
@@ -287,7 +288,8 @@ def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
     from ofa.lifetime import worker_lifetime
     from ofa.space import SearchSpace
 
-    worker_lifetime()  # ends with the run, even a SIGKILLed one; group signals are the run's
+    worker_lifetime(parent=parent)  # ends with the run, even a SIGKILLed one; group signals
+    # are the run's
     tqdm.set_lock(threading.RLock())
     os.nice(19)
     torch.set_num_threads(1)
@@ -335,7 +337,7 @@ def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     proc = mp.get_context("spawn").Process(
         target=_convert_blocks_in_background, daemon=True,
         args=(space.to_dict(), rc.runtime, str(path), rc.model_precision, rc.lut_calib,
-              rc.seed))
+              rc.seed, os.getpid()))
     proc.start()
     _log(f"latency table: converting its block models in the background ({rc.runtime}, "
          f"{rc.model_precision})")
