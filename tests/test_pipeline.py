@@ -60,7 +60,9 @@ def test_run_writes_every_artifact(tiny_job: Path):
         assert meta["config"] == r["config"] and meta["predicted"]["acc"] == r["predicted_acc"]
         assert r["sizes"]["onnx-fp32"] == (bundle / "onnx-fp32" / "model.onnx").stat().st_size
     md = (d / "report.md").read_text()
-    assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) == 9
+    # the chosen subnets' table and the measured-budget one: a row per budget each (the
+    # shortlist table lists the budgets whose shortlist was measured)
+    assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) >= 6
     assert "## Measured budget" in md and "device speed: probe probe-v1" in md
     # each budget's shortlist was measured on the hold-out split; the most accurate is chosen
     assert "## Shortlists measured on the hold-out split" in md
