@@ -7,11 +7,12 @@ workers of ``ofa/data.py``, the background block conversion of ``ofa run``) call
 - it dies when its parent dies, even by SIGKILL (a job scheduler's time limit, the OOM
   killer): Linux's parent-death signal (``prctl(PR_SET_PDEATHSIG)``), or a watching thread
   that polls the parent elsewhere;
-- it ignores SIGINT and SIGTERM, so that a signal sent to the whole process group (Ctrl-C in
-  a terminal, ``timeout``, many schedulers) reaches the command's own handler only: the
-  command then cleans up and exits 130 / 143 in one line, and its workers follow it through
-  the parent-death signal, instead of dying first and turning the clean exit into a
-  "worker killed by signal" traceback.
+- it ignores SIGINT and holds SIGTERM for up to :data:`TERM_GRACE_S`, so that a signal sent
+  to the whole process group (Ctrl-C in a terminal, ``timeout``, many schedulers) is the
+  command's to handle: the command cleans up and exits 130 / 143 in one line, and its
+  workers follow it through the parent-death signal instead of dying first and turning the
+  clean exit into a "worker killed by signal" traceback; a SIGTERM from a parent that stays
+  (multiprocessing terminating its workers at exit) ends the worker after the grace.
 
 Numpy-free and torch-free; the device agent has its own watch (``deploy/device/agent.py``).
 """
@@ -28,6 +29,7 @@ import time
 __all__ = ["worker_lifetime", "die_with_parent", "lifetime_init"]
 
 _PR_SET_PDEATHSIG = 1
+TERM_GRACE_S = 5.0  # a worker told to end by SIGTERM waits this long for its parent to go
 
 
 def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0,
@@ -64,8 +66,19 @@ def worker_lifetime(*_: object, parent: int | None = None) -> None:
     parent (:func:`die_with_parent`, SIGKILL: the worker holds nothing to clean up that its
     parent does not). ``parent``: the parent's pid as the parent saw it (pass
     ``os.getpid()`` from there, e.g. with :func:`functools.partial`)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = parent or os.getppid()
+
+    def on_term(signum: int, frame: object) -> None:
+        # a group SIGTERM: the parent is ending too and the parent-death signal follows;
+        # the parent itself terminating its workers (multiprocessing does at exit) stays
+        # alive: then end here, after a grace that a group signal's parent needs to exit
+        deadline = time.monotonic() + TERM_GRACE_S
+        while os.getppid() == parent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
     die_with_parent(signal.SIGKILL, parent=parent)
 
 
