@@ -32,7 +32,9 @@ __all__ = [
 
 
 def _act(x: Tensor, name: str) -> Tensor:
-    return F.relu(x) if name == "relu" else F.hardswish(x)
+    if name == "relu":
+        return F.relu(x)
+    return F.relu6(x) if name == "relu6" else F.hardswish(x)
 
 
 class ElasticDepthwiseConv(nn.Module):

@@ -1,11 +1,13 @@
-"""The OFA-MobileNetV3 search space as data.
+"""The OFA search spaces (MobileNetV3 and ProxylessNAS) as data.
 
 Everything that needs the network layout -- the supernet, the analytic MACs counter, the
 latency-lookup-table keys and the accuracy-predictor encoding -- reads it from here, so
 nothing restates the layout. Torch-free on purpose (numpy and the standard library only).
 
 Reference: Cai et al., *Once-for-All*, ICLR 2020, section 3.1 and appendix (search space);
-the CIFAR variant follows Sahni et al. / *DεpS* (ECCV 2024) at 32x32 inputs.
+the CIFAR variant follows Sahni et al. / *DεpS* (ECCV 2024) at 32x32 inputs; the ProxylessNAS
+space is OFA's third published supernet (Cai et al., *ProxylessNAS*, ICLR 2019, section 4's
+backbone; MIT's ``OFAProxylessNASNets``: ReLU6, no SE, a head without the post-pool conv).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ __all__ = [
     "register_preset",
     "preset_names",
     "get_space",
-    "subnet_from_net_config", "net_config_block", "space_for_net_config",
+    "subnet_from_net_config", "net_config_block", "space_for_net_config", "net_config",
 ]
 
 BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)
@@ -52,12 +54,18 @@ def make_divisible(value: float, divisor: int = 8, min_value: int | None = None)
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One elastic stage: output width (after the width multiplier), stride, act, SE flag."""
+    """One elastic stage: output width (after the width multiplier), stride, act, SE flag.
+
+    ``fixed_depth`` > 0 makes the stage's depth fixed (its blocks keep elastic kernel and
+    expand ratio): the ProxylessNAS space's last stage is one block (MIT's
+    ``OFAProxylessNASNets`` sets ``d[-1] = 1``). 0 means the space's ``depth_list``.
+    """
 
     width: int
     stride: int
-    act: str  # "relu" | "h_swish"
+    act: str  # "relu" | "relu6" | "h_swish"
     se: bool
+    fixed_depth: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,9 +211,9 @@ class SubnetConfig:
             raise InputError(
                 f"ks has {len(self.ks)} entries but e has {len(self.e)}; one per block each"
             )
-        if not self.d or len(self.ks) % len(self.d):
-            raise InputError(f"d has {len(self.d)} entries; ks/e length {len(self.ks)} "
-                             "must be a multiple of it (one entry per stage)")
+        if not self.d or len(self.d) > len(self.ks):
+            raise InputError(f"d has {len(self.d)} entries for {len(self.ks)} blocks; "
+                             "one entry per stage")
         for name in ("ks", "d"):
             for v in getattr(self, name):
                 if isinstance(v, bool) or not isinstance(v, int):
@@ -250,8 +258,12 @@ class SubnetConfig:
         return cls.from_dict(data)
 
     def summary(self) -> str:
-        """Compact human string, e.g. ``r32 d[2,3,4,2,3] k[..] e[..]`` of active blocks only."""
-        per = len(self.ks) // len(self.d)
+        """Compact human string, e.g. ``r32 d[2,3,4,2,3] k[..] e[..]`` of active blocks only.
+
+        Stages hold ``ceil(len(ks) / len(d))`` blocks each, the last one the rest (every
+        space's layout: 5 x 4 for MobileNetV3, 5 x 4 + 1 for ProxylessNAS).
+        """
+        per = -(-len(self.ks) // len(self.d))
         ks, es = [], []
         for s, depth in enumerate(self.d):
             ks.append("".join(str(k) for k in self.ks[s * per: s * per + depth]))
@@ -261,12 +273,17 @@ class SubnetConfig:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """An elastic MobileNetV3 search space (OFA, ICLR 2020, section 3.1).
+    """An elastic search space (OFA, ICLR 2020, section 3.1): MobileNetV3 or ProxylessNAS.
 
     Attributes hold the widths after the width multiplier: ``stem_width``, ``first_width``
-    (the fixed expand-1 block), five :class:`StageSpec`, ``final_expand_width`` (960 at w1.0)
-    and ``feature_mix_width`` (1280 at w1.0). Choice lists: ``ks_list``, ``expand_list``,
-    ``depth_list`` (per stage, keeps the first d of ``max_depth`` blocks), ``resolutions``.
+    (the fixed expand-1 block), the :class:`StageSpec` rows, ``final_expand_width`` (the 1x1
+    conv + BN before pooling: 960 at MobileNetV3 w1.0, ProxylessNAS's "feature mix" 1664 at
+    w1.3) and ``feature_mix_width`` (MobileNetV3's post-pool 1x1 conv, 1280 at w1.0; 0 =
+    none, as in ProxylessNAS). Choice lists: ``ks_list``, ``expand_list``, ``depth_list``
+    (per stage, keeps the first d of ``max_depth`` blocks), ``resolutions``. ``family``
+    (``mbv3`` | ``proxyless``) names MIT's network class; ``stem_act``, ``first_act`` and
+    ``head_act`` are the fixed layers' activations and ``bn_eps`` the BatchNorm epsilon
+    (MIT: 1e-5 for MobileNetV3, 1e-3 for ProxylessNAS).
     """
 
     name: str
@@ -288,6 +305,11 @@ class SearchSpace:
     max_depth: int = 4
     divisor: int = 8
     preset: str = field(default="", compare=True)
+    family: str = "mbv3"
+    stem_act: str = "h_swish"
+    first_act: str = "relu"
+    head_act: str = "h_swish"
+    bn_eps: float = 1e-5
 
     def __post_init__(self) -> None:
         for name in ("ks_list", "expand_list", "depth_list", "resolutions"):
@@ -317,14 +339,19 @@ class SearchSpace:
 
     @property
     def num_blocks(self) -> int:
-        return self.num_stages * self.max_depth
+        return len(self.blocks)
+
+    def stage_depths(self, stage: int) -> tuple[int, ...]:
+        """The depths stage ``stage`` allows: ``depth_list``, or its fixed depth."""
+        fixed = self.stages[stage].fixed_depth
+        return (fixed,) if fixed else self.depth_list
 
     @cached_property
     def blocks(self) -> tuple[BlockSpec, ...]:
         """One :class:`BlockSpec` per elastic block, in forward order (the one layout walk)."""
         out, in_ch = [], self.first_width
         for s, st in enumerate(self.stages):
-            for j in range(self.max_depth):
+            for j in range(st.fixed_depth or self.max_depth):
                 out.append(BlockSpec(index=len(out), stage=s, position=j, in_ch=in_ch,
                                      out_ch=st.width, stride=st.stride if j == 0 else 1,
                                      se=st.se, act=st.act, shortcut=j > 0))
@@ -369,16 +396,19 @@ class SearchSpace:
         for i, e in enumerate(cfg.e):
             _check_choice(f"e[{i}]", e, self.expand_list)
         for i, d in enumerate(cfg.d):
-            _check_choice(f"d[{i}]", d, self.depth_list)
+            _check_choice(f"d[{i}]", d, self.stage_depths(i))
         _check_choice("r", cfg.r, self.resolutions)
         return cfg
 
     def config(self, ks: Sequence[int] | int, e: Sequence[float] | float,
                d: Sequence[int] | int, r: int | None = None) -> SubnetConfig:
-        """Build and validate a config; scalars are broadcast (``ks=7`` means all blocks)."""
+        """Build and validate a config; scalars are broadcast (``ks=7`` means all blocks, a
+        scalar ``d`` every stage whose depth is elastic)."""
         ks = [ks] * self.num_blocks if isinstance(ks, int) else list(ks)
         e = [e] * self.num_blocks if isinstance(e, (int, float)) else list(e)
-        d = [d] * self.num_stages if isinstance(d, int) else list(d)
+        if isinstance(d, int):
+            d = [st.fixed_depth or d for st in self.stages]
+        d = list(d)
         r = max(self.resolutions) if r is None else r
         return self.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
 
@@ -399,18 +429,20 @@ class SearchSpace:
         d_c = list(depth_list or self.depth_list)
         ks = [g.choice(ks_c) for _ in range(self.num_blocks)]
         e = [g.choice(e_c) for _ in range(self.num_blocks)]
-        d = [g.choice(d_c) for _ in range(self.num_stages)]
+        d = [st.fixed_depth or g.choice(d_c) for st in self.stages]
         r = g.choice(list(self.resolutions)) if r is None else r
         return self.validate(SubnetConfig(ks=ks, e=e, d=d, r=r))
 
     def num_subnets(self, per_resolution: bool = True) -> int:
         """Exact count of distinct architectures (blocks beyond depth don't count).
 
-        For OFA-MobileNetV3: per stage 9^2 + 9^3 + 9^4 = 7371, so 7371^5 per resolution.
+        For OFA-MobileNetV3: per stage 9^2 + 9^3 + 9^4 = 7371, so 7371^5 per resolution
+        (ProxylessNAS: 7371^5 x 9, its last stage one block).
         """
         per_block = len(self.ks_list) * len(self.expand_list)
-        per_stage = sum(per_block ** d for d in self.depth_list)
-        n = per_stage ** self.num_stages
+        n = 1
+        for s in range(self.num_stages):
+            n *= sum(per_block ** d for d in self.stage_depths(s))
         return n if per_resolution else n * len(self.resolutions)
 
     def active_blocks(self, cfg: SubnetConfig) -> Iterator[int]:
@@ -441,22 +473,23 @@ class SearchSpace:
     def fixed_shapes(self, r: int) -> tuple[list[BlockShape], list[BlockShape]]:
         """The layer groups every subnet has at resolution ``r``: ``(stem, head)`` where stem
         is [stem conv, fixed first block] and head is [final expand, pool, feature mix,
-        classifier]."""
+        classifier] (no feature mix when ``feature_mix_width`` is 0, as in ProxylessNAS)."""
         s_out = _conv_out(r, self.stem_stride)
         f_out = _conv_out(s_out, self.first_stride)
         stem = [BlockShape("stem", r, s_out, self.in_channels, self.stem_width, kernel=3,
-                           stride=self.stem_stride, act="h_swish"),
+                           stride=self.stem_stride, act=self.stem_act),
                 BlockShape("mbconv", s_out, f_out, self.stem_width, self.first_width,
                            mid=self.stem_width, kernel=3, stride=self.first_stride,
                            shortcut=self.first_stride == 1 and self.stem_width == self.first_width,
-                           se=False, act="relu", expand=False)]
+                           se=False, act=self.first_act, expand=False)]
         last = self.blocks[-1]
         size = _conv_out(self.block_in_sizes(r)[-1], last.stride)
         fe, fm = self.final_expand_width, self.feature_mix_width
-        head = [BlockShape("final_expand", size, size, last.out_ch, fe),
-                BlockShape("pool", size, 1, fe, fe),
-                BlockShape("feature_mix", 1, 1, fe, fm),
-                BlockShape("classifier", 1, 1, fm, self.num_classes)]
+        head = [BlockShape("final_expand", size, size, last.out_ch, fe, act=self.head_act),
+                BlockShape("pool", size, 1, fe, fe)]
+        if fm:
+            head.append(BlockShape("feature_mix", 1, 1, fe, fm, act=self.head_act))
+        head.append(BlockShape("classifier", 1, 1, fm or fe, self.num_classes))
         return stem, head
 
     def block_shapes(self, cfg: SubnetConfig) -> list[BlockShape]:
@@ -619,6 +652,33 @@ def _mbv3_digits(**kw: Any) -> SearchSpace:
     return _mbv3("mbv3-digits", "mbv3-digits", 0.5, 1, (1, 2, 2, 1, 2), range(12, 21, 4), 10, **kw)
 
 
+PROXYLESS_BASE_WIDTHS = (32, 16, 24, 40, 80, 96, 192, 320, 1280)
+
+
+@register_preset("proxyless-w1.3")
+def _proxyless_w13(**overrides: Any) -> SearchSpace:
+    """OFA's ProxylessNAS space, width 1.3 (``ofa_proxyless_d234_e346_k357_w1.3``; MIT's
+    ``OFAProxylessNASNets``): stem 40 channels, ReLU6 everywhere, no SE, six stages with
+    strides [2, 2, 2, 1, 2, 1] whose last is one block (elastic kernel and expand ratio,
+    fixed depth), and a 1x1 conv + BN + ReLU6 to 1664 channels before pooling as the head
+    (no post-pool conv). BN epsilon 1e-3, as MIT trains it.
+    """
+    width_mult = float(overrides.pop("width_mult", 1.3))
+    if width_mult <= 0:
+        raise InputError(f"width_mult must be positive, got {width_mult}")
+    w = [make_divisible(b * width_mult, 8) for b in PROXYLESS_BASE_WIDTHS]
+    strides = (2, 2, 2, 1, 2, 1)
+    stages = tuple(StageSpec(w[2 + i], strides[i], "relu6", False, fixed_depth=1 if i == 5
+                             else 0) for i in range(6))
+    kw: dict[str, Any] = {"resolutions": tuple(range(128, 225, 4)), "num_classes": 1000}
+    kw.update(overrides)
+    return SearchSpace(name="proxyless-w1.3", preset="proxyless-w1.3", stem_width=w[0],
+                       stem_stride=2, first_width=w[1], first_stride=1, stages=stages,
+                       final_expand_width=w[8], feature_mix_width=0, width_mult=width_mult,
+                       family="proxyless", stem_act="relu6", first_act="relu6",
+                       head_act="relu6", bn_eps=1e-3, **kw)
+
+
 #: the layer names of an inverted-residual block in MIT's two net.config forms
 _MB_LAYERS = ("MBConvLayer", "MBInvertedConvLayer")
 
@@ -646,10 +706,19 @@ def net_config_block(block: Any, i: int = 0) -> dict[str, Any]:
     return c
 
 
+def _head_widths(sp: SearchSpace) -> tuple[int, int | None, int]:
+    """(stem, final expand, feature mix) widths as a net.config of ``sp`` names them:
+    ProxylessNAS has no ``final_expand_layer`` and calls its pre-pool conv the feature mix."""
+    if sp.feature_mix_width:
+        return sp.stem_width, sp.final_expand_width, sp.feature_mix_width
+    return sp.stem_width, None, sp.final_expand_width
+
+
 def space_for_net_config(net_config: Any, num_classes: int | None = None) -> SearchSpace:
     """The preset whose stem (width, stride) and final widths match an OFA ``net.config``
-    (w1.0: stem 16, 960/1280; w1.2: 24, 1152/1536; ImageNet stem stride 2), with the
-    net.config's class count.
+    (w1.0: stem 16, 960/1280; w1.2: 24, 1152/1536; ProxylessNAS w1.3: 40, feature mix
+    1664 and no final expand layer; ImageNet stem stride 2), with the net.config's class
+    count.
 
     Raises:
         ValueError: not a net.config, or a network of a space ofa-edge does not have (the
@@ -670,13 +739,69 @@ def space_for_net_config(net_config: Any, num_classes: int | None = None) -> Sea
                 get_space(name)
         except ValueError:
             continue
-        if (sp.stem_width, sp.final_expand_width, sp.feature_mix_width) == got and \
-                stride in (None, sp.stem_stride):
+        if _head_widths(sp) == got and stride in (None, sp.stem_stride):
             return sp
-    have = ", ".join(f"{p} ({get_space(p).stem_width}, {get_space(p).final_expand_width}, "
-                     f"{get_space(p).feature_mix_width})" for p in preset_names())
+    have = ", ".join(f"{p} {_head_widths(get_space(p))}" for p in preset_names())
     raise InputError(f"net.config widths (stem, final expand, feature mix) = {got} match no "
                      f"space of ofa-edge; it has {have}")
+
+
+def _conv_layer(i: int, o: int, k: int, s: int, act: str | None, bn: bool = True
+                ) -> dict[str, Any]:
+    return {"name": "ConvLayer", "kernel_size": k, "stride": s, "dilation": 1, "groups": 1,
+            "bias": False, "has_shuffle": False, "use_se": False, "in_channels": i,
+            "out_channels": o, "use_bn": bn, "act_func": act, "dropout_rate": 0,
+            "ops_order": "weight_bn_act"}
+
+
+def _mb_block(i: int, o: int, k: int, s: int, e: float, act: str, se: bool,
+              shortcut: bool) -> dict[str, Any]:
+    return {"name": "ResidualBlock",
+            "conv": {"name": "MBConvLayer", "in_channels": i, "out_channels": o,
+                     "kernel_size": k, "stride": s, "expand_ratio": e, "mid_channels": None,
+                     "act_func": act, "use_se": se, "groups": None},
+            "shortcut": {"name": "IdentityLayer", "in_channels": i, "out_channels": i,
+                         "use_bn": False, "act_func": None, "dropout_rate": 0,
+                         "ops_order": "weight_bn_act"} if shortcut else None}
+
+
+def net_config(space: SearchSpace, cfg: SubnetConfig) -> dict[str, Any]:
+    """The ``net.config`` of subnet ``cfg`` in MIT's current form, as its
+    ``MobileNetV3.config`` / ``ProxylessNASNets.config`` writes it (``ResidualBlock`` /
+    ``MBConvLayer``; the inverse of :func:`subnet_from_net_config`). MIT's
+    ``build_from_config`` builds the network from it.
+
+    Raises:
+        ValueError: ``cfg`` is not a subnet of ``space``.
+    """
+    sp = space
+    sp.validate(cfg)
+    blocks = [_mb_block(sp.stem_width, sp.first_width, 3, sp.first_stride, 1, sp.first_act,
+                        False, sp.first_stride == 1 and sp.stem_width == sp.first_width)]
+    for b in sp.active_blocks(cfg):
+        spec = sp.blocks[b]
+        blocks.append(_mb_block(spec.in_ch, spec.out_ch, cfg.ks[b], spec.stride, cfg.e[b],
+                                spec.act, spec.se, spec.shortcut))
+    last = sp.stages[-1].width
+    head_in = sp.feature_mix_width or sp.final_expand_width
+    out: dict[str, Any] = {
+        "name": "MobileNetV3" if sp.feature_mix_width else "ProxylessNASNets",
+        "bn": {"momentum": 0.1, "eps": sp.bn_eps},
+        "first_conv": _conv_layer(sp.in_channels, sp.stem_width, 3, sp.stem_stride,
+                                  sp.stem_act),
+        "blocks": blocks}
+    fe = _conv_layer(last, sp.final_expand_width, 1, 1, sp.head_act)
+    if sp.feature_mix_width:
+        out["final_expand_layer"] = fe
+        out["feature_mix_layer"] = _conv_layer(sp.final_expand_width, sp.feature_mix_width,
+                                               1, 1, sp.head_act, bn=False)
+    else:
+        out["feature_mix_layer"] = fe
+    out["classifier"] = {"name": "LinearLayer", "in_features": head_in,
+                         "out_features": sp.num_classes, "bias": True, "use_bn": False,
+                         "act_func": None, "dropout_rate": sp.dropout,
+                         "ops_order": "weight_bn_act"}
+    return out
 
 
 def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: int
@@ -713,10 +838,10 @@ def subnet_from_net_config(space: SearchSpace, net_config: dict[str, Any], r: in
         while i + n < len(blocks) and n < len(stage) and blocks[i + n].get("out_channels") \
                 == stage[0].out_ch:
             n += 1
-        if n not in space.depth_list:
+        if n not in space.stage_depths(st):
             raise InputError(f"net.config stage {st + 1} has {n} blocks of width "
                              f"{stage[0].out_ch}; space {space.name} allows depths "
-                             f"{list(space.depth_list)}")
+                             f"{list(space.stage_depths(st))}")
         for j, spec in enumerate(stage):
             if j < n:
                 c = blocks[i + j]

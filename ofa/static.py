@@ -1,4 +1,4 @@
-"""Static (non-elastic) MobileNetV3 modules: what an extracted subnet is made of.
+"""Static (non-elastic) MobileNetV3 / ProxylessNAS modules: what an extracted subnet is made of.
 
 Plain ``nn.Conv2d`` / ``nn.BatchNorm2d`` / ``nn.Linear`` and standard activations only, so a
 subnet exports to ONNX/TFLite as is. The same :class:`MBConv` builds single blocks for the
@@ -16,18 +16,21 @@ __all__ = ["MBConv", "MobileNetV3", "SqueezeExcite", "act_layer", "build_block",
 
 
 def act_layer(name: str) -> nn.Module:
-    """``relu`` -> ReLU, ``h_swish`` -> Hardswish, ``h_sigmoid`` -> Hardsigmoid.
+    """``relu`` -> ReLU, ``relu6`` -> ReLU6, ``h_swish`` -> Hardswish, ``h_sigmoid`` ->
+    Hardsigmoid.
 
     Raises:
         ValueError: unknown activation name.
     """
     if name == "relu":
         return nn.ReLU(inplace=True)
+    if name == "relu6":
+        return nn.ReLU6(inplace=True)
     if name == "h_swish":
         return nn.Hardswish(inplace=True)
     if name == "h_sigmoid":
         return nn.Hardsigmoid(inplace=True)
-    raise InputError(f"unknown activation {name!r}; allowed: relu, h_swish, h_sigmoid")
+    raise InputError(f"unknown activation {name!r}; allowed: relu, relu6, h_swish, h_sigmoid")
 
 
 class SqueezeExcite(nn.Module):
@@ -88,9 +91,11 @@ class MBConv(nn.Module):
 
 
 class MobileNetV3(nn.Module):
-    """A standalone MobileNetV3 subnet: stem, blocks, head.
+    """A standalone subnet: stem, blocks, head (final expand, pool, feature mix, classifier).
 
-    ``forward``: ``(N, 3, r, r)`` float -> ``(N, num_classes)`` logits.
+    A ProxylessNAS subnet is the same with ``nn.Identity()`` as its feature mix (its head is
+    the 1x1 conv + BN before pooling). ``forward``: ``(N, 3, r, r)`` float ->
+    ``(N, num_classes)`` logits.
     """
 
     def __init__(self, stem: nn.Module, blocks: list[nn.Module], final_expand: nn.Module,
@@ -110,18 +115,23 @@ class MobileNetV3(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-def stem_layer(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+def stem_layer(in_ch: int, out_ch: int, stride: int, act: str = "h_swish") -> nn.Sequential:
+    """3x3 conv + BN + ``act``: ``(N, in_ch, H, W)`` -> ``(N, out_ch, ceil(H/s), ceil(W/s))``."""
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False),
-                         nn.BatchNorm2d(out_ch), nn.Hardswish(inplace=True))
+                         nn.BatchNorm2d(out_ch), act_layer(act))
 
 
-def final_expand_layer(in_ch: int, out_ch: int) -> nn.Sequential:
+def final_expand_layer(in_ch: int, out_ch: int, act: str = "h_swish") -> nn.Sequential:
+    """1x1 conv + BN + ``act`` before pooling (ProxylessNAS calls it the feature mix layer)."""
     return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.BatchNorm2d(out_ch),
-                         nn.Hardswish(inplace=True))
+                         act_layer(act))
 
 
-def feature_mix_layer(in_ch: int, out_ch: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), nn.Hardswish(inplace=True))
+def feature_mix_layer(in_ch: int, out_ch: int, act: str = "h_swish") -> nn.Module:
+    """MobileNetV3's post-pool 1x1 conv + ``act`` (no BN); ``out_ch`` 0: none (identity)."""
+    if not out_ch:
+        return nn.Identity()
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 1, bias=False), act_layer(act))
 
 
 def classifier_layer(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
@@ -156,13 +166,13 @@ def build_layer(shape: BlockShape) -> nn.Module:
     if shape.kind == "mbconv":
         return build_block(shape)
     if shape.kind == "stem":
-        return stem_layer(shape.in_ch, shape.out_ch, shape.stride)
+        return stem_layer(shape.in_ch, shape.out_ch, shape.stride, shape.act or "h_swish")
     if shape.kind == "final_expand":
-        return final_expand_layer(shape.in_ch, shape.out_ch)
+        return final_expand_layer(shape.in_ch, shape.out_ch, shape.act or "h_swish")
     if shape.kind == "pool":
         return _Pool()
     if shape.kind == "feature_mix":
-        return feature_mix_layer(shape.in_ch, shape.out_ch)
+        return feature_mix_layer(shape.in_ch, shape.out_ch, shape.act or "h_swish")
     if shape.kind == "classifier":
         return _Logits(shape.in_ch, shape.out_ch)
     raise InputError(f"unknown layer kind {shape.kind!r}")

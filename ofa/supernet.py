@@ -1,4 +1,4 @@
-"""The elastic OFA-MobileNetV3 supernet (Cai et al., *Once-for-All*, ICLR 2020).
+"""The elastic OFA supernet, MobileNetV3 or ProxylessNAS (Cai et al., *Once-for-All*, ICLR 2020).
 
 Method names follow the reference implementation (``set_active_subnet``,
 ``sample_active_subnet``, ``get_active_subnet``, ``get_active_subnet_config``) since OFA's users
@@ -29,7 +29,7 @@ __all__ = ["OFAMobileNetV3", "build_supernet"]
 
 
 class OFAMobileNetV3(nn.Module):
-    """Elastic MobileNetV3 supernet over a :class:`SearchSpace`.
+    """Elastic supernet over a :class:`SearchSpace` (MobileNetV3 or ProxylessNAS layout).
 
     ``forward``: ``(N, 3, R, R)`` -> ``(N, num_classes)`` logits of the active subnet, for any
     input resolution ``R`` (the config's ``r`` tells data loaders which one to feed).
@@ -39,19 +39,22 @@ class OFAMobileNetV3(nn.Module):
         super().__init__()
         self.space = space
         sp = space
-        self.stem = stem_layer(sp.in_channels, sp.stem_width, sp.stem_stride)
+        self.stem = stem_layer(sp.in_channels, sp.stem_width, sp.stem_stride, sp.stem_act)
         self.first_block = MBConv(sp.stem_width, sp.stem_width, sp.first_width, 3,
-                                  sp.first_stride, False, "relu",
+                                  sp.first_stride, False, sp.first_act,
                                   shortcut=sp.first_stride == 1 and sp.stem_width == sp.first_width,
                                   expand=False)
         self.blocks = nn.ModuleList(
             ElasticMBConv(b.in_ch, b.out_ch, sp.ks_list, sp.expand_list, b.stride, b.se, b.act,
                           shortcut=b.shortcut, divisor=sp.divisor) for b in sp.blocks)
-        self.final_expand = final_expand_layer(sp.stages[-1].width, sp.final_expand_width)
-        self.feature_mix = feature_mix_layer(sp.final_expand_width, sp.feature_mix_width)
-        self.classifier = classifier_layer(sp.feature_mix_width, sp.num_classes, sp.dropout)
+        self.final_expand = final_expand_layer(sp.stages[-1].width, sp.final_expand_width,
+                                               sp.head_act)
+        self.feature_mix = feature_mix_layer(sp.final_expand_width, sp.feature_mix_width,
+                                             sp.head_act)
+        self.classifier = classifier_layer(sp.feature_mix_width or sp.final_expand_width,
+                                           sp.num_classes, sp.dropout)
         self._init_weights()
-        self.active_depth = [max(sp.depth_list)] * sp.num_stages
+        self.active_depth = [max(sp.stage_depths(s)) for s in range(sp.num_stages)]
         self.active_r = max(sp.resolutions)
 
     def _init_weights(self) -> None:
@@ -61,6 +64,7 @@ class OFAMobileNetV3(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+                m.eps = self.space.bn_eps
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)

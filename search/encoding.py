@@ -138,16 +138,17 @@ class ArchEncoder:
     def _sizes(self) -> dict[str, int]:
         sp = self.space
         nke = len(sp.ks_list) * len(sp.expand_list)
-        return {g: nke if g[0] == "b" else len(sp.depth_list) if g[0] == "d"
+        return {g: nke if g[0] == "b" else len(sp.stage_depths(int(g[1:]))) if g[0] == "d"
                 else len(sp.resolutions) for g in self.genes}
 
     def to_params(self, cfg: SubnetConfig) -> dict[str, int]:
-        """A subnet as gene values: indices into the (kernel x expand) pairs, the depth list
-        and the resolutions (what :meth:`suggest` asks Optuna for)."""
+        """A subnet as gene values: indices into the (kernel x expand) pairs, the stage's
+        depth choices (:meth:`ofa.space.SearchSpace.stage_depths`) and the resolutions (what
+        :meth:`suggest` asks Optuna for)."""
         sp, ne = self.space, len(self.space.expand_list)
         out = {f"b{i}": self._ks_pos[k] * ne + self._e_pos[e]
                for i, (k, e) in enumerate(zip(cfg.ks, cfg.e))}
-        out.update({f"d{i}": sp.depth_list.index(d) for i, d in enumerate(cfg.d)})
+        out.update({f"d{i}": sp.stage_depths(i).index(d) for i, d in enumerate(cfg.d)})
         out["r"] = sp.resolutions.index(cfg.r)
         return out
 
@@ -157,7 +158,8 @@ class ArchEncoder:
         blocks = [divmod(int(params[f"b{i}"]), ne) for i in range(self.nb)]
         return SubnetConfig(ks=[sp.ks_list[k] for k, _ in blocks],
                             e=[sp.expand_list[e] for _, e in blocks],
-                            d=[sp.depth_list[int(params[f"d{i}"])] for i in range(self.ns)],
+                            d=[sp.stage_depths(i)[int(params.get(f"d{i}", 0))]
+                               for i in range(self.ns)],
                             r=sp.resolutions[int(params["r"])])
 
     def distributions(self) -> dict[str, Any]:
@@ -195,8 +197,12 @@ class ArchEncoder:
         sp = self.space
         depth, res = np.asarray(sp.depth_list), np.asarray(sp.resolutions)
         r = res[np.arange(n) % len(res)] if cycle_resolutions else res[pick(res, 1)[:, 0]]
+        d = depth[pick(depth, self.ns)]
+        for s, st in enumerate(sp.stages):
+            if st.fixed_depth:
+                d[:, s] = st.fixed_depth
         return {"ks": pick(sp.ks_list, self.nb), "e": pick(sp.expand_list, self.nb),
-                "d": depth[pick(depth, self.ns)], "r": r.astype(np.int64)}
+                "d": d, "r": r.astype(np.int64)}
 
     def stratified_configs(self, n: int, seed: int = 0) -> list[SubnetConfig]:
         """``n`` subnets for an accuracy-predictor dataset (deterministic per ``seed``): the

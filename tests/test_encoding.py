@@ -18,8 +18,7 @@ def subnets(draw, space_name=st.sampled_from(sorted(SPACES))):
                                         max_size=nb)),
                        e=draw(st.lists(st.sampled_from(space.expand_list), min_size=nb,
                                        max_size=nb)),
-                       d=draw(st.lists(st.sampled_from(space.depth_list), min_size=ns,
-                                       max_size=ns)),
+                       d=[draw(st.sampled_from(space.stage_depths(i))) for i in range(ns)],
                        r=draw(st.sampled_from(space.resolutions)))
     return space, cfg
 
@@ -44,8 +43,10 @@ def test_features_and_mask_follow_the_depths(sc):
     assert np.nonzero(space.active_mask(e["d"])[0])[0].tolist() == active
     f = enc.onehot(e)[0]
     assert f.shape == (enc.feature_dim(),) and f.sum() == 2 * len(active) + 1
-    # the layout walk: stem + first block + one shape per active block + 4 head groups
-    assert len(space.block_shapes(cfg)) == 2 + len(active) + 4
+    # the layout walk: stem + first block + one shape per active block + the head groups
+    # (4 for MobileNetV3, 3 for ProxylessNAS: no post-pool conv)
+    head = 4 if space.feature_mix_width else 3
+    assert len(space.block_shapes(cfg)) == 2 + len(active) + head
     assert space.macs(cfg) == sum(s.macs(space.divisor) for s in space.block_shapes(cfg))
 
 

@@ -2,8 +2,12 @@
 fine-tuned networks, at their own resolution, even outside the elastic range."""
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ import torch
 from conftest import randomize_bn
 from test_net_config import _net_config, _published
 
-from ofa.space import get_space
+from ofa.space import get_space, net_config
 from ofa.supernet import build_supernet
 from ofa.train.finetune import load_finetuned
 from ofa.train.import_specialized import import_ofa_specialized
@@ -127,3 +131,49 @@ def test_a_wrong_init_is_a_one_line_error_naming_the_tensor(published, tmp_path)
     (wrong / "init").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="not a readable torch checkpoint"):
         import_ofa_specialized(wrong, tmp_path / "d")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MIT = ROOT / ".mit-ofa"
+
+
+@pytest.mark.parametrize("preset,r", [("mbv3-w1.2", 260), ("proxyless-w1.3", 240)])
+def test_mits_own_network_imports_and_exports_with_mits_logits(preset, r, tmp_path):
+    """MIT's package builds the network from a published-form net.config (its
+    ``build_from_config``), gives it random weights and saves them as OFA publishes them
+    (tools/mit_ofa_reference.py, in a separate process); the import and its ONNX export
+    reproduce MIT's logits at the network's own resolution, above the elastic range."""
+    if not (MIT / "ofa" / "imagenet_classification").is_dir():
+        pytest.skip(f"MIT's Once-for-All package is not in {MIT} (pip install --no-deps "
+                    f"--target .mit-ofa ofa==0.1.0.post202307202001, as .ci/run does)")
+    from deploy.formats import format_for
+
+    space = get_space(preset)
+    cfg = space.sample(random.Random(7), r=224)
+    sp = space.with_choices(resolutions=(r,))
+    cfg = type(cfg)(ks=cfg.ks, e=cfg.e, d=cfg.d, r=r)
+    folder = tmp_path / f"{preset}_lat@1ms_top1@1.0_finetune@25"
+    folder.mkdir()
+    (folder / "net.config").write_text(json.dumps(_published(net_config(sp, cfg))))
+    (folder / "run.config").write_text(json.dumps({"image_size": r}))
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "mit_ofa_reference.py"),
+                        "--net-config", str(folder / "net.config"), "--resolution", str(r),
+                        "--out", str(folder)], env={**os.environ, "PYTHONPATH": str(MIT)},
+                       cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    ref = json.loads((folder / "reference.json").read_text())
+    assert ref["class"] == ("ProxylessNASNets" if preset.startswith("proxyless")
+                            else "MobileNetV3")
+    x, want = torch.load(folder / "inputs.pt")[str(r)], np.array(ref["logits"])
+    info = import_ofa_specialized(folder, tmp_path / "net")
+    assert info["space"]["preset"] == preset and info["subnet"]["r"] == r
+    model, _, _ = load_finetuned(tmp_path / "net")
+    with torch.no_grad():
+        assert np.abs(model(x).numpy() - want).max() <= 1e-5
+    path = format_for("onnxruntime").export(model, (1, 3, r, r), tmp_path / "m.onnx")
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path))
+    for i in range(len(x)):
+        got = sess.run(None, {sess.get_inputs()[0].name: x[i:i + 1].numpy()})[0]
+        assert np.abs(got - want[i:i + 1]).max() <= 1e-5

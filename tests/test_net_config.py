@@ -9,32 +9,12 @@ import random
 import pytest
 
 from ofa.cli.args import load_subnet
-from ofa.space import get_space, space_for_net_config, subnet_from_net_config
+from ofa.space import get_space, net_config, space_for_net_config, subnet_from_net_config
 
 
 def _net_config(space, cfg) -> dict:
-    """A net.config of ``cfg`` in MIT's current form, as ``MobileNetV3.config`` writes it."""
-    def mb(i, o, k, s, e, act, se):
-        return {"name": "ResidualBlock",
-                "conv": {"name": "MBConvLayer", "in_channels": i, "out_channels": o,
-                         "kernel_size": k, "stride": s, "expand_ratio": e, "mid_channels": None,
-                         "act_func": act, "use_se": se, "groups": None},
-                "shortcut": None if s != 1 or i != o else {"name": "IdentityLayer"}}
-
-    blocks = [mb(space.stem_width, space.first_width, 3, 1, 1, "relu", False)]
-    active = set(space.active_blocks(cfg))
-    for spec in space.blocks:
-        if spec.index in active:
-            blocks.append(mb(spec.in_ch, spec.out_ch, cfg.ks[spec.index], spec.stride,
-                             cfg.e[spec.index], spec.act, spec.se))
-    return {"name": "MobileNetV3",
-            "first_conv": {"name": "ConvLayer", "in_channels": 3,
-                           "out_channels": space.stem_width, "kernel_size": 3, "stride": 2},
-            "blocks": blocks,
-            "final_expand_layer": {"name": "ConvLayer", "out_channels": space.final_expand_width},
-            "feature_mix_layer": {"name": "ConvLayer", "out_channels": space.feature_mix_width},
-            "classifier": {"name": "LinearLayer", "in_features": space.feature_mix_width,
-                           "out_features": space.num_classes}}
+    """A net.config of ``cfg`` in MIT's current form (ofa.space.net_config)."""
+    return net_config(space, cfg)
 
 
 def _published(nc: dict) -> dict:
@@ -47,7 +27,7 @@ def _published(nc: dict) -> dict:
     return out
 
 
-@pytest.mark.parametrize("preset", ["mbv3-w1.0", "mbv3-w1.2"])
+@pytest.mark.parametrize("preset", ["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"])
 def test_both_net_config_forms_convert_to_the_same_subnet(preset):
     space = get_space(preset)
     g = random.Random(0)
@@ -84,11 +64,15 @@ def test_a_wrong_net_config_is_a_one_line_error():
                        "inverted residual"):
         subnet_from_net_config(space, resnet, 224)
     wide = copy.deepcopy(nc)
-    wide["first_conv"]["out_channels"] = 40  # ProxylessNAS w1.3's stem
-    wide["final_expand_layer"]["out_channels"] = 1664
+    wide["first_conv"]["out_channels"] = 32  # MobileNetV2's stem
+    wide["final_expand_layer"]["out_channels"] = 1280
     with pytest.raises(ValueError, match=r"match no space of ofa-edge; it has .*mbv3-w1.0 "
-                       r"\(16, 960, 1280\)"):
+                       r"\(16, 960, 1280\).*proxyless-w1.3 \(40, None, 1664\)"):
         space_for_net_config(wide)
+    proxyless = get_space("proxyless-w1.3")
+    px = _net_config(proxyless, proxyless.max_subnet(224))
+    with pytest.raises(ValueError, match="it is a network of space proxyless-w1.3"):
+        subnet_from_net_config(space, px, 224)
     w12 = _net_config(get_space("mbv3-w1.2"), get_space("mbv3-w1.2").max_subnet(224))
     with pytest.raises(ValueError, match="it is a network of space mbv3-w1.2"):
         subnet_from_net_config(space, w12, 224)

@@ -36,6 +36,24 @@ def test_ofa_published_macs(r, label, macs, params):
         assert abs(sp.params(cfg) - params) / params < 0.005
 
 
+def test_proxyless_space_is_ofas_third_supernet():
+    """``ofa_proxyless_d234_e346_k357_w1.3``: stem 40, six stages (the last one block of
+    fixed depth), ReLU6, no SE, a 1664-wide pre-pool head, no post-pool conv."""
+    sp = get_space("proxyless-w1.3")
+    assert (sp.stem_width, sp.first_width, sp.final_expand_width, sp.feature_mix_width) == \
+        (40, 24, 1664, 0)
+    assert [st.width for st in sp.stages] == [32, 56, 104, 128, 248, 416]
+    assert [st.stride for st in sp.stages] == [2, 2, 2, 1, 2, 1]
+    assert sp.num_blocks == 21 and sp.num_stages == 6 and sp.stage_depths(5) == (1,)
+    assert {b.act for b in sp.blocks} == {"relu6"} and not any(b.se for b in sp.blocks)
+    assert sp.num_subnets() == 7371**5 * 9
+    cfg = sp.min_subnet(224)
+    assert cfg.d == (2, 2, 2, 2, 2, 1) and cfg.summary().endswith("-3 e33-33-33-33-33-3")
+    with pytest.raises(ValueError, match=r"d\[5\]=2 is not allowed; allowed values: \[1\]"):
+        sp.validate(SubnetConfig(ks=cfg.ks, e=cfg.e, d=(2,) * 6, r=224))
+    assert [b.kind for b in sp.block_shapes(cfg)][-3:] == ["final_expand", "pool", "classifier"]
+
+
 def test_cifar_space_layout():
     sp = get_space("mbv3-cifar")
     assert sp.stem_stride == 1 and [s.stride for s in sp.stages] == [1, 2, 2, 1, 2]

@@ -10,7 +10,7 @@ from ofa.space import get_space
 from ofa.static import MBConv, MobileNetV3
 from ofa.supernet import OFAMobileNetV3
 
-PRESETS = ["mbv3-cifar", "mbv3-digits", "mbv3-w1.0", "mbv3-w1.2"]
+PRESETS = ["mbv3-cifar", "mbv3-digits", "mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"]
 
 
 def _perturbed_supernet(space, seed=0):
@@ -30,7 +30,7 @@ def _perturbed_supernet(space, seed=0):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_extracted_subnet_equals_supernet(preset):
     kw = {"num_classes": 10}
-    if preset.startswith("mbv3-w"):
+    if preset.startswith(("mbv3-w", "proxyless")):
         kw["resolutions"] = [32, 40, 48]  # the network is resolution-agnostic; keeps CI fast
     space = get_space(preset, **kw)
     net = _perturbed_supernet(space)
@@ -49,7 +49,7 @@ def test_extracted_subnet_equals_supernet(preset):
             assert len([m for m in sub.modules() if isinstance(m, MBConv)]) == 1 + sum(cfg.d)
 
 
-@pytest.mark.parametrize("preset", ["mbv3-cifar", "mbv3-w1.2"])
+@pytest.mark.parametrize("preset", ["mbv3-cifar", "mbv3-w1.2", "proxyless-w1.3"])
 def test_analytic_macs_match_flop_counter(preset):
     space = get_space(preset, num_classes=10, resolutions=[24, 32])
     net = OFAMobileNetV3(space).eval()

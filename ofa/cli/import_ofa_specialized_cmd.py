@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("folder", help="the network's folder (net.config, run.config, init), as "
                    "OFA's model zoo serves it; nothing is downloaded")
     p.add_argument("--out", required=True, help="new folder")
-    p.add_argument("--space", choices=["mbv3-w1.0", "mbv3-w1.2"], default=None,
+    p.add_argument("--space", choices=["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"], default=None,
                    help="the supernet it comes from (default: found from its widths)")
 
 

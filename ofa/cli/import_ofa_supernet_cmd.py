@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 NAME, HELP = ("import-ofa-supernet", "import MIT's published Once-for-All supernet "
-              "(ofa_mbv3_d234_e346_k357_w1.0 / _w1.2) as a run folder")
+              "(ofa_mbv3_d234_e346_k357_w1.0 / _w1.2, ofa_proxyless_d234_e346_k357_w1.3) as a run "
+              "folder")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="MIT's checkpoint file (a state_dict, as OFA's model "
                    "zoo serves it); nothing is downloaded")
-    p.add_argument("--space", required=True, choices=["mbv3-w1.0", "mbv3-w1.2"],
+    p.add_argument("--space", required=True, choices=["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"],
                    help="the checkpoint's width")
     p.add_argument("--out", required=True, help="new run folder")
 

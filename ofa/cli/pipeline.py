@@ -431,7 +431,9 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
              f"{row['measured_ms']:.3f} ms ({row['margin_pct']:+.1f}% margin)"
              + (" instead of the search's choice" if moved else "")
              + ("" if row["met"] else "; NONE met the budget as measured: the fastest"))
-        chosen.append({**row, "label": old["label"], "search_choice": old["config"]})
+        # the budget's shortlist stays with it, also when a candidate from elsewhere won
+        keep = {k: old[k] for k in ("shortlist",) if k in old}
+        chosen.append({**row, **keep, "label": old["label"], "search_choice": old["config"]})
     atomic_write_json(path, {"key": key, "chosen": chosen})
     return chosen
 

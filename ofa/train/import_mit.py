@@ -1,13 +1,15 @@
 """Import MIT's published Once-for-All supernets as ofa-edge run folders.
 
 MIT's ImageNet supernets ``ofa_mbv3_d234_e346_k357_w1.0`` and ``..._w1.2`` (Cai et al.,
-*Once-for-All*, ICLR 2020; code: mit-han-lab/once-for-all, ``OFAMobileNetV3``) hold the same
-tensors as our ``mbv3-w1.0`` / ``mbv3-w1.2`` supernets under other names. The map is built by
+*Once-for-All*, ICLR 2020; code: mit-han-lab/once-for-all, ``OFAMobileNetV3``) and
+``ofa_proxyless_d234_e346_k357_w1.3`` (``OFAProxylessNASNets``) hold the same tensors as our
+``mbv3-w1.0`` / ``mbv3-w1.2`` / ``proxyless-w1.3`` supernets under other names. The map is built by
 structure, from :attr:`ofa.space.SearchSpace.blocks`: MIT's ``blocks.0`` is our fixed first
 block and MIT's ``blocks.{i}`` (i >= 1) our elastic block ``i - 1``; inside a block, each
 MIT module (``inverted_bottleneck``, ``depth_conv`` with its ``7to5_matrix`` / ``5to3_matrix``
-kernel transforms and SE, ``point_linear``) has one counterpart. Every tensor's shape is
-checked, and a missing, extra or mis-shaped tensor is named in a one-line error.
+kernel transforms and SE, ``point_linear``) has one counterpart. ProxylessNAS's
+``feature_mix_layer`` (1x1 conv + BN before pooling) is our ``final_expand``. Every tensor's
+shape is checked, and a missing, extra or mis-shaped tensor is named in a one-line error.
 
 :func:`import_ofa_supernet` writes a run folder (``run.json`` + ``supernet.safetensors``) that
 ``ofa eval``, ``ofa predictor build``, ``ofa export``, ``ofa deploy`` and ``ofa run
@@ -34,8 +36,8 @@ from ofa.train.run import RUN_JSON, WEIGHTS, TrainConfig
 
 __all__ = ["mit_key_map", "convert_mit_state_dict", "import_ofa_supernet", "SPACES"]
 
-#: the spaces MIT published supernets for (the ImageNet MobileNetV3 ones)
-SPACES = ("mbv3-w1.0", "mbv3-w1.2")
+#: the spaces MIT published supernets for (the ImageNet MobileNetV3 and ProxylessNAS ones)
+SPACES = ("mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3")
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -55,8 +57,7 @@ def mit_key_map(space: SearchSpace) -> dict[str, str]:
         ValueError: a space MIT published no supernet for.
     """
     if space.preset not in SPACES:
-        raise InputError(f"MIT published MobileNetV3 supernets for {list(SPACES)}, "
-                         f"not {space.preset!r}")
+        raise InputError(f"MIT published supernets for {list(SPACES)}, not {space.preset!r}")
     m = _conv_bn("first_conv", "stem.0", "stem.1", nested=False)
     m.update(_conv_bn("blocks.0.conv.depth_conv", "first_block.depth_conv.0",
                       "first_block.depth_conv.1", nested=False))
@@ -77,8 +78,13 @@ def mit_key_map(space: SearchSpace) -> dict[str, str]:
                     m[f"{mit}.depth_conv.se.fc.{part}.{p}"] = f"{ours}.se.{part}_{p}"
         m.update(_conv_bn(f"{mit}.point_linear", f"{ours}.project_conv", f"{ours}.project_bn",
                           nested=True))
-    m.update(_conv_bn("final_expand_layer", "final_expand.0", "final_expand.1", nested=False))
-    m["feature_mix_layer.conv.weight"] = "feature_mix.0.weight"
+    if space.feature_mix_width:
+        m.update(_conv_bn("final_expand_layer", "final_expand.0", "final_expand.1",
+                          nested=False))
+        m["feature_mix_layer.conv.weight"] = "feature_mix.0.weight"
+    else:  # ProxylessNAS: its feature mix layer is the conv + BN before pooling
+        m.update(_conv_bn("feature_mix_layer", "final_expand.0", "final_expand.1",
+                          nested=False))
     m["classifier.linear.weight"] = "classifier.1.weight"
     m["classifier.linear.bias"] = "classifier.1.bias"
     return m
