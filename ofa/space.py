@@ -882,6 +882,9 @@ def describe(space: SearchSpace) -> dict[str, Any]:
         "ks_list": list(space.ks_list),
         "expand_list": list(space.expand_list),
         "depth_list": list(space.depth_list),
+        "fixed_depths": {str(s + 1): st.fixed_depth for s, st in enumerate(space.stages)
+                         if st.fixed_depth},
+        "family": space.family,
         "resolutions": list(space.resolutions),
         "num_subnets_per_resolution": space.num_subnets(),
         "num_subnets_total": space.num_subnets(per_resolution=False),

@@ -130,8 +130,9 @@ def test_imported_run_works_with_every_command(reference, tmp_path, capsys):
     from PIL import Image
 
     _, run, ref, _ = reference
-    if ref["space"] != "mbv3-w1.2":
-        pytest.skip("one space is enough for the plumbing")
+    if ref["space"] != "proxyless-w1.3":
+        pytest.skip("one space is enough for the plumbing (the one with the most layout "
+                    "differences)")
     rng = np.random.default_rng(0)
     tree = tmp_path / "imagenet"
     for split, n in (("train", 12), ("val", 4)):
@@ -142,10 +143,19 @@ def test_imported_run_works_with_every_command(reference, tmp_path, capsys):
                     tree / split / c / f"{i}.JPEG")
     assert main(["eval", "--checkpoint", str(run), "--subnet", "min", "--data", str(tree),
                  "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["summary"].startswith("r128 d22222")
+    assert json.loads(capsys.readouterr().out)["summary"].startswith("r128 d222221")
     assert main(["predictor", "build", "--checkpoint", str(run), "--data", str(tree),
                  "--samples", "10", "--epochs", "5", "--out",
                  str(tmp_path / "p.safetensors"), "--json"]) == 0
+    capsys.readouterr()
+    # the search over the space, with the predictor just built, under a MACs budget
+    assert main(["search", "--space", ref["space"], "--predictor",
+                 str(tmp_path / "p.safetensors"), "--macs", "200e6", "--population", "16",
+                 "--generations", "3", "--json"]) == 0
+    best = json.loads(capsys.readouterr().out)["best"][0]
+    space = get_space(ref["space"])
+    cfg = space.validate(SubnetConfig.from_dict(best["config"]))
+    assert cfg.d[-1] == 1 and space.macs(cfg) <= 200e6
     assert main(["export", "--checkpoint", str(run), "--subnet", "min", "--data", str(tree),
                  "--formats", "onnx-fp32", "--parity-images", "8", "--calib-images", "4",
                  "--out", str(tmp_path / "bundle"), "--json"]) == 0

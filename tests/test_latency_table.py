@@ -342,3 +342,26 @@ def test_blocks_converted_ahead_are_timed_not_converted_again(tmp_path, monkeypa
     head = json.loads((lut.block_models_dir(out) / "models.json").read_text())
     assert head["precision"] == "int8"
     assert lut.convert_blocks(space, [12], "onnxruntime", out, progress=False) == len(keys)
+
+
+def test_a_proxyless_table_covers_its_subnets_and_predicts(tmp_path):
+    """The ProxylessNAS layout (a fixed one-block last stage, ReLU6, no post-pool conv) goes
+    through the same table build and compiled sums (restricted choices keep it small)."""
+    import torch
+
+    space = get_space("proxyless-w1.3", num_classes=10, ks_list=[3, 5], expand_list=[3],
+                      depth_list=[2], resolutions=[32])
+    t = build_table(space, [32], "onnxruntime", tmp_path / "p.json",
+                    protocol=TimingProtocol(1, 3, 1), calib=0)
+    net = OFAMobileNetV3(space)
+    g = random.Random(0)
+    pred = LatencyPredictor(t, space, calibrated=False)
+    for _ in range(10):
+        cfg = net.sample_active_subnet(g)
+        sub = net.get_active_subnet()
+        assert cfg.d[-1] == 1 and len(sub.blocks) == 1 + sum(cfg.d)
+        assert isinstance(sub.stem[2], torch.nn.ReLU6) and isinstance(sub.feature_mix,
+                                                                      torch.nn.Identity)
+        keys = [s.key() for s in space.block_shapes(cfg)]
+        assert all(k in t.entries["32"] for k in keys) and not any("Conv_2" in k for k in keys)
+        assert pred.predict(cfg) == pytest.approx(t.predict(space, cfg, calibrated=False))

@@ -33,10 +33,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"search space {info['name']}  (width x{info['width_mult']}, "
           f"{info['num_classes']} classes)")
     print(f"  widths       {info['widths']}")
-    print(f"  strides      {info['strides']}  (stem, first block, stages 1-5)")
+    n = len(info["strides"]) - 2
+    print(f"  strides      {info['strides']}  (stem, first block, stages 1-{n})")
     print(f"  kernel       {info['ks_list']}")
     print(f"  expand       {info['expand_list']}")
-    print(f"  depth        {info['depth_list']}")
+    fixed = "".join(f"; stage {s} fixed at {d}" for s, d in info["fixed_depths"].items())
+    print(f"  depth        {info['depth_list']}{fixed}")
     rs = info["resolutions"]
     print(f"  resolution   {rs[0]}..{rs[-1]} ({len(rs)} values)")
     print(f"  subnets      {info['num_subnets_per_resolution']} per resolution, "
