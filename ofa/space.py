@@ -331,6 +331,9 @@ class SearchSpace:
                 raise InputError(f"resolution {r} too small; must be >= 8")
         if self.num_classes < 1:
             raise InputError(f"num_classes must be >= 1, got {self.num_classes}")
+        if isinstance(self.bn_eps, bool) or not isinstance(self.bn_eps, (int, float)) or \
+                not 0 < self.bn_eps <= 0.1:
+            raise InputError(f"bn_eps must be in (0, 0.1], got {self.bn_eps!r}")
 
     # --- layout ---------------------------------------------------------------------------
     @property
@@ -532,8 +535,9 @@ class SearchSpace:
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """Enough to rebuild the space: preset name plus every override."""
-        return {
+        """Enough to rebuild the space: preset name plus every override (``bn_eps`` only
+        when it is not the preset's, as for a published network trained with another)."""
+        out = {
             "preset": self.preset or self.name,
             "num_classes": self.num_classes,
             "width_mult": self.width_mult,
@@ -543,6 +547,10 @@ class SearchSpace:
             "resolutions": list(self.resolutions),
             "dropout": self.dropout,
         }
+        preset = _PRESETS.get(self.preset or self.name)
+        if preset is not None and preset().bn_eps != self.bn_eps:
+            out["bn_eps"] = self.bn_eps
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchSpace:
@@ -599,7 +607,7 @@ def get_space(name: str, **overrides: Any) -> SearchSpace:
     if name not in _PRESETS:
         raise InputError(f"unknown search space {name!r}; known presets: {preset_names()}")
     unknown = set(overrides) - {"num_classes", "width_mult", "ks_list", "expand_list",
-                                "depth_list", "resolutions", "dropout"}
+                                "depth_list", "resolutions", "dropout", "bn_eps"}
     if unknown:
         raise InputError(f"unknown search-space option(s) {sorted(unknown)}")
     return _PRESETS[name](**overrides)
@@ -670,13 +678,14 @@ def _proxyless_w13(**overrides: Any) -> SearchSpace:
     strides = (2, 2, 2, 1, 2, 1)
     stages = tuple(StageSpec(w[2 + i], strides[i], "relu6", False, fixed_depth=1 if i == 5
                              else 0) for i in range(6))
-    kw: dict[str, Any] = {"resolutions": tuple(range(128, 225, 4)), "num_classes": 1000}
+    kw: dict[str, Any] = {"resolutions": tuple(range(128, 225, 4)), "num_classes": 1000,
+                          "bn_eps": 1e-3}
     kw.update(overrides)
     return SearchSpace(name="proxyless-w1.3", preset="proxyless-w1.3", stem_width=w[0],
                        stem_stride=2, first_width=w[1], first_stride=1, stages=stages,
                        final_expand_width=w[8], feature_mix_width=0, width_mult=width_mult,
                        family="proxyless", stem_act="relu6", first_act="relu6",
-                       head_act="relu6", bn_eps=1e-3, **kw)
+                       head_act="relu6", **kw)
 
 
 #: the layer names of an inverted-residual block in MIT's two net.config forms

@@ -137,12 +137,14 @@ ROOT = Path(__file__).resolve().parents[1]
 MIT = ROOT / ".mit-ofa"
 
 
-@pytest.mark.parametrize("preset,r", [("mbv3-w1.2", 260), ("proxyless-w1.3", 240)])
-def test_mits_own_network_imports_and_exports_with_mits_logits(preset, r, tmp_path):
+@pytest.mark.parametrize("preset,r,eps", [("mbv3-w1.2", 260, None),
+                                          ("proxyless-w1.3", 240, 1e-5)])
+def test_mits_own_network_imports_and_exports_with_mits_logits(preset, r, eps, tmp_path):
     """MIT's package builds the network from a published-form net.config (its
     ``build_from_config``), gives it random weights and saves them as OFA publishes them
     (tools/mit_ofa_reference.py, in a separate process); the import and its ONNX export
-    reproduce MIT's logits at the network's own resolution, above the elastic range."""
+    reproduce MIT's logits at the network's own resolution, above the elastic range, with
+    the BatchNorm epsilon the net.config names (published files carry 1e-5 or 1e-3)."""
     if not (MIT / "ofa" / "imagenet_classification").is_dir():
         pytest.skip(f"MIT's Once-for-All package is not in {MIT} (pip install --no-deps "
                     f"--target .mit-ofa ofa==0.1.0.post202307202001, as .ci/run does)")
@@ -154,7 +156,10 @@ def test_mits_own_network_imports_and_exports_with_mits_logits(preset, r, tmp_pa
     cfg = type(cfg)(ks=cfg.ks, e=cfg.e, d=cfg.d, r=r)
     folder = tmp_path / f"{preset}_lat@1ms_top1@1.0_finetune@25"
     folder.mkdir()
-    (folder / "net.config").write_text(json.dumps(_published(net_config(sp, cfg))))
+    nc = _published(net_config(sp, cfg))
+    if eps is not None:
+        nc["bn"] = {"momentum": 0.1, "eps": eps, "ws_eps": None}
+    (folder / "net.config").write_text(json.dumps(nc))
     (folder / "run.config").write_text(json.dumps({"image_size": r}))
     p = subprocess.run([sys.executable, str(ROOT / "tools" / "mit_ofa_reference.py"),
                         "--net-config", str(folder / "net.config"), "--resolution", str(r),

@@ -155,6 +155,16 @@ def _is_active(mit_key: str, active: list[int]) -> bool:
     return not m or m.group(1) == "0" or int(m.group(1)) - 1 in active
 
 
+def _bn_eps(nc: dict[str, Any], default: float) -> float:
+    """The BatchNorm epsilon a net.config names (``{"bn": {"momentum", "eps"}}``), or
+    ``default`` (MIT's ``build_from_config`` falls back the same way)."""
+    eps = (nc.get("bn") or {}).get("eps", default) if isinstance(nc.get("bn"), dict) \
+        else default
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 0.1:
+        raise InputError(f"net.config: bn eps must be in (0, 0.1], got {eps!r}")
+    return float(eps)
+
+
 def import_ofa_specialized(folder: str | Path, out: str | Path,
                            space_name: str | None = None) -> dict[str, Any]:
     """Import one folder of OFA's ``ofa_specialized/`` into ``out`` (module docstring); an
@@ -174,8 +184,9 @@ def import_ofa_specialized(folder: str | Path, out: str | Path,
     if space_name is not None and space.preset != space_name:
         raise InputError(f"{folder / 'net.config'} is a network of space {space.preset}, "
                          f"not {space_name}")
-    # a static network runs at any size: the space is narrowed to the network's own
-    space = space.with_choices(resolutions=(size,))
+    # a static network runs at any size: the space is narrowed to the network's own; its
+    # BatchNorm epsilon is the one it was trained with (net.config's "bn", as MIT reads it)
+    space = space.with_choices(resolutions=(size,), bn_eps=_bn_eps(nc, space.bn_eps))
     cfg = subnet_from_net_config(space, nc, size)
     net, static = embed(_read_checkpoint(init), space, cfg, str(init))
     digest = hashlib.sha256(init.read_bytes()).hexdigest()
