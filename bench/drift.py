@@ -277,9 +277,13 @@ def main() -> int:
 
         work = Path(a.work)
         work.mkdir(parents=True, exist_ok=True)
-        rows = []
+        out = Path(a.out)  # resumable: runs already in --out are kept, not run again
+        rows = json.loads(out.read_text())["rows"] if out.is_file() else []
+        done = {r["name"] for r in rows}
         for code in [*map(Path, a.code)] or [ROOT]:  # --code: that checkout instead
             for i in range(a.n):
+                if f"{'new' if code == ROOT else code.name}-{i}" in done:
+                    continue
                 rows.append(run_case(a, code, i, work))
                 r = rows[-1]
                 print(f"{r['name']}: {r['wall_s']:.0f} s, errors "
