@@ -61,7 +61,7 @@ def predictor_curve(args, work: Path):
     sizes = sorted(int(s) for s in args.samples.split(","))
     space, rows = build_accuracy_dataset(args.supernet, work / "acc.jsonl", sizes[-1],
                                          recal_images=args.recal_images, device=args.device,
-                                         precision=args.precision, data=args.data)
+                                         autocast=args.autocast, data=args.data)
     curve = []
     for n in sizes:
         pred, m = fit_and_score(space, rows[:n], seed=0)
@@ -99,7 +99,7 @@ def search_budgets(args, work: Path, space) -> tuple[list[dict], object, object]
         picks = choose_measured(args.supernet, [res["shortlist"] for res in found],
                                 work / "holdout.jsonl", data=args.data,
                                 recal_images=args.recal_images, device=args.device,
-                                precision=args.precision)
+                                autocast=args.autocast)
         return [{"budget_ms": b, **c} for b, c in zip(budgets, picks)]
     name = "search.json" if args.shortlist == 1 else f"search_shortlist{args.shortlist}.json"
     return _cached(work / name, make), space, lat
@@ -153,7 +153,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
         key = (b, kind, i, _ck(s.to_dict()))  # the chosen subnet differs with --shortlist
         if key not in done:
             top1 = subnet_accuracy(net, s, data, "test", args.recal_images, cache=cache,
-                                   precision=args.precision)
+                                   autocast=args.autocast)
             done[key] = {"budget_ms": b, "kind": kind, "i": i, "config": s.to_dict(),
                          "latency_ms": lat.predict(s), "top1": top1}
             with log.open("a") as f:
@@ -177,7 +177,7 @@ def measure(args, work: Path, space, lat, chosen: list[dict]) -> list[dict]:
         again = iter(measure_subnets(args.supernet, work / "holdout.jsonl",
                                      [m["config"] for ms in recheck for m in ms],
                                      data=args.data, recal_images=args.recal_images,
-                                     device=args.device, precision=args.precision))
+                                     device=args.device, autocast=args.autocast))
         for row, ms in zip(rows, recheck):
             h = [next(again) for _ in ms]
             row["chosen_holdout"] = h[0]
@@ -201,7 +201,7 @@ def finetune_vs_scratch(args, work: Path, chosen: list[dict]) -> list[dict]:
             res[kind] = finetune(FinetuneConfig(
                 run=str(args.supernet), subnet=c["config"], out=str(out),
                 epochs=args.finetune_epochs, batch_size=args.batch_size, device=args.device,
-                precision=args.precision, data=args.data, ckpt_every=100, **kw),
+                autocast=args.autocast, data=args.data, ckpt_every=100, **kw),
                 resume=(out / FINETUNE_CKPT).exists())
         rows.append({"budget_ms": c["budget_ms"],
                      "before": res["finetune"]["top1_before"],
@@ -231,7 +231,7 @@ def main() -> None:
     ap.add_argument("--scratch-lr", type=float, default=1.0, help="peak lr at batch 2048")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--autocast", default="auto")
     ap.add_argument("--skip-finetune", action="store_true")
     ap.add_argument("--predictor-only", action="store_true",
                     help="step 1 alone: the predictor curve (writes predictor.json in --work)")

@@ -4,7 +4,7 @@ trained for a wall-time budget.
 ``throughput``: ``ofa train --device cuda`` (the :class:`ofa.train.trainer.Trainer` in this
 process) on an ImageFolder of CIFAR-10 images upscaled to 256 px (built with
 ``bench/data_loader.py``'s ``build_folder``), ``mbv3-w1.0`` at 224 px, batch 256, DεpS's
-first phase (the full network), for each precision. The first epoch is a warm-up; over the
+first phase (the full network), for each autocast dtype. The first epoch is a warm-up; over the
 remaining epochs it reports training images/s (from ``metrics.jsonl``), the share of wall time
 the step loop waited for a batch, GPU utilisation (``nvidia-smi`` sampled every 200 ms while
 those epochs ran) and peak GPU memory. The loader alone (ours beside torchvision's reference
@@ -104,7 +104,7 @@ def throughput(args: argparse.Namespace) -> dict:
                           space_overrides={"resolutions": [args.resolution]},
                           dataset="imagefolder", data=str(folder), schedule="deps",
                           epochs=20, batch_size=args.batch_size, eval_images=0,
-                          workers=args.workers, device=args.device, precision=prec)
+                          workers=args.workers, device=args.device, autocast=prec)
         trainer = Trainer(cfg)
         cfg.max_steps = (args.epochs + 1) * trainer.steps_per_epoch
         if cuda:
@@ -147,7 +147,7 @@ def cifar(args: argparse.Namespace) -> dict:
                            schedule="deps", epochs=epochs, batch_size=args.batch_size,
                            lr_scale=args.lr_scale, seed=0, eval_images=2000,
                            workers=args.workers, device=args.device,
-                           precision=args.precisions.split(",")[0], ckpt_every=200)
+                           autocast=args.precisions.split(",")[0], ckpt_every=200)
 
     with tempfile.TemporaryDirectory() as tmp:
         probe = Trainer(config(tmp, 1.0))
@@ -182,7 +182,7 @@ def sandwich(args: argparse.Namespace) -> dict:
         t = Trainer(TrainConfig(out=tmp, space="mbv3-cifar", dataset="cifar10", data=args.npz,
                                 schedule="deps", epochs=8, batch_size=args.batch_size,
                                 eval_images=0, device=args.device,
-                                precision=args.precisions.split(",")[0]))
+                                autocast=args.precisions.split(",")[0]))
         if args.variant == "cudnn":
             if hasattr(torch.backends.cudnn, "depthwise_kernel"):
                 torch.backends.cudnn.depthwise_kernel = "cudnn"

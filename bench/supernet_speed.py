@@ -4,8 +4,8 @@ Issue target: supernet fwd+bwd with a subnet active <= 1.15x the extracted stati
 (batch 64, 32x32, mbv3-cifar); subnet extraction well under 100 ms.
 
     python bench/supernet_speed.py [--threads 2] [--runs 10]
-    python bench/supernet_speed.py --precision bf16 --channels-last   # as ofa train on a CPU
-                                   # would with --precision bf16 (auto picks fp32 there)
+    python bench/supernet_speed.py --autocast bf16 --channels-last    # as ofa train on a CPU
+                                   # would with --autocast bf16 (auto picks fp32 there)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median_ms, print_table, write_json  # noqa: E402
 
 from deploy.device.devinfo import device_facts  # noqa: E402
-from ofa.device import autocast  # noqa: E402
+from ofa.device import autocast_context  # noqa: E402
 from ofa.space import get_space  # noqa: E402
 from ofa.supernet import OFAMobileNetV3  # noqa: E402
 
@@ -33,7 +33,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+    ap.add_argument("--autocast", choices=["fp32", "bf16"], default="fp32",
                     help="autocast of the forward pass (ofa/device.py)")
     ap.add_argument("--channels-last", action="store_true",
                     help="NHWC weights and inputs, the trainer's CPU layout")
@@ -54,7 +54,7 @@ def main() -> None:
 
         def step(m: torch.nn.Module, x: torch.Tensor = x) -> None:
             m.zero_grad(set_to_none=True)
-            with autocast(dev, args.precision):
+            with autocast_context(dev, args.autocast):
                 y = m(x)
             y.float().sum().backward()
 
@@ -74,12 +74,12 @@ def main() -> None:
     print_table(rows)
     print(f"subnet extraction: median {ext[len(ext) // 2]:.1f} ms, "
           f"max {ext[-1]:.1f} ms (20 random)")
-    suffix = ("" if args.precision == "fp32" else f"_{args.precision}") + (
+    suffix = ("" if args.autocast == "fp32" else f"_{args.autocast}") + (
         "_nhwc" if args.channels_last else "")
     write_json("supernet_speed" + suffix, {
         "machine": platform.processor() or platform.machine(), "threads": args.threads,
         "cpu_model": device_facts().get("cpu_model"),
-        "precision": args.precision, "channels_last": args.channels_last,
+        "autocast": args.autocast, "channels_last": args.channels_last,
         "batch": args.batch, "torch": torch.__version__, "rows": rows,
         "extraction_ms_median": ext[len(ext) // 2], "extraction_ms_max": ext[-1]})
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from ofa.device import autocast
+from ofa.device import autocast_context
 from ofa.errors import InputError
 
 __all__ = ["recalibrate_bn"]
@@ -20,7 +20,7 @@ __all__ = ["recalibrate_bn"]
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000,
-                   precision: str = "fp32") -> int:
+                   autocast: str = "fp32") -> int:
     """Reset and recompute the running mean/var of every BatchNorm in ``model``.
 
     Works on an extracted static subnet and on the supernet (only the active subnet's channel
@@ -51,7 +51,7 @@ def recalibrate_bn(model: nn.Module, loader: Iterable, num_images: int = 2000,
         for batch in loader:
             x: Tensor = batch[0] if isinstance(batch, (tuple, list)) else batch
             x = x[: num_images - seen].to(device, non_blocking=True)
-            with autocast(device, precision):
+            with autocast_context(device, autocast):
                 model(x)
             seen += x.size(0)
             if seen >= num_images:

@@ -1,10 +1,14 @@
-"""Where and at which precision tensors are computed: device names, autocast precisions.
+"""Where and in which dtype the training side computes: torch devices, autocast dtypes.
 
 Training (:mod:`ofa.train.trainer`), fine-tuning, BN recalibration, evaluation and the
-accuracy-predictor dataset all take ``device`` (``auto | cpu | cuda | cuda:N``) and
-``precision`` (``auto | fp32 | bf16 | fp16``) by these names. Weights stay fp32 everywhere;
-a lower precision only applies to the forward pass, through :func:`torch.autocast`
-(Micikevicius et al., *Mixed Precision Training*, ICLR 2018).
+accuracy-predictor dataset all take ``device`` (the torch device: ``auto | cpu | cuda |
+cuda:N``) and ``autocast`` (the forward pass's dtype: ``auto | fp32 | bf16 | fp16``) by these
+names. Weights stay fp32 everywhere; a lower dtype only applies to the forward pass, through
+:func:`torch.autocast` (Micikevicius et al., *Mixed Precision Training*, ICLR 2018).
+
+Not to be confused with the deployed side's words: a deployed model's *precision* is its
+numeric format (``fp32 | int8``, :mod:`deploy.formats`), and the machine that runs it is the
+*target* (``--target``, :mod:`deploy.targets`).
 """
 
 from __future__ import annotations
@@ -15,10 +19,10 @@ import torch
 
 from ofa.errors import InputError
 
-__all__ = ["PRECISIONS", "amp_dtype", "autocast", "conv_memory_format", "grad_scaler",
-           "resolve_device", "resolve_precision"]
+__all__ = ["AUTOCASTS", "amp_dtype", "autocast_context", "conv_memory_format", "grad_scaler",
+           "resolve_device", "resolve_autocast"]
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUTOCASTS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -44,46 +48,47 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
-def resolve_precision(name: str, device: torch.device) -> str:
+def resolve_autocast(name: str, device: torch.device) -> str:
     """``auto`` -> ``bf16`` on CUDA, ``fp32`` elsewhere; else the name itself.
 
     fp32 on a CPU because bf16 autocast is slower there even where the CPU has bf16
     instructions: a supernet's fwd+bwd (``mbv3-cifar``, batch 64 at 32 px, channels-last, 2
     threads of an Intel Xeon with AVX512-BF16 and no AMX) took 1.4-2.4x longer in bf16
-    (``python bench/supernet_speed.py --channels-last [--precision bf16]``, 2026-11-27).
+    (``python bench/supernet_speed.py --channels-last [--autocast bf16]``, 2026-11-27).
 
     Raises:
-        ValueError: an unknown precision.
+        ValueError: an unknown autocast dtype.
     """
     if name == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if name not in _DTYPES:
-        raise InputError(f"unknown precision {name!r}; use auto, fp32, bf16 or fp16")
+        raise InputError(f"unknown autocast dtype {name!r}; use auto, fp32, bf16 or fp16")
     return name
 
 
-def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``precision`` on ``device`` (None: fp32, no autocast)."""
-    return _DTYPES[resolve_precision(precision, device)]
+def amp_dtype(autocast: str, device: torch.device) -> torch.dtype | None:
+    """The torch dtype of ``autocast`` on ``device`` (None: fp32, no autocast)."""
+    return _DTYPES[resolve_autocast(autocast, device)]
 
 
-def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
-    """A :func:`torch.autocast` context for ``precision`` on ``device``, or a no-op for fp32.
+def autocast_context(device: torch.device, autocast: str = "fp32"
+                     ) -> contextlib.AbstractContextManager:
+    """A :func:`torch.autocast` context for ``autocast`` on ``device``, or a no-op for fp32.
 
     Raises:
-        ValueError: an unknown precision.
+        ValueError: an unknown autocast dtype.
     """
-    dtype = amp_dtype(precision, device)
+    dtype = amp_dtype(autocast, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 
-def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
-    """A gradient scaler for ``precision`` on ``device``: active for fp16 (whose small range
+def grad_scaler(device: torch.device, autocast: str) -> torch.amp.GradScaler:
+    """A gradient scaler for ``autocast`` on ``device``: active for fp16 (whose small range
     needs loss scaling), a pass-through otherwise; its state belongs in checkpoints."""
     return torch.amp.GradScaler(device.type,
-                                enabled=amp_dtype(precision, device) is torch.float16)
+                                enabled=amp_dtype(autocast, device) is torch.float16)
 
 
 def conv_memory_format(device: torch.device) -> torch.memory_format:

@@ -78,11 +78,11 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
                            split: str = "holdout", data: str | None = None,
                            recal_images: int | None = None,
                            progress: bool = True, device: str = "cpu",
-                           precision: str = "fp32", workers: int = 0
+                           autocast: str = "fp32", workers: int = 0
                            ) -> tuple[SearchSpace, list[dict[str, Any]]]:
     """Measure ``samples`` subnets of the run's supernet; returns the run's space and all
     rows (cached ones too), sorted by index. BN recalibration and evaluation run on
-    ``device`` at ``precision`` (:mod:`ofa.device`); a precision other than fp32 is part of
+    ``device`` at ``autocast`` (:mod:`ofa.device`); an autocast dtype other than fp32 is part of
     the cache's header (its accuracies differ slightly). ``workers`` processes decode the
     evaluation images once per resolution (:func:`ofa.data.eval_loader`).
 
@@ -91,7 +91,7 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
     Raises:
         ValueError: unreadable run, a cache from another run, bad split.
     """
-    m = _Measurer(run, device, precision, recal_images)
+    m = _Measurer(run, device, autocast, recal_images)
     header = m.header(split, seed=seed, sampler=SAMPLER)
     rows = m.open_cache(out, header)
     done = {r["i"] for r in rows}
@@ -113,7 +113,7 @@ def build_accuracy_dataset(run: str | Path, out: str | Path, samples: int, seed:
 def measure_subnets(run: str | Path, out: str | Path, configs: list[dict[str, Any]],
                     split: str = "holdout", data: str | None = None,
                     recal_images: int | None = None, progress: bool = True,
-                    device: str = "cpu", precision: str = "fp32", workers: int = 0
+                    device: str = "cpu", autocast: str = "fp32", workers: int = 0
                     ) -> list[float]:
     """Top-1 (%) on ``split`` of each subnet in ``configs`` (``SubnetConfig`` dicts), each
     BN-recalibrated as in :func:`build_accuracy_dataset`. Measured rows are appended to the
@@ -122,9 +122,9 @@ def measure_subnets(run: str | Path, out: str | Path, configs: list[dict[str, An
 
     Raises:
         ValueError: unreadable run, a config outside the run's space, a cache from another
-            run/split/precision.
+            run/split/autocast.
     """
-    m = _Measurer(run, device, precision, recal_images)
+    m = _Measurer(run, device, autocast, recal_images)
     cfgs = [m.space.validate(SubnetConfig.from_dict(c)) for c in configs]
     rows = m.open_cache(out, m.header(split))
     done = {_config_key(r["config"]): r["acc"] for r in rows}
@@ -146,7 +146,7 @@ def choose_measured(run: str | Path, shortlists: list[list[dict[str, Any]]], out
     :func:`search.evolution.run_search`'s ``"shortlist"``), measured on the hold-out split.
 
     Every subnet of every shortlist is measured in one :func:`measure_subnets` call (cache
-    ``out``; ``measure`` passes ``data``, ``recal_images``, ``device``, ``precision``,
+    ``out``; ``measure`` passes ``data``, ``recal_images``, ``device``, ``autocast``,
     ``workers``, ``progress``) and gets ``holdout_top1`` (%). Each returned row is the
     chosen shortlist row plus ``shortlist`` (the annotated list) and ``shortlist_pick`` (its
     index there, i.e. the predictor's rank; ties go to the better predicted).
@@ -174,14 +174,14 @@ class _Measurer:
     """A run's supernet on ``device``, measuring subnets' top-1 (BN recalibration, then
     :func:`ofa.evaluate.subnet_accuracy`); the dataset is loaded at the first measurement."""
 
-    def __init__(self, run: str | Path, device: str, precision: str,
+    def __init__(self, run: str | Path, device: str, autocast: str,
                  recal_images: int | None) -> None:
-        from ofa.device import conv_memory_format, resolve_device, resolve_precision
+        from ofa.device import conv_memory_format, resolve_autocast, resolve_device
         from ofa.train.run import load_run
 
         self.dev = resolve_device(device)
         conv_memory_format(self.dev)  # on CUDA: depthwise convolutions off cuDNN's plans
-        self.precision = resolve_precision(precision, self.dev)
+        self.autocast = resolve_autocast(autocast, self.dev)
         self.run = Path(run)
         self.net, self.cfg, _ = load_run(run)
         self.space = self.net.space
@@ -190,11 +190,11 @@ class _Measurer:
         self.cache: dict = {}
 
     def header(self, split: str, **extra: Any) -> dict[str, Any]:
-        """The cache header that pins run, split, space, recalibration and precision."""
+        """The cache header that pins run, split, space, recalibration and autocast."""
         h = {"kind": "ofa-edge-accuracy-dataset", "run": str(self.run.resolve()),
              "split": split, **extra, "space": self.space.name, "recal_images": self.recal}
-        if self.precision != "fp32":
-            h["precision"] = self.precision
+        if self.autocast != "fp32":
+            h["autocast"] = self.autocast
         return h
 
     def open_cache(self, out: str | Path, header: dict[str, Any]) -> list[dict[str, Any]]:
@@ -212,7 +212,7 @@ class _Measurer:
                                    holdout=self.cfg.holdout, seed=self.cfg.seed)
             self.net.to(self.dev)
         return subnet_accuracy(self.net, cfg, self.ds, split, self.recal, cache=self.cache,
-                               precision=self.precision, workers=workers)
+                               autocast=self.autocast, workers=workers)
 
 
 def fit_and_score(space: SearchSpace, rows: list[dict[str, Any]], val_fraction: float = 0.2,

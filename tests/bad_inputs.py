@@ -77,11 +77,11 @@ CASES: tuple[Case, ...] = (
     _c("eval", "eval", "--checkpoint", "{run}", "--split", "train"),
     _c("eval", "eval", "--checkpoint", "{run}", "--data", "not_npz.npz"),
     _c("eval", "eval", "--checkpoint", "foreign_ckpt.pt"),
-    _c("eval", "eval", "--checkpoint", "{run}", "--precision", "int4"),
+    _c("eval", "eval", "--checkpoint", "{run}", "--autocast", "int4"),
     _c("eval", "eval", "--checkpoint", "{run}", "--device", "cuda", needs_no_gpu=True),
     _c("predictor", "predictor", "build", "--checkpoint", "{run}", "--device", "tpu"),
     _c("finetune", "finetune", "--checkpoint", "{run}", "--subnet", "min", "--out", "ft",
-       "--precision", "fp8"),
+       "--precision", "fp8"),  # the old spelling of --autocast is checked as well
     # --- latency tables ----------------------------------------------------------------
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--runs", "0", "--out", "{good}"),
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--warmup", "-1", "--out", "{good}"),

@@ -288,17 +288,17 @@ def test_resume_with_workers_is_exact(tmp_path, tiny_schedule):
 
 
 def test_bf16_and_fp16_steps_on_cpu(tmp_path, tiny_schedule):
-    t = Trainer(_cfg(tmp_path / "bf", tiny_schedule, precision="bf16", max_steps=3))
+    t = Trainer(_cfg(tmp_path / "bf", tiny_schedule, autocast="bf16", max_steps=3))
     assert t.amp_dtype is torch.bfloat16 and t.run() == {"stopped_at": 3}
     st = load_checkpoint(tmp_path / "bf" / "checkpoint.pt")
     assert all(v.dtype == torch.float32 for v in st["model"].values() if v.is_floating_point())
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
     # fp16: the gradient scaler's state is checkpointed and restored
-    t = Trainer(_cfg(tmp_path / "fp", tiny_schedule, precision="fp16", max_steps=3))
+    t = Trainer(_cfg(tmp_path / "fp", tiny_schedule, autocast="fp16", max_steps=3))
     assert t.scaler.is_enabled() and t.run() == {"stopped_at": 3}
     saved = load_checkpoint(tmp_path / "fp" / "checkpoint.pt")["scaler"]
     assert saved["scale"] > 0
-    resumed = Trainer(_cfg(tmp_path / "fp", tiny_schedule, precision="fp16"), resume=True)
+    resumed = Trainer(_cfg(tmp_path / "fp", tiny_schedule, autocast="fp16"), resume=True)
     assert resumed.scaler.get_scale() == saved["scale"]
     assert resumed.scaler.state_dict()["_growth_tracker"] == saved["_growth_tracker"]
 
@@ -326,7 +326,7 @@ def test_corrupt_jpeg_is_a_one_line_error_naming_the_file(tmp_path, capsys):
 
 
 def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
-    """`ofa eval --precision bf16` lands within a few points of fp32 on the same subnet, and an
+    """`ofa eval --autocast bf16` lands within a few points of fp32 on the same subnet, and an
     accuracy dataset measured at bf16 says so in its header: an fp32 build refuses its cache."""
     from search.acc_dataset import build_accuracy_dataset, read_dataset
 
@@ -334,18 +334,18 @@ def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
     for prec, workers in (("fp32", "0"), ("bf16", "0"), ("fp32", "2")):
         capsys.readouterr()
         assert main(["eval", "--checkpoint", str(tiny_run), "--subnet", "max", "--device",
-                     "cpu", "--precision", prec, "--workers", workers, "--json"]) == 0
+                     "cpu", "--autocast", prec, "--workers", workers, "--json"]) == 0
         top1[prec, workers] = json.loads(capsys.readouterr().out)["top1"]
     assert 10.0 < top1["fp32", "0"] <= 100.0
     assert abs(top1["bf16", "0"] - top1["fp32", "0"]) <= 3.0
     assert top1["fp32", "2"] == top1["fp32", "0"]  # images decoded by 2 worker processes
     out = tmp_path / "acc.jsonl"
-    _, rows = build_accuracy_dataset(tiny_run, out, 10, precision="bf16", progress=False)
+    _, rows = build_accuracy_dataset(tiny_run, out, 10, autocast="bf16", progress=False)
     assert len(rows) == 10 and all(0.0 <= r["acc"] <= 100.0 for r in rows)
-    assert json.loads(out.read_text().splitlines()[0])["precision"] == "bf16"
+    assert json.loads(out.read_text().splitlines()[0])["autocast"] == "bf16"
     assert len(read_dataset(out)) == 10
-    with pytest.raises(ValueError, match="cached for another precision"):
-        build_accuracy_dataset(tiny_run, out, 10, precision="fp32", progress=False)
+    with pytest.raises(ValueError, match="cached for another autocast"):
+        build_accuracy_dataset(tiny_run, out, 10, autocast="fp32", progress=False)
 
 
 def test_measured_subnets_are_cached_by_config(tiny_run, tmp_path):

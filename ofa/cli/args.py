@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -17,8 +18,13 @@ from deploy.device.runtimes import TimingProtocol
 from ofa.errors import InputError
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
-           "add_target_args", "add_device_args", "add_compute_args", "target_options",
+           "add_target_args", "add_device_args", "add_compute_args", "autocast_of",
+           "deployed_precision_of", "target_options",
            "device_name", "default_workers", "load_subnet", "SEED", "CliError"]
+
+
+#: the autocast dtypes (ofa/device.py's AUTOCASTS; restated so that this module stays torch-free)
+AUTOCASTS = ("auto", "fp32", "bf16", "fp16")
 
 
 class CliError(Exception):
@@ -143,24 +149,53 @@ def target_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def add_compute_args(p: argparse.ArgumentParser, workers: bool = False,
-                     int8: bool = False) -> None:
-    """``--device`` and ``--precision``: where tensors are computed and the autocast
-    precision of the forward pass (:mod:`ofa.device`); with ``workers``, ``--workers`` too
-    (data-loading processes, default the cores but one, at most 8). ``int8`` (``ofa run``)
-    adds ``--precision int8``: deploy int8 models (int8 latency table, int8 exports
-    measured), computing at ``auto``."""
+                     deployed: bool = False) -> None:
+    """``--device`` and ``--autocast``: the torch device tensors are computed on and the
+    forward pass's autocast dtype (:mod:`ofa.device`); with ``workers``, ``--workers`` too
+    (data-loading processes, default the cores but one, at most 8). ``deployed`` (``ofa
+    run``) adds ``--precision fp32|int8``, the deployed models' numeric format (int8: int8
+    latency table, int8 exports measured). Elsewhere ``--precision`` is the old spelling of
+    ``--autocast``, accepted for one release with a note (:func:`autocast_of`)."""
     p.add_argument("--device", type=device_name, default="auto",
-                   help="auto (a CUDA GPU when one is visible) | cpu | cuda | cuda:N")
-    p.add_argument("--precision", default="auto",
-                   choices=["auto", "fp32", "bf16", "fp16"] + (["int8"] if int8 else []),
-                   help="autocast precision (auto: bf16 on CUDA, fp32 on CPU); weights and "
-                   "checkpoints stay fp32" + ("; int8: search and measure int8 models "
-                                              "(training and evaluation at auto)" if int8
-                                              else ""))
+                   help="the torch device: auto (a CUDA GPU when one is visible) | cpu | "
+                   "cuda | cuda:N")
+    p.add_argument("--autocast", default=None, choices=list(AUTOCASTS),
+                   help="the forward pass's dtype (auto: bf16 on CUDA, fp32 on CPU); weights "
+                   "and checkpoints stay fp32")
+    if deployed:
+        p.add_argument("--precision", default=None, choices=["fp32", "int8", "auto", "bf16",
+                                                              "fp16"],
+                       help="the deployed models' numeric format: fp32 | int8 (int8: search "
+                       "and measure int8 models); auto/bf16/fp16: the old spelling of "
+                       "--autocast")
+    else:
+        p.add_argument("--precision", default=None, choices=list(AUTOCASTS),
+                       help=argparse.SUPPRESS)  # the old spelling of --autocast
     if workers:
         p.add_argument("--workers", type=int_range(0, 256), default=default_workers(),
                        help="data-loading processes (0: decode in this process; default "
                        f"here {default_workers()})")
+
+
+def autocast_of(args: argparse.Namespace, deployed: bool = False) -> str:
+    """The autocast dtype ``--autocast`` asks for, or one given by its old spelling
+    ``--precision auto|fp32|bf16|fp16`` (a one-line note on stderr); ``auto`` by default.
+    With ``deployed`` (``ofa run``), ``--precision fp32|int8`` is the deployed models'
+    precision instead (:func:`deployed_precision_of`)."""
+    old = getattr(args, "precision", None)
+    if old in AUTOCASTS and not (deployed and old == "fp32"):
+        print(f"ofa: --precision {old} is now --autocast {old} (the dtype the network "
+              "computes in while training and evaluating); the old spelling goes in the next "
+              "release", file=sys.stderr)
+        if args.autocast is None:
+            return old
+    return args.autocast or "auto"
+
+
+def deployed_precision_of(args: argparse.Namespace) -> str:
+    """``ofa run``'s deployed-model precision: ``int8`` when ``--precision int8``, else
+    ``fp32``."""
+    return "int8" if getattr(args, "precision", None) == "int8" else "fp32"
 
 
 def default_workers() -> int:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ofa.cli.args import SEED, add_compute_args, load_subnet
+from ofa.cli.args import SEED, add_compute_args, autocast_of, load_subnet
 
 NAME, HELP = "eval", "top-1 of a subnet after BN recalibration"
 
@@ -39,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
         sub_cfg = load_subnet(args.subnet, net.space, args.seed)
     data = load_dataset(cfg.dataset, args.data or cfg.data, holdout=cfg.holdout, seed=cfg.seed)
     if finetuned:
-        acc = evaluate(model.to(device), data, args.split, sub_cfg.r, precision=args.precision,
+        acc = evaluate(model.to(device), data, args.split, sub_cfg.r, autocast=autocast_of(args),
                        workers=args.workers)
     else:
         acc = subnet_accuracy(net.to(device), sub_cfg, data, args.split, cfg.recal_images,
-                              precision=args.precision, workers=args.workers)
+                              autocast=autocast_of(args), workers=args.workers)
     res = {"subnet": sub_cfg.to_dict(), "summary": sub_cfg.summary(), "split": args.split,
            "top1": acc, "macs": net.space.macs(sub_cfg), "params": net.space.params(sub_cfg)}
     if args.json:

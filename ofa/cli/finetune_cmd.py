@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ofa.cli.args import SEED, add_compute_args, float_range, int_range, load_subnet
+from ofa.cli.args import SEED, add_compute_args, autocast_of, float_range, int_range, load_subnet
 
 NAME, HELP = ("finetune", "fine-tune a chosen subnet after extraction (KD from the largest "
               "subnet, cosine lr, resumable)")
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         run=args.checkpoint, subnet=sub.to_dict(), out=args.out, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, kd=not args.no_kd, scratch=args.scratch,
         seed=args.seed,
-        data=args.data, device=args.device, precision=args.precision,
+        data=args.data, device=args.device, autocast=autocast_of(args),
         ckpt_every=args.ckpt_every,
         max_steps=args.max_steps), resume=args.resume)
     if "stopped_at" in info:

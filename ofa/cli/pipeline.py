@@ -53,7 +53,7 @@ class RunConfig:
     # default_samples(dataset))
     predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
     runtime: str = "onnxruntime"
-    model_precision: str = "fp32"  # deployed models and their latency table: fp32 | int8
+    precision: str = "fp32"  # deployed models and their latency table: fp32 | int8
     threads: int = 1
     target: str = "local"
     target_options: dict[str, Any] = field(default_factory=dict)
@@ -69,7 +69,7 @@ class RunConfig:
     bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 3, "runs": 30,
                                                                     "trials": 10})
     device: str = "auto"
-    precision: str = "auto"  # training autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | ...
+    autocast: str = "auto"  # training's forward-pass dtype: auto (bf16 on CUDA, fp32 on CPU) | ...
     workers: int = 0  # data-loading processes (training, predictor-dataset evaluation)
     finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
     shortlist: int = 1  # subnets per budget measured on the hold-out split before choosing
@@ -159,7 +159,7 @@ def _train(rc: RunConfig) -> Path:
     train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
                       data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
                       batch_size=rc.batch_size, lr_scale=rc.lr_scale, seed=rc.seed,
-                      device=rc.device, precision=rc.precision, workers=rc.workers),
+                      device=rc.device, autocast=rc.autocast, workers=rc.workers),
           resume=resume)
     return out
 
@@ -191,7 +191,7 @@ def _predictor(rc: RunConfig, run: Path, dataset: str):
                                          samples, seed=rc.seed, data=rc.data,
                                          recal_images=rc.predictor_recal_images,
                                          progress=True, device=rc.device,
-                                         precision=rc.precision, workers=rc.workers)
+                                         autocast=rc.autocast, workers=rc.workers)
     pred, metrics = fit_and_score(space, rows, seed=rc.seed)
     pred.metrics = metrics
     pred.save(path)
@@ -212,7 +212,7 @@ def _table(rc: RunConfig, space):
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
                               runtime=rc.runtime, threads=rc.threads,
-                              precision=rc.model_precision)
+                              precision=rc.precision)
         _log(f"latency table: done ({path})")
         return t
     except TableError:
@@ -227,20 +227,20 @@ def _table(rc: RunConfig, space):
     if rc.table:
         given = LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
                                   runtime=rc.runtime, threads=rc.threads,
-                                  precision=rc.model_precision)
+                                  precision=rc.precision)
     elif rc.target == "local":
         given = find_shipped_table(space, rc.runtime, rc.threads,
                                    Path(rc.tables_dir) if rc.tables_dir else None,
-                                   rc.model_precision)
+                                   rc.precision)
     if given is not None:
         t = _verified(rc, space, given, target, path)
         if t is not None:
             return t
-    _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.model_precision}, "
+    _log(f"latency table: measuring every block shape ({rc.runtime}, {rc.precision}, "
          f"{rc.threads} thread(s)) on {rc.target}")
     return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
                        protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib,
-                       seed=rc.seed, target=target, precision=rc.model_precision,
+                       seed=rc.seed, target=target, precision=rc.precision,
                        jobs=default_jobs())
 
 
@@ -267,8 +267,8 @@ def _verified(rc: RunConfig, space, given: LatencyTable, target, path: Path):
 
 
 def _table_path(rc: RunConfig) -> Path:
-    return rc.folder / ("latency_table.json" if rc.model_precision == "fp32"
-                        else f"latency_table_{rc.model_precision}.json")
+    return rc.folder / ("latency_table.json" if rc.precision == "fp32"
+                        else f"latency_table_{rc.precision}.json")
 
 
 def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
@@ -332,15 +332,15 @@ def _start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     space = _planned_space(rc, reused)
     if rc.target == "local" and find_shipped_table(
             space, rc.runtime, rc.threads, Path(rc.tables_dir) if rc.tables_dir else None,
-            rc.model_precision) is not None:
+            rc.precision) is not None:
         return None
     proc = mp.get_context("spawn").Process(
         target=_convert_blocks_in_background, daemon=True,
-        args=(space.to_dict(), rc.runtime, str(path), rc.model_precision, rc.lut_calib,
+        args=(space.to_dict(), rc.runtime, str(path), rc.precision, rc.lut_calib,
               rc.seed, os.getpid()))
     proc.start()
     _log(f"latency table: converting its block models in the background ({rc.runtime}, "
-         f"{rc.model_precision})")
+         f"{rc.precision})")
     return proc
 
 
@@ -378,7 +378,7 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
              "on the hold-out split")
         picks = choose_measured(run, lists, rc.folder / "shortlist.jsonl", data=rc.data,
                                 recal_images=rc.predictor_recal_images, device=rc.device,
-                                precision=rc.precision, workers=rc.workers)
+                                autocast=rc.autocast, workers=rc.workers)
         for i, c in enumerate(picks):
             chosen[i] = {**c, "budget_ms": budgets[i], "label": f"budget{i + 1}"}
             sl = c["shortlist"]
@@ -457,7 +457,7 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
                                     epochs=rc.finetune_epochs, batch_size=rc.batch_size,
                                     seed=rc.seed, data=rc.data, device=rc.device,
-                                    precision=rc.precision),
+                                    autocast=rc.autocast),
                      resume=(folder / FINETUNE_CKPT).exists())
         out[row["label"]] = folder
     return out
@@ -474,7 +474,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
         old = read_json(path, "validation")
         if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
                 and old.get("finetuned", []) == sorted(finetuned) \
-                and old.get("precision", "fp32") == rc.model_precision \
+                and old.get("precision", "fp32") == rc.precision \
                 and old.get("speed") == [rc.speed, table.probe.get("ms")]:
             _log("export + measure: done")
             return old["subnets"]
@@ -484,7 +484,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
                            runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
                            protocol=TimingProtocol(**rc.bench_protocol), models=models,
-                           precision=rc.model_precision,
+                           precision=rc.precision,
                            ms_per_unit=table.probe_ms(rc.speed) if table.probe else None,
                            speed={"speed": rc.speed, "states": table.probe.get("ms")},
                            # one process per subnet: none waits for a second round (3 on
@@ -496,7 +496,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
             r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
                                                 "train_seconds")}
     atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned),
-                             "precision": rc.model_precision,
+                             "precision": rc.precision,
                              "speed": [rc.speed, table.probe.get("ms")]})
     return res
 
@@ -644,7 +644,7 @@ def run_pipeline(rc: RunConfig) -> dict[str, Any]:
     if rc.table:  # kind, context, space and resolutions: before training, not after it
         planned = _planned_space(rc, reused)
         LatencyTable.load(rc.table, space=planned, resolutions=list(planned.resolutions),
-                          runtime=rc.runtime, threads=rc.threads, precision=rc.model_precision)
+                          runtime=rc.runtime, threads=rc.threads, precision=rc.precision)
     rc.folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(rc.folder / "config.json", asdict(rc))
     converting = _start_block_conversion(rc, reused)

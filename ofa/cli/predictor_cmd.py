@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ofa.cli.args import SEED, add_compute_args, int_range
+from ofa.cli.args import SEED, add_compute_args, autocast_of, int_range
 
 NAME, HELP = "predictor", "accuracy predictor: build from a trained run, or import OFA's"
 
@@ -53,7 +53,7 @@ def _build(args: argparse.Namespace) -> int:
                                          args.samples, seed=args.seed, split=args.split,
                                          data=args.data, recal_images=args.recal_images,
                                          progress=not args.json, device=args.device,
-                                         precision=args.precision, workers=args.workers)
+                                         autocast=autocast_of(args), workers=args.workers)
     pred, metrics = fit_and_score(space, rows, seed=args.seed, epochs=args.epochs)
     pred.metrics = metrics
     pred.save(out)

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="runs")
     p.add_argument("--supernet", help="reuse this trained or imported run folder (no "
                    "training; its space and dataset apply, --data overrides its data path)")
-    add_training_args(p, int8=True)
+    add_training_args(p, deployed=True)
     p.add_argument("--samples", type=int_range(10, 1_000_000), default=None,
                    help="subnets measured for the accuracy predictor (>= 10; default 300, "
                    "100 on the embedded digits: see docs/cifar10.md)")
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from deploy.targets import TargetError
-    from ofa.cli.args import target_options
+    from ofa.cli.args import autocast_of, deployed_precision_of, target_options
     from ofa.cli.pipeline import RunConfig, run_pipeline, summary_lines
 
     rc = RunConfig(
@@ -79,8 +79,7 @@ def run(args: argparse.Namespace) -> int:
         speed=args.speed, budget_candidates=args.budget_candidates,
         generations=args.generations,
         device=args.device, workers=args.workers,
-        precision="auto" if args.precision == "int8" else args.precision,
-        model_precision="int8" if args.precision == "int8" else "fp32",
+        autocast=autocast_of(args, deployed=True), precision=deployed_precision_of(args),
         lut_protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
                       "trials": TimingProtocol.trials},
         lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,

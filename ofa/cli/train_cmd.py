@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 
 from ofa import DATASETS
-from ofa.cli.args import SEED, add_compute_args, float_range, int_list, int_range
+from ofa.cli.args import SEED, add_compute_args, autocast_of, float_range, int_list, int_range
 from ofa.space import preset_names
 
 NAME, HELP = "train", "train a supernet once (progressive shrinking or DεpS)"
 
 
-def add_training_args(p: argparse.ArgumentParser, int8: bool = False) -> None:
-    """The options ``ofa train`` and ``ofa run`` share (``int8``: ``--precision int8``
-    too, see :func:`ofa.cli.args.add_compute_args`)."""
+def add_training_args(p: argparse.ArgumentParser, deployed: bool = False) -> None:
+    """The options ``ofa train`` and ``ofa run`` share (``deployed``: ``--precision
+    fp32|int8`` of the deployed models too, see :func:`ofa.cli.args.add_compute_args`)."""
     p.add_argument("--space", default="mbv3-digits", choices=preset_names(),
                    help="search-space preset")
     p.add_argument("--dataset", default="digits", choices=DATASETS)
@@ -30,7 +30,7 @@ def add_training_args(p: argparse.ArgumentParser, int8: bool = False) -> None:
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
-    add_compute_args(p, workers=True, int8=int8)
+    add_compute_args(p, workers=True, deployed=deployed)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def train_config(args: argparse.Namespace):
                        epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
                        seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
                        eval_images=args.eval_images, max_steps=args.max_steps,
-                       precision=args.precision, workers=args.workers)
+                       autocast=autocast_of(args), workers=args.workers)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ofa.data import BatchLoader, Dataset, load_dataset
-from ofa.device import autocast, grad_scaler, resolve_device
+from ofa.device import autocast_context, grad_scaler, resolve_device
 from ofa.errors import InputError
 from ofa.evaluate import evaluate, recalibrated_subnet
 from ofa.fileio import atomic_write_json, read_json
@@ -67,7 +67,7 @@ class FinetuneConfig:
     seed: int = 0
     data: str | None = None
     device: str = "auto"
-    precision: str = "auto"  # autocast precision of the forward passes (ofa.device)
+    autocast: str = "auto"  # the forward passes' autocast dtype (ofa.device)
     scratch: bool = False  # re-initialise the subnet's weights: the train-from-scratch baseline
     ckpt_every: int = 0  # steps; 0 = once per epoch
     max_steps: int | None = None
@@ -111,7 +111,7 @@ class _Finetuner:
             self.teacher.to(self.device).eval()
         self.opt = torch.optim.SGD(param_groups(self.model, self.wd), lr=self.base_lr,
                                    momentum=self.momentum, nesterov=True)
-        self.scaler = grad_scaler(self.device, cfg.precision)
+        self.scaler = grad_scaler(self.device, cfg.autocast)
         if resume:
             self._restore()
 
@@ -123,7 +123,7 @@ class _Finetuner:
 
     def _restore(self) -> None:
         st = load_checkpoint(self.out / FINETUNE_CKPT)
-        skip = ("max_steps", "device", "precision", "ckpt_every")  # not the result
+        skip = ("max_steps", "device", "autocast", "precision", "ckpt_every")  # not the result
         mine = {k: v for k, v in asdict(self.cfg).items() if k not in skip}
         theirs = {k: v for k, v in st["config"].items() if k not in skip}
         if mine != theirs:
@@ -139,11 +139,11 @@ class _Finetuner:
         torch.set_rng_state(st["torch_rng"])
 
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.cfg.precision):
+        with autocast_context(self.device, self.cfg.autocast):
             out = self.model(x).float()
         loss = F.cross_entropy(out, y, label_smoothing=self.smoothing)
         if self.teacher is not None:
-            with torch.no_grad(), autocast(self.device, self.cfg.precision):
+            with torch.no_grad(), autocast_context(self.device, self.cfg.autocast):
                 soft = F.softmax(self.teacher(x).float(), dim=1)
             loss = loss + self.kd_ratio * soft_ce(out, soft)
         return loss
@@ -161,7 +161,7 @@ class _Finetuner:
     def run(self) -> dict[str, Any]:
         if self.top1_before is None:
             self.top1_before = evaluate(self.model, self.data, "test", self.sub_cfg.r,
-                                        precision=self.cfg.precision)
+                                        autocast=self.cfg.autocast)
         self.out.mkdir(parents=True, exist_ok=True)
         every = self.cfg.ckpt_every or self.steps_per_epoch
         clock = time.perf_counter()
@@ -198,7 +198,7 @@ class _Finetuner:
 
     def _finish(self) -> dict[str, Any]:
         top1 = evaluate(self.model, self.data, "test", self.sub_cfg.r,
-                        precision=self.cfg.precision)
+                        autocast=self.cfg.autocast)
         save_weights(self.out / FINETUNED, self.model.state_dict())
         info = {"kind": "ofa-edge-finetune", "config": asdict(self.cfg),
                 "subnet": self.sub_cfg.to_dict(), "summary": self.sub_cfg.summary(),

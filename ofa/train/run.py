@@ -43,14 +43,27 @@ class TrainConfig:
     ckpt_every: int = 0  # steps; 0 = once per epoch
     eval_images: int = 500  # test images per phase-end evaluation (0 = skip)
     recal_images: int = 2000
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (see resolve_device)
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    device: str = "auto"  # the torch device: auto | cpu | cuda | cuda:N (see resolve_device)
+    autocast: str = "auto"  # forward-pass dtype: auto (bf16 on CUDA, fp32 on CPU) | fp32 | ...
     workers: int = 0  # data-loading processes (0: in the training process)
     max_steps: int | None = None  # stop (after checkpointing) at this global step
     holdout: int | None = None
 
     def __post_init__(self) -> None:
         self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """The config a ``run.json`` or checkpoint stored; one written before the autocast
+        dtype had its own name keeps it under ``precision``.
+
+        Raises:
+            TypeError: an unknown field.
+        """
+        data = dict(data)
+        if "precision" in data:
+            data.setdefault("autocast", data.pop("precision"))
+        return cls(**data)
 
 
 def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, Any]]:
@@ -77,7 +90,7 @@ def load_run(run: str | Path) -> tuple[OFAMobileNetV3, TrainConfig, dict[str, An
         raise InputError(f"{run} is not a run folder (no {RUN_JSON} or {CKPT})")
     try:
         space = SearchSpace.from_dict(info["space"])
-        cfg = TrainConfig(**info["config"])
+        cfg = TrainConfig.from_dict(info["config"])
     except (KeyError, TypeError) as exc:
         raise InputError(f"{run}: run description is incomplete ({exc})") from None
     net = build_supernet(space)

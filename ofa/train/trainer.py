@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ofa.data import Dataset, StepBatches, load_dataset, train_loader
-from ofa.device import amp_dtype, autocast, conv_memory_format, grad_scaler, resolve_device
+from ofa.device import amp_dtype, autocast_context, conv_memory_format, grad_scaler, resolve_device
 from ofa.errors import InputError
 from ofa.evaluate import subnet_accuracy
 from ofa.fileio import atomic_write_json
@@ -88,8 +88,8 @@ class Trainer:
         self._clock = time.perf_counter()
         self.batches = StepBatches(self.data, cfg.batch_size, self.space.resolutions, cfg.seed,
                                    self.steps_per_epoch, self.rank, self.world)
-        self.amp_dtype = amp_dtype(cfg.precision, self.device)
-        self.scaler = grad_scaler(self.device, cfg.precision)
+        self.amp_dtype = amp_dtype(cfg.autocast, self.device)
+        self.scaler = grad_scaler(self.device, cfg.autocast)
         self._resumed_rng: Tensor | None = None
         if resume and (self.out / CKPT).exists():
             self._restore(load_checkpoint(self.out / CKPT))
@@ -142,7 +142,7 @@ class Trainer:
         self.global_step = st["global_step"]
         self.train_seconds = float(st.get("train_seconds", 0.0))
         self.rng.setstate(st["rng_python"])
-        if st.get("scaler") and self.scaler.is_enabled():  # fp16; other precisions need none
+        if st.get("scaler") and self.scaler.is_enabled():  # fp16; other dtypes need none
             self.scaler.load_state_dict(st["scaler"])
         if st["optimizer"] is not None and self.phase < len(self.phase_steps) and (
                 self.phase_step > 0 or self._group_of(self.phase) == st["opt_group"]):
@@ -205,8 +205,8 @@ class Trainer:
         return x, y.to(self.device, non_blocking=True)
 
     def _fwd(self, model: nn.Module, x: Tensor) -> Tensor:
-        """Logits in fp32, the forward pass under autocast at the run's precision."""
-        with autocast(self.device, self.cfg.precision):
+        """Logits in fp32, the forward pass under the run's autocast dtype."""
+        with autocast_context(self.device, self.cfg.autocast):
             return model(x).float()
 
     def _phase_start(self, i: int) -> None:
