@@ -66,7 +66,7 @@ def run_facts() -> dict[str, Any]:
     import platform
     import subprocess
 
-    from deploy.device.devinfo import device_facts
+    from deploy.ontarget.facts import machine_facts
 
     root = Path(__file__).resolve().parents[1]
     try:
@@ -82,7 +82,7 @@ def run_facts() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except Exception:  # noqa: BLE001 (a package that is not installed)
             versions[pkg] = None
-    facts = device_facts()
+    facts = machine_facts()
     return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "commit": commit, "machine": {"cpu_model": facts.get("cpu_model"),
                                           "cores": facts.get("cores"),

@@ -42,16 +42,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_json  # noqa: E402
 
 from deploy import lut  # noqa: E402
-from deploy.device.devinfo import device_facts  # noqa: E402
-from deploy.device.runtimes import (  # noqa: E402
+from deploy.export import converter_pool  # noqa: E402
+from deploy.formats import format_for  # noqa: E402
+from deploy.lut import fit_calibration  # noqa: E402
+from deploy.ontarget.facts import machine_facts  # noqa: E402
+from deploy.ontarget.runtimes import (  # noqa: E402
     TimingProtocol,
     get_runtime,
     stats_ms,
     time_interleaved,
 )
-from deploy.export import converter_pool  # noqa: E402
-from deploy.formats import format_for  # noqa: E402
-from deploy.lut import fit_calibration  # noqa: E402
 from ofa.space import SubnetConfig, get_space  # noqa: E402
 
 
@@ -153,7 +153,7 @@ def main() -> None:
     print(f"a * sum ** p on the blocks timed alone: a={fit['a']:.3f} p={fit['p']:.3f}, largest "
           f"error {fit['max_err_pct']:.1f}%, leave-one-out {fit['loo_max_err_pct']:.1f}%")
     write_json(f"block_order_{a.runtime}", {"runtime": a.runtime, "space": a.space,
-                                            "device": device_facts(), "rows": rows,
+                                            "machine": machine_facts(), "rows": rows,
                                             "summary": summary, "fit": fit})
 
 

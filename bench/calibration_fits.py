@@ -81,7 +81,7 @@ def main() -> None:
         c = t["context"]
         label = (f"{t['space']['preset']} @{','.join(map(str, t['resolutions']))} "
                  f"{c['runtime']} {c['precision']}"
-                 f"{' (emulated Pi)' if c['device'].get('emulated') else ''}")
+                 f"{' (emulated Pi)' if (c.get('machine') or c['device']).get('emulated') else ''}")
         for name, fit in (("line a*sum+b", _line), ("power a*sum^p", _power)):
             rows.append({"table": label, "n": len(meas),
                          **_score(name, fit, cal_raw, cal_meas, raw, meas)})

@@ -109,7 +109,7 @@ def main() -> None:
         tables[(table, precision, b, mode)] = t["entries"][r]
         raw, packed = _model_bytes(space_name, int(r), precision)
         bd = t["build"]
-        dev = t["context"]["device"]
+        dev = t["context"].get("machine") or t["context"]["device"]
         timed = bd["timing_s"]
         # tables built before prefetching: their whole loading was in the way
         exposed = bd.get("load_wait_s", bd.get("load_s", 0.0))

@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import median_ms, print_table, write_json  # noqa: E402
 
-from deploy.device.devinfo import device_facts  # noqa: E402
+from deploy.ontarget.facts import machine_facts  # noqa: E402
 from ofa.device import autocast_context  # noqa: E402
 from ofa.space import get_space  # noqa: E402
 from ofa.supernet import OFAMobileNetV3  # noqa: E402
@@ -78,7 +78,7 @@ def main() -> None:
         "_nhwc" if args.channels_last else "")
     write_json("supernet_speed" + suffix, {
         "machine": platform.processor() or platform.machine(), "threads": args.threads,
-        "cpu_model": device_facts().get("cpu_model"),
+        "cpu_model": machine_facts().get("cpu_model"),
         "autocast": args.autocast, "channels_last": args.channels_last,
         "batch": args.batch, "torch": torch.__version__, "rows": rows,
         "extraction_ms_median": ext[len(ext) // 2], "extraction_ms_max": ext[-1]})

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deploy.device.runtimes import get_runtime
 from deploy.formats import FORMATS, ExportFormat, get_format, parse_formats
+from deploy.ontarget.runtimes import get_runtime
 from ofa.fileio import atomic_write_dir, atomic_write_json, read_json
 from ofa.space import SubnetConfig
 

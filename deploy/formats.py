@@ -2,7 +2,7 @@
 
 Every place that turns a runtime into a file format or back reads this table (``ofa export
 --formats``, the bundle writer, the latency-table builder, ``ofa deploy``); the device agent
-finds a file's runtime by suffix from :data:`deploy.device.runtimes.RUNTIMES`, which agrees
+finds a file's runtime by suffix from :data:`deploy.ontarget.runtimes.RUNTIMES`, which agrees
 with it (a test checks). Torch-free: the exporters of :mod:`deploy.export` are imported when
 a model is written.
 """
@@ -29,7 +29,7 @@ class ExportFormat:
         name: ``<kind>-<precision>``, e.g. ``tflite-int8``.
         kind: ``onnx`` | ``tflite`` (also the file suffix).
         precision: ``fp32`` | ``int8``.
-        runtime: the :mod:`deploy.device.runtimes` runtime that runs the file.
+        runtime: the :mod:`deploy.ontarget.runtimes` runtime that runs the file.
         exporter: the :mod:`deploy.export` function that writes it.
     """
 

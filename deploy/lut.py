@@ -50,10 +50,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deploy.device.devinfo import device_facts
-from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.export import converter_pool
 from deploy.formats import format_for
+from deploy.ontarget.facts import machine_facts
+from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.probe import PROBE_ID, ProbedTarget, load_probe, probe_summary
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
@@ -99,7 +99,7 @@ def _export(model: nn.Module, input_shape: tuple[int, ...], runtime: str, precis
 def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
     """The measurement context stored in a table's header (this machine)."""
     rt = get_runtime(runtime, threads)
-    return {"device": device_facts(), "runtime": runtime, "runtime_version": rt.version(),
+    return {"machine": machine_facts(), "runtime": runtime, "runtime_version": rt.version(),
             "backend": rt.backend, "threads": threads, "precision": precision, "batch": 1}
 
 
@@ -273,7 +273,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
     """Whole-subnet latency of every config, end to end, beside the reference probe.
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
-    interleaved trials with the probe first (:func:`deploy.device.runtimes.time_interleaved`,
+    interleaved trials with the probe first (:func:`deploy.ontarget.runtimes.time_interleaved`,
     ``TimingProtocol(probe=True)``), :data:`SUBNET_BATCH` subnets at a time, so a change of
     the machine's speed cancels from each subnet's ``rel`` and a batch whose probe moved is
     timed again in seconds, not minutes; no conversion runs while anything is timed: here in
@@ -455,7 +455,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     """Time the blocks of ``todo`` in this process from their models in ``folder`` (all
     converted before, :func:`_convert_missing`), ``batch`` at a time, the batches back to
     back: a batch is loaded and timed in interleaved trials
-    (:func:`deploy.device.runtimes.time_interleaved`) together with the almost empty model,
+    (:func:`deploy.ontarget.runtimes.time_interleaved`) together with the almost empty model,
     whose statistic is the batch's per-invoke overhead (the table's ``overhead_ms`` is the
     median over the batches). No conversion runs meanwhile, and the whole table is timed
     within seconds (288 LiteRT digits blocks: ~5 s) instead of between the conversions of
@@ -566,7 +566,7 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
         if "context" not in state:
             head = rows[0]
             state["context"] = {
-                "device": head.get("device") or {"name": target.name}, "runtime": runtime,
+                "machine": head.get("machine") or {"name": target.name}, "runtime": runtime,
                 "runtime_version": head.get("runtime_version"),
                 "backend": head.get("backend"), "threads": threads,
                 "precision": precision, "batch": 1, "target": target.name,

@@ -4,7 +4,7 @@ A device's speed changes in steps (a Raspberry Pi that throttles when hot, a pho
 governor, a VM sharing its cores): a time in ms is only true of the minute it was taken in.
 Timed in the same interleaved trials as the models of a batch, the probe turns each of
 their times into a ratio that the device's speed cancels from, *probe units*
-(:class:`deploy.device.runtimes.TimingProtocol`, ``probe``). Latency tables keep their
+(:class:`deploy.ontarget.runtimes.TimingProtocol`, ``probe``). Latency tables keep their
 entries in probe units and the probe's own times over the build (the device's speed
 states), and convert to ms at a stated speed (:meth:`search.latency_table.LatencyTable.
 probe_ms`); see ``docs/latency.md``.
@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime
 from deploy.formats import format_for
+from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
 from ofa.errors import InputError

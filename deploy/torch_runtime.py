@@ -1,7 +1,7 @@
-"""Eager PyTorch as a runtime of :mod:`deploy.device.runtimes` (host side only).
+"""Eager PyTorch as a runtime of :mod:`deploy.ontarget.runtimes` (host side only).
 
 Times an ``nn.Module`` in this process through the same interface and timing loop
-(:func:`deploy.device.runtimes.time_interleaved`) as the file-based runtimes, for latency
+(:func:`deploy.ontarget.runtimes.time_interleaved`) as the file-based runtimes, for latency
 tables of eager torch (``ofa lut build --runtime torch``). Importing this module registers it.
 """
 
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy.device.runtimes import Runtime, register_runtime
+from deploy.ontarget.runtimes import Runtime, register_runtime
 from ofa.errors import InputError
 
 __all__ = ["TorchRuntime"]

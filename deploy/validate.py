@@ -15,9 +15,9 @@ from typing import Any
 from tqdm import tqdm
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.device.runtimes import TimingProtocol
 from deploy.export import converter_pool
 from deploy.formats import format_for
+from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import ProbedTarget
 from deploy.targets import Target
 from ofa.errors import InputError
@@ -190,10 +190,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
 
 def write_validation(results: list[dict[str, Any]], out: str | Path, title: str) -> None:
     """``out/validation.json`` and ``out/validation.md`` (the title says EMULATED when the
-    device reported an emulation, see :func:`deploy.device.devinfo.emulated`)."""
+    device reported an emulation, see :func:`deploy.ontarget.facts.emulated`)."""
     out = Path(out)
-    why = next((r["measurement"].get("device", {}).get("emulated") for r in results
-                if r.get("measurement", {}).get("device", {}).get("emulated")), None)
+    why = next((r["measurement"].get("machine", {}).get("emulated") for r in results
+                if r.get("measurement", {}).get("machine", {}).get("emulated")), None)
     if why:
         title += f" (EMULATED: {why}; the latencies measure the emulation)"
     atomic_write_json(out / "validation.json", {"title": title, "subnets": results})

@@ -14,7 +14,7 @@ workers of ``ofa/data.py``, the background block conversion of ``ofa run``) call
   clean exit into a "worker killed by signal" traceback; a SIGTERM from a parent that stays
   (multiprocessing terminating its workers at exit) ends the worker after the grace.
 
-Numpy-free and torch-free; the device agent has its own watch (``deploy/device/agent.py``).
+Numpy-free and torch-free; the device agent has its own watch (``deploy/ontarget/agent.py``).
 """
 
 from __future__ import annotations

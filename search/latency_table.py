@@ -3,7 +3,7 @@
 One JSON file per measurement context (see ``docs/formats.md``)::
 
     {"schema": "ofa-edge-latency-table", "version": 1,
-     "context": {"device": {...}, "runtime": "onnxruntime", "runtime_version": "1.31.1",
+     "context": {"machine": {...}, "runtime": "onnxruntime", "runtime_version": "1.31.1",
                  "backend": "CPUExecutionProvider", "threads": 1, "precision": "fp32",
                  "batch": 1},
      "space": {...SearchSpace.to_dict()...}, "resolutions": [32],
@@ -59,7 +59,7 @@ SPEEDS = {"nominal": "median", "sustained": "p90"}  # --speed -> the probe stati
 
 SCHEMA = "ofa-edge-latency-table"
 VERSION = 1
-_CONTEXT_KEYS = ("device", "runtime", "runtime_version", "backend", "threads", "precision",
+_CONTEXT_KEYS = ("machine", "runtime", "runtime_version", "backend", "threads", "precision",
                  "batch")
 
 
@@ -148,6 +148,10 @@ class LatencyTable:
         if d.get("version") != VERSION:
             raise TableError(f"{source}: table version {d.get('version')} != {VERSION}")
         kinds = {"context": dict, "space": dict, "resolutions": list, "entries": dict}
+        if isinstance(d.get("context"), dict) and "device" in d["context"] \
+                and "machine" not in d["context"]:  # the measured machine's old key
+            d = {**d, "context": {("machine" if k == "device" else k): v
+                                  for k, v in d["context"].items()}}
         for k, kind in kinds.items():
             if not isinstance(d.get(k), kind):
                 what = "object" if kind is dict else "list"
@@ -155,8 +159,8 @@ class LatencyTable:
         missing = [k for k in _CONTEXT_KEYS if k not in d["context"]]
         if missing:
             raise TableError(f"{source}: context lacks {missing}")
-        if not isinstance(d["context"]["device"], dict):
-            raise TableError(f"{source}: context.device must be an object")
+        if not isinstance(d["context"]["machine"], dict):
+            raise TableError(f"{source}: context.machine must be an object")
         threads = d["context"]["threads"]
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise TableError(f"{source}: context.threads must be an integer >= 1")
@@ -307,8 +311,9 @@ class LatencyTable:
 
     def describe(self) -> str:
         c = self.context
-        dev = c["device"].get("name", "?") if isinstance(c["device"], dict) else c["device"]
-        if isinstance(c["device"], dict) and c["device"].get("emulated"):
+        dev = c["machine"].get("name", "?") if isinstance(c["machine"], dict) \
+            else c["machine"]
+        if isinstance(c["machine"], dict) and c["machine"].get("emulated"):
             dev += " (EMULATED: timings are not the device's)"
         return (f"{dev} / {c['runtime']} {c['runtime_version']} / {c['backend']} / "
                 f"{c['threads']} thread(s) / {c['precision']} / batch {c['batch']}")
@@ -392,7 +397,7 @@ def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsu
                             "std": float(v.get("std", 0.0)), "p90": None,
                             "count": int(v.get("count", 0))}
         _check_complete(f, r, group, space)
-    ctx = {"device": {"name": device}, "runtime": "tflite (OFA published)",
+    ctx = {"machine": {"name": device}, "runtime": "tflite (OFA published)",
            "runtime_version": "unknown", "backend": "CPU", "threads": 1, "precision": "fp32",
            "batch": 1}
     t = LatencyTable(context=ctx, space=space.to_dict(), resolutions=sorted(resolutions),

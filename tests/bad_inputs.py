@@ -196,7 +196,7 @@ def _table(space, cpu: str = "", resolutions: list[int] | None = None) -> dict:
     entries = {str(r): {s.key(): {"median": 0.001 * s.macs() / 1e3 + 0.01, "count": 1,
                                   "rel": 0.01 * s.macs() / 1e3 + 0.1}
                         for s in space.all_block_shapes([r])} for r in resolutions}
-    ctx = {"device": {"name": "synthetic", "cpu_model": cpu}, "runtime": "onnxruntime",
+    ctx = {"machine": {"name": "synthetic", "cpu_model": cpu}, "runtime": "onnxruntime",
            "runtime_version": "0", "backend": "CPU", "threads": 1, "precision": "fp32",
            "batch": 1}
     probe = {"id": "probe-v1", "ms": {"median": 0.1, "fastest": 0.09, "slowest": 0.15,
@@ -221,11 +221,11 @@ def random_predictor(space, path: Path) -> None:
 
 def make_inputs(work: Path) -> None:
     """Write the good and bad input files every case refers to into ``work``."""
-    from deploy.device.devinfo import device_facts
+    from deploy.ontarget.facts import machine_facts
     from ofa.space import get_space
 
     cifar, digits, w12 = (get_space(n) for n in ("mbv3-cifar", "mbv3-digits", "mbv3-w1.2"))
-    cpu = device_facts()["cpu_model"]
+    cpu = machine_facts()["cpu_model"]
     files: dict[str, object] = {
         "cifar_table.json": _table(cifar, cpu), "digits_table.json": _table(digits, cpu),
         "digits_table_12.json": _table(digits, cpu, [12]),

@@ -27,7 +27,7 @@ def synthetic_table(space):
             s.key(): {"median": 0.001 * s.macs() / 1e3 + 0.01, "mean": 0, "std": 0, "p90": 0,
                       "count": 1}
             for s in space.all_block_shapes([r])}
-    ctx = {"device": {"name": "synthetic"}, "runtime": "none", "runtime_version": "0",
+    ctx = {"machine": {"name": "synthetic"}, "runtime": "none", "runtime_version": "0",
            "backend": "none", "threads": 1, "precision": "fp32", "batch": 1}
     return LatencyTable(ctx, space.to_dict(), list(space.resolutions), entries)
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from deploy.device.runtimes import Runtime
+from deploy.ontarget.runtimes import Runtime
 
 
 class DriftingRuntime(Runtime):

@@ -41,7 +41,7 @@ def test_help_and_space_import_no_torch(argv):
 
 
 def test_device_package_imports_numpy_only():
-    mods = _modules_after("import deploy.device.agent")
+    mods = _modules_after("import deploy.ontarget.agent")
     assert not {"torch", "optuna", "scipy", "ofa", "search"} & mods
 
 
@@ -86,15 +86,15 @@ def test_wheel_ships_tables_and_installed_run_finds_them(tmp_path):
     shipped = sorted(n for n in names if n.startswith("latency_tables/") and n.endswith(".json"))
     assert shipped == sorted(f"latency_tables/{f.name}"
                              for f in (ROOT / "latency_tables").glob("*.json"))
-    assert "deploy/device/agent.py" in names and "ofa/cli/__main__.py" in names
+    assert "deploy/ontarget/agent.py" in names and "ofa/cli/__main__.py" in names
     site = tmp_path / "site"
     zipfile.ZipFile(whl).extractall(site)  # what `pip install` lays out for a pure wheel
     table = json.loads((ROOT / "latency_tables" / Path(shipped[0]).name).read_text())
     code = (
-        "import deploy.device.devinfo as d, ofa.cli.pipeline as pl, latency_tables\n"
+        "import deploy.ontarget.facts as d, ofa.cli.pipeline as pl, latency_tables\n"
         "from ofa.space import SearchSpace\n"
         f"t = {({k: table[k] for k in ('space', 'context', 'resolutions')})!r}\n"
-        "d.device_facts = lambda: {'cpu_model': t['context']['device']['cpu_model']}\n"
+        "d.machine_facts = lambda: {'cpu_model': t['context']['device']['cpu_model']}\n"
         "sp = SearchSpace.from_dict({**t['space'], 'resolutions': t['resolutions']})\n"
         "found = pl.find_shipped_table(sp, t['context']['runtime'], t['context']['threads'])\n"
         "print(found.source, latency_tables.__file__)\n")

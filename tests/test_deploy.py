@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from deploy.bundle import export_subnet, read_bundle
-from deploy.device.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
+from deploy.ontarget.protocol import PROTOCOL
+from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.targets import (
     AdbTarget,
     LocalTarget,
@@ -85,7 +86,7 @@ def test_bundle_detects_tampering(bundles, tmp_path):
 
 
 def _agent(python, *args, env=None):
-    return subprocess.run([python, "-m", "deploy.device.agent", *args], capture_output=True,
+    return subprocess.run([python, "-m", "deploy.ontarget.agent", *args], capture_output=True,
                           text=True,
                           cwd=ROOT, env=env)
 
@@ -101,7 +102,7 @@ def test_agent_json_and_accuracy(bundles):
         assert res["schema"] == "ofa-edge-agent" and res["runs"] == 3
         assert res["latency_ms"]["count"] == 3
         assert 0 < res["min"] <= res["median"] <= res["p90"]
-        assert {"cpu_model", "cores", "governor", "arch"} <= set(res["device"])
+        assert {"cpu_model", "cores", "governor", "arch"} <= set(res["machine"])
         assert res["accuracy"]["images"] == rep["parity_images"]
         assert res["accuracy"]["top1"] == pytest.approx(rep["models"][fmt]["top1"])
 
@@ -358,7 +359,7 @@ def test_lut_build_on_ssh_device(sshd, tmp_path):
     assert set(table.entries["12"]) == keys
     assert all(e["median"] > 0 for e in table.entries["12"].values())
     assert table.context["target"] == t.name and table.context["runtime_version"]
-    assert table.context["device"]["cores"] >= 1  # facts reported by the device's agent
+    assert table.context["machine"]["cores"] >= 1  # facts reported by the target's agent
     assert len(table.calibration["fitted_on"]) == 3
     assert json.loads((tmp_path / "t.json").read_text())["context"]["target"] == t.name
 
@@ -417,7 +418,7 @@ def test_models_loaded_from_bytes_match_their_files(bundles):
     """A batch sent inline (the device session's requests) loads from memory: the same
     outputs as the files for both runtimes and precisions, sizes from the bytes, loaded in
     parallel threads in the order given."""
-    from deploy.device.agent import benchmark_many
+    from deploy.ontarget.agent import benchmark_many
 
     folder, rep = bundles[0]
     r = rep["config"]["r"]
@@ -488,20 +489,23 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     paths = [tmp_path / f"b{j}.onnx" for j in range(2)]
     for p in paths:
         shutil.copy(model, p)
-    reqs = [{"models": [str(p) for p in paths], "runs": 3, "warmup": 1, "trials": 2},
-            {"models": [str(tmp_path / "missing.onnx")]},
-            {"time": True},
-            {"load": [str(paths[1])], "workers": 1},
-            {"time": True, "runs": 2, "warmup": 0, "trials": 2},
-            {"models": [str(paths[0])], "runs": 2, "warmup": 0, "trials": 1, "delete": True},
-            {"top1": [str(paths[1])], "data": [str(folder / "eval.npz")], "meta": [{}]},
-            {"top1": ["x/m.onnx"], "data": [str(folder / "eval.npz")], "meta": [{}],
-             "files": {"x/m.onnx": base64.b64encode(model.read_bytes()).decode()}},
-            {"top1": ["x/m.onnx"], "data": [str(folder / "eval.npz")], "meta": [{}],
-             "reuse": ["x/m.onnx"]},  # the model sent in the request before, not again
-            {"top1": [str(paths[1])], "data": [], "meta": []},  # malformed: ends serving
-            {"time": True}]
-    p = subprocess.run([sys.executable, "-m", "deploy.device.agent", "--serve"],
+    def req(op, **kw):
+        return {"v": PROTOCOL, "op": op, **kw}
+
+    reqs = [req("bench", models=[str(p) for p in paths], runs=3, warmup=1, trials=2),
+            req("bench", models=[str(tmp_path / "missing.onnx")]),
+            req("time"),
+            req("load", models=[str(paths[1])], workers=1),
+            req("time", runs=2, warmup=0, trials=2),
+            req("bench", models=[str(paths[0])], runs=2, warmup=0, trials=1, delete=True),
+            req("top1", models=[str(paths[1])], data=[str(folder / "eval.npz")], meta=[{}]),
+            req("top1", models=["x/m.onnx"], data=[str(folder / "eval.npz")], meta=[{}],
+                files={"x/m.onnx": base64.b64encode(model.read_bytes()).decode()}),
+            req("top1", models=["x/m.onnx"], data=[str(folder / "eval.npz")], meta=[{}],
+                reuse=["x/m.onnx"]),  # the model sent in the request before, not again
+            req("top1", models=[str(paths[1])], data=[], meta=[]),  # malformed: ends serving
+            req("time")]
+    p = subprocess.run([sys.executable, "-m", "deploy.ontarget.agent", "--serve"],
                        input="".join(json.dumps(r) + "\n" for r in reqs), capture_output=True,
                        text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stderr
@@ -521,6 +525,27 @@ def test_agent_serves_batches_until_input_ends(bundles, tmp_path):
     assert acc["models"] == [{"model": "b1.onnx", "images": 100,
                               "top1": pytest.approx(rep["models"]["onnx-fp32"]["top1"])}]
     assert inline["models"] == reused["models"] == [{**acc["models"][0], "model": "m.onnx"}]
+    assert {a["v"] for a in (first, missing, acc, top1)} == {PROTOCOL}
+
+
+def test_an_agent_of_another_protocol_version_is_refused_in_one_line(tmp_path):
+    """A request of another version (an agent copy from another release) is answered with
+    one line naming both versions, and the host refuses an answer without its version."""
+    from deploy.ontarget.protocol import ProtocolError, check_answer
+
+    old = {"models": ["m.onnx"], "runs": 2}  # version 1 told requests apart by their keys
+    p = subprocess.run([sys.executable, "-m", "deploy.ontarget.agent", "--serve"],
+                       input=json.dumps(old) + "\n" + json.dumps({"v": PROTOCOL, "op": "x"})
+                       + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
+    lines = p.stdout.strip().splitlines()
+    assert p.returncode == 0 and len(lines) == 1  # the line ends serving
+    ans = json.loads(lines[0])
+    assert ans["code"] == 2 and f"protocol version 1; this agent speaks version {PROTOCOL}" \
+        in ans["error"] and "\n" not in ans["error"]
+    with pytest.raises(ProtocolError, match=f"pi: the agent speaks protocol version 1, this "
+                       f"host {PROTOCOL}"):
+        check_answer({"models": []}, "pi")
+    assert check_answer({"v": PROTOCOL, "loaded": 1}, "pi")["loaded"] == 1
 
 
 def _ssh_and_models(sshd, bundles, folder: Path, n: int) -> tuple[SSHTarget, list[Path]]:
@@ -549,7 +574,7 @@ def test_ssh_session_reuses_one_connection_and_its_agents(sshd, bundles, tmp_pat
     assert socket_path.exists() and rows[0]["batch"]["size"] == 2
     rows = t.bench_many(paths[:1], 1, QUICK)
     assert t._agents[0].proc.pid == pids[0] and [r["model"] for r in rows] == ["b0.onnx"]
-    assert rows[0]["device"]["cores"] >= 1 and rows[0]["runtime_version"]
+    assert rows[0]["machine"]["cores"] >= 1 and rows[0]["runtime_version"]
     written = t.ssh(["find", t.remote_dir, "-name", "b?.onnx"]).stdout.split()
     assert written == []  # the batches were loaded from the requests, never written
     t.close()
@@ -777,8 +802,8 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
 
 
 def test_one_format_table_agrees_with_the_runtimes():
-    from deploy.device.runtimes import RUNTIMES, runtime_for
     from deploy.formats import FORMATS, format_for, parse_formats
+    from deploy.ontarget.runtimes import RUNTIMES, runtime_for
 
     for f in FORMATS.values():
         assert RUNTIMES[f.runtime].suffix == f.suffix

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("emulated_pi", ROOT / "tools" / "emulated_pi.py")
@@ -91,7 +91,7 @@ def test_agent_on_the_emulated_pi_matches_the_host(target, bundle):
     for fmt in ("onnx-fp32", "onnx-int8", "tflite-fp32", "tflite-int8"):
         model = _model(folder, fmt)
         res = target.bench(model, 1, fast, data=folder / "eval.npz")
-        dev = res["device"]
+        dev = res["machine"]
         assert dev["arch"] == "aarch64" and dev["cpu_model"] == "ARM Cortex-A72"
         assert "emulated" in dev.get("emulated", "")
         here = host.bench(model, 1, fast, data=folder / "eval.npz")
@@ -115,7 +115,7 @@ def test_small_table_build_over_ssh_on_the_emulated_pi(target, tmp_path):
                       resolutions=[12])
     t = build_table(space, [12], "onnxruntime", tmp_path / "pi.json",
                     protocol=TimingProtocol(1, 3, 1), calib=2, target=target, batch=64)
-    assert t.context["device"]["arch"] == "aarch64"
+    assert t.context["machine"]["arch"] == "aarch64"
     assert "EMULATED" in t.describe()
     assert t.build["prefetched"] == 1  # the second batch loaded while the first was timed
     assert np.isfinite(LatencyPredictor(t, space).predict(space.max_subnet(12)))

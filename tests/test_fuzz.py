@@ -75,7 +75,7 @@ def test_subnet_config_parser(data):
 def _good_table() -> dict:
     entries = {"12": {s.key(): {"median": 0.01 + s.macs() / 1e9, "count": 1}
                       for s in SPACE.all_block_shapes([12])}}
-    ctx = {"device": {"name": "x"}, "runtime": "onnxruntime", "runtime_version": "0",
+    ctx = {"machine": {"name": "x"}, "runtime": "onnxruntime", "runtime_version": "0",
            "backend": "CPU", "threads": 1, "precision": "fp32", "batch": 1}
     return LatencyTable(ctx, SPACE.to_dict(), [12], entries).to_dict()
 

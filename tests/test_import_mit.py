@@ -62,8 +62,8 @@ def test_imported_supernet_reproduces_mits_logits(reference):
 
 
 def test_exported_onnx_matches_mits_logits(reference, tmp_path):
-    from deploy.device.runtimes import get_runtime
     from deploy.formats import get_format
+    from deploy.ontarget.runtimes import get_runtime
 
     _, run, ref, xs = reference
     net, _, _ = load_run(run)

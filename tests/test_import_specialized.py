@@ -85,9 +85,9 @@ def test_a_published_network_imports_exactly_at_its_own_resolution(published, tm
 
 
 def test_a_236_px_network_exports_to_onnx_and_benchmarks(published, tmp_path):
-    from deploy.device.agent import benchmark
-    from deploy.device.runtimes import TimingProtocol
     from deploy.formats import format_for
+    from deploy.ontarget.agent import benchmark
+    from deploy.ontarget.runtimes import TimingProtocol
 
     folder, static, _, _ = published
     import_ofa_specialized(folder, tmp_path / "net")

@@ -6,8 +6,8 @@ import pytest
 import yaml
 from conftest import shared_path
 
-from deploy.device.runtimes import TimingProtocol
 from deploy.lut import build_table
+from deploy.ontarget.runtimes import TimingProtocol
 from ofa.space import SubnetConfig, get_space
 from ofa.supernet import OFAMobileNetV3
 from search.latency import LatencyPredictor
@@ -290,8 +290,8 @@ def test_litert_blocks_are_timed_channels_last(tmp_path):
     import numpy as np
     import torch
 
-    from deploy.device.runtimes import get_runtime
     from deploy.lut import _block_model, _export, block_layout
+    from deploy.ontarget.runtimes import get_runtime
 
     Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
     assert (block_layout("litert"), block_layout("onnxruntime")) == ("nhwc", "nchw")

@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deploy.budget import choose_measured_budget, measure_budgets
-from deploy.device.runtimes import TimingProtocol, time_interleaved
+from deploy.ontarget.protocol import PROTOCOL
+from deploy.ontarget.runtimes import TimingProtocol, time_interleaved
 from deploy.verify import judge
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,17 +230,17 @@ def test_the_agent_reports_progress_and_the_host_waits_as_long_as_it_does(monkey
 
 
 def test_serve_writes_progress_lines_while_it_times(monkeypatch, tmp_path):
-    import deploy.device.agent as agent
+    import deploy.ontarget.agent as agent
     from deploy.probe import probe_file
 
     monkeypatch.setattr(agent, "PROGRESS_S", 0.0)
     probe = probe_file("onnxruntime", "fp32", tmp_path)
     lines = []
-    req = {"models": [str(probe), str(probe)], "warmup": 0, "runs": 2, "trials": 3,
-           "probe": True}
+    req = {"v": PROTOCOL, "op": "bench", "models": [str(probe), str(probe)], "warmup": 0,
+           "runs": 2, "trials": 3, "probe": True}
     agent.serve([json.dumps(req)], lines.append)
     answers = [json.loads(x) for x in lines]
-    assert all(set(a) == {"progress", "of"} for a in answers[:-1]) and len(answers) > 2
+    assert all(set(a) == {"v", "progress", "of"} for a in answers[:-1]) and len(answers) > 2
     assert answers[-1]["probe"]["rel"] == 1.0
     assert answers[-1]["models"][1]["latency_ms"]["rel"] == pytest.approx(1.0, rel=0.5)
 
@@ -250,10 +251,11 @@ def test_a_serving_agent_ends_when_its_connection_drops(tmp_path):
     from deploy.probe import probe_file
 
     probe = probe_file("onnxruntime", "fp32", tmp_path)
-    proc = subprocess.Popen([sys.executable, "-m", "deploy.device.agent", "--serve"],
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.ontarget.agent", "--serve"],
                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    req = {"models": [str(probe), str(probe)], "warmup": 0, "runs": 1000, "trials": 1000}
+    req = {"v": PROTOCOL, "op": "bench", "models": [str(probe), str(probe)], "warmup": 0,
+           "runs": 1000, "trials": 1000}
     proc.stdin.write(json.dumps(req) + "\n")
     proc.stdin.flush()
     time.sleep(2.0)  # loaded and timing (about 200 s of work)

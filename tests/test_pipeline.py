@@ -112,7 +112,7 @@ def test_shipped_table_is_verified_here(tiny_job: Path, tmp_path: Path, capsys):
     shipped_dir.mkdir()
     src = LatencyTable.load(tiny_job / "latency_table.json", space=space)
     src.calibration = {**src.calibration, "a": src.calibration["a"] * 3.0}
-    src.context["device"] = {**src.context["device"], "cpu_model": "Another CPU"}
+    src.context["machine"] = {**src.context["machine"], "cpu_model": "Another CPU"}
     src.save(shipped_dir / "x86_64_mbv3-digits_onnxruntime_fp32_t1.json")
     rc = RunConfig(name="r", root=str(tmp_path), space="mbv3-digits", resolutions=[12, 16],
                    tables_dir=str(shipped_dir), lut_calib=10)

@@ -5,7 +5,7 @@ software stack from Debian's packages and PyPI's aarch64 wheels and boots it on 
 core (``-M virt -cpu cortex-a72``), so that ``ofa bench``, ``ofa lut build``, ``ofa deploy``
 and ``ofa run`` can be tried against an ARM device without one. Emulated time is hundreds of
 times slower than a Pi and means nothing as a Pi's speed: the device reports itself as
-``emulated`` (:mod:`deploy.device.devinfo`) and every table and report measured there says so.
+``emulated`` (:mod:`deploy.ontarget.facts`) and every table and report measured there says so.
 
     python tools/emulated_pi.py build     # once, ~25 min (debootstrap's second stage in the guest)
     python tools/emulated_pi.py start     # ~20 s to SSH; prints the --target ... arguments

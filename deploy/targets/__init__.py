@@ -2,13 +2,13 @@
 
 ``parse_target("local" | "ssh://user@host[:port]" | "adb" | "adb:SERIAL")`` returns a target
 with ``bench(model, threads, protocol, data=None) -> dict`` in the device agent's JSON schema
-(see :mod:`deploy.device.agent`). Torch-free.
+(see :mod:`deploy.ontarget.agent`). Torch-free.
 
 One module per concept:
 
 - ``base``: the :class:`Target` protocol, :class:`TargetError`, the agent's answers.
 - ``local``: :class:`LocalTarget` runs the agent in a fresh Python process.
-- ``ssh``: :class:`SSHTarget` copies the agent (the torch-free ``deploy/device`` package)
+- ``ssh``: :class:`SSHTarget` copies the agent (the torch-free ``deploy/ontarget`` package)
   once a session through ``ssh`` and keeps it serving JSON-line requests (models inline).
 - ``adb``: :class:`AdbTarget` pushes the ``.tflite`` and a user-supplied TFLite
   ``benchmark_model`` binary to ``/data/local/tmp`` and parses its output

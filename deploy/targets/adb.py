@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from deploy.targets.base import OneBatchAtATime, TargetError
 
 __all__ = ["AdbTarget", "parse_benchmark_model"]
@@ -115,7 +115,7 @@ class AdbTarget(OneBatchAtATime):
                     "model_bytes": model.stat().st_size, "runtime": "tflite benchmark_model",
                     "backend": "XNNPACK" if self.xnnpack else "CPU", "threads": threads,
                     "warmup": protocol.warmup, "trials": 1, "target": self.name,
-                    "device": {"name": self.name}})
+                    "machine": {"name": self.name}})
         return res
 
     def bench_many(self, models: list[Path], threads: int = 1,

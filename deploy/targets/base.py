@@ -1,5 +1,5 @@
 """The :class:`Target` protocol that every transport implements, and the device agent's
-answers as the transports read them (the agent and its JSON schema: :mod:`deploy.device.agent`).
+answers as the transports read them (the agent and its JSON schema: :mod:`deploy.ontarget.agent`).
 Torch-free."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 
 __all__ = ["Target", "TargetError", "one_batch_at_a_time"]
 
 PKG = Path(__file__).resolve().parents[1]  # deploy/: the agent runs beside it
-DEVICE = PKG / "device"  # the torch-free package an SSH target copies to the device
+ONTARGET = PKG / "ontarget"  # the torch-free package an SSH target copies to the target
 
 
 class TargetError(RuntimeError):
@@ -103,15 +103,15 @@ def agent_args(models: list[str], threads: int, protocol: TimingProtocol,
 
 def batch_rows(res: dict[str, Any], models: list[Path], where: str) -> list[dict[str, Any]]:
     """One row per model from the agent's batch answer, in order, each with the batch's
-    ``device``, ``runtime_version`` and ``backend`` and ``batch``: ``{"size", "load_s",
-    "timing_s"}`` (seconds the agent spent loading the models and in the timed trials)."""
+    ``machine`` (its facts), ``runtime_version``, ``backend`` and ``batch``: ``{"size",
+    "load_s", "timing_s"}`` (seconds the agent spent loading the models and in the timed trials)."""
     rows = res.get("models", [res] if "model" in res else None)  # one model: the plain answer
     if not isinstance(rows, list) or [r.get("model") for r in rows] != [
             Path(m).name for m in models]:
         raise TargetError(f"{where}: the agent's batch answer does not list the models sent")
     batch = {"size": len(rows), "load_s": res.get("load_s"), "timing_s": res.get("timing_s")}
     for r in rows:
-        for k in ("device", "runtime_version", "backend"):
+        for k in ("machine", "runtime_version", "backend"):
             r.setdefault(k, res.get(k))
         r["batch"] = batch
     return rows

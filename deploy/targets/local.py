@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from deploy.targets.base import (
     PKG,
     OneBatchAtATime,
@@ -62,6 +62,6 @@ class LocalTarget(OneBatchAtATime):
 
     def _agent(self, args: list[str]) -> dict[str, Any]:
         """Run the agent beside the deploy package with ``args``; its JSON answer."""
-        proc = subprocess.run([self.python, "-m", "deploy.device.agent", *args],
+        proc = subprocess.run([self.python, "-m", "deploy.ontarget.agent", *args],
                               capture_output=True, text=True, cwd=PKG.parent)
         return agent_json(proc, "local")

@@ -27,10 +27,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from deploy.device.agent import model_meta
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.agent import model_meta
+from deploy.ontarget.protocol import ProtocolError, Request, check_answer
+from deploy.ontarget.runtimes import TimingProtocol
 from deploy.targets.base import (
-    DEVICE,
+    ONTARGET,
     PKG,
     TargetError,
     agent_args,
@@ -324,12 +325,12 @@ class SSHTarget:
             TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
-        req = {**self._load_request(models, threads, None), **protocol_fields(protocol)}
-        req["models"] = req.pop("load")
+        req = self._load_request(models, threads, None)
+        req.op, req.timing = "bench", protocol_fields(protocol)
         return batch_rows(self._request(self._serving(0), req), models, self.name)
 
     def _load_request(self, models: list[Path], threads: int,
-                      workers: int | None) -> dict[str, Any]:
+                      workers: int | None) -> Request:
         """A ``load`` request: the models inline, zlib-compressed, each named by its
         content's hash and file name: the same file keeps its name from one request to the
         next, wherever it stands in the batch (the probe goes first in a timing request, not
@@ -337,9 +338,10 @@ class SSHTarget:
         raws = [Path(m).read_bytes() for m in models]
         names = [f"{hashlib.sha256(r).hexdigest()[:16]}/{Path(m).name}"
                  for r, m in zip(raws, models)]
-        return {"load": names, "threads": threads, "workers": workers, "compression": "zlib",
-                "files": {n: base64.b64encode(zlib.compress(r)).decode()
-                          for n, r in zip(names, raws)}}
+        return Request("load", models=names, threads=threads, workers=workers,
+                       compression="zlib",
+                       files={n: base64.b64encode(zlib.compress(r)).decode()
+                              for n, r in zip(names, raws)})
 
     def top1(self, models: list[Path], data: list[Path], threads: int = 1
              ) -> list[dict[str, Any] | None]:
@@ -356,13 +358,13 @@ class SSHTarget:
             raw = Path(d).read_bytes()
             key = hashlib.sha256(raw).hexdigest()[:16]
             names.append(blobs.setdefault(key, (f"data/{key}.npz", raw))[0])
-        req["files"].update({n: base64.b64encode(zlib.compress(raw)).decode()
-                             for n, raw in blobs.values()})
+        req.files.update({n: base64.b64encode(zlib.compress(raw)).decode()
+                          for n, raw in blobs.values()})
         try:  # model.json: resolution and normalisation, for raw evaluation images
             metas = [model_meta(Path(m)) for m in models]
         except ValueError as exc:
             raise TargetError(str(exc)) from None
-        req.update(top1=req.pop("load"), data=names, meta=metas)
+        req.op, req.data, req.meta = "top1", names, metas
         ans = self._request(self._serving(0), req)
         rows = ans.get("models")
         if not isinstance(rows, list) or len(rows) != len(models):
@@ -398,7 +400,7 @@ class SSHTarget:
             yield from one_batch_at_a_time(self, itertools.chain([cur], it), threads,
                                            protocol)
             return
-        k, timing = 0, {"time": True, **protocol_fields(protocol)}
+        k, timing = 0, Request("time", timing=protocol_fields(protocol))
         try:
             t0 = time.perf_counter()
             loaded = self._request(self._serving(0), self._load_request(cur, threads, None))
@@ -441,12 +443,12 @@ class SSHTarget:
             agents = [self._serving(k) for k in range(n)]
             try:
                 for a in agents:  # both import the runtime at once
-                    self._send(a, {"prepare": runtime})
+                    self._send(a, Request("prepare", runtime=runtime))
                 answers = [self._receive(a) for a in agents]
             except TargetError:  # no answer may be left unread for the next request
                 self._end_pending()
                 raise
-            self._cores = (answers[0].get("device") or {}).get("cores")
+            self._cores = (answers[0].get("machine") or {}).get("cores")
             self._ready.add(runtime)
 
     def _end_pending(self) -> None:
@@ -457,7 +459,7 @@ class SSHTarget:
                 a.end()
                 self._agents[j] = None
 
-    def _request(self, agent: _AgentProcess, req: dict[str, Any]) -> dict[str, Any]:
+    def _request(self, agent: _AgentProcess, req: Request) -> dict[str, Any]:
         """Send one request line to an agent process; its answer (errors raised)."""
         self._send(agent, req)
         return self._receive(agent)
@@ -475,9 +477,9 @@ class SSHTarget:
         return {**req, "files": {n: v for n, v in files.items() if n not in reuse},
                 "reuse": reuse}
 
-    def _send(self, agent: _AgentProcess, req: dict[str, Any]) -> None:
+    def _send(self, agent: _AgentProcess, req: Request) -> None:
         try:
-            agent.proc.stdin.write(json.dumps(self._reusing(agent, req)) + "\n")
+            agent.proc.stdin.write(json.dumps(self._reusing(agent, req.to_dict())) + "\n")
             agent.proc.stdin.flush()
         except OSError:
             raise TargetError(self._failure(agent)) from None
@@ -499,11 +501,14 @@ class SSHTarget:
             if not line:
                 raise TargetError(self._failure(agent))
             try:
-                ans = json.loads(line)
+                ans = check_answer(json.loads(line), self.name)
             except json.JSONDecodeError:
                 raise TargetError(f"{self.name}: the agent answered no JSON: {line[:80]!r}"
                                   ) from None
-            if isinstance(ans, dict) and set(ans) == {"progress", "of"}:
+            except ProtocolError as exc:
+                agent.proc.kill()
+                raise TargetError(str(exc)) from None
+            if "progress" in ans and "of" in ans:
                 if self.progress is not None:
                     self.progress(int(ans["progress"]), int(ans["of"]))
                 continue
@@ -517,7 +522,7 @@ class SSHTarget:
         return ans
 
     def _serving(self, k: int = 0) -> _AgentProcess:
-        """The session's agent process ``k`` (``python -m deploy.device.agent --serve``)."""
+        """The session's agent process ``k`` (``python -m deploy.ontarget.agent --serve``)."""
         a = self._agents[k]
         if a is not None and a.alive():
             return a
@@ -547,21 +552,21 @@ class SSHTarget:
         return None
 
     def _copy_agent(self) -> None:
-        """The torch-free agent (``deploy/device``) into the remote folder, once a session.
+        """The torch-free agent (``deploy/ontarget``) into the remote folder, once a session.
 
         Raises:
             TargetError: unreachable, ``tar`` missing or the device's disk is full.
         """
         if self._agent_copied:
             return
-        files = [PKG / "__init__.py", *sorted(DEVICE.glob("*.py"))]
+        files = [PKG / "__init__.py", *sorted(ONTARGET.glob("*.py"))]
         self._send_tar({str(f.relative_to(PKG.parent)): f for f in files}, "agent copy")
         self._agent_copied = True
 
     def _agent_command(self, args: list[str]) -> list[str]:
         """The ``ssh`` command line that runs the agent in the remote folder with ``args``."""
         script = (f"cd {shlex.quote(self.remote_dir)} && exec {shlex.quote(self.python)} -m "
-                  f"deploy.device.agent {' '.join(shlex.quote(a) for a in args)}")
+                  f"deploy.ontarget.agent {' '.join(shlex.quote(a) for a in args)}")
         return ["ssh", "-p", str(self.port), *self.opts, self.dest, script]
 
     def _agent(self, args: list[str]) -> dict[str, Any]:

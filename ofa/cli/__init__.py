@@ -64,14 +64,14 @@ BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error, not the user's inp
 
 def _expected(exc: BaseException) -> bool:
     """An expected failure, reported in one line: bad input (:class:`ofa.errors.
-    InputError`, the device side's ``DeviceInputError``, a malformed table), a file that
+    InputError`, the target side's ``TargetInputError``, a malformed table), a file that
     cannot be read or written (``OSError``), a device that cannot measure (``TargetError``)
     or lacks its runtime. The device classes are looked up only where their modules were
     imported (``ofa --help`` imports none of them)."""
     kinds: list[type] = [CliError, InputError, OSError]
-    for mod, name in (("deploy.device.errors", "DeviceInputError"),
+    for mod, name in (("deploy.ontarget.errors", "TargetInputError"),
                       ("deploy.targets.base", "TargetError"),
-                      ("deploy.device.runtimes", "RuntimeMissing")):
+                      ("deploy.ontarget.runtimes", "RuntimeMissing")):
         if mod in sys.modules:
             kinds.append(getattr(sys.modules[mod], name))
     return isinstance(exc, tuple(kinds))

@@ -14,11 +14,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from ofa.errors import InputError
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
-           "add_target_args", "add_device_args", "add_compute_args", "autocast_of",
+           "add_target_args", "add_target_conn_args", "add_compute_args", "autocast_of",
            "deployed_precision_of", "target_options",
            "device_name", "default_workers", "load_subnet", "SEED", "CliError"]
 
@@ -110,7 +110,7 @@ def choice_list(choices: Callable[[], list[str]] | list[str], what: str
     return lambda text: list(dict.fromkeys(parse(text)))
 
 
-def add_device_args(p: argparse.ArgumentParser) -> None:
+def add_target_conn_args(p: argparse.ArgumentParser) -> None:
     """Where to measure: ``--target`` and the SSH/adb connection options."""
     p.add_argument("--target", default="local", type=_target_spec,
                    help="local | ssh://user@host[:port] | adb[:serial]")
@@ -122,7 +122,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_target_args(p: argparse.ArgumentParser, runs: int = TimingProtocol.runs) -> None:
-    """:func:`add_device_args` plus the timing protocol and thread count."""
+    """:func:`add_target_conn_args` plus the timing protocol and thread count."""
     p.add_argument("--threads", type=int_range(1, 256), default=1)
     p.add_argument("--runs", type=int_range(1, 100_000), default=runs,
                    help="timed invokes per trial")
@@ -130,7 +130,7 @@ def add_target_args(p: argparse.ArgumentParser, runs: int = TimingProtocol.runs)
                    help="untimed invokes before each trial")
     p.add_argument("--trials", type=int_range(1, 1000), default=TimingProtocol.trials,
                    help="rounds (interleaved over the models timed together)")
-    add_device_args(p)
+    add_target_conn_args(p)
 
 
 def _target_spec(text: str) -> str:

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def target_and_protocol(args: argparse.Namespace):
     """The target and timing protocol given by :func:`ofa.cli.args.add_target_args`."""
-    from deploy.device.runtimes import TimingProtocol
+    from deploy.ontarget.runtimes import TimingProtocol
     from deploy.targets import parse_target
 
     return (parse_target(args.target, **target_options(args)),
@@ -29,8 +29,8 @@ def target_and_protocol(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from deploy.device.agent import model_meta
-    from deploy.device.runtimes import runtime_for
+    from deploy.ontarget.agent import model_meta
+    from deploy.ontarget.runtimes import runtime_for
     from deploy.probe import ProbedTarget
     from deploy.targets import TargetError
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
           f"thread(s)): median {lat['median']:.3f} ms, min {lat['min']:.3f} ms; "
           f"{lat['rel']:.3f} probe units (the probe: {probe['mean']:.4f} ms, moved "
           f"{probe['spread']:.2f}x during the trials, timed again {probe['retimed']}x)")
-    dev = res.get("device") or {}
+    dev = res.get("machine") or {}
     if dev.get("emulated"):
         print(f"device: {dev.get('cpu_model')} on {dev['emulated']}: these timings measure the "
               "emulation, not the device")

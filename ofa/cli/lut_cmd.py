@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from ofa.cli.args import (
     SEED,
     CliError,
-    add_device_args,
+    add_target_conn_args,
     default_jobs,
     int_list,
     int_range,
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="on an SSH --target, load each batch only after the one before is "
                    "timed (default: the next batch loads on a spare device core meanwhile)")
     _jobs(b)
-    add_device_args(b)
+    add_target_conn_args(b)
     c = sub.add_parser("calibrate", help="refit a table's calibration a*sum^p on whole "
                        "subnets measured here (e.g. a shipped table on another machine of "
                        "its type)")
@@ -64,7 +64,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "subnets the table was calibrated on (its fitted_on; e.g. a table "
                    "calibrated with an earlier, straight-line fit)")
     _jobs(c)
-    add_device_args(c)
+    add_target_conn_args(c)
     i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
     i.add_argument("--out", required=True)
@@ -79,7 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--json", action="store_true")
     v.add_argument("--force", action="store_true", help="validate a table of another CPU model")
     _jobs(v)
-    add_device_args(v)
+    add_target_conn_args(v)
     f = sub.add_parser("verify", help="check a table on this machine or a --target device "
                        "with subnets measured beside the probe: keep, adapt or rebuild it")
     f.add_argument("table")
@@ -90,7 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "written)")
     f.add_argument("--json", action="store_true")
     _jobs(f)
-    add_device_args(f)
+    add_target_conn_args(f)
 
 
 def _jobs(p: argparse.ArgumentParser) -> None:
@@ -128,8 +128,8 @@ def _build(args: argparse.Namespace, target) -> int:
         if args.no_prefetch and hasattr(target, "prefetch"):
             target.prefetch = False
         start_in_background(target, args.runtime)  # the device starts while torch imports
-    from deploy.device.runtimes import TimingProtocol
     from deploy.lut import build_table
+    from deploy.ontarget.runtimes import TimingProtocol
     from ofa.space import get_space
 
     kw = {} if args.num_classes is None else {"num_classes": args.num_classes}
@@ -151,14 +151,14 @@ def _table_and_space(args: argparse.Namespace, target):
     beside the probe, so the report says how well the table holds here (the CPU model
     string alone decides nothing; ``ofa lut verify`` keeps, adapts or rebuilds).
     """
-    from deploy.device.devinfo import device_facts
+    from deploy.ontarget.facts import machine_facts
     from ofa.space import SearchSpace
     from search.latency_table import LatencyTable
 
     table = LatencyTable.load(args.table)
-    dev = table.context.get("device")
+    dev = table.context.get("machine")
     theirs = dev.get("cpu_model") if isinstance(dev, dict) else None
-    mine = device_facts()["cpu_model"]
+    mine = machine_facts()["cpu_model"]
     if target is None and theirs != mine:
         print(f"note: {args.table} was measured on {theirs or 'an unknown CPU'}, this machine "
               f"is {mine}: measuring it here all the same", file=sys.stderr)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from ofa.cli.args import default_jobs
 from ofa.errors import InputError
 from ofa.fileio import atomic_write, atomic_write_json, atomic_write_text, read_json
@@ -105,9 +105,9 @@ def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = 
     CPU model first, one with probe data first. None when there is none. Whether it holds
     here is decided by measuring (:func:`deploy.verify.verify_table`), not by its CPU model.
     """
-    from deploy.device.devinfo import device_facts
+    from deploy.ontarget.facts import machine_facts
 
-    cpu = device_facts()["cpu_model"]
+    cpu = machine_facts()["cpu_model"]
     found = []
     with _candidates(folder) as paths:
         for p in paths:
@@ -118,7 +118,7 @@ def find_shipped_table(space, runtime: str, threads: int, folder: Path | None = 
                 continue
             if t.space.get("resolutions"):
                 found.append(t)
-    found.sort(key=lambda t: (not t.probe, t.context["device"].get("cpu_model") != cpu))
+    found.sort(key=lambda t: (not t.probe, t.context["machine"].get("cpu_model") != cpu))
     return found[0] if found else None
 
 

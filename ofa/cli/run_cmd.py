@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from deploy.device.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol
 from ofa.cli.args import (
     CliError,
     add_target_args,

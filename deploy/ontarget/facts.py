@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["device_facts"]
+__all__ = ["machine_facts"]
 
 
 def _read(path: str) -> str | None:
@@ -57,7 +57,7 @@ def emulated() -> str | None:
     return None
 
 
-def device_facts() -> dict[str, Any]:
+def machine_facts() -> dict[str, Any]:
     """Name, CPU model, cores, OS, arch, governor; temperature and throttling on a Pi;
     ``emulated`` (a reason) under QEMU's virt board, whose timings mean nothing as a device's
     speed."""

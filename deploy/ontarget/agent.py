@@ -1,9 +1,9 @@
 """Device agent: benchmark an exported model and check its accuracy where it runs. Torch-free.
 
-    python -m deploy.device.agent MODEL [--threads N --runs N --warmup N --trials N]
+    python -m deploy.ontarget.agent MODEL [--threads N --runs N --warmup N --trials N]
                                  [--data FILE.npz|FOLDER] [--json]
-    python -m deploy.device.agent MODEL MODEL ... [--threads ...] --json    # a batch
-    python -m deploy.device.agent --serve    # batches as JSON lines on stdin, answers on stdout
+    python -m deploy.ontarget.agent MODEL MODEL ... [--threads ...] --json    # a batch
+    python -m deploy.ontarget.agent --serve    # batches as JSON lines on stdin, answers on stdout
 
 Imports only numpy and the one runtime the model needs (onnxruntime for ``.onnx``;
 ai-edge-litert, or tflite-runtime as a fallback, for ``.tflite``), so it runs on a Raspberry
@@ -12,20 +12,18 @@ Pi with the ``device`` extra. It is also what the SSH target copies and runs rem
 Output (``--json``): ``{"schema": "ofa-edge-agent", "version": 1, "model", "model_bytes",
 "runtime", "runtime_version", "backend", "threads", "input_shape", "input_dtype",
 "latency_ms": {"median", "p90", "mean", "std", "min", "count"}, "median", "p90", "min",
-"runs", "warmup", "trials", "device": {...}, ["accuracy": {"top1", "images"}]}``.
+"runs", "warmup", "trials", "machine": {...}, ["accuracy": {"top1", "images"}]}``.
 Latencies are per invoke (batch 1), in milliseconds. With several models (a latency-table
 build's batch of blocks, :func:`benchmark_many`): ``{"schema", "version", "runtime",
-"runtime_version", "backend", "threads", "runs", "warmup", "trials", "device", "models":
+"runtime_version", "backend", "threads", "runs", "warmup", "trials", "machine", "models":
 [{"model", "model_bytes", "input_shape", "latency_ms", "median"}, ...], "load_s", "timing_s"}``,
 all timed in one process in interleaved trials (``load_s``: seconds spent loading the models,
 ``timing_s``: seconds of the interleaved trials, warm-up invokes included).
 
 ``--serve`` keeps one process for a whole latency-table build (:func:`serve`): each stdin
-line is a batch request ``{"models": [...], "threads", "warmup", "runs", "trials", "files",
-"compression", "delete"}`` (``files``: the models' bytes inline, base64 of zlib, loaded
-from memory), ``{"top1": [...], "data": [...], "meta": [...], ...}`` (each model's top-1 on
-its evaluation images, :func:`accuracy`) or ``{"prepare": RUNTIME}`` (import it now) and gets
-one stdout line, the answer or ``{"error": MESSAGE, "code": 2|3}``; end of input ends it.
+line is a request of the versioned wire protocol (``deploy/ontarget/protocol.py``: ``bench``,
+``load``/``time``, ``top1``, ``prepare``) and gets one stdout answer line (after progress
+lines), or an error line; end of input ends it.
 The interpreter start and the runtime's import (tens of seconds on an emulated board) are
 then paid once per build, not once per batch.
 
@@ -57,9 +55,10 @@ from typing import Any
 
 import numpy as np
 
-from deploy.device.devinfo import device_facts
-from deploy.device.errors import DeviceInputError
-from deploy.device.runtimes import (
+from deploy.ontarget.errors import TargetInputError
+from deploy.ontarget.facts import machine_facts
+from deploy.ontarget.protocol import ProtocolError, Request, answer
+from deploy.ontarget.runtimes import (
     Runtime,
     RuntimeMissing,
     TimingProtocol,
@@ -85,7 +84,7 @@ def model_meta(model: Path) -> dict[str, Any]:
         try:
             return json.loads(p.read_text())
         except json.JSONDecodeError:
-            raise DeviceInputError(f"{p}: model description is not valid JSON") from None
+            raise TargetInputError(f"{p}: model description is not valid JSON") from None
     return {}
 
 
@@ -114,7 +113,7 @@ def _normalise(raw: list[np.ndarray], meta: dict[str, Any]) -> np.ndarray:
         mean = np.asarray(norm["mean"], np.float32)[:, None, None]
         std = np.asarray(norm["std"], np.float32)[:, None, None]
     except (KeyError, TypeError):
-        raise DeviceInputError("raw images need the model.json beside the model (resolution, "
+        raise TargetInputError("raw images need the model.json beside the model (resolution, "
                          "normalisation); or pass the eval .npz that ofa export wrote") from None
     out = []
     for img in raw:
@@ -138,12 +137,12 @@ def load_eval_data(path: str | Path | bytes, meta: Mapping[str, Any],
         return _eval_arrays(io.BytesIO(path), "the data sent", meta, limit)
     path = Path(path)
     if not path.exists():
-        raise DeviceInputError(f"data {path} does not exist")
+        raise TargetInputError(f"data {path} does not exist")
     if path.is_dir():
         try:
             from PIL import Image
         except ImportError:
-            raise DeviceInputError("reading an image folder needs Pillow (pip install pillow)"
+            raise TargetInputError("reading an image folder needs Pillow (pip install pillow)"
                              ) from None
         classes = sorted(d.name for d in path.iterdir() if d.is_dir())
         names = meta.get("classes") or classes
@@ -151,7 +150,7 @@ def load_eval_data(path: str | Path | bytes, meta: Mapping[str, Any],
                  for f in sorted((path / c).iterdir()) if f.is_file()]
         files = files[:limit] if limit else files
         if not files:
-            raise DeviceInputError(f"{path}: no class folders with images (class/xxx.jpg)")
+            raise TargetInputError(f"{path}: no class folders with images (class/xxx.jpg)")
         raw = [np.asarray(Image.open(f).convert("RGB")) for f, _ in files]
         return _normalise(raw, meta), np.array([y for _, y in files], np.int64)
     return _eval_arrays(path, str(path), meta, limit)
@@ -164,16 +163,16 @@ def _eval_arrays(src: Path | io.BytesIO, where: str, meta: Mapping[str, Any],
         z = np.load(src)
         keys = set(z.files)
     except (OSError, ValueError, EOFError) as exc:
-        raise DeviceInputError(f"{where}: not a readable .npz ({exc})") from None
+        raise TargetInputError(f"{where}: not a readable .npz ({exc})") from None
     if {"x", "y"} <= keys:
         x, y = z["x"].astype(np.float32), z["y"].astype(np.int64)
     elif {"x_test", "y_test"} <= keys:
         n = limit or len(z["y_test"])
         x, y = _normalise(list(z["x_test"][:n]), meta), z["y_test"][:n].astype(np.int64)
     else:
-        raise DeviceInputError(f"{where}: expected arrays x, y (ofa export) or x_test, y_test")
+        raise TargetInputError(f"{where}: expected arrays x, y (ofa export) or x_test, y_test")
     if x.ndim != 4 or len(x) != len(y):
-        raise DeviceInputError(f"{where}: x must be (N, 3, r, r) with one label each, got "
+        raise TargetInputError(f"{where}: x must be (N, 3, r, r) with one label each, got "
                                f"{x.shape}")
     return (x[:limit], y[:limit]) if limit else (x, y)
 
@@ -226,7 +225,7 @@ def benchmark(model: str | Path, threads: int = 1, protocol: TimingProtocol | No
         "input_shape": list(shape), "input_dtype": np.dtype(rt.input_dtype).name,
         "latency_ms": st, "median": st["median"], "p90": st["p90"], "min": st["min"],
         "runs": protocol.runs, "warmup": protocol.warmup, "trials": protocol.trials,
-        "device": device_facts()}
+        "machine": machine_facts()}
     if data is not None:
         xs, ys = load_eval_data(data, meta, limit)
         out["accuracy"] = {"top1": top1(rt, xs, ys), "images": int(len(ys))}
@@ -272,7 +271,7 @@ class LoadedBatch:
         contents = contents or {}
         kinds = {runtime_for(p) for p in self.paths}
         if len(kinds) != 1:
-            raise DeviceInputError(f"one runtime per batch, got {sorted(kinds)}")
+            raise TargetInputError(f"one runtime per batch, got {sorted(kinds)}")
         kind = kinds.pop()
         get_runtime(kind, threads).version()  # RuntimeMissing before any thread starts
         self.threads = threads
@@ -288,7 +287,7 @@ class LoadedBatch:
     def time(self, protocol: TimingProtocol | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         """Time one invoke of each model in interleaved trials
-        (:func:`deploy.device.runtimes.time_interleaved`): the batch answer of
+        (:func:`deploy.ontarget.runtimes.time_interleaved`): the batch answer of
         :func:`benchmark_many`. ``progress(done, total)``: called after each model's
         trial."""
         protocol = protocol or TimingProtocol()
@@ -307,7 +306,7 @@ class LoadedBatch:
         return {"schema": SCHEMA, "version": 1, "runtime": rt.name,
                 "runtime_version": rt.version(), "backend": rt.backend,
                 "threads": self.threads, "runs": protocol.runs, "warmup": protocol.warmup,
-                "trials": protocol.trials, "device": device_facts(),
+                "trials": protocol.trials, "machine": machine_facts(),
                 "models": [{"model": p.name, "model_bytes": n,
                             "input_shape": [int(d) for d in r.input_shape], "latency_ms": st,
                             "median": st["median"]}
@@ -321,7 +320,7 @@ def benchmark_many(models: list[str | Path], threads: int = 1,
                    protocol: TimingProtocol | None = None,
                    contents: Mapping[str, bytes] | None = None) -> dict[str, Any]:
     """Load every model (one runtime, by suffix) and time one invoke of each in interleaved
-    trials (:func:`deploy.device.runtimes.time_interleaved`): one interpreter start and one
+    trials (:func:`deploy.ontarget.runtimes.time_interleaved`): one interpreter start and one
     device session for a whole batch, and a drift of the device's speed spreads over the
     batch alike. Inputs are seeded random tensors of each model's input shape.
     ``contents``: model bytes by the model's name as listed in ``models`` (sent inline; no
@@ -338,15 +337,11 @@ def _prepare(runtime: str) -> dict[str, Any]:
     """Import ``runtime`` now (seconds on a small board) and say what it and the device are."""
     try:
         rt = get_runtime(runtime, 1)
-        return {"runtime": rt.name, "runtime_version": rt.version(), "device": device_facts()}
+        return {"runtime": rt.name, "runtime_version": rt.version(), "machine": machine_facts()}
     except RuntimeMissing as exc:
         return {"error": str(exc), "code": 3}
     except ValueError as exc:
         return {"error": str(exc).splitlines()[0], "code": 2}
-
-
-def _protocol(req: Mapping[str, Any]) -> TimingProtocol:
-    return TimingProtocol.from_fields(req)
 
 
 def _failure(exc: Exception) -> dict[str, Any]:
@@ -369,7 +364,7 @@ def _progress_writer(write: Callable[[str], None]) -> Callable[[int, int], None]
         nonlocal last
         if time.monotonic() - last >= PROGRESS_S:
             last = time.monotonic()
-            write(json.dumps({"progress": done, "of": total}))
+            write(answer({"progress": done, "of": total}))
 
     return progress
 
@@ -402,105 +397,103 @@ def watch_parent(stdin_fd: int | None = 0, poll_s: float = 1.0) -> threading.Thr
     return t
 
 
+class _Session:
+    """What a serving agent keeps between requests: the batch a ``load`` request holds
+    (with the files to delete after it is timed) and the last request's inline files,
+    which a ``reuse`` names."""
+
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self.write = write
+        self.held: tuple[LoadedBatch, list[Path]] | None = None
+        self.previous: dict[str, bytes] = {}
+
+    def files(self, req: Request) -> dict[str, bytes]:
+        """The request's inline files, decoded, with those it reuses.
+
+        Raises:
+            ProtocolError: undecodable files, or a reuse of a file not sent the line before.
+        """
+        reusable, self.previous = self.previous, {}
+        unpack = zlib.decompress if req.compression == "zlib" else bytes
+        try:
+            files = {k: unpack(base64.b64decode(v)) for k, v in req.files.items()}
+        except (binascii.Error, zlib.error, TypeError, ValueError) as exc:
+            raise ProtocolError(f"{req.op} request: undecodable files ({exc})") from None
+        for name in req.reuse:
+            if name not in reusable:
+                raise ProtocolError(f"reuse: {name} was not sent in the previous request")
+            files[name] = reusable[name]
+        self.previous = files
+        return files
+
+    def handle(self, req: Request, files: dict[str, bytes]) -> tuple[dict[str, Any], list[Path]]:
+        """The answer to ``req`` and the files on the target to remove after it."""
+        models = [Path(m) for m in req.models]
+        delete = [m for m in models if str(m) not in files] if req.delete else []
+        progress = _progress_writer(self.write)
+        if req.op == "prepare":
+            return _prepare(str(req.runtime)), []
+        if req.op == "top1":
+            done = []
+            for m, d, meta in zip(models, req.data, req.meta):
+                done.append(accuracy(m, files.get(d, d), req.threads, meta, files.get(str(m))))
+                progress(len(done), len(models))
+            return {"models": done, "machine": machine_facts()}, delete
+        protocol = TimingProtocol.from_fields(req.timing)
+        if req.op == "time":
+            if self.held is None:
+                raise TargetInputError("no batch loaded to time (send a load request first)")
+            (batch, delete), self.held = self.held, None
+            return batch.time(protocol, progress), delete
+        batch = LoadedBatch(models, req.threads, files, req.workers)
+        if req.op == "load":
+            self.held = (batch, delete)
+            return {"loaded": len(models), "load_s": batch.load_s}, []
+        return batch.time(protocol, progress), delete
+
+
 def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
-    """Answer batch requests (one JSON object per line of ``lines``) with one JSON line each
-    through ``write``, until the lines end: the persistent agent of ``--serve``.
+    """Answer requests (one JSON line each, :mod:`deploy.ontarget.protocol`) with one answer
+    line each through ``write``, until the lines end: the persistent agent of ``--serve``.
 
-    Requests:
+    ``bench`` loads and times a batch (:func:`benchmark_many`): its ``files`` are model files
+    sent inline, loaded from memory, so a batch needs no copy process and writes nothing on
+    the target; other names are files there, which ``delete`` removes afterwards. ``load``
+    only loads a batch (``workers`` loading threads, default one per core) and holds it;
+    ``time`` then times the held batch: two agent processes so driven load one batch while
+    the other times the previous one (``deploy.targets.SSHTarget.bench_batches``). ``top1``
+    measures each model's top-1 on its evaluation images (:func:`accuracy`); ``prepare``
+    imports a runtime ahead of the first batch.
 
-    - ``{"models": [names], "threads": 1, "warmup": 3, "runs": 15, "trials": 10,
-      "files": {name: base64}, "compression": "zlib", "delete": false}``: load and time the
-      batch (:func:`benchmark_many`). ``files``: model files sent inline, zlib-compressed
-      when ``compression`` says so, loaded from memory, so a batch needs no copy process and
-      writes nothing on the device; the other names are files there, which ``delete``
-      removes afterwards.
-    - ``{"load": [names], "threads", "files", "compression", "delete", "workers"}``: only
-      load the batch (``workers`` loading threads, default one per core) and hold it;
-      answers ``{"loaded": N, "load_s"}``. ``{"time": true, "warmup", "runs", "trials"}``
-      then times the held batch and answers as ``models`` does. Two agent processes so
-      driven load one batch while the other times the previous one
-      (``deploy.targets.SSHTarget.bench_batches``).
-    - ``{"top1": [names], "data": [names], "meta": [model.json dicts], "threads", "files",
-      "compression"}``: each model's top-1 on its evaluation images (:func:`accuracy`; the
-      data may be sent inline like the models); answers ``{"models": [{"model", "top1",
-      "images"}], "device"}``.
-    - ``{"prepare": RUNTIME}``: import that runtime ahead of the first batch; answers
-      ``{"runtime", "runtime_version", "device"}``.
-
-    While a request is worked on, a line ``{"progress": done, "of": total}`` is written at
-    least every :data:`PROGRESS_S` seconds (timing: model trials done); the answer follows.
-
-    ``"reuse": [names]`` in a request: files sent inline in the previous request, not sent
-    again (``deploy.targets.ssh.SSHTarget`` leaves out what it sent the line before).
-
-    A request that fails gets ``{"error": one line, "code": 2}`` (``3``: the runtime is not
-    installed) and serving goes on; a line that is not a request ends serving with that
+    While a request is worked on, a progress line is written at least every
+    :data:`PROGRESS_S` seconds (timing: model trials done); the answer follows. A request
+    that fails gets an error answer (code 2, or 3: the runtime is not installed) and serving
+    goes on; a line that is not a request of this protocol version ends serving with that
     error.
     """
-    held: tuple[LoadedBatch, list[Path]] | None = None  # a load request's batch, its files
-    previous: dict[str, bytes] = {}  # the last request's inline files, which "reuse" names
+    session = _Session(write)
     for line in lines:
         if not line.strip():
             continue
         try:
-            req = json.loads(line)
-            reusable, previous = previous, {}
-            if "prepare" in req:
-                write(json.dumps(_prepare(str(req["prepare"]))))
-                continue
-            timing = "time" in req
-            models = [] if timing else [
-                Path(m) for m in req.get("load", req.get("models", req.get("top1")))]
-            if "top1" in req:
-                data, metas = list(req["data"]), list(req["meta"])
-                if not len(models) == len(data) == len(metas):
-                    raise DeviceInputError("top1, data and meta must list one entry per model")
-            unpack = {None: bytes, "zlib": zlib.decompress}[req.get("compression")]
-            files = {k: unpack(base64.b64decode(v)) for k, v in req.get("files", {}).items()}
-            for name in req.get("reuse", []):
-                if name not in reusable:
-                    raise DeviceInputError(f"reuse: {name} was not sent in the previous request")
-                files[name] = reusable[name]
-            previous = files
-            protocol = _protocol(req)
-            threads = int(req.get("threads", 1))
-            workers = int(req["workers"]) if req.get("workers") else None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError, binascii.Error,
-                zlib.error) as exc:
-            write(json.dumps({"error": f"not a batch request ({exc})", "code": 2}))
+            req = Request.parse(line)
+            files = session.files(req)
+        except ProtocolError as exc:
+            write(answer({"error": str(exc), "code": 2}))
             return
-        # files on the device to remove once the batch is timed
-        delete = [m for m in models if str(m) not in files] if req.get("delete") else []
-        ans: dict[str, Any]
+        delete: list[Path] = []
         try:
-            if "top1" in req:
-                progress, done = _progress_writer(write), []
-                for m, d, meta in zip(models, data, metas):
-                    done.append(accuracy(m, files.get(d, d), threads, meta, files.get(str(m))))
-                    progress(len(done), len(models))
-                ans = {"models": done, "device": device_facts()}
-            elif timing:
-                if held is None:
-                    raise DeviceInputError("no batch loaded to time (send a load request first)")
-                (batch, delete), held = held, None
-                ans = batch.time(protocol, _progress_writer(write))
-            else:
-                batch = LoadedBatch(models, threads, files, workers)
-                if "load" in req:
-                    held, delete = (batch, delete), []
-                    ans = {"loaded": len(models), "load_s": batch.load_s}
-                else:
-                    ans = batch.time(protocol, _progress_writer(write))
+            ans, delete = session.handle(req, files)
         except (RuntimeMissing, ValueError, OSError) as exc:
             ans = _failure(exc)
         for m in delete:
             with contextlib.suppress(OSError):
                 m.unlink(missing_ok=True)
-        write(json.dumps(ans))
+        write(answer(ans))
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deploy.device.agent",
+    ap = argparse.ArgumentParser(prog="python -m deploy.ontarget.agent",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="*", help=".onnx or .tflite file (several: a batch, "
                     "timed in interleaved trials; --json only, no --data)")
@@ -561,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         print(json.dumps(res))
     else:
-        d = res["device"]
+        d = res["machine"]
         print(f"{res['model']} on {d['cpu_model']} ({d['cores']} cores), {res['runtime']} "
               f"{res['runtime_version']}, {res['threads']} thread(s): median "
               f"{res['median']:.3f} ms, p90 {res['p90']:.3f} ms, min {res['min']:.3f} ms")

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.device.errors import DeviceInputError
+from deploy.ontarget.errors import TargetInputError
 
 __all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "time_invoke",
            "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
@@ -41,7 +41,7 @@ class Runtime:
 
     def __init__(self, threads: int = 1) -> None:
         if threads < 1:
-            raise DeviceInputError(f"threads must be >= 1, got {threads}")
+            raise TargetInputError(f"threads must be >= 1, got {threads}")
         self.threads = threads
 
     def version(self) -> str:
@@ -113,7 +113,7 @@ def _check_file(path: str) -> None:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"model file {path} does not exist")
     if os.path.getsize(path) == 0:
-        raise DeviceInputError(f"model file {path} is empty")
+        raise TargetInputError(f"model file {path} is empty")
 
 
 class OnnxRuntime(Runtime):
@@ -137,7 +137,7 @@ class OnnxRuntime(Runtime):
 
     def load_bytes(self, data: bytes, name: str) -> None:
         if not data:
-            raise DeviceInputError(f"model {name} is empty")
+            raise TargetInputError(f"model {name} is empty")
         self._load(data, name)
 
     def _load(self, model: str | bytes, name: str) -> None:
@@ -150,7 +150,7 @@ class OnnxRuntime(Runtime):
         try:
             self.sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise DeviceInputError(f"{name}: onnxruntime cannot load it "
+            raise TargetInputError(f"{name}: onnxruntime cannot load it "
                              f"({str(exc).splitlines()[0][:160]})") from None
         self._in = self.sess.get_inputs()[0]
         self._feed: dict[str, np.ndarray] = {}
@@ -211,7 +211,7 @@ class LiteRTRuntime(Runtime):
 
     def load_bytes(self, data: bytes, name: str) -> None:
         if not data:
-            raise DeviceInputError(f"model {name} is empty")
+            raise TargetInputError(f"model {name} is empty")
         self._content = data  # the interpreter reads the flatbuffer in place
         self._load({"model_content": data}, name)
 
@@ -221,7 +221,7 @@ class LiteRTRuntime(Runtime):
             self.interp = cls(**source, num_threads=self.threads)
             self.interp.allocate_tensors()
         except Exception as exc:
-            raise DeviceInputError(f"{name}: LiteRT cannot load it "
+            raise TargetInputError(f"{name}: LiteRT cannot load it "
                              f"({str(exc).splitlines()[0][:160]})") from None
         self._in = self.interp.get_input_details()[0]
         self._out_d = self.interp.get_output_details()[0]
@@ -270,7 +270,7 @@ def get_runtime(name: str, threads: int = 1) -> Runtime:
         ValueError: unknown name or ``threads < 1``.
     """
     if name not in RUNTIMES:
-        raise DeviceInputError(f"unknown runtime {name!r}; allowed: {sorted(RUNTIMES)}")
+        raise TargetInputError(f"unknown runtime {name!r}; allowed: {sorted(RUNTIMES)}")
     return RUNTIMES[name](threads)
 
 
@@ -286,7 +286,7 @@ def runtime_for(model: str | os.PathLike) -> str:
         if cls.suffix and cls.suffix == suffix:
             return name
     known = sorted(c.suffix for c in RUNTIMES.values() if c.suffix)
-    raise DeviceInputError(f"{model}: unknown model type {suffix!r} (expected one of {known})")
+    raise TargetInputError(f"{model}: unknown model type {suffix!r} (expected one of {known})")
 
 
 @dataclass
@@ -325,15 +325,15 @@ class TimingProtocol:
         for name, lo in (("warmup", 0), ("runs", 1), ("trials", 1), ("retime", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-                raise DeviceInputError(f"{name} must be an integer >= {lo}, got {v!r}")
+                raise TargetInputError(f"{name} must be an integer >= {lo}, got {v!r}")
         if self.statistic not in ("median", "mean", "min", "p90"):
-            raise DeviceInputError(f"statistic {self.statistic!r}: use median, mean, min or p90")
+            raise TargetInputError(f"statistic {self.statistic!r}: use median, mean, min or p90")
         b = self.probe_bound
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 1.0 < b <= 10.0:
-            raise DeviceInputError(f"probe_bound must be a number in (1, 10], got {b!r}")
+            raise TargetInputError(f"probe_bound must be a number in (1, 10], got {b!r}")
 
     def fields(self) -> dict[str, Any]:
-        """What a timing request carries (``deploy/device/agent.py``): everything but the
+        """What a timing request carries (``deploy/ontarget/agent.py``): everything but the
         statistic, which the caller reads."""
         return {"warmup": self.warmup, "runs": self.runs, "trials": self.trials,
                 "probe": self.probe, "probe_bound": self.probe_bound, "retime": self.retime}
@@ -448,9 +448,9 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     """
     p = protocol or TimingProtocol()
     if len(rts) != len(xs):
-        raise DeviceInputError(f"{len(rts)} runtimes but {len(xs)} inputs")
+        raise TargetInputError(f"{len(rts)} runtimes but {len(xs)} inputs")
     if p.probe and not rts:
-        raise DeviceInputError("a probed batch needs the probe as its first model")
+        raise TargetInputError("a probed batch needs the probe as its first model")
     for rt, x in zip(rts, xs):
         rt.set_input(x)
     best: tuple[float, Any] | None = None
