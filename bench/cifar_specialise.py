@@ -75,7 +75,7 @@ def predictor_curve(args, work: Path):
 def search_budgets(args, work: Path, space) -> tuple[list[dict], object, object]:
     """Step 2: the chosen subnet per budget (ms), the space restricted to the table's
     resolutions, and the latency model."""
-    from ofa.cli.pipeline import auto_budgets
+    from ofa.pipeline import auto_budgets
     from search.acc_dataset import choose_measured
     from search.accuracy import AccuracyPredictor
     from search.evolution import Budget, SearchConfig, run_search

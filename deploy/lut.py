@@ -425,7 +425,7 @@ def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out
     build's partial table does not have yet, then the calibration subnets; a model already
     there is skipped and each file is written atomically, so a killed call resumes. The
     build then converts only what is missing. ``ofa run`` runs this in a background process
-    while it trains (``ofa/cli/pipeline.py``). Returns the number of block models converted
+    while it trains (``ofa/pipeline/tables.py``). Returns the number of block models converted
     (0 for the torch runtime: nothing to convert).
 
     Raises:

@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 
-__all__ = ["worker_lifetime", "die_with_parent", "lifetime_init"]
+__all__ = ["worker_lifetime", "die_with_parent", "lifetime_init", "default_jobs"]
 
 _PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 5.0  # a worker told to end by SIGTERM waits this long for its parent to go
@@ -88,3 +88,9 @@ def lifetime_init(parent: int | None = None):
     import functools
 
     return functools.partial(worker_lifetime, parent=parent or os.getpid())
+
+
+def default_jobs() -> int:
+    """Worker processes converting models by default (``ofa lut --jobs``, ``ofa run``'s
+    steps): the cores; each conversion runs on one thread."""
+    return max(1, os.cpu_count() or 1)

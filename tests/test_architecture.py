@@ -21,7 +21,7 @@ def test_layer_contracts_hold():
     exe = Path(sys.executable).with_name("lint-imports")
     p = subprocess.run([str(exe), "--no-cache"], cwd=ROOT, capture_output=True, text=True)
     assert p.returncode == 0, p.stdout[-3000:]
-    assert "3 kept, 0 broken" in p.stdout
+    assert "4 kept, 0 broken" in p.stdout
 
 
 def _modules_after(code: str) -> set[str]:
@@ -40,9 +40,28 @@ def test_help_and_space_import_no_torch(argv):
     assert "torch" not in mods and "torchvision" not in mods
 
 
-def test_device_package_imports_numpy_only():
+def test_target_package_imports_numpy_only():
     mods = _modules_after("import deploy.ontarget.agent")
     assert not {"torch", "optuna", "scipy", "ofa", "search"} & mods
+
+
+def test_ofa_run_is_a_list_of_steps(tmp_path, monkeypatch):
+    """`ofa run` is the steps of ofa.pipeline.STEPS run in order, each when its run needs it:
+    adding one is one entry (here a step after the report sees every earlier output)."""
+    import ofa.pipeline.steps as steps
+    from ofa.pipeline import STEPS, RunConfig, Step, run_pipeline
+
+    assert [s.name for s in STEPS] == ["train", "accuracy predictor", "latency table",
+                                       "search", "measured budget", "fine-tune",
+                                       "export + measure", "report"]
+    assert all(s.outputs for s in STEPS)
+    seen = []
+    monkeypatch.setattr(steps, "_preflight", lambda rc: None)
+    monkeypatch.setattr(steps, "start_block_conversion", lambda rc, reused: None)
+    fake = [Step(n, ("x",), lambda rc, st, n=n: seen.append(n),
+                 when=lambda rc, n=n: n != "skipped") for n in ("a", "skipped", "b")]
+    run_pipeline(RunConfig(name="r", root=str(tmp_path)), steps=tuple(fake))
+    assert seen == ["a", "b"] and (tmp_path / "r" / "config.json").is_file()
 
 
 def test_search_query_needs_no_torch(tmp_path):
@@ -91,10 +110,10 @@ def test_wheel_ships_tables_and_installed_run_finds_them(tmp_path):
     zipfile.ZipFile(whl).extractall(site)  # what `pip install` lays out for a pure wheel
     table = json.loads((ROOT / "latency_tables" / Path(shipped[0]).name).read_text())
     code = (
-        "import deploy.ontarget.facts as d, ofa.cli.pipeline as pl, latency_tables\n"
+        "import deploy.ontarget.facts as d, ofa.pipeline as pl, latency_tables\n"
         "from ofa.space import SearchSpace\n"
         f"t = {({k: table[k] for k in ('space', 'context', 'resolutions')})!r}\n"
-        "d.machine_facts = lambda: {'cpu_model': t['context']['device']['cpu_model']}\n"
+        "d.machine_facts = lambda: {'cpu_model': t['context']['machine']['cpu_model']}\n"
         "sp = SearchSpace.from_dict({**t['space'], 'resolutions': t['resolutions']})\n"
         "found = pl.find_shipped_table(sp, t['context']['runtime'], t['context']['threads'])\n"
         "print(found.source, latency_tables.__file__)\n")

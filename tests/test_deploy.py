@@ -666,7 +666,8 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
 def test_run_builds_the_device_table_over_ssh(sshd, tmp_path):
     """`ofa run --target ssh://...` without --table measures the table on the device (its
     context says so) and a rerun finds it done."""
-    from ofa.cli.pipeline import RunConfig, _table
+    from ofa.pipeline import RunConfig
+    from ofa.pipeline.tables import run_table as _table
 
     d = sshd["dir"]
     rc = RunConfig(name="dev", root=str(tmp_path), space="mbv3-digits",

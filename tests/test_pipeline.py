@@ -103,7 +103,8 @@ def test_shipped_table_is_verified_here(tiny_job: Path, tmp_path: Path, capsys):
     """A shipped table is not trusted for its CPU model: it is verified with subnets
     measured here beside the probe; one 3x off in probe units (as if from another device) is
     adapted by a fitted scale, saved in the run folder with its verdict, in one line."""
-    from ofa.cli.pipeline import RunConfig, _table
+    from ofa.pipeline import RunConfig
+    from ofa.pipeline.tables import run_table as _table
     from ofa.space import get_space
     from search.latency_table import LatencyTable
 

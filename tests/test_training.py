@@ -99,7 +99,7 @@ def test_short_run_settings_come_from_the_schedule(tmp_path, tiny_schedule):
     assert run_settings(tiny_schedule) == (14.0, 1.0)  # no short_run: reference rates
     cfg = TrainConfig(out=str(tmp_path / "r"), schedule="ps")
     assert (cfg.epochs, cfg.lr_scale) == (24.0, 3.0)
-    from ofa.cli.pipeline import RunConfig
+    from ofa.pipeline import RunConfig
 
     assert (RunConfig(schedule="ps").epochs, RunConfig(schedule="ps").lr_scale) == (24.0, 3.0)
     assert (RunConfig(epochs=6).epochs, RunConfig(epochs=6).lr_scale) == (6.0, 1.0)

@@ -16,6 +16,7 @@ from typing import Any
 
 from deploy.ontarget.runtimes import TimingProtocol
 from ofa.errors import InputError
+from ofa.lifetime import default_jobs  # noqa: F401  (the commands' --jobs default)
 
 __all__ = ["int_range", "float_range", "int_list", "float_list", "choice_list",
            "add_target_args", "add_target_conn_args", "add_compute_args", "autocast_of",
@@ -203,10 +204,6 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def default_jobs() -> int:
-    """Conversion processes by default (``ofa lut --jobs``): the cores; each conversion
-    runs on one thread."""
-    return max(1, os.cpu_count() or 1)
 
 
 def device_name(text: str) -> str:

@@ -1,4 +1,4 @@
-"""``ofa run``: the whole job, step by step and resumable (see :mod:`ofa.cli.pipeline`)."""
+"""``ofa run``: the whole job, step by step and resumable (see :mod:`ofa.pipeline`)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from deploy.targets import TargetError
     from ofa.cli.args import autocast_of, deployed_precision_of, target_options
-    from ofa.cli.pipeline import RunConfig, run_pipeline, summary_lines
+    from ofa.pipeline import RunConfig, run_pipeline, summary_lines
 
     rc = RunConfig(
         name=args.name, root=args.root, supernet=args.supernet, dataset=args.dataset,

@@ -1,0 +1,404 @@
+"""The steps of ``ofa run``, in order, and the loop that runs them.
+
+Each :class:`Step` names what it makes in the run folder and runs when its ``when`` says the
+run needs it; its ``run`` reads the outputs of the steps before it from the :class:`State`
+and sets its own. A step whose outputs are already in the folder, made with the same inputs
+(each step checks a key it stored with them), loads them instead of working: that is how a
+killed or repeated ``ofa run`` resumes. Adding a step is one entry in :data:`STEPS`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from deploy.ontarget.runtimes import TimingProtocol
+from ofa.errors import InputError
+from ofa.fileio import atomic_write_json, read_json
+from ofa.lifetime import default_jobs
+from ofa.pipeline.config import RANK_TAU, RunConfig, default_samples, log
+from ofa.pipeline.report import write_report
+from ofa.pipeline.tables import (
+    auto_budgets,
+    planned_space,
+    run_table,
+    start_block_conversion,
+)
+from search.latency_table import LatencyTable
+
+__all__ = ["Step", "State", "STEPS", "run_pipeline"]
+
+
+def _train(rc: RunConfig) -> Path:
+    from ofa.train.run import CKPT, RUN_JSON, TrainConfig
+    from ofa.train.trainer import train
+
+    if rc.supernet:
+        log(f"train: reusing the supernet in {rc.supernet}")
+        return Path(rc.supernet)
+    out = rc.folder / "supernet"
+    if (out / RUN_JSON).exists():
+        log(f"train: done ({out})")
+        return out
+    resume = (out / CKPT).exists()
+    log(f"train: {rc.schedule} on {rc.dataset}, {rc.epochs:g} epochs"
+         + (" (resuming)" if resume else ""))
+    over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
+    train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
+                      data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
+                      batch_size=rc.batch_size, lr_scale=rc.lr_scale, seed=rc.seed,
+                      device=rc.device, autocast=rc.autocast, workers=rc.workers),
+          resume=resume)
+    return out
+
+
+def _predictor(rc: RunConfig, run: Path, dataset: str):
+    from search.acc_dataset import build_accuracy_dataset, fit_and_score
+    from search.accuracy import AccuracyPredictor
+
+    samples = rc.samples or default_samples(dataset)
+
+    # beside our own supernet; in this run's folder for a reused one (left as it is)
+    path = (rc.folder if rc.supernet else run) / "acc_predictor.safetensors"
+    try:
+        pred = AccuracyPredictor.load(path)
+        if pred.metrics.get("n_train", 0) + pred.metrics.get("n_val", 0) >= samples:
+            log(f"accuracy predictor: done ({path})")
+            return pred
+    except (ValueError, OSError):
+        pass
+    log(f"accuracy predictor: measuring {samples} subnets on the hold-out split")
+    space, rows = build_accuracy_dataset(run, path.with_name(path.stem + ".dataset.jsonl"),
+                                         samples, seed=rc.seed, data=rc.data,
+                                         recal_images=rc.predictor_recal_images,
+                                         progress=True, device=rc.device,
+                                         autocast=rc.autocast, workers=rc.workers)
+    pred, metrics = fit_and_score(space, rows, seed=rc.seed)
+    pred.metrics = metrics
+    pred.save(path)
+    log(f"accuracy predictor: held-out RMSE {metrics['rmse']:.2f} points, "
+         f"Kendall tau {metrics['kendall_tau']:.2f}"
+         + (f" (below {RANK_TAU}: it cannot rank subnets)"
+            if metrics["kendall_tau"] < RANK_TAU else ""))
+    return pred
+
+
+def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
+            ) -> dict[str, Any]:
+    """Search every budget and the Pareto front. With ``rc.shortlist`` > 1 each budget's
+    shortlist (the subnets within the predictor's held-out RMSE of the best prediction,
+    spread apart: :func:`search.evolution.shortlist`) is measured on the hold-out split and
+    the most accurate measured one is chosen (the search's best is where the predictor
+    errs upward; on CIFAR-10 the hold-out split's noise was as large as the differences it
+    had to find: ``docs/cifar10.md``)."""
+    from search.acc_dataset import choose_measured
+    from search.evolution import Budget, SearchConfig, run_search
+
+    path = rc.folder / "search.json"
+    margin = round(float(acc.metrics.get("rmse", 0.0)), 4)
+    key = {"budgets": budgets, "population": rc.population, "generations": rc.generations,
+           "seed": rc.seed, "table": lat.table.source, "shortlist": rc.shortlist,
+           "shortlist_margin": margin}
+    if path.exists():
+        old = read_json(path, "search result")
+        if old.get("key") == key:
+            log("search: done")
+            return old
+    log(f"search: budgets {budgets} ms + Pareto front")
+    found = [run_search(space, acc, lat, SearchConfig(
+        Budget(latency_ms=b), population=rc.population, generations=rc.generations,
+        seed=rc.seed, shortlist=rc.shortlist, shortlist_margin=margin)) for b in budgets]
+    chosen = [{**res["best"][0], "budget_ms": b, "label": f"budget{i + 1}"}
+              for i, (b, res) in enumerate(zip(budgets, found))]
+    if rc.shortlist > 1:
+        lists = [res["shortlist"] for res in found]
+        log(f"search: measuring {sum(map(len, lists))} shortlisted subnets (up to "
+             f"{rc.shortlist} per budget within {margin:.2f} points of the best prediction) "
+             "on the hold-out split")
+        picks = choose_measured(run, lists, rc.folder / "shortlist.jsonl", data=rc.data,
+                                recal_images=rc.predictor_recal_images, device=rc.device,
+                                autocast=rc.autocast, workers=rc.workers)
+        for i, c in enumerate(picks):
+            chosen[i] = {**c, "budget_ms": budgets[i], "label": f"budget{i + 1}"}
+            sl = c["shortlist"]
+            log(f"search: budget {budgets[i]:g} ms: hold-out top-1 "
+                 f"{min(r['holdout_top1'] for r in sl):.2f}-{c['holdout_top1']:.2f}% over "
+                 f"{len(sl)} subnets; chose the predictor's #{c['shortlist_pick'] + 1}")
+    front = run_search(space, acc, lat, SearchConfig(
+        pareto=True, population=rc.population, generations=rc.generations,
+        seed=rc.seed))["front"]
+    out = {"key": key, "chosen": chosen, "front": front}
+    atomic_write_json(path, out)
+    return out
+
+
+def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str, Any]
+                      ) -> list[dict[str, Any]]:
+    """Each budget's candidates measured on the target beside the probe, converted to ms
+    at ``rc.speed``; the most accurate that meets its budget as measured
+    (:func:`deploy.budget.measure_budgets`). Kept in ``budget.json`` (skipped when the
+    search, table and speed are the same)."""
+    from deploy.budget import measure_budgets
+    from deploy.lut import measure_subnets
+    from deploy.targets import parse_target
+    from ofa.space import SubnetConfig
+
+    path = rc.folder / "budget.json"
+    key = {"chosen": [c["config"] for c in found["chosen"]], "table": table.source,
+           "speed": rc.speed, "k": rc.budget_candidates,
+           "speed_states": table.probe.get("ms")}
+    if path.exists() and read_json(path, "measured budget").get("key") == key:
+        log("measured budget: done")
+        return read_json(path, "measured budget")["chosen"]
+    target = None if rc.target == "local" else parse_target(rc.target, **rc.target_options)
+    per_unit = table.probe_ms(rc.speed)
+
+    def measure(cfgs: list[dict[str, Any]]) -> list[float]:
+        log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.target} beside "
+             "the probe")
+        m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
+                            target=target, jobs=default_jobs(), desc="budget candidates")
+        return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
+
+    rows = measure_budgets([c["budget_ms"] for c in found["chosen"]],
+                           found["chosen"], found["front"], measure, k=rc.budget_candidates)
+    chosen = []
+    for old, row in zip(found["chosen"], rows):
+        moved = row["config"] != old["config"]
+        log(f"measured budget {row['budget_ms']:g} ms ({rc.speed} speed): "
+             f"{len(row['candidates'])} candidates, chose one measured at "
+             f"{row['measured_ms']:.3f} ms ({row['margin_pct']:+.1f}% margin)"
+             + (" instead of the search's choice" if moved else "")
+             + ("" if row["met"] else "; NONE met the budget as measured: the fastest"))
+        # the budget's shortlist stays with it, also when a candidate from elsewhere won
+        keep = {k: old[k] for k in ("shortlist",) if k in old}
+        chosen.append({**row, **keep, "label": old["label"], "search_choice": old["config"]})
+    atomic_write_json(path, {"key": key, "chosen": chosen})
+    return chosen
+
+
+def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[str, Path]:
+    """Fine-tune every chosen subnet (``rc.finetune_epochs``) into
+    ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed.
+    Returns label -> fine-tune folder."""
+    from ofa.train.finetune import FINETUNE_CKPT, FINETUNE_JSON, FinetuneConfig, finetune
+
+    out: dict[str, Path] = {}
+    for row in chosen:
+        folder = rc.folder / "finetuned" / row["label"]
+        done = folder / FINETUNE_JSON
+        if done.exists() and read_json(done, "fine-tune").get("subnet") == row["config"]:
+            log(f"fine-tune {row['label']}: done")
+        else:
+            if done.exists():  # another subnet was chosen since: start again
+                shutil.rmtree(folder)
+            log(f"fine-tune {row['label']}: {rc.finetune_epochs:g} epochs")
+            finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
+                                    epochs=rc.finetune_epochs, batch_size=rc.batch_size,
+                                    seed=rc.seed, data=rc.data, device=rc.device,
+                                    autocast=rc.autocast),
+                     resume=(folder / FINETUNE_CKPT).exists())
+        out[row["label"]] = folder
+    return out
+
+
+def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
+              finetuned: dict[str, Path], table: LatencyTable) -> list[dict[str, Any]]:
+    from deploy.targets import parse_target
+    from deploy.validate import validate_subnets
+    from ofa.train.finetune import load_finetuned
+
+    path = rc.folder / "validation.json"
+    if path.exists():
+        old = read_json(path, "validation")
+        if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
+                and old.get("finetuned", []) == sorted(finetuned) \
+                and old.get("precision", "fp32") == rc.precision \
+                and old.get("speed") == [rc.speed, table.probe.get("ms")]:
+            log("export + measure: done")
+            return old["subnets"]
+    log(f"export + measure: {len(chosen)} subnets on {rc.target}")
+    target = parse_target(rc.target, **rc.target_options)
+    models = {label: load_finetuned(f)[0] for label, f in finetuned.items()}
+    res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
+                           runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
+                           protocol=TimingProtocol(**rc.bench_protocol), models=models,
+                           precision=rc.precision,
+                           ms_per_unit=table.probe_ms(rc.speed) if table.probe else None,
+                           speed={"speed": rc.speed, "states": table.probe.get("ms")},
+                           # one process per subnet: none waits for a second round (3 on
+                           # 2 cores here: 51 s against 52-56 s with 2 processes)
+                           jobs=max(default_jobs(), len(chosen)))
+    for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
+        if r["label"] in finetuned:
+            ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
+            r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
+                                                "train_seconds")}
+    atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned),
+                             "precision": rc.precision,
+                             "speed": [rc.speed, table.probe.get("ms")]})
+    return res
+
+
+@dataclass
+class State:
+    """What the steps of one ``ofa run`` hand on: the reused supernet (``(net, config,
+    info)`` of ``load_run``, or None), the supernet run folder, its space and info, the
+    accuracy predictor, the latency table and its predictor, the budgets (ms), the search
+    result (``chosen`` per budget, ``front``), the fine-tuned folders per label, the
+    measured results per subnet, the report and the background block-conversion process."""
+
+    reused: Any = None
+    run: Path | None = None
+    space: Any = None
+    info: dict[str, Any] | None = None
+    dataset: str = ""
+    acc: Any = None
+    table: LatencyTable | None = None
+    lat: Any = None
+    budgets: list[float] | None = None
+    found: dict[str, Any] | None = None
+    finetuned: dict[str, Path] | None = None
+    results: list[dict[str, Any]] | None = None
+    report: dict[str, Any] | None = None
+    converting: Any = None
+
+    def stop_converting(self) -> None:
+        """End the background block conversion (it ignores SIGTERM, ofa/lifetime.py; its
+        files are written atomically, so SIGKILL loses nothing but the model in hand)."""
+        if self.converting is not None:
+            self.converting.kill()
+            self.converting.join()
+            self.converting = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of ``ofa run``: its ``name``, the files it makes in the run folder
+    (``outputs``, relative), ``run(rc, state)`` and ``when(rc)`` (does this run need it)."""
+
+    name: str
+    outputs: tuple[str, ...]
+    run: Callable[[RunConfig, State], None]
+    when: Callable[[RunConfig], bool] = lambda rc: True
+
+
+def _train_step(rc: RunConfig, st: State) -> None:
+    from ofa.train.run import load_run
+
+    st.run = _train(rc)
+    net, tcfg, st.info = st.reused or load_run(st.run)
+    st.space, st.dataset = net.space, tcfg.dataset
+
+
+def _predictor_step(rc: RunConfig, st: State) -> None:
+    st.acc = _predictor(rc, st.run, st.dataset)
+
+
+def _table_step(rc: RunConfig, st: State) -> None:
+    from search.latency import LatencyPredictor
+
+    st.stop_converting()  # the table step converts what is left, in parallel
+    st.table = run_table(rc, st.space)
+    st.lat = LatencyPredictor(st.table, st.space, speed=rc.speed)
+    st.budgets = list(rc.budgets) if rc.budgets else auto_budgets(st.lat, st.space)
+
+
+def _search_step(rc: RunConfig, st: State) -> None:
+    st.found = _search(rc, st.run, st.space, st.acc, st.lat, st.budgets)
+
+
+def _budget_step(rc: RunConfig, st: State) -> None:
+    st.found["chosen"] = _measured_budgets(rc, st.space, st.table, st.found)
+
+
+def _finetune_step(rc: RunConfig, st: State) -> None:
+    st.finetuned = _finetune(rc, st.run, st.found["chosen"])
+
+
+def _validate_step(rc: RunConfig, st: State) -> None:
+    st.results = _validate(rc, st.run, st.found["chosen"], st.finetuned or {}, st.table)
+
+
+def _report_step(rc: RunConfig, st: State) -> None:
+    metrics = st.run / "metrics.jsonl"
+    phase_ends = [json.loads(line) for line in metrics.read_text().splitlines()
+                  if '"phase_end"' in line] if metrics.exists() else []
+    last = phase_ends[-1] if phase_ends else {}
+    t = st.table
+    meta = {
+        "supernet": {"run": str(st.run), "largest_top1": last.get("top1_max", float("nan")),
+                     "smallest_top1": last.get("top1_min", float("nan")),
+                     "global_steps": st.info.get("global_steps")},
+        "predictor": st.acc.metrics,
+        "table": {"path": t.source, "context": t.describe(),
+                  "calibration": {k: t.calibration.get(k, 1.0) for k in ("a", "p", "b")},
+                  "speed": rc.speed, "speed_states": t.probe.get("ms"),
+                  "speed_text": t.speed_text()},
+        "budgets_ms": st.budgets, "space": st.space.name, "dataset": st.dataset,
+        "training": (f"supernet reused from `{st.run}`" if rc.supernet else
+                     f"schedule `{rc.schedule}`, {rc.epochs:g} epochs")}
+    st.report = write_report(rc, meta, st.results, st.found)
+
+
+#: the steps of ``ofa run``, in order (the module docstring)
+STEPS: tuple[Step, ...] = (
+    Step("train", ("supernet/run.json", "supernet/supernet.safetensors"), _train_step),
+    Step("accuracy predictor", ("supernet/acc_predictor.safetensors",), _predictor_step),
+    Step("latency table", ("latency_table.json", "table_verification.json"), _table_step),
+    Step("search", ("search.json", "shortlist.jsonl"), _search_step),
+    Step("measured budget", ("budget.json",), _budget_step,
+         when=lambda rc: rc.budget_candidates > 0),
+    Step("fine-tune", ("finetuned/",), _finetune_step, when=lambda rc: rc.finetune_epochs > 0),
+    Step("export + measure", ("models/", "validation.json"), _validate_step),
+    Step("report", ("report.json", "report.md", "pareto.png"), _report_step),
+)
+
+
+def _preflight(rc: RunConfig) -> Any:
+    """Everything that can be refused before any work: the target reachable, the reused
+    supernet readable, a given table of the right kind for this run's space. Returns the
+    reused run (``load_run``'s triple) or None.
+
+    Raises:
+        ValueError: bad input, named in one line.
+        deploy.targets.TargetError: the target cannot be reached.
+    """
+    from deploy.targets import parse_target
+    from ofa.train.run import load_run
+
+    if rc.target.startswith("adb") and rc.runtime != "litert":
+        raise InputError(f"--target {rc.target}: a phone is measured with TFLite's "
+                         "benchmark_model, which times .tflite models only; add --runtime litert")
+    parse_target(rc.target, **rc.target_options).check()  # before training, not after
+    reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
+    if rc.table:  # kind, context, space and resolutions: before training, not after it
+        planned = planned_space(rc, reused)
+        LatencyTable.load(rc.table, space=planned, resolutions=list(planned.resolutions),
+                          runtime=rc.runtime, threads=rc.threads, precision=rc.precision)
+    return reused
+
+
+def run_pipeline(rc: RunConfig, steps: tuple[Step, ...] = STEPS) -> dict[str, Any]:
+    """Run every step of ``ofa run`` (:data:`STEPS`) that is not done yet; returns
+    ``report.json``'s dict.
+
+    Raises:
+        ValueError: bad data/config, an infeasible budget, a mismatched table.
+        deploy.targets.TargetError: the target could not measure.
+    """
+    st = State(reused=_preflight(rc))
+    rc.folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rc.folder / "config.json", asdict(rc))
+    st.converting = start_block_conversion(rc, st.reused)  # beside training
+    try:
+        for step in steps:
+            if step.when(rc):
+                step.run(rc, st)
+    finally:
+        st.stop_converting()
+    return st.report
