@@ -123,7 +123,6 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
     from ofa.data import load_dataset
     from ofa.evaluate import recalibrated_subnet
     from ofa.train.run import load_run
-
     fmts = [get_format(f) for f in parse_formats(formats)]
     net, tcfg, _ = load_run(run)
     space = net.space
@@ -142,9 +141,9 @@ def export_subnet(run: str | Path, cfg: SubnetConfig, out: str | Path,
         "predicted": predicted or {}, "parity_images": int(len(y)),
         "supernet_top1": float((parity.ref_pred == y).mean() * 100),
         "finetuned": model is not None, "models": {}}
-    facts = {k: report[k] for k in ("config", "summary", "resolution", "macs", "params",
-                                    "predicted", "source_run")}
-    facts.update({"normalisation": ds.normalisation(), "classes": ds.classes})
+    facts = {**{k: report[k] for k in ("config", "summary", "resolution", "macs", "params",
+                                       "predicted", "source_run")},
+             "normalisation": ds.normalisation(), "classes": ds.classes}
 
     def write(tmp: Path) -> None:
         np.savez_compressed(tmp / "eval.npz", x=x, y=y)

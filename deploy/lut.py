@@ -512,33 +512,30 @@ def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any]
     state["overhead_rel"] = float(np.median(state["overheads_rel"]))
 
 
-def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
-                     precision: str, threads: int, protocol: TimingProtocol, target: Target,
-                     batch: int, tmp: Path, save: Callable[[], None], bar: tqdm,
-                     convert: Callable[..., Any], folder: Path) -> dict[str, float]:
-    """Time the blocks of ``todo`` on ``target``, ``batch`` per request
+def _build_on_device(job: _Build, state: dict[str, Any], todo: list[tuple[int, BlockShape]],
+                     target: Target, tmp: Path, bar: tqdm, convert: Callable[..., Any],
+                     folder: Path) -> dict[str, float]:
+    """Time the blocks of ``todo`` on ``target``, ``job.batch`` per request
     (``Target.bench_batches``; over SSH the device loads batch ``i + 1`` in a second agent
-    process while it times batch ``i``). The blocks are converted here by ``convert`` (an
-    open converter pool's map: every conversion is submitted at once and runs while the
-    device times) into ``folder`` (:func:`block_models_dir`: a killed build converts
-    nothing twice), and a batch goes to the device as soon as its models are there; the
+    process while it times batch ``i``). The blocks are converted here by ``convert`` (all
+    submitted at once, converting while the device times) into ``folder``
+    (:func:`block_models_dir`: a killed build converts nothing twice), and a batch goes to
+    the device as soon as its models are there; the
     first batch, at most :data:`FIRST_BATCH` blocks so that its conversion hides behind the
     device's start, also carries the overhead model and sets the table's context from the
-    device's answer. ``save`` runs after every batch.
+    device's answer; ``job.save`` runs after every batch.
 
     Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
-    ``wait`` (the device waiting for this machine's conversions, idle), ``timing`` and
-    ``load`` (the agent's timed trials, warm-up included, and model loading, summed over
-    batches), ``load_wait`` (the part of the loading nothing hid: the first batch's, and
-    any still running when the previous batch was timed); NaN where the target does not
-    report them (adb); ``prefetched``: how many batches were loaded while the one before
-    was timed; ``converted``: block models converted by this call. The rest of ``wall`` is
-    requests and answers going over.
+    ``wait`` (the device idle, waiting for conversions), ``timing`` and ``load`` (the
+    agent's timed trials and model loading, summed), ``load_wait`` (the loading nothing
+    hid); NaN where the target does not report them (adb); ``prefetched``: batches loaded
+    while the one before was timed; ``converted``: block models converted by this call.
     """
+    runtime, precision, threads, batch = job.runtime, job.precision, job.threads, job.batch
     first = min(batch, FIRST_BATCH)  # converted while the device starts, timed soon after
     bounds = [(0, first)] + [(i, i + batch) for i in range(first, len(todo), batch)]
-    spent = {"start": 0.0, "wait": 0.0, "timing": 0.0, "load": 0.0, "load_wait": 0.0,
-             "prefetched": 0, "converted": 0}
+    spent = dict.fromkeys(("start", "wait", "timing", "load", "load_wait"), 0.0)
+    spent.update(prefetched=0, converted=0)
     suffix = format_for(runtime, precision).suffix
     files = [_block_file(folder, s, suffix) for _, s in todo]
     ready = {f for f in files if f.exists()}  # converted by an earlier call
@@ -561,36 +558,46 @@ def _build_on_device(state: dict[str, Any], todo: list[tuple[int, BlockShape]], 
             yield (head if i == 0 else []) + paths
 
     t0 = time.perf_counter()
-    for i, rows in enumerate(target.bench_batches(converted(), threads, protocol)):
+    for i, rows in enumerate(target.bench_batches(converted(), threads, job.protocol)):
         chunk = todo[slice(*bounds[i])]
-        if "context" not in state:
-            head = rows[0]
+        if "context" not in state:  # the device's facts, from its first answer
             state["context"] = {
-                "machine": head.get("machine") or {"name": target.name}, "runtime": runtime,
-                "runtime_version": head.get("runtime_version"),
-                "backend": head.get("backend"), "threads": threads,
+                "machine": rows[0].get("machine") or {"name": target.name},
+                "runtime": runtime, "runtime_version": rows[0].get("runtime_version"),
+                "backend": rows[0].get("backend"), "threads": threads,
                 "precision": precision, "batch": 1, "target": target.name,
                 "block_layout": block_layout(runtime)}
-        if rows and len(rows) > len(chunk):  # the overhead model of the first batch
-            _batch_done(state, rows[0]["probe"], rows.pop(0)["latency_ms"], protocol)
-        elif rows:
-            probe = rows[0]["probe"]
-            state.setdefault("probe_ms", []).append(probe["mean"])
-            state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
-            if probe.get("share") is not None:
-                state.setdefault("probe_shares", []).append(probe["share"])
-        for (r, s), row in zip(chunk, rows):
-            state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
-        save()  # a dropped device loses one batch
+        _device_batch_done(state, chunk, rows, job.protocol)
+        job.save()  # a dropped device loses one batch
         bar.update(len(chunk))
-        info = rows[0].get("batch", {}) if rows else {}
-        for k in ("timing", "load", "load_wait"):
-            v = info.get(f"{k}_s")
-            spent[k] += float("nan") if v is None else v
-        spent["prefetched"] += bool(info.get("prefetched"))
-        spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
+        _account(spent, rows[0].get("batch", {}) if rows else {})
     spent["wait"] = max(0.0, spent["wait"])  # less what hid behind timing: rounding below 0
     return {"wall": time.perf_counter() - t0, **spent}
+
+
+def _device_batch_done(state: dict[str, Any], chunk: list[tuple[int, BlockShape]],
+                       rows: list[dict[str, Any]], protocol: TimingProtocol) -> None:
+    """A device batch's rows into the build state: the probe's time (and, in the first
+    batch, the overhead model's), then one entry per block of ``chunk``."""
+    if rows and len(rows) > len(chunk):  # the overhead model of the first batch
+        _batch_done(state, rows[0]["probe"], rows.pop(0)["latency_ms"], protocol)
+    elif rows:
+        probe = rows[0]["probe"]
+        state.setdefault("probe_ms", []).append(probe["mean"])
+        state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
+        if probe.get("share") is not None:
+            state.setdefault("probe_shares", []).append(probe["share"])
+    for (r, s), row in zip(chunk, rows):
+        state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
+
+
+def _account(spent: dict[str, float], info: dict[str, Any]) -> None:
+    """Add a batch's device seconds (its ``batch`` record) to ``spent``."""
+    for k in ("timing", "load", "load_wait"):
+        v = info.get(f"{k}_s")
+        spent[k] += float("nan") if v is None else v
+    spent["prefetched"] += bool(info.get("prefetched"))
+    spent["wait"] -= info.get("hidden_wait_s", 0.0)  # the device was timing meanwhile
 
 
 def _resume_state(partial_path: Path, state: dict[str, Any], total: int) -> dict[str, Any]:
@@ -648,23 +655,73 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     time in a seeded shuffled order (a drift spreads over stages and resolutions), and the
     calibration subnets right after: the table is timed in one short window.
 
-    Entries are kept in ``<out>.partial.json`` after each batch (and a local build's
-    converted blocks in :func:`block_models_dir` until the table is written), so a killed
-    build, or one whose device went away, resumes. ``target`` (SSH or adb,
-    :mod:`deploy.targets`): the blocks are converted here by the ``jobs`` processes (into
-    :func:`block_models_dir` too) and timed on that device as soon as a batch is ready,
-    ``batch`` blocks per request (``Target.bench_batches``; over SSH one transfer and one
-    request to one of the session's two agent processes, the blocks timed in interleaved
-    trials while the other loads the next batch); the device's facts and runtime version go
-    into the table's context, and one printed line says where the device time went (timed
-    trials, model loading, the rest). None = this machine, in process. The table's
-    ``build`` record says where the time went (``docs/formats.md``). Returns the finished
-    :class:`LatencyTable`.
+    Entries are kept in ``<out>.partial.json`` after each batch (converted models in
+    :func:`block_models_dir` until the table is written), so a killed build, or one whose
+    device went away, resumes. ``target`` (SSH or adb, :mod:`deploy.targets`; None: this
+    machine): the blocks are converted here and timed there as soon as a batch is ready
+    (:func:`_build_on_device`); the device's facts go into the table's context and one
+    printed line says where the device time went. The ``build`` record says where the time
+    went (``docs/formats.md``). Returns the finished :class:`LatencyTable`.
 
     Raises:
         ValueError: resolutions outside the space, an unknown runtime or a precision it has
             no format for.
         deploy.targets.TargetError: the device is unreachable or lacks the runtime.
+    """
+    _check_build(space, resolutions, runtime, precision)
+    protocol = dataclasses.replace(protocol or TimingProtocol(), probe=True)
+    out = Path(out)
+    partial_path = out.with_name(out.name + ".partial.json")
+    shapes: list[tuple[int, BlockShape]] = [(r, s) for r in resolutions
+                                            for s in space.all_block_shapes([r])]
+    state = _resume_state(partial_path, _new_state(space, resolutions, runtime, precision,
+                                                   threads, target, protocol), len(shapes))
+    torch.manual_seed(seed)
+    todo = [(r, s) for r, s in shapes if s.key() not in state["entries"].get(str(r), {})]
+    random.Random(seed).shuffle(todo)  # a drift while timing spreads over every stage
+    jobs = 1 if runtime == "torch" else jobs
+    cfgs = calibration_configs(space, resolutions, calib, seed) if calib > 0 else []
+    job = _Build(space, runtime, precision, threads, protocol, batch, jobs, out,
+                 lambda: atomic_write_json(partial_path, state), len(shapes))
+    with (tempfile.TemporaryDirectory() as tmp, converter_pool(jobs) as convert):
+        if target is not None:
+            target = ProbedTarget(target, runtime, precision)
+            build = job.on_device(state, todo, target, Path(tmp), convert)
+            models = _models_folder(out, runtime, precision) / "calibration"
+        else:
+            build, models = job.here(state, todo, cfgs, convert)
+        table = _table_of(state, build, space, resolutions, protocol, out)
+        if calib > 0 and state.get("calibration"):  # measured before the build was stopped
+            table.calibration = state["calibration"]
+        elif calib > 0:
+            calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
+            state["calibration"] = table.calibration
+            job.save()
+    table.save(out)
+    partial_path.unlink(missing_ok=True)
+    shutil.rmtree(block_models_dir(out), ignore_errors=True)
+    return table
+
+
+def _new_state(space: SearchSpace, resolutions: list[int], runtime: str, precision: str,
+               threads: int, target: Target | None, protocol: TimingProtocol
+               ) -> dict[str, Any]:
+    """A build's state before any block is timed: the settings a resumed build must share
+    (:func:`_resume_state`) and no entries."""
+    return {"space": space.to_dict(), "resolutions": resolutions, "runtime": runtime,
+            "precision": precision, "threads": threads,
+            "target": "local" if target is None else target.name,
+            "protocol": asdict(protocol), "block_layout": block_layout(runtime),
+            "entries": {}}
+
+
+def _check_build(space: SearchSpace, resolutions: list[int], runtime: str,
+                 precision: str) -> None:
+    """Refuse a build that cannot be done, before any work.
+
+    Raises:
+        ValueError: an unknown precision, one ``runtime`` has no format for, or a resolution
+            outside the space.
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -672,83 +729,81 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         format_for(runtime, precision)
     elif precision != "fp32":
         raise InputError("the torch runtime is timed in fp32 only")
-    protocol = dataclasses.replace(protocol or TimingProtocol(), probe=True)
-    out = Path(out)
     for r in resolutions:
         space.validate(space.max_subnet(r))
-    partial_path = out.with_name(out.name + ".partial.json")
-    shapes: list[tuple[int, BlockShape]] = [(r, s) for r in resolutions
-                                            for s in space.all_block_shapes([r])]
-    state = _resume_state(partial_path, {
-        "space": space.to_dict(), "resolutions": resolutions, "runtime": runtime,
-        "precision": precision, "threads": threads,
-        "target": "local" if target is None else target.name,
-        "protocol": asdict(protocol), "block_layout": block_layout(runtime),
-        "entries": {}}, len(shapes))
-    torch.manual_seed(seed)
-    ent = state["entries"]
-    todo = [(r, s) for r, s in shapes if s.key() not in ent.get(str(r), {})]
-    random.Random(seed).shuffle(todo)  # a drift while timing spreads over every stage
-    jobs = 1 if runtime == "torch" else jobs
-    cfgs = calibration_configs(space, resolutions, calib, seed) if calib > 0 else []
-    with (tempfile.TemporaryDirectory() as tmp, converter_pool(jobs) as convert):
-        models = None
-        if target is not None:
-            target = ProbedTarget(target, runtime, precision)
-            folder = _models_folder(out, runtime, precision)
-            models = folder / "calibration"  # converted there, ahead by convert_blocks or now
-            build = {"blocks": 0, "jobs": jobs}
-            if todo:  # else: a build stopped after its blocks goes on to its calibration
-                with tqdm(desc=f"lut {runtime} {precision}", unit="block",
-                          total=len(shapes), initial=len(shapes) - len(todo)) as bar:
-                    spent = _build_on_device(state, todo, runtime, precision, threads,
-                                             protocol, target, batch, Path(tmp),
-                                             lambda: atomic_write_json(partial_path, state),
-                                             bar, convert, folder)
-                print(_device_time(spent, len(todo), target.name))
-                build = {"blocks": len(todo), "jobs": jobs,
-                         **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},
-                         **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
-        else:
-            state.setdefault("context", _context(runtime, threads, precision))
-            folder = _models_folder(out, runtime, precision)
-            t0 = time.perf_counter()
-            converted = 0
-            if runtime != "torch":  # every model first (the calibration's too, which
-                # calibrate() then finds in `models`): nothing converts while timing
-                converted = _convert_missing(todo, runtime, precision, folder, convert)
-                models = folder / "calibration"
-                _export_subnets(space, cfgs, runtime, precision, models, "calibration", jobs,
-                                convert)
-            export_s = time.perf_counter() - t0
-            with tqdm(desc=f"lut {runtime} {precision}: time", unit="block",
-                      total=len(shapes), initial=len(shapes) - len(todo)) as bar:
-                timing_s = _build_here(state, todo, runtime, precision, threads, protocol,
-                                       batch, folder,
-                                       lambda: atomic_write_json(partial_path, state), bar)
-            build = {"blocks": len(todo), "converted": converted, "jobs": jobs,
-                     "wall_s": round(time.perf_counter() - t0, 2),
-                     "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}
-        build["retimed"] = state.get("retimed", 0)
-        if state.get("probe_shares"):  # the probe's part of the blocks' timed work
-            build["probe_share"] = round(float(np.mean(state["probe_shares"])), 4)
-        table = LatencyTable(context=state["context"], space=space.to_dict(),
-                             resolutions=sorted(resolutions), entries=ent,
-                             protocol=asdict(protocol), overhead_ms=state["overhead_ms"],
-                             source=str(out), build=build,
-                             probe={"id": PROBE_ID, "ms": probe_summary(state["probe_ms"]),
-                                    "measured": "build"},
-                             overhead_rel=state["overhead_rel"])
-        if calib > 0 and state.get("calibration"):  # measured before the build was stopped
-            table.calibration = state["calibration"]
-        elif calib > 0:
-            calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
-            state["calibration"] = table.calibration
-            atomic_write_json(partial_path, state)
-    table.save(out)
-    partial_path.unlink(missing_ok=True)
-    shutil.rmtree(block_models_dir(out), ignore_errors=True)
-    return table
+
+
+@dataclasses.dataclass(frozen=True)
+class _Build:
+    """One table build's fixed settings (what every batch of it shares) and its two ways
+    of timing the blocks: here, in process, or on a device target."""
+
+    space: SearchSpace
+    runtime: str
+    precision: str
+    threads: int
+    protocol: TimingProtocol
+    batch: int
+    jobs: int
+    out: Path
+    save: Callable[[], None]  # writes the partial state (after every batch)
+    total: int  # block shapes in the whole table
+
+    def bar(self, todo: list[tuple[int, BlockShape]], desc: str) -> tqdm:
+        return tqdm(desc=desc, unit="block", total=self.total,
+                    initial=self.total - len(todo))
+
+    def on_device(self, state: dict[str, Any], todo: list[tuple[int, BlockShape]],
+                  target: Target, tmp: Path, convert: Callable[..., Any]) -> dict[str, Any]:
+        """Time the blocks left on ``target`` (:func:`_build_on_device`); the ``build``
+        record. With none left (a build stopped after its blocks), nothing is timed."""
+        if not todo:
+            return {"blocks": 0, "jobs": self.jobs}
+        folder = _models_folder(self.out, self.runtime, self.precision)
+        with self.bar(todo, f"lut {self.runtime} {self.precision}") as bar:
+            spent = _build_on_device(self, state, todo, target, tmp, bar, convert, folder)
+        print(_device_time(spent, len(todo), target.name))
+        return {"blocks": len(todo), "jobs": self.jobs,
+                **{k: int(spent.pop(k)) for k in ("converted", "prefetched")},
+                **{f"{k}_s": round(v, 2) for k, v in spent.items()}}
+
+    def here(self, state: dict[str, Any], todo: list[tuple[int, BlockShape]],
+             cfgs: list[SubnetConfig], convert: Callable[..., Any]
+             ) -> tuple[dict[str, Any], Path | None]:
+        """Convert every model first (blocks and calibration subnets, which
+        :func:`calibrate` then finds: nothing converts while timing), then time the blocks
+        left in process; the ``build`` record and the calibration models' folder."""
+        state.setdefault("context", _context(self.runtime, self.threads, self.precision))
+        folder = _models_folder(self.out, self.runtime, self.precision)
+        t0 = time.perf_counter()
+        converted, models = 0, None
+        if self.runtime != "torch":
+            converted = _convert_missing(todo, self.runtime, self.precision, folder, convert)
+            models = folder / "calibration"
+            _export_subnets(self.space, cfgs, self.runtime, self.precision, models,
+                            "calibration", self.jobs, convert)
+        export_s = time.perf_counter() - t0
+        with self.bar(todo, f"lut {self.runtime} {self.precision}: time") as bar:
+            timing_s = _build_here(state, todo, self.runtime, self.precision, self.threads,
+                                   self.protocol, self.batch, folder, self.save, bar)
+        return {"blocks": len(todo), "converted": converted, "jobs": self.jobs,
+                "wall_s": round(time.perf_counter() - t0, 2),
+                "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}, models
+
+
+def _table_of(state: dict[str, Any], build: dict[str, Any], space: SearchSpace,
+              resolutions: list[int], protocol: TimingProtocol, out: Path) -> LatencyTable:
+    """The table the build state holds (before its calibration)."""
+    build["retimed"] = state.get("retimed", 0)
+    if state.get("probe_shares"):  # the probe's part of the blocks' timed work
+        build["probe_share"] = round(float(np.mean(state["probe_shares"])), 4)
+    return LatencyTable(context=state["context"], space=space.to_dict(),
+                        resolutions=sorted(resolutions), entries=state["entries"],
+                        protocol=asdict(protocol), overhead_ms=state["overhead_ms"],
+                        source=str(out), build=build,
+                        probe={"id": PROBE_ID, "ms": probe_summary(state["probe_ms"]),
+                               "measured": "build"},
+                        overhead_rel=state["overhead_rel"])
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,

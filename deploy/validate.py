@@ -93,16 +93,35 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     Raises:
         deploy.targets.TargetError: the target could not measure.
     """
-    out = Path(out)
     fmt = format_for(runtime, precision).name
     formats = tuple(dict.fromkeys((fmt, *formats)))
     # export everything first: conversions must not overlap (or warm up) the timed runs
+    bundles = _bundles(run, rows, Path(out), formats, data, models or {}, jobs, progress)
+    protocol = protocol or TimingProtocol()
+    paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
+    # latency: all subnets in one agent run, interleaved trials (as a table's calibration
+    # subnets are timed), so a drift of the device's speed reaches them alike
+    timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol)
+    # top-1 of the same files on the bundles' evaluation images, after the timing
+    accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
+    return [_result(row, bundle, model, t, acc, protocol, ms_per_unit, speed, target.name,
+                    fmt)
+            for row, bundle, model, t, acc in zip(rows, bundles, paths, timed, accs)]
+
+
+def _bundles(run: str | Path, rows: list[dict[str, Any]], out: Path,
+             formats: tuple[str, ...], data: str | None, models: dict[str, Any], jobs: int,
+             progress: bool) -> list[list[Any]]:
+    """``[label, config, folder, bundle report]`` per row: a complete bundle already in
+    ``out/<label>/`` (same config, same fine-tuning, every format) is kept, the others are
+    exported (the supernet's subnets by ``jobs`` converter processes, fine-tuned networks
+    here)."""
     bundles, todo = [], []
     for i, row in enumerate(rows):
         label = row.get("label") or f"subnet{i}"
         cfg = SubnetConfig.from_dict(row["config"])
         folder = out / label
-        model = (models or {}).get(label)
+        model = models.get(label)
         rep = read_bundle(folder)
         if (rep is None or rep["config"] != cfg.to_dict()
                 or rep.get("finetuned", False) != (model is not None)
@@ -122,45 +141,44 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
             for (i, _), rep in zip(todo, convert(_export_bundle, *zip(*(t for _, t in todo)))):
                 bundles[i][3] = rep
                 bar.update()
-    protocol = protocol or TimingProtocol()
-    paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
-    # latency: all subnets in one agent run, interleaved trials (as a table's calibration
-    # subnets are timed), so a drift of the device's speed reaches them alike
-    timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol)
-    # top-1 of the same files on the bundles' evaluation images, after the timing
-    accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
-    results = []
-    for row, (label, cfg, _, rep), model, t, acc in zip(rows, bundles, paths, timed, accs):
-        lat = t["latency_ms"]
-        meas = {**t, "median": lat["median"], "p90": lat.get("p90"), "min": lat.get("min"),
-                "warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials,
-                "timing": "interleaved", "target": target.name}
-        if acc is not None:
-            meas["accuracy"] = {"top1": acc["top1"], "images": acc["images"]}
-            top1, top1_on, images = acc["top1"], target.name, acc["images"]
-        else:  # the target checks no accuracy: the same file's top-1 here, at export
-            top1, top1_on = rep["models"][fmt]["top1"], "here"
-            images = rep["parity_images"]
-        pred = row.get("latency_ms")
-        now = lat[protocol.statistic]
-        m = lat["rel"] * ms_per_unit if ms_per_unit else now
-        err = None if pred is None else (pred - m) / m * 100
-        results.append({
-            "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
-            "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
-            "predicted_ms": pred, "measured_ms": m, "measured_now_ms": now,
-            "measured_rel": lat["rel"], "speed": speed, "measured_p90_ms": lat.get("p90"),
-            "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
-            "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
-            "measured_top1": top1, "top1_measured_on": top1_on, "top1_images": images,
-            "top1_se": top1_standard_error(top1, images),
-            "sizes": {k: v["bytes"] for k, v in rep["models"].items()},
-            "parity": {k: {"max_abs_diff": v["max_abs_diff"],
-                           "top1_agreement": v["top1_agreement"]}
-                       for k, v in rep["models"].items()},
-            "model": str(model), "format": fmt, "target": target.name,
-            "measurement": meas})
-    return results
+    return bundles
+
+
+def _result(row: dict[str, Any], bundle: list[Any], model: Path, t: dict[str, Any],
+            acc: dict[str, Any] | None, protocol: TimingProtocol, ms_per_unit: float | None,
+            speed: dict[str, Any] | None, where: str, fmt: str) -> dict[str, Any]:
+    """One subnet's result row (:func:`validate_subnets`) from its timing ``t`` and top-1
+    ``acc`` on the target (None: the target checks no accuracy, the export's is used)."""
+    label, cfg, _, rep = bundle
+    lat = t["latency_ms"]
+    meas = {**t, "median": lat["median"], "p90": lat.get("p90"), "min": lat.get("min"),
+            "warmup": protocol.warmup, "runs": protocol.runs, "trials": protocol.trials,
+            "timing": "interleaved", "target": where}
+    if acc is not None:
+        meas["accuracy"] = {"top1": acc["top1"], "images": acc["images"]}
+        top1, top1_on, images = acc["top1"], where, acc["images"]
+    else:  # the target checks no accuracy: the same file's top-1 here, at export
+        top1, top1_on = rep["models"][fmt]["top1"], "here"
+        images = rep["parity_images"]
+    pred = row.get("latency_ms")
+    now = lat[protocol.statistic]
+    m = lat["rel"] * ms_per_unit if ms_per_unit else now
+    err = None if pred is None else (pred - m) / m * 100
+    return {
+        "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
+        "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
+        "predicted_ms": pred, "measured_ms": m, "measured_now_ms": now,
+        "measured_rel": lat["rel"], "speed": speed, "measured_p90_ms": lat.get("p90"),
+        "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
+        "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
+        "measured_top1": top1, "top1_measured_on": top1_on, "top1_images": images,
+        "top1_se": top1_standard_error(top1, images),
+        "sizes": {k: v["bytes"] for k, v in rep["models"].items()},
+        "parity": {k: {"max_abs_diff": v["max_abs_diff"],
+                       "top1_agreement": v["top1_agreement"]}
+                   for k, v in rep["models"].items()},
+        "model": str(model), "format": fmt, "target": where,
+        "measurement": meas}
 
 
 def markdown_table(results: list[dict[str, Any]]) -> str:

@@ -537,14 +537,21 @@ def run_search(space: SearchSpace, acc_pred: AccuracyModel, lat_pred: LatencyMod
                                       [study.ask() for _ in range(cfg.population)]))
         evaluations += cfg.population
         if cfg.memetic and g < cfg.generations - 1:
-            assert archive.enc is not None and archive.m is not None
-            elite = archive.elites(cfg.population // 2, cfg.constraints, cfg.pareto,
-                                   cfg.objective)
-            _enqueue(study, scorer.encoder, _refine(
-                scorer, take(archive.enc, elite), take(archive.m, elite), cfg.constraints,
-                cfg.pareto, cfg.objective, rng))
-            evaluations += NEIGHBOURS * len(elite)
+            evaluations += _refine_elites(study, scorer, archive, cfg, rng)
     return _result(scorer, archive, cfg, len(study.get_trials(deepcopy=False)), evaluations)
+
+
+def _refine_elites(study: optuna.Study, scorer: Scorer, archive: _Archive, cfg: SearchConfig,
+                   rng: np.random.Generator) -> int:
+    """One local-search step (:func:`_refine`) for the ``population // 2`` elites so far;
+    the improved neighbours enqueued for the next generation. Returns the predictor
+    evaluations it spent."""
+    assert archive.enc is not None and archive.m is not None
+    elite = archive.elites(cfg.population // 2, cfg.constraints, cfg.pareto, cfg.objective)
+    _enqueue(study, scorer.encoder, _refine(
+        scorer, take(archive.enc, elite), take(archive.m, elite), cfg.constraints,
+        cfg.pareto, cfg.objective, rng))
+    return NEIGHBOURS * len(elite)
 
 
 def result_rows(data: Any, source: str = "search result") -> list[dict[str, Any]]:

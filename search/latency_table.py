@@ -156,18 +156,7 @@ class LatencyTable:
             if not isinstance(d.get(k), kind):
                 what = "object" if kind is dict else "list"
                 raise TableError(f"{source}: field {k!r} must be a JSON {what}")
-        missing = [k for k in _CONTEXT_KEYS if k not in d["context"]]
-        if missing:
-            raise TableError(f"{source}: context lacks {missing}")
-        if not isinstance(d["context"]["machine"], dict):
-            raise TableError(f"{source}: context.machine must be an object")
-        threads = d["context"]["threads"]
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise TableError(f"{source}: context.threads must be an integer >= 1")
-        try:
-            SearchSpace.from_dict(d["space"])
-        except ValueError as exc:
-            raise TableError(f"{source}: {exc}") from None
+        _check_context_and_space(d, source)
         stat = d.get("statistic", "median")
         if stat not in ("median", "mean", "min", "p90"):
             raise TableError(f"{source}: statistic {stat!r} is not median, mean, min or p90")
@@ -189,13 +178,7 @@ class LatencyTable:
                         raise TableError(f"{source}: entry {r}/{key!r}: {k} must be a "
                                          f"finite latency > 0, got {v!r}")
         cal = d.get("calibration") or {"a": 1.0, "b": 0.0, "fitted_on": []}
-        a, b, pw = ((cal.get("a"), cal.get("b"), cal.get("p", 1.0)) if isinstance(cal, dict)
-                    else (None, None, None))
-        if not (_finite(a) and _finite(b) and a > 0):
-            raise TableError(f"{source}: calibration needs finite 'a' > 0 and 'b' (got "
-                             f"a={a!r}, b={b!r})")
-        if not (_finite(pw) and 0 < pw <= 4):
-            raise TableError(f"{source}: calibration exponent 'p' must be in (0, 4], got {pw!r}")
+        _check_calibration(cal, source)
         ov = d.get("overhead_ms", 0.0)
         if not _finite(ov) or ov < 0:
             raise TableError(f"{source}: overhead_ms must be a finite number >= 0, got {ov!r}")
@@ -404,3 +387,39 @@ def import_ofa_yaml(folder: str | Path, space: SearchSpace, device: str = "Samsu
                      entries=entries, protocol={"statistic": "mean", "source": str(folder)},
                      statistic="median", source=str(folder))
     return t
+
+
+def _check_context_and_space(d: dict[str, Any], source: str) -> None:
+    """A table's ``context`` (every key, the machine's facts an object, threads >= 1) and
+    ``space`` (a space ofa-edge has).
+
+    Raises:
+        TableError: naming the field.
+    """
+    missing = [k for k in _CONTEXT_KEYS if k not in d["context"]]
+    if missing:
+        raise TableError(f"{source}: context lacks {missing}")
+    if not isinstance(d["context"]["machine"], dict):
+        raise TableError(f"{source}: context.machine must be an object")
+    threads = d["context"]["threads"]
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise TableError(f"{source}: context.threads must be an integer >= 1")
+    try:
+        SearchSpace.from_dict(d["space"])
+    except ValueError as exc:
+        raise TableError(f"{source}: {exc}") from None
+
+
+def _check_calibration(cal: Any, source: str) -> None:
+    """``{"a" > 0, "b", "p" in (0, 4]}``, all finite.
+
+    Raises:
+        TableError: naming the bad value.
+    """
+    a, b, pw = ((cal.get("a"), cal.get("b"), cal.get("p", 1.0)) if isinstance(cal, dict)
+                else (None, None, None))
+    if not (_finite(a) and _finite(b) and a > 0):
+        raise TableError(f"{source}: calibration needs finite 'a' > 0 and 'b' (got "
+                         f"a={a!r}, b={b!r})")
+    if not (_finite(pw) and 0 < pw <= 4):
+        raise TableError(f"{source}: calibration exponent 'p' must be in (0, 4], got {pw!r}")

@@ -492,7 +492,7 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
         write(answer(ans))
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m deploy.ontarget.agent",
                                  description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="*", help=".onnx or .tflite file (several: a batch, "
@@ -510,24 +510,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", help="eval .npz or image folder: also report top-1")
     ap.add_argument("--limit", type=int, help="at most this many eval images")
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def _serve_stdio() -> int:
+    """``--serve``: requests from stdin, answers on the real stdout (anything a runtime
+    prints goes to stderr instead)."""
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def write(text: str) -> None:
+        answers.write(text + "\n")
+        answers.flush()
+
+    watch_parent(0)  # a dropped connection ends the agent, even mid-batch
+    serve(sys.stdin, write)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     if a.serve:
         if a.model:
             print("agent: error: --serve takes its models from stdin", file=sys.stderr)
             return 2
-
-        # answers go to the real stdout; anything a runtime prints goes to stderr instead
-        answers = os.fdopen(os.dup(1), "w")
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
-
-        def write(text: str) -> None:
-            answers.write(text + "\n")
-            answers.flush()
-
-        watch_parent(0)  # a dropped connection ends the agent, even mid-batch
-        serve(sys.stdin, write)
-        return 0
+        return _serve_stdio()
     if not a.model:
         print("agent: error: give a model file (or --serve)", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 from deploy.ontarget.runtimes import TimingProtocol
 from ofa.cli.args import (
@@ -24,6 +25,11 @@ RUNTIMES = ("onnxruntime", "litert", "torch")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="lut_command", required=True)
+    for add in (_add_build, _add_calibrate, _add_import_ofa, _add_validate, _add_verify):
+        add(sub)
+
+
+def _add_build(sub: Any) -> None:
     b = sub.add_parser("build", help="measure a table on this machine or a device (resumable)")
     b.add_argument("--space", default="mbv3-cifar", choices=preset_names())
     b.add_argument("--num-classes", type=int_range(1, 100_000))
@@ -50,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "timed (default: the next batch loads on a spare device core meanwhile)")
     _jobs(b)
     add_target_conn_args(b)
+
+
+def _add_calibrate(sub: Any) -> None:
     c = sub.add_parser("calibrate", help="refit a table's calibration a*sum^p on whole "
                        "subnets measured here (e.g. a shipped table on another machine of "
                        "its type)")
@@ -65,11 +74,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "calibrated with an earlier, straight-line fit)")
     _jobs(c)
     add_target_conn_args(c)
+
+
+def _add_import_ofa(sub: Any) -> None:
     i = sub.add_parser("import-ofa", help="convert OFA's <r>_lookup_table.yaml files")
     i.add_argument("dir")
     i.add_argument("--out", required=True)
     i.add_argument("--space", default="mbv3-w1.2", choices=preset_names())
-    i.add_argument("--device", default="Samsung Note10", help="device name for the context")
+    i.add_argument("--machine", "--device", dest="machine", default="Samsung Note10",
+                   help="the measured machine's name, for the table's context")
+
+
+def _add_validate(sub: Any) -> None:
     v = sub.add_parser("validate", help="measure random subnets against a table")
     v.add_argument("table")
     v.add_argument("-n", type=int_range(2, 100_000), default=100)
@@ -80,6 +96,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     v.add_argument("--force", action="store_true", help="validate a table of another CPU model")
     _jobs(v)
     add_target_conn_args(v)
+
+
+def _add_verify(sub: Any) -> None:
     f = sub.add_parser("verify", help="check a table on this machine or a --target device "
                        "with subnets measured beside the probe: keep, adapt or rebuild it")
     f.add_argument("table")
@@ -104,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     from search.latency_table import import_ofa_yaml
 
     if args.lut_command == "import-ofa":
-        table = import_ofa_yaml(args.dir, get_space(args.space), device=args.device)
+        table = import_ofa_yaml(args.dir, get_space(args.space), device=args.machine)
         table.save(args.out)
         n = sum(len(g) for g in table.entries.values())
         print(f"wrote {args.out}: {n} entries, resolutions {table.resolutions}")

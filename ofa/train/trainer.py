@@ -336,12 +336,24 @@ class Trainer:
         return seconds
 
     # --- main loop -------------------------------------------------------------------------
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def _log_epoch(self, log: _MetricsLog, phase: str, lr: float, beta: float,
+                   epoch_loss: _LossWindow, seen: int, t0: float, bar: tqdm) -> None:
+        """One epoch's line in ``metrics.jsonl``: loss, lr, eps-beta, images/s, data wait."""
+        log.write({"epoch": self.global_step // self.steps_per_epoch, "phase": phase,
+                   "step": self.global_step, "lr": lr, "beta": beta,
+                   "loss": epoch_loss.mean(self.global_step, phase, self.out, bar),
+                   "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
+                   "data_wait_s": round(self.data_wait, 3)})
+
     def run(self) -> dict[str, Any]:
         """Train to the end of the schedule (or ``max_steps``); returns ``run.json``'s dict."""
         if self._resumed_rng is not None and self.rank == 0:
             torch.set_rng_state(self._resumed_rng)
-        cfg, phases = self.cfg, self.schedule.phases
-        self._clock = time.perf_counter()
+        cfg, phases, self._clock = self.cfg, self.schedule.phases, time.perf_counter()
         ckpt_every = cfg.ckpt_every or self.steps_per_epoch
         log = _MetricsLog(self.out) if self.rank == 0 else None
         if self.rank == 0:
@@ -358,13 +370,12 @@ class Trainer:
             before, total, warm, base = self._group_span(i)
             ramp_lr_end = lr_at(before + self.phase_steps[i], total, warm, base)
             n = self.phase_steps[i]
-            bar = tqdm(total=n, initial=self.phase_step, desc=f"{i + 1}/{len(phases)} {ph.name}",
-                       disable=self.rank != 0, leave=False, mininterval=1.0)
+            bar = tqdm(total=n, initial=self.phase_step, leave=False, mininterval=1.0,
+                       desc=f"{i + 1}/{len(phases)} {ph.name}", disable=self.rank != 0)
             t0, seen, epoch_loss, window = time.perf_counter(), 0, _LossWindow(), _LossWindow()
             while self.phase_step < n:
                 lr = lr_at(before + self.phase_step, total, warm, base)
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
+                self._set_lr(lr)
                 beta = eps_beta(self.phase_step, n, lr, ramp_lr_end) if ph.eps_ramp else 1.0
                 t_wait = time.perf_counter()
                 x, y, r = next(batches)
@@ -385,14 +396,8 @@ class Trainer:
                     mean = window.mean(self.global_step, ph.name, self.out, bar)
                     bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.4f}", r=r)
                 if epoch_end and self.rank == 0:
-                    dt = time.perf_counter() - t0
                     assert log is not None
-                    log.write({
-                        "epoch": self.global_step // self.steps_per_epoch, "phase": ph.name,
-                        "step": self.global_step, "lr": lr, "beta": beta,
-                        "loss": epoch_loss.mean(self.global_step, ph.name, self.out, bar),
-                        "images_per_s": seen / max(dt, 1e-9),
-                        "data_wait_s": round(self.data_wait, 3)})
+                    self._log_epoch(log, ph.name, lr, beta, epoch_loss, seen, t0, bar)
                     t0, seen, epoch_loss = time.perf_counter(), 0, _LossWindow()
                 if save:
                     self._save()
