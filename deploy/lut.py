@@ -525,11 +525,10 @@ def _build_on_device(job: _Build, state: dict[str, Any], todo: list[tuple[int, B
     device's start, also carries the overhead model and sets the table's context from the
     device's answer; ``job.save`` runs after every batch.
 
-    Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready, once),
-    ``wait`` (the device idle, waiting for conversions), ``timing`` and ``load`` (the
-    agent's timed trials and model loading, summed), ``load_wait`` (the loading nothing
-    hid); NaN where the target does not report them (adb); ``prefetched``: batches loaded
-    while the one before was timed; ``converted``: block models converted by this call.
+    Returns seconds: ``wall`` (this loop), ``start`` (the device getting ready), ``wait``
+    (the device idle, waiting for conversions), ``timing``, ``load`` and ``load_wait`` (the
+    loading nothing hid), NaN where the target does not report them (adb); and counts:
+    ``prefetched`` batches, ``converted`` block models.
     """
     runtime, precision, threads, batch = job.runtime, job.precision, job.threads, job.batch
     first = min(batch, FIRST_BATCH)  # converted while the device starts, timed soon after
