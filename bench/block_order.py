@@ -41,10 +41,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import print_table, write_json  # noqa: E402
 
-from deploy import lut  # noqa: E402
 from deploy.export import converter_pool  # noqa: E402
 from deploy.formats import format_for  # noqa: E402
+from deploy.lut import convert as lut  # noqa: E402
 from deploy.lut import fit_calibration  # noqa: E402
+from deploy.lut import measure as lut_measure  # noqa: E402
 from deploy.ontarget.facts import machine_facts  # noqa: E402
 from deploy.ontarget.runtimes import (  # noqa: E402
     TimingProtocol,
@@ -124,7 +125,7 @@ def main() -> None:
     def load(path: str, shape: tuple[int, ...]):
         rt = get_runtime(a.runtime, 1)
         rt.load(path)
-        return rt, lut._random_input(rt, shape)
+        return rt, lut_measure._random_input(rt, shape)
 
     whole = [load(p, (1, 3, c.r, c.r)) for p, c in zip(sub_paths, cfgs)]
     blk = [load(p, (1, blocks[k].in_ch, blocks[k].in_size, blocks[k].in_size))

@@ -45,7 +45,7 @@ def _model_bytes(space_name: str, r: int, precision: str) -> tuple[int, int]:
     import tempfile
     import zlib
 
-    from deploy.lut import _export, _export_block, _Overhead
+    from deploy.lut.convert import _export, _export_block, _Overhead
     from ofa.space import get_space
 
     space = get_space(space_name, resolutions=[r])

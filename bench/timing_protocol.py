@@ -32,7 +32,8 @@ PROTOCOLS = {"3 x (10 + 50)": (10, 50, 3), "10 x (3 + 15)": (3, 15, 10)}
 
 
 def main() -> None:
-    from deploy.lut import _export_subnets, _random_input
+    from deploy.lut.convert import _export_subnets
+    from deploy.lut.measure import _random_input
     from deploy.ontarget.runtimes import TimingProtocol, get_runtime, time_interleaved
     from ofa.space import get_space
     from search.latency import LatencyPredictor

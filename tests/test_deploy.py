@@ -451,7 +451,7 @@ def test_periodic_weights_keep_block_latency_and_compress(tmp_path):
 
     from scipy.stats import kendalltau
 
-    from deploy.lut import _export, periodic_weights
+    from deploy.lut.convert import _export, periodic_weights
     from ofa.static import build_layer
 
     shapes = get_space("mbv3-cifar", resolutions=[32]).all_block_shapes([32])[1::12]

@@ -48,7 +48,7 @@ def test_int8_table_has_the_fp32_keys_and_refuses_fp32_requests(tiny_table, tmp_
     as the fp32 table, records int8 in its context, and a request for fp32 is refused."""
     import onnx
 
-    from deploy.lut import _export
+    from deploy.lut.convert import _export
 
     space, _, fp32 = tiny_table
     out = tmp_path / "int8.json"
@@ -290,7 +290,7 @@ def test_litert_blocks_are_timed_channels_last(tmp_path):
     import numpy as np
     import torch
 
-    from deploy.lut import _block_model, _export, block_layout
+    from deploy.lut.convert import _block_model, _export, block_layout
     from deploy.ontarget.runtimes import get_runtime
 
     Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
@@ -321,7 +321,7 @@ def test_blocks_converted_ahead_are_timed_not_converted_again(tmp_path, monkeypa
     """`convert_blocks` (what `ofa run` runs beside training) leaves the block models in
     `<out>.models/`; the build then converts nothing and removes the folder with the table
     written. A second `convert_blocks` finds everything there (resumable)."""
-    import deploy.lut as lut
+    import deploy.lut.convert as lut
 
     space = get_space("mbv3-digits", ks_list=[3], expand_list=[3, 6], depth_list=[2],
                       resolutions=[12])

@@ -1,0 +1,183 @@
+"""Timing whole models for latency tables: one module (``measure_module``) or whole subnets
+in interleaved trials beside the reference probe (``measure_subnets``), here or on a target.
+
+Whole subnets (calibration, validation, measured budgets) are exported first and then timed
+:data:`SUBNET_BATCH` at a time in interleaved trials, so that a drift of the machine's speed
+reaches them alike and does not favour the subnets timed first; each gets its time in ms and
+in probe units (``deploy/probe.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from deploy.formats import format_for
+from deploy.lut.convert import _export, _export_subnets, _subnet, block_layout
+from deploy.ontarget.facts import machine_facts
+from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
+from deploy.probe import ProbedTarget, load_probe
+from deploy.targets import Target
+from deploy.torch_runtime import TorchRuntime
+from ofa.errors import InputError
+from ofa.space import SearchSpace, SubnetConfig
+from search.latency_table import LatencyTable
+
+__all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets"]
+
+# whole subnets timed together beside the probe: each batch short enough (seconds) that a
+# change of the device's speed during it is rare and timing it again is cheap
+SUBNET_BATCH = 16
+
+
+def runtime_context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """The measurement context stored in a table's header (this machine)."""
+    rt = get_runtime(runtime, threads)
+    return {"machine": machine_facts(), "runtime": runtime, "runtime_version": rt.version(),
+            "backend": rt.backend, "threads": threads, "precision": precision, "batch": 1}
+
+
+def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
+            stem: Path, precision: str = "fp32") -> tuple[Runtime, np.ndarray]:
+    """``model`` ready to time in ``runtime``: exported to ``stem`` + the format's suffix and
+    loaded (the torch runtime takes the module itself); (runtime, random input)."""
+    rt = get_runtime(runtime, threads)
+    if isinstance(rt, TorchRuntime):
+        if precision != "fp32":
+            raise InputError("the torch runtime is timed in fp32 only")
+        rt.load_module(model, input_shape)
+    else:
+        path = stem.with_name(stem.name + format_for(runtime, precision).suffix)
+        _export(model, input_shape, runtime, precision, path)
+        rt.load(str(path))
+    return rt, _random_input(rt, input_shape)
+
+
+def _random_input(rt: Runtime, input_shape: tuple[int, ...]) -> np.ndarray:
+    """A random float NCHW input in the layout and type ``rt``'s model takes."""
+    return rt.prepare(torch.randn(*input_shape).numpy())
+
+
+def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], runtime: str,
+              threads: int, protocol: TimingProtocol, workdir: str | Path,
+              precision: str = "fp32") -> dict[str, Any]:
+    """Export ``model`` here and time it on ``target``; the agent's whole JSON (latency
+    statistics, device facts, runtime version).
+
+    Raises:
+        ValueError: the torch runtime (it runs in this process only).
+    """
+    if runtime == "torch":
+        raise InputError("the torch runtime is measured in this process only (no --target)")
+    path = Path(workdir) / f"m{format_for(runtime, precision).suffix}"
+    _export(model, input_shape, runtime, precision, path)
+    return target.bench(path, threads, protocol)
+
+
+def measure_module(model: nn.Module, input_shape: tuple[int, ...], runtime: str, threads: int,
+                   protocol: TimingProtocol, workdir: str | Path,
+                   target: Target | None = None, precision: str = "fp32") -> dict[str, float]:
+    """Time one invoke of ``model`` (input ``input_shape``, NCHW) in ``runtime`` at
+    ``precision`` (``fp32`` | ``int8``: the file ``ofa export`` writes) (ms stats).
+
+    With ``target`` (an SSH or adb target from :mod:`deploy.targets`) the exported file is
+    copied to the device and timed there by the agent or ``benchmark_model``; otherwise it is
+    timed in this process. Returns ``{"median", "mean", "std", "p90", "min", "count"}``.
+
+    Raises:
+        deploy.targets.TargetError: the device is unreachable or lacks the runtime.
+    """
+    if target is not None:
+        return _bench_on(target, model, input_shape, runtime, threads, protocol,
+                         workdir, precision)["latency_ms"]
+    rt, x = _loaded(model, input_shape, runtime, threads, Path(workdir) / "m", precision)
+    return time_interleaved([rt], [x], protocol)[0]
+
+
+def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, threads: int,
+                     protocol: TimingProtocol, desc: str, target: Target | None = None,
+                     precision: str = "fp32", jobs: int = 1,
+                     convert: Callable[..., Any] | None = None,
+                     models: Path | None = None) -> dict[str, list[float]]:
+    """Whole-subnet latency of every config, end to end, beside the reference probe.
+
+    Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
+    interleaved trials with the probe first (:func:`deploy.ontarget.runtimes.time_interleaved`,
+    ``TimingProtocol(probe=True)``), :data:`SUBNET_BATCH` subnets at a time, so a change of
+    the machine's speed cancels from each subnet's ``rel`` and a batch whose probe moved is
+    timed again in seconds, not minutes; no conversion runs while anything is timed: here in
+    this process, on a device target batch after batch (``Target.bench_many``).
+    ``convert``: an open converter pool's map to export with (else one is started for
+    ``jobs``). ``models``: a folder to export into whose files already there
+    are used (else a temporary one).
+
+    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
+    and its time in probe units, and the probe's medians (ms) over the measurement (its
+    speed states)."""
+    protocol = dataclasses.replace(protocol, probe=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if runtime == "torch" and target is None:
+            loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
+                              Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
+            rts, xs = [r for r, _ in loaded], [x for _, x in loaded]
+        else:
+            paths = _export_subnets(space, cfgs, runtime, precision, models or Path(tmp),
+                                    desc, jobs, convert)
+            if target is not None:
+                probed = ProbedTarget(target, runtime, precision)
+                out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
+                for i in range(0, len(paths), SUBNET_BATCH):
+                    rows = probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
+                    out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
+                    out["rel"] += [r["latency_ms"]["rel"] for r in rows]
+                    out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
+                return out
+            rts, xs = [], []
+            for c, path in zip(cfgs, paths):
+                rt = get_runtime(runtime, threads)
+                rt.load(str(path))
+                rts.append(rt)
+                xs.append(_random_input(rt, (1, 3, c.r, c.r)))
+        prt, px = load_probe(runtime, threads, precision)
+        out = {"ms": [], "rel": [], "probe_ms": []}
+        with tqdm(total=len(cfgs) * protocol.trials, leave=False,
+                  desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
+            for i in range(0, len(rts), SUBNET_BATCH):
+                head, *stats = time_interleaved([prt, *rts[i:i + SUBNET_BATCH]],
+                                                [px, *xs[i:i + SUBNET_BATCH]], protocol,
+                                                progress=bar.update)
+                out["ms"] += [st[protocol.statistic] for st in stats]
+                out["rel"] += [st["rel"] for st in stats]
+                out["probe_ms"] += head["trial_means"]
+        return out
+
+
+def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
+                    target: Target | None = None, jobs: int = 1, desc: str = "measure",
+                    protocol: TimingProtocol | None = None) -> dict[str, list[float]]:
+    """Whole subnets measured beside the reference probe in ``table``'s context (runtime,
+    threads, precision, protocol), on ``target`` (None: this machine, in process), with
+    periodic weights (a latency does not depend on the values, :func:`periodic_weights`).
+
+    Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
+
+    Raises:
+        deploy.targets.TargetError: the device could not measure.
+    """
+    return _measure_configs(space, cfgs, table.context["runtime"],
+                            int(table.context["threads"]),
+                            protocol or TimingProtocol.from_fields(table.protocol), desc,
+                            target, table.context.get("precision", "fp32"), jobs)
+
+
+def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
+    """This machine's context for the table (:func:`runtime_context` and the block layout)."""
+    return {**runtime_context(runtime, threads, precision), "block_layout": block_layout(runtime)}
