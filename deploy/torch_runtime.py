@@ -24,6 +24,7 @@ class TorchRuntime(Runtime):
     """Eager CPU PyTorch with ``torch.set_num_threads(threads)``; loads modules, not files."""
 
     name, suffix, backend = "torch", "", "eager CPU"
+    files = False
 
     def version(self) -> str:
         return torch.__version__

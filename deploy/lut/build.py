@@ -47,7 +47,7 @@ from deploy.lut.convert import (
     calibration_configs,
 )
 from deploy.lut.measure import _context, _loaded, _random_input
-from deploy.ontarget.runtimes import TimingProtocol, get_runtime, time_interleaved
+from deploy.ontarget.runtimes import TimingProtocol, get_runtime, time_interleaved, times_files
 from deploy.probe import PROBE_ID, ProbedTarget, load_probe, probe_summary
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
@@ -78,7 +78,7 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
     Returns the seconds spent loading and timing."""
     t0 = time.perf_counter()
     ent = state["entries"]
-    suffix = "" if runtime == "torch" else format_for(runtime, precision).suffix
+    suffix = format_for(runtime, precision).suffix if times_files(runtime) else ""
     if not todo:
         return 0.0
     ov_rt, ov_x = _loaded(_Overhead(), (1, 8, 1, 1), runtime, threads, folder / "overhead",
@@ -285,7 +285,7 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
     torch.manual_seed(seed)
     todo = [(r, s) for r, s in shapes if s.key() not in state["entries"].get(str(r), {})]
     random.Random(seed).shuffle(todo)  # a drift while timing spreads over every stage
-    jobs = 1 if runtime == "torch" else jobs
+    jobs = jobs if times_files(runtime) else 1
     cfgs = calibration_configs(space, resolutions, calib, seed) if calib > 0 else []
     job = _Build(space, runtime, precision, threads, protocol, batch, jobs, out,
                  lambda: atomic_write_json(partial_path, state), len(shapes))
@@ -331,7 +331,7 @@ def _check_build(space: SearchSpace, resolutions: list[int], runtime: str,
     """
     if precision not in PRECISIONS:
         raise InputError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-    if runtime != "torch":
+    if times_files(runtime):
         format_for(runtime, precision)
     elif precision != "fp32":
         raise InputError("the torch runtime is timed in fp32 only")
@@ -383,7 +383,7 @@ class _Build:
         folder = _models_folder(self.out, self.runtime, self.precision)
         t0 = time.perf_counter()
         converted, models = 0, None
-        if self.runtime != "torch":
+        if times_files(self.runtime):
             converted = _convert_missing(todo, self.runtime, self.precision, folder, convert)
             models = folder / "calibration"
             _export_subnets(self.space, cfgs, self.runtime, self.precision, models,

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from deploy.export import converter_pool
 from deploy.formats import format_for
+from deploy.ontarget.runtimes import times_files
 from ofa.errors import InputError
 from ofa.fileio import atomic_write_json
 from ofa.space import BlockShape, SearchSpace, SubnetConfig
@@ -256,7 +257,7 @@ def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out
     Raises:
         ValueError: an unknown runtime or a precision it has no format for.
     """
-    if runtime == "torch":
+    if not times_files(runtime):
         return 0
     folder = _models_folder(out, runtime, precision)
     try:

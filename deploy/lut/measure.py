@@ -23,7 +23,13 @@ from tqdm import tqdm
 from deploy.formats import format_for
 from deploy.lut.convert import _export, _export_subnets, _subnet, block_layout
 from deploy.ontarget.facts import machine_facts
-from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
+from deploy.ontarget.runtimes import (
+    Runtime,
+    TimingProtocol,
+    get_runtime,
+    time_interleaved,
+    times_files,
+)
 from deploy.probe import ProbedTarget, load_probe
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
@@ -75,8 +81,8 @@ def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], ru
     Raises:
         ValueError: the torch runtime (it runs in this process only).
     """
-    if runtime == "torch":
-        raise InputError("the torch runtime is measured in this process only (no --target)")
+    if not times_files(runtime):
+        raise InputError(f"the {runtime} runtime is measured in this process only (no --target)")
     path = Path(workdir) / f"m{format_for(runtime, precision).suffix}"
     _export(model, input_shape, runtime, precision, path)
     return target.bench(path, threads, protocol)
@@ -124,7 +130,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
     speed states)."""
     protocol = dataclasses.replace(protocol, probe=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if runtime == "torch" and target is None:
+        if not times_files(runtime) and target is None:
             loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
                               Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
             rts, xs = [r for r, _ in loaded], [x for _, x in loaded]

@@ -22,8 +22,8 @@ import numpy as np
 
 from deploy.ontarget.errors import TargetInputError
 
-__all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "time_invoke",
-           "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
+__all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "times_files",
+           "time_invoke", "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
            "register_runtime", "probe_spread"]
 
 
@@ -38,6 +38,9 @@ class Runtime:
     name = ""
     suffix = ""
     backend = ""
+    #: True: times model files (exported, converted, sent to a target); False: times
+    #: modules in this process (eager torch: nothing is exported, nothing leaves the host)
+    files = True
 
     def __init__(self, threads: int = 1) -> None:
         if threads < 1:
@@ -261,6 +264,13 @@ def register_runtime(cls: type[Runtime]) -> type[Runtime]:
     """Add a runtime class to :data:`RUNTIMES` under ``cls.name`` (usable as a decorator)."""
     RUNTIMES[cls.name] = cls
     return cls
+
+
+def times_files(name: str) -> bool:
+    """Whether runtime ``name`` times exported model files (:attr:`Runtime.files`); an
+    unknown name answers True (it is refused where it is looked up)."""
+    cls = RUNTIMES.get(name)
+    return True if cls is None else cls.files
 
 
 def get_runtime(name: str, threads: int = 1) -> Runtime:

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from deploy.ontarget.runtimes import TimingProtocol
+from deploy.ontarget.runtimes import TimingProtocol, times_files
 from ofa.fileio import atomic_write_json
 from ofa.lifetime import default_jobs
 from ofa.pipeline.config import RunConfig, log
@@ -189,7 +189,7 @@ def start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     import multiprocessing as mp
 
     path = table_path(rc)
-    if rc.table or rc.runtime == "torch" or path.exists():
+    if rc.table or not times_files(rc.runtime) or path.exists():
         return None
     space = planned_space(rc, reused)
     if rc.target == "local" and find_shipped_table(
