@@ -23,8 +23,8 @@ import numpy as np
 from deploy.ontarget.errors import TargetInputError
 
 __all__ = ["Runtime", "OnnxRuntime", "LiteRTRuntime", "RUNTIMES", "get_runtime", "times_files",
-           "time_invoke", "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol", "runtime_for",
-           "register_runtime", "probe_spread"]
+           "time_invoke", "time_interleaved", "RuntimeMissing", "stats_ms", "TimingProtocol",
+           "runtime_for", "register_runtime", "probe_spread"]
 
 
 class RuntimeMissing(RuntimeError):
