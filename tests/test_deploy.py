@@ -666,21 +666,22 @@ def test_batched_ssh_build_survives_a_dropped_device(sshd, tmp_path):
 def test_run_builds_the_device_table_over_ssh(sshd, tmp_path):
     """`ofa run --target ssh://...` without --table measures the table on the device (its
     context says so) and a rerun finds it done."""
-    from ofa.pipeline import RunConfig
+    from ofa.pipeline import DeploySettings, RunConfig, TableSettings
     from ofa.pipeline.tables import run_table as _table
 
     d = sshd["dir"]
-    rc = RunConfig(name="dev", root=str(tmp_path), space="mbv3-digits",
-                   target=f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}",
-                   target_options={"python": sys.executable,
-                                   "known_hosts": str(d / "known_hosts"),
-                                   "identity": str(d / "client")},
-                   lut_protocol=asdict(QUICK), lut_calib=1)
+    rc = RunConfig(name="dev", root=str(tmp_path),
+                   deploy=DeploySettings(
+                       target=f"ssh://{sshd['user']}@127.0.0.1:{sshd['port']}",
+                       target_options={"python": sys.executable,
+                                       "known_hosts": str(d / "known_hosts"),
+                                       "identity": str(d / "client")}),
+                   table=TableSettings(protocol=asdict(QUICK), calib=1))
     space = get_space("mbv3-digits", ks_list=[3], expand_list=[3], depth_list=[2],
                       resolutions=[12])
     rc.folder.mkdir(parents=True)
     table = _table(rc, space)
-    assert table.context["target"] == rc.target
+    assert table.context["target"] == rc.deploy.target
     assert set(table.entries["12"]) == {s.key() for s in space.all_block_shapes([12])}
     assert len(table.calibration["fitted_on"]) == 3  # 1 random + largest + smallest
     again = _table(rc, space)

@@ -103,9 +103,10 @@ def test_shipped_table_is_verified_here(tiny_job: Path, tmp_path: Path, capsys):
     """A shipped table is not trusted for its CPU model: it is verified with subnets
     measured here beside the probe; one 3x off in probe units (as if from another device) is
     adapted by a fitted scale, saved in the run folder with its verdict, in one line."""
-    from ofa.pipeline import RunConfig
+    from ofa.pipeline import RunConfig, TableSettings
     from ofa.pipeline.tables import run_table as _table
     from ofa.space import get_space
+    from ofa.train.run import TrainConfig
     from search.latency_table import LatencyTable
 
     space = get_space("mbv3-digits", resolutions=[12, 16])
@@ -115,8 +116,10 @@ def test_shipped_table_is_verified_here(tiny_job: Path, tmp_path: Path, capsys):
     src.calibration = {**src.calibration, "a": src.calibration["a"] * 3.0}
     src.context["machine"] = {**src.context["machine"], "cpu_model": "Another CPU"}
     src.save(shipped_dir / "x86_64_mbv3-digits_onnxruntime_fp32_t1.json")
-    rc = RunConfig(name="r", root=str(tmp_path), space="mbv3-digits", resolutions=[12, 16],
-                   tables_dir=str(shipped_dir), lut_calib=10)
+    rc = RunConfig(name="r", root=str(tmp_path),
+                   train=TrainConfig(space="mbv3-digits",
+                                     space_overrides={"resolutions": [12, 16]}),
+                   table=TableSettings(tables_dir=str(shipped_dir), calib=10))
     (tmp_path / "r").mkdir()
     capsys.readouterr()
     t = _table(rc, space)

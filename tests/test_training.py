@@ -101,8 +101,10 @@ def test_short_run_settings_come_from_the_schedule(tmp_path, tiny_schedule):
     assert (cfg.epochs, cfg.lr_scale) == (24.0, 3.0)
     from ofa.pipeline import RunConfig
 
-    assert (RunConfig(schedule="ps").epochs, RunConfig(schedule="ps").lr_scale) == (24.0, 3.0)
-    assert (RunConfig(epochs=6).epochs, RunConfig(epochs=6).lr_scale) == (6.0, 1.0)
+    ps = RunConfig(train=TrainConfig(schedule="ps")).train
+    assert (ps.epochs, ps.lr_scale) == (24.0, 3.0)
+    six = RunConfig(name="x", train=TrainConfig(epochs=6)).train
+    assert (six.epochs, six.lr_scale, six.out) == (6.0, 1.0, str(Path("runs") / "x" / "supernet"))
 
 
 def test_lr_and_eps_ramp_values():

@@ -63,27 +63,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_target_args(p, runs=30)  # 300 timed invokes per chosen subnet
 
 
+def run_config(args: argparse.Namespace):
+    """The :class:`~ofa.pipeline.RunConfig` of ``ofa run``'s arguments, one settings group
+    per step."""
+    from ofa.cli.args import deployed_precision_of, target_options
+    from ofa.cli.train_cmd import train_config
+    from ofa.pipeline import (
+        DeploySettings,
+        PredictorSettings,
+        RunConfig,
+        SearchSettings,
+        TableSettings,
+    )
+
+    return RunConfig(
+        name=args.name, root=args.root, supernet=args.supernet,
+        train=train_config(args, deployed=True),
+        predictor=PredictorSettings(samples=args.samples),
+        table=TableSettings(path=args.table, tables_dir=args.tables_dir,
+                            protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
+                                      "trials": TimingProtocol.trials},
+                            calib=args.lut_calib),
+        search=SearchSettings(budgets=args.budgets, speed=args.speed,
+                              population=args.population, generations=args.generations,
+                              shortlist=args.shortlist,
+                              budget_candidates=args.budget_candidates),
+        deploy=DeploySettings(runtime=args.runtime, precision=deployed_precision_of(args),
+                              threads=args.threads, target=args.target,
+                              target_options=target_options(args), formats=args.formats,
+                              bench_protocol={"warmup": args.warmup, "runs": args.runs,
+                                              "trials": args.trials}),
+        finetune_epochs=args.finetune_epochs)
+
+
 def run(args: argparse.Namespace) -> int:
     from deploy.targets import TargetError
-    from ofa.cli.args import autocast_of, deployed_precision_of, target_options
-    from ofa.pipeline import RunConfig, run_pipeline, summary_lines
+    from ofa.pipeline import run_pipeline, summary_lines
 
-    rc = RunConfig(
-        name=args.name, root=args.root, supernet=args.supernet, dataset=args.dataset,
-        data=args.data, space=args.space,
-        resolutions=args.resolutions, schedule=args.schedule, epochs=args.epochs,
-        batch_size=args.batch_size, lr_scale=args.lr_scale, seed=args.seed,
-        samples=args.samples, runtime=args.runtime, threads=args.threads, target=args.target,
-        target_options=target_options(args), table=args.table, tables_dir=args.tables_dir,
-        budgets=args.budgets, shortlist=args.shortlist, population=args.population,
-        speed=args.speed, budget_candidates=args.budget_candidates,
-        generations=args.generations,
-        device=args.device, workers=args.workers,
-        autocast=autocast_of(args, deployed=True), precision=deployed_precision_of(args),
-        lut_protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
-                      "trials": TimingProtocol.trials},
-        lut_calib=args.lut_calib, formats=args.formats, finetune_epochs=args.finetune_epochs,
-        bench_protocol={"warmup": args.warmup, "runs": args.runs, "trials": args.trials})
+    rc = run_config(args)
     try:
         rep = run_pipeline(rc)
     except TargetError as exc:

@@ -46,21 +46,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "this step")
 
 
-def train_config(args: argparse.Namespace):
-    """The :class:`~ofa.train.run.TrainConfig` of ``ofa train``'s arguments.
+def train_config(args: argparse.Namespace, deployed: bool = False):
+    """The :class:`~ofa.train.run.TrainConfig` of the training options
+    (:func:`add_training_args`); the options only ``ofa train`` has (``--out``,
+    ``--ckpt-every``, ``--eval-images``, ``--max-steps``) keep TrainConfig's defaults where
+    they are absent (``ofa run``, ``deployed``: its ``--precision`` is the deployed
+    models', :func:`~ofa.cli.args.autocast_of`).
 
     Raises:
         ValueError: an unknown schedule (checked here, before any data is read).
     """
     from ofa.train.run import TrainConfig
 
+    own = {k: getattr(args, k) for k in ("out", "ckpt_every", "eval_images", "max_steps")
+           if hasattr(args, k)}
     over = {"resolutions": args.resolutions} if args.resolutions else {}
-    return TrainConfig(out=args.out, space=args.space, space_overrides=over,
-                       dataset=args.dataset, data=args.data, schedule=args.schedule,
-                       epochs=args.epochs, batch_size=args.batch_size, lr_scale=args.lr_scale,
-                       seed=args.seed, ckpt_every=args.ckpt_every, device=args.device,
-                       eval_images=args.eval_images, max_steps=args.max_steps,
-                       autocast=autocast_of(args), workers=args.workers)
+    return TrainConfig(space=args.space, space_overrides=over, dataset=args.dataset,
+                       data=args.data, schedule=args.schedule, epochs=args.epochs,
+                       batch_size=args.batch_size, lr_scale=args.lr_scale, seed=args.seed,
+                       device=args.device, autocast=autocast_of(args, deployed),
+                       workers=args.workers, **own)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,10 +21,19 @@ Modules: :mod:`~ofa.pipeline.config` (:class:`RunConfig`), :mod:`~ofa.pipeline.t
 (``docs/architecture.md``), below the CLI: ``bench/`` scripts use it, never ``ofa.cli``.
 """
 
-from ofa.pipeline.config import RANK_TAU, RunConfig, default_samples
+from ofa.pipeline.config import (
+    RANK_TAU,
+    DeploySettings,
+    PredictorSettings,
+    RunConfig,
+    SearchSettings,
+    TableSettings,
+    default_samples,
+)
 from ofa.pipeline.report import summary_lines
 from ofa.pipeline.steps import STEPS, State, Step, run_pipeline
 from ofa.pipeline.tables import auto_budgets, find_shipped_table
 
-__all__ = ["RunConfig", "RANK_TAU", "default_samples", "summary_lines", "STEPS", "State",
+__all__ = ["RunConfig", "PredictorSettings", "TableSettings", "SearchSettings",
+           "DeploySettings", "RANK_TAU", "default_samples", "summary_lines", "STEPS", "State",
            "Step", "run_pipeline", "auto_budgets", "find_shipped_table"]

@@ -2,69 +2,104 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deploy.ontarget.runtimes import TimingProtocol
+from ofa.train.run import TrainConfig
 
-__all__ = ["RunConfig", "RANK_TAU", "default_samples", "log"]
+__all__ = ["RunConfig", "PredictorSettings", "TableSettings", "SearchSettings", "DeploySettings",
+           "RANK_TAU", "default_samples", "log"]
+
+
+@dataclass
+class PredictorSettings:
+    """The accuracy predictor of a run: ``samples`` subnets measured on the hold-out split
+    (None: :func:`default_samples`), each after BN recalibration on ``recal_images``."""
+
+    samples: int | None = None
+    recal_images: int = 500
+
+
+@dataclass
+class TableSettings:
+    """The latency table of a run: ``path`` (a given table; None: a shipped one verified
+    here, or one built), ``tables_dir`` (where tables of this machine are looked for;
+    None: the ``latency_tables`` package), the timing ``protocol`` and the number of
+    whole subnets ``calib`` that calibrate (and verify) it."""
+
+    path: str | None = None
+    tables_dir: str | None = None
+    protocol: dict[str, Any] = field(default_factory=lambda: asdict(TimingProtocol()))
+    calib: int = 10
+
+
+@dataclass
+class SearchSettings:
+    """The search of a run: latency ``budgets`` (ms; None: 3 spread over the table's
+    range) at the device ``speed`` (``nominal`` | ``sustained``,
+    ``search.latency_table.SPEEDS``), NSGA-II ``population`` x ``generations``,
+    ``shortlist`` subnets per budget measured on the hold-out split (1: the search's best;
+    ``docs/cifar10.md`` measured no gain from 8) and ``budget_candidates`` measured on the
+    target before choosing (``deploy/budget.py``; 0: unmeasured)."""
+
+    budgets: list[float] | None = None
+    speed: str = "nominal"
+    population: int = 100
+    generations: int = 12
+    shortlist: int = 1
+    budget_candidates: int = 6
+
+
+@dataclass
+class DeploySettings:
+    """Where and how the chosen subnets run: ``runtime`` and ``precision`` (``fp32`` |
+    ``int8``) of the deployed models and their table, ``threads``, the ``target``
+    (``local`` | ``ssh://...`` | ``adb[:serial]``) with its connection options, the export
+    ``formats`` and the ``bench_protocol`` of the final measurement."""
+
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+    threads: int = 1
+    target: str = "local"
+    target_options: dict[str, Any] = field(default_factory=dict)
+    formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
+    bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 3, "runs": 30,
+                                                                    "trials": 10})
 
 
 @dataclass
 class RunConfig:
-    """What ``ofa run`` does; every field has a CLI flag of the same name."""
+    """What ``ofa run`` does: a run folder ``root/name``, a supernet to reuse (a trained or
+    imported run folder: no training) or the training of one (``train``, the
+    :class:`ofa.train.run.TrainConfig` of ``ofa train``; its ``out`` is set to the run
+    folder's ``supernet/``), and the settings of the predictor, table, search, deployment
+    and fine-tuning (``finetune_epochs``; 0: no fine-tuning step) steps.
+    """
 
     name: str = "demo"
     root: str = "runs"
-    supernet: str | None = None  # a trained (or imported) run folder to reuse: no training
-    dataset: str = "digits"
-    data: str | None = None
-    space: str = "mbv3-digits"
-    resolutions: list[int] | None = None
-    schedule: str = "deps"
-    epochs: float | None = None  # None: the schedule's short_run epochs (deps 14, ps 24)
-    batch_size: int = 64
-    lr_scale: float | None = None  # None: the schedule's short_run lr_scale (deps 1, ps 3)
-    seed: int = 0
-    samples: int | None = None  # subnets measured for the accuracy predictor (None:
-    # default_samples(dataset))
-    predictor_recal_images: int = 500  # BN-recalibration images per predictor sample
-    runtime: str = "onnxruntime"
-    precision: str = "fp32"  # deployed models and their latency table: fp32 | int8
-    threads: int = 1
-    target: str = "local"
-    target_options: dict[str, Any] = field(default_factory=dict)
-    budgets: list[float] | None = None  # ms; None = 3 spread over the table's range
-    table: str | None = None  # explicit table; default: shipped match or build one
-    tables_dir: str | None = None  # where tables of this machine are looked for (None:
-    # the tables shipped in the latency_tables package)
-    lut_protocol: dict[str, int] = field(default_factory=lambda: asdict(TimingProtocol()))
-    lut_calib: int = 10
-    formats: list[str] = field(default_factory=lambda: ["onnx-fp32", "tflite-fp32"])
-    population: int = 100
-    generations: int = 12
-    bench_protocol: dict[str, int] = field(default_factory=lambda: {"warmup": 3, "runs": 30,
-                                                                    "trials": 10})
-    device: str = "auto"
-    autocast: str = "auto"  # training's forward-pass dtype: auto (bf16 on CUDA, fp32 on CPU) | ...
-    workers: int = 0  # data-loading processes (training, predictor-dataset evaluation)
-    finetune_epochs: float = 0.0  # fine-tune every chosen subnet this long (0: no step)
-    shortlist: int = 1  # subnets per budget measured on the hold-out split before choosing
-    # (1: the search's best, unmeasured; docs/cifar10.md measured no gain from 8)
-    speed: str = "nominal"  # the device speed budgets mean: nominal | sustained (the slow
-    # end of the probe's range; search.latency_table.SPEEDS)
-    budget_candidates: int = 6  # subnets per budget measured on the target before choosing
-    # (deploy/budget.py); 0: the search's choice, unmeasured
+    supernet: str | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predictor: PredictorSettings = field(default_factory=PredictorSettings)
+    table: TableSettings = field(default_factory=TableSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
+    deploy: DeploySettings = field(default_factory=DeploySettings)
+    finetune_epochs: float = 0.0
 
     def __post_init__(self) -> None:
-        from ofa.train.schedule import run_settings
-
-        self.epochs, self.lr_scale = run_settings(self.schedule, self.epochs, self.lr_scale)
+        self.train = dataclasses.replace(self.train, out=str(self.folder / "supernet"))
 
     @property
     def folder(self) -> Path:
         return Path(self.root) / self.name
+
+    @property
+    def resolutions(self) -> list[int] | None:
+        """The training's ``--resolutions`` override, or None."""
+        return self.train.space_overrides.get("resolutions")
 
 
 #: below this held-out Kendall tau an accuracy predictor cannot rank subnets

@@ -57,7 +57,7 @@ def write_report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, An
                "max_abs_error_pct": max(abs(r["error_pct"]) for r in results),
                "all_within_budget": all(r["budget_ms"] is None or r["measured_ms"] <=
                                         r["budget_ms"] for r in results),
-               "speed": rc.speed}}
+               "speed": rc.search.speed}}
     p = info["predictor"]
     warn = ""
     if p["kendall_tau"] < RANK_TAU:
@@ -75,9 +75,9 @@ def write_report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, An
           f"{p['rmse']:.2f} points, Kendall tau {p['kendall_tau']:.2f}\n{warn}"
           f"- latency table: `{info['table']['path']}` ({info['table']['context']})\n"
           f"- device speed: {info['table']['speed_text'] or 'no probe data (ms as built)'}; "
-          f"budgets and measurements in ms at the **{rc.speed}** speed "
+          f"budgets and measurements in ms at the **{rc.search.speed}** speed "
           "(`docs/latency.md`)\n"
-          f"- target: `{rc.target}`, {rc.threads} thread(s)\n\n"
+          f"- target: `{rc.deploy.target}`, {rc.deploy.threads} thread(s)\n\n"
           "## Chosen subnets: predicted vs measured\n\n" + markdown_table(results) +
           f"\nAll within ±10%: **{rep['summary']['all_within_10pct']}**; all within their "
           f"budget as measured: **{rep['summary']['all_within_budget']}**; largest error "

@@ -34,7 +34,7 @@ __all__ = ["Step", "State", "STEPS", "run_pipeline"]
 
 
 def _train(rc: RunConfig) -> Path:
-    from ofa.train.run import CKPT, RUN_JSON, TrainConfig
+    from ofa.train.run import CKPT, RUN_JSON
     from ofa.train.trainer import train
 
     if rc.supernet:
@@ -45,14 +45,9 @@ def _train(rc: RunConfig) -> Path:
         log(f"train: done ({out})")
         return out
     resume = (out / CKPT).exists()
-    log(f"train: {rc.schedule} on {rc.dataset}, {rc.epochs:g} epochs"
+    log(f"train: {rc.train.schedule} on {rc.train.dataset}, {rc.train.epochs:g} epochs"
          + (" (resuming)" if resume else ""))
-    over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
-    train(TrainConfig(out=str(out), space=rc.space, space_overrides=over, dataset=rc.dataset,
-                      data=rc.data, schedule=rc.schedule, epochs=rc.epochs,
-                      batch_size=rc.batch_size, lr_scale=rc.lr_scale, seed=rc.seed,
-                      device=rc.device, autocast=rc.autocast, workers=rc.workers),
-          resume=resume)
+    train(rc.train, resume=resume)  # its out is this run's supernet/ (RunConfig)
     return out
 
 
@@ -60,7 +55,7 @@ def _predictor(rc: RunConfig, run: Path, dataset: str):
     from search.acc_dataset import build_accuracy_dataset, fit_and_score
     from search.accuracy import AccuracyPredictor
 
-    samples = rc.samples or default_samples(dataset)
+    samples = rc.predictor.samples or default_samples(dataset)
 
     # beside our own supernet; in this run's folder for a reused one (left as it is)
     path = (rc.folder if rc.supernet else run) / "acc_predictor.safetensors"
@@ -73,11 +68,11 @@ def _predictor(rc: RunConfig, run: Path, dataset: str):
         pass
     log(f"accuracy predictor: measuring {samples} subnets on the hold-out split")
     space, rows = build_accuracy_dataset(run, path.with_name(path.stem + ".dataset.jsonl"),
-                                         samples, seed=rc.seed, data=rc.data,
-                                         recal_images=rc.predictor_recal_images,
-                                         progress=True, device=rc.device,
-                                         autocast=rc.autocast, workers=rc.workers)
-    pred, metrics = fit_and_score(space, rows, seed=rc.seed)
+                                         samples, seed=rc.train.seed, data=rc.train.data,
+                                         recal_images=rc.predictor.recal_images,
+                                         progress=True, device=rc.train.device,
+                                         autocast=rc.train.autocast, workers=rc.train.workers)
+    pred, metrics = fit_and_score(space, rows, seed=rc.train.seed)
     pred.metrics = metrics
     pred.save(path)
     log(f"accuracy predictor: held-out RMSE {metrics['rmse']:.2f} points, "
@@ -89,7 +84,7 @@ def _predictor(rc: RunConfig, run: Path, dataset: str):
 
 def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
             ) -> dict[str, Any]:
-    """Search every budget and the Pareto front. With ``rc.shortlist`` > 1 each budget's
+    """Search every budget and the Pareto front. With ``rc.search.shortlist`` > 1 each budget's
     shortlist (the subnets within the predictor's held-out RMSE of the best prediction,
     spread apart: :func:`search.evolution.shortlist`) is measured on the hold-out split and
     the most accurate measured one is chosen (the search's best is where the predictor
@@ -100,8 +95,9 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
 
     path = rc.folder / "search.json"
     margin = round(float(acc.metrics.get("rmse", 0.0)), 4)
-    key = {"budgets": budgets, "population": rc.population, "generations": rc.generations,
-           "seed": rc.seed, "table": lat.table.source, "shortlist": rc.shortlist,
+    se = rc.search
+    key = {"budgets": budgets, "population": se.population, "generations": se.generations,
+           "seed": rc.train.seed, "table": lat.table.source, "shortlist": se.shortlist,
            "shortlist_margin": margin}
     if path.exists():
         old = read_json(path, "search result")
@@ -110,18 +106,18 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
             return old
     log(f"search: budgets {budgets} ms + Pareto front")
     found = [run_search(space, acc, lat, SearchConfig(
-        Budget(latency_ms=b), population=rc.population, generations=rc.generations,
-        seed=rc.seed, shortlist=rc.shortlist, shortlist_margin=margin)) for b in budgets]
+        Budget(latency_ms=b), population=se.population, generations=se.generations,
+        seed=rc.train.seed, shortlist=se.shortlist, shortlist_margin=margin)) for b in budgets]
     chosen = [{**res["best"][0], "budget_ms": b, "label": f"budget{i + 1}"}
               for i, (b, res) in enumerate(zip(budgets, found))]
-    if rc.shortlist > 1:
+    if rc.search.shortlist > 1:
         lists = [res["shortlist"] for res in found]
         log(f"search: measuring {sum(map(len, lists))} shortlisted subnets (up to "
-             f"{rc.shortlist} per budget within {margin:.2f} points of the best prediction) "
+             f"{rc.search.shortlist} per budget within {margin:.2f} points of the best prediction) "
              "on the hold-out split")
-        picks = choose_measured(run, lists, rc.folder / "shortlist.jsonl", data=rc.data,
-                                recal_images=rc.predictor_recal_images, device=rc.device,
-                                autocast=rc.autocast, workers=rc.workers)
+        picks = choose_measured(run, lists, rc.folder / "shortlist.jsonl", data=rc.train.data,
+                                recal_images=rc.predictor.recal_images, device=rc.train.device,
+                                autocast=rc.train.autocast, workers=rc.train.workers)
         for i, c in enumerate(picks):
             chosen[i] = {**c, "budget_ms": budgets[i], "label": f"budget{i + 1}"}
             sl = c["shortlist"]
@@ -129,8 +125,8 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
                  f"{min(r['holdout_top1'] for r in sl):.2f}-{c['holdout_top1']:.2f}% over "
                  f"{len(sl)} subnets; chose the predictor's #{c['shortlist_pick'] + 1}")
     front = run_search(space, acc, lat, SearchConfig(
-        pareto=True, population=rc.population, generations=rc.generations,
-        seed=rc.seed))["front"]
+        pareto=True, population=rc.search.population, generations=rc.search.generations,
+        seed=rc.train.seed))["front"]
     out = {"key": key, "chosen": chosen, "front": front}
     atomic_write_json(path, out)
     return out
@@ -139,7 +135,7 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
 def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str, Any]
                       ) -> list[dict[str, Any]]:
     """Each budget's candidates measured on the target beside the probe, converted to ms
-    at ``rc.speed``; the most accurate that meets its budget as measured
+    at ``rc.search.speed``; the most accurate that meets its budget as measured
     (:func:`deploy.budget.measure_budgets`). Kept in ``budget.json`` (skipped when the
     search, table and speed are the same)."""
     from deploy.budget import measure_budgets
@@ -149,27 +145,28 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
 
     path = rc.folder / "budget.json"
     key = {"chosen": [c["config"] for c in found["chosen"]], "table": table.source,
-           "speed": rc.speed, "k": rc.budget_candidates,
+           "speed": rc.search.speed, "k": rc.search.budget_candidates,
            "speed_states": table.probe.get("ms")}
     if path.exists() and read_json(path, "measured budget").get("key") == key:
         log("measured budget: done")
         return read_json(path, "measured budget")["chosen"]
-    target = None if rc.target == "local" else parse_target(rc.target, **rc.target_options)
-    per_unit = table.probe_ms(rc.speed)
+    d = rc.deploy
+    target = None if d.target == "local" else parse_target(d.target, **d.target_options)
+    per_unit = table.probe_ms(rc.search.speed)
 
     def measure(cfgs: list[dict[str, Any]]) -> list[float]:
-        log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.target} beside "
+        log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.deploy.target} beside "
              "the probe")
         m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
                             target=target, jobs=default_jobs(), desc="budget candidates")
         return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
 
     rows = measure_budgets([c["budget_ms"] for c in found["chosen"]],
-                           found["chosen"], found["front"], measure, k=rc.budget_candidates)
+                           found["chosen"], found["front"], measure, k=rc.search.budget_candidates)
     chosen = []
     for old, row in zip(found["chosen"], rows):
         moved = row["config"] != old["config"]
-        log(f"measured budget {row['budget_ms']:g} ms ({rc.speed} speed): "
+        log(f"measured budget {row['budget_ms']:g} ms ({rc.search.speed} speed): "
              f"{len(row['candidates'])} candidates, chose one measured at "
              f"{row['measured_ms']:.3f} ms ({row['margin_pct']:+.1f}% margin)"
              + (" instead of the search's choice" if moved else "")
@@ -198,9 +195,9 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
                 shutil.rmtree(folder)
             log(f"fine-tune {row['label']}: {rc.finetune_epochs:g} epochs")
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
-                                    epochs=rc.finetune_epochs, batch_size=rc.batch_size,
-                                    seed=rc.seed, data=rc.data, device=rc.device,
-                                    autocast=rc.autocast),
+                                    epochs=rc.finetune_epochs, batch_size=rc.train.batch_size,
+                                    seed=rc.train.seed, data=rc.train.data, device=rc.train.device,
+                                    autocast=rc.train.autocast),
                      resume=(folder / FINETUNE_CKPT).exists())
         out[row["label"]] = folder
     return out
@@ -217,19 +214,20 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
         old = read_json(path, "validation")
         if [r["config"] for r in old.get("subnets", [])] == [c["config"] for c in chosen] \
                 and old.get("finetuned", []) == sorted(finetuned) \
-                and old.get("precision", "fp32") == rc.precision \
-                and old.get("speed") == [rc.speed, table.probe.get("ms")]:
+                and old.get("precision", "fp32") == rc.deploy.precision \
+                and old.get("speed") == [rc.search.speed, table.probe.get("ms")]:
             log("export + measure: done")
             return old["subnets"]
-    log(f"export + measure: {len(chosen)} subnets on {rc.target}")
-    target = parse_target(rc.target, **rc.target_options)
+    log(f"export + measure: {len(chosen)} subnets on {rc.deploy.target}")
+    target = parse_target(rc.deploy.target, **rc.deploy.target_options)
     models = {label: load_finetuned(f)[0] for label, f in finetuned.items()}
-    res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.data,
-                           runtime=rc.runtime, threads=rc.threads, formats=tuple(rc.formats),
-                           protocol=TimingProtocol(**rc.bench_protocol), models=models,
-                           precision=rc.precision,
-                           ms_per_unit=table.probe_ms(rc.speed) if table.probe else None,
-                           speed={"speed": rc.speed, "states": table.probe.get("ms")},
+    res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.train.data,
+                           runtime=rc.deploy.runtime, threads=rc.deploy.threads,
+                           formats=tuple(rc.deploy.formats),
+                           protocol=TimingProtocol(**rc.deploy.bench_protocol), models=models,
+                           precision=rc.deploy.precision,
+                           ms_per_unit=table.probe_ms(rc.search.speed) if table.probe else None,
+                           speed={"speed": rc.search.speed, "states": table.probe.get("ms")},
                            # one process per subnet: none waits for a second round (3 on
                            # 2 cores here: 51 s against 52-56 s with 2 processes)
                            jobs=max(default_jobs(), len(chosen)))
@@ -239,8 +237,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
             r["finetune"] = {k: ft[k] for k in ("top1_before", "top1_after", "epochs", "kd",
                                                 "train_seconds")}
     atomic_write_json(path, {"subnets": res, "finetuned": sorted(finetuned),
-                             "precision": rc.precision,
-                             "speed": [rc.speed, table.probe.get("ms")]})
+                             "precision": rc.deploy.precision,
+                             "speed": [rc.search.speed, table.probe.get("ms")]})
     return res
 
 
@@ -304,8 +302,8 @@ def _table_step(rc: RunConfig, st: State) -> None:
 
     st.stop_converting()  # the table step converts what is left, in parallel
     st.table = run_table(rc, st.space)
-    st.lat = LatencyPredictor(st.table, st.space, speed=rc.speed)
-    st.budgets = list(rc.budgets) if rc.budgets else auto_budgets(st.lat, st.space)
+    st.lat = LatencyPredictor(st.table, st.space, speed=rc.search.speed)
+    st.budgets = list(rc.search.budgets) if rc.search.budgets else auto_budgets(st.lat, st.space)
 
 
 def _search_step(rc: RunConfig, st: State) -> None:
@@ -337,11 +335,11 @@ def _report_step(rc: RunConfig, st: State) -> None:
         "predictor": st.acc.metrics,
         "table": {"path": t.source, "context": t.describe(),
                   "calibration": {k: t.calibration.get(k, 1.0) for k in ("a", "p", "b")},
-                  "speed": rc.speed, "speed_states": t.probe.get("ms"),
+                  "speed": rc.search.speed, "speed_states": t.probe.get("ms"),
                   "speed_text": t.speed_text()},
         "budgets_ms": st.budgets, "space": st.space.name, "dataset": st.dataset,
         "training": (f"supernet reused from `{st.run}`" if rc.supernet else
-                     f"schedule `{rc.schedule}`, {rc.epochs:g} epochs")}
+                     f"schedule `{rc.train.schedule}`, {rc.train.epochs:g} epochs")}
     st.report = write_report(rc, meta, st.results, st.found)
 
 
@@ -352,7 +350,7 @@ STEPS: tuple[Step, ...] = (
     Step("latency table", ("latency_table.json", "table_verification.json"), _table_step),
     Step("search", ("search.json", "shortlist.jsonl"), _search_step),
     Step("measured budget", ("budget.json",), _budget_step,
-         when=lambda rc: rc.budget_candidates > 0),
+         when=lambda rc: rc.search.budget_candidates > 0),
     Step("fine-tune", ("finetuned/",), _finetune_step, when=lambda rc: rc.finetune_epochs > 0),
     Step("export + measure", ("models/", "validation.json"), _validate_step),
     Step("report", ("report.json", "report.md", "pareto.png"), _report_step),
@@ -371,15 +369,16 @@ def _preflight(rc: RunConfig) -> Any:
     from deploy.targets import parse_target
     from ofa.train.run import load_run
 
-    if rc.target.startswith("adb") and rc.runtime != "litert":
-        raise InputError(f"--target {rc.target}: a phone is measured with TFLite's "
+    if rc.deploy.target.startswith("adb") and rc.deploy.runtime != "litert":
+        raise InputError(f"--target {rc.deploy.target}: a phone is measured with TFLite's "
                          "benchmark_model, which times .tflite models only; add --runtime litert")
-    parse_target(rc.target, **rc.target_options).check()  # before training, not after
+    parse_target(rc.deploy.target, **rc.deploy.target_options).check()  # before training, not after
     reused = load_run(rc.supernet) if rc.supernet else None  # a bad folder fails here
-    if rc.table:  # kind, context, space and resolutions: before training, not after it
+    if rc.table.path:  # kind, context, space and resolutions: before training, not after it
         planned = planned_space(rc, reused)
-        LatencyTable.load(rc.table, space=planned, resolutions=list(planned.resolutions),
-                          runtime=rc.runtime, threads=rc.threads, precision=rc.precision)
+        LatencyTable.load(rc.table.path, space=planned, resolutions=list(planned.resolutions),
+                          runtime=rc.deploy.runtime, threads=rc.deploy.threads,
+                          precision=rc.deploy.precision)
     return reused
 
 

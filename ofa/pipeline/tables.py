@@ -73,49 +73,50 @@ def run_table(rc: RunConfig, space) -> LatencyTable:
     path = table_path(rc)
     try:
         t = LatencyTable.load(path, space=space, resolutions=list(space.resolutions),
-                              runtime=rc.runtime, threads=rc.threads,
-                              precision=rc.precision)
+                              runtime=rc.deploy.runtime, threads=rc.deploy.threads,
+                              precision=rc.deploy.precision)
         log(f"latency table: done ({path})")
         return t
     except TableError:
         pass
     target = None
-    if rc.target != "local":  # exported here, timed there in batches (resumable)
+    if rc.deploy.target != "local":  # exported here, timed there in batches (resumable)
         from deploy.targets import parse_target, start_in_background
 
-        target = parse_target(rc.target, **rc.target_options)
-        start_in_background(target, rc.runtime)
+        target = parse_target(rc.deploy.target, **rc.deploy.target_options)
+        start_in_background(target, rc.deploy.runtime)
     given = None
-    if rc.table:
-        given = LatencyTable.load(rc.table, space=space, resolutions=list(space.resolutions),
-                                  runtime=rc.runtime, threads=rc.threads,
-                                  precision=rc.precision)
-    elif rc.target == "local":
-        given = find_shipped_table(space, rc.runtime, rc.threads,
-                                   Path(rc.tables_dir) if rc.tables_dir else None,
-                                   rc.precision)
+    if rc.table.path:
+        given = LatencyTable.load(rc.table.path, space=space, resolutions=list(space.resolutions),
+                                  runtime=rc.deploy.runtime, threads=rc.deploy.threads,
+                                  precision=rc.deploy.precision)
+    elif rc.deploy.target == "local":
+        given = find_shipped_table(space, rc.deploy.runtime, rc.deploy.threads,
+                                   Path(rc.table.tables_dir) if rc.table.tables_dir else None,
+                                   rc.deploy.precision)
     if given is not None:
         t = _verified(rc, space, given, target, path)
         if t is not None:
             return t
-    log(f"latency table: measuring every block shape ({rc.runtime}, {rc.precision}, "
-         f"{rc.threads} thread(s)) on {rc.target}")
-    return build_table(space, sorted(space.resolutions), rc.runtime, path, threads=rc.threads,
-                       protocol=TimingProtocol(**rc.lut_protocol), calib=rc.lut_calib,
-                       seed=rc.seed, target=target, precision=rc.precision,
+    log(f"latency table: measuring every block shape ({rc.deploy.runtime}, {rc.deploy.precision}, "
+         f"{rc.deploy.threads} thread(s)) on {rc.deploy.target}")
+    return build_table(space, sorted(space.resolutions), rc.deploy.runtime, path,
+                       threads=rc.deploy.threads,
+                       protocol=TimingProtocol(**rc.table.protocol), calib=rc.table.calib,
+                       seed=rc.train.seed, target=target, precision=rc.deploy.precision,
                        jobs=default_jobs())
 
 
 def _verified(rc: RunConfig, space, given: LatencyTable, target, path: Path):
-    """``given`` checked on the target with ``rc.lut_calib + 2`` subnets measured beside
+    """``given`` checked on the target with ``rc.table.calib + 2`` subnets measured beside
     the probe; the kept or adapted table saved as this run's (its verdict in
     ``table_verification.json``), or None when it must be rebuilt."""
     from deploy.verify import verify_table
 
-    log(f"latency table: verifying {Path(given.source).name} on {rc.target} with "
-         f"{max(4, rc.lut_calib + 2)} subnets measured beside the probe")
-    v = verify_table(given, space, k=max(4, rc.lut_calib + 2), seed=rc.seed + 4321,
-                     target=target, jobs=default_jobs(), where=rc.target)
+    log(f"latency table: verifying {Path(given.source).name} on {rc.deploy.target} with "
+         f"{max(4, rc.table.calib + 2)} subnets measured beside the probe")
+    v = verify_table(given, space, k=max(4, rc.table.calib + 2), seed=rc.train.seed + 4321,
+                     target=target, jobs=default_jobs(), where=rc.deploy.target)
     log(v.line())
     atomic_write_json(rc.folder / "table_verification.json",
                       {**v.details, "table": given.source})
@@ -129,8 +130,8 @@ def _verified(rc: RunConfig, space, given: LatencyTable, target, path: Path):
 
 
 def table_path(rc: RunConfig) -> Path:
-    return rc.folder / ("latency_table.json" if rc.precision == "fp32"
-                        else f"latency_table_{rc.precision}.json")
+    return rc.folder / ("latency_table.json" if rc.deploy.precision == "fp32"
+                        else f"latency_table_{rc.deploy.precision}.json")
 
 
 def _convert_blocks_in_background(space: dict[str, Any], runtime: str, out: str,
@@ -173,8 +174,8 @@ def planned_space(rc: RunConfig, reused: Any):
     if (rc.folder / "supernet" / RUN_JSON).exists():
         return load_run(rc.folder / "supernet")[0].space
     over = {"resolutions": list(rc.resolutions)} if rc.resolutions else {}
-    classes = load_dataset(rc.dataset, rc.data, seed=rc.seed).num_classes
-    return get_space(rc.space, num_classes=classes, **over)
+    classes = load_dataset(rc.train.dataset, rc.train.data, seed=rc.train.seed).num_classes
+    return get_space(rc.train.space, num_classes=classes, **over)
 
 
 def start_block_conversion(rc: RunConfig, reused: Any) -> Any:
@@ -189,18 +190,19 @@ def start_block_conversion(rc: RunConfig, reused: Any) -> Any:
     import multiprocessing as mp
 
     path = table_path(rc)
-    if rc.table or not times_files(rc.runtime) or path.exists():
+    if rc.table.path or not times_files(rc.deploy.runtime) or path.exists():
         return None
     space = planned_space(rc, reused)
-    if rc.target == "local" and find_shipped_table(
-            space, rc.runtime, rc.threads, Path(rc.tables_dir) if rc.tables_dir else None,
-            rc.precision) is not None:
+    if rc.deploy.target == "local" and find_shipped_table(
+            space, rc.deploy.runtime, rc.deploy.threads,
+            Path(rc.table.tables_dir) if rc.table.tables_dir else None,
+            rc.deploy.precision) is not None:
         return None
     proc = mp.get_context("spawn").Process(
         target=_convert_blocks_in_background, daemon=True,
-        args=(space.to_dict(), rc.runtime, str(path), rc.precision, rc.lut_calib,
-              rc.seed, os.getpid()))
+        args=(space.to_dict(), rc.deploy.runtime, str(path), rc.deploy.precision, rc.table.calib,
+              rc.train.seed, os.getpid()))
     proc.start()
-    log(f"latency table: converting its block models in the background ({rc.runtime}, "
-         f"{rc.precision})")
+    log(f"latency table: converting its block models in the background ({rc.deploy.runtime}, "
+         f"{rc.deploy.precision})")
     return proc
