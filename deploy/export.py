@@ -177,9 +177,19 @@ def converter_pool(jobs: int) -> Iterator[Callable[..., Iterator[Any]]]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
-                             initializer=_converter_init, initargs=(os.getpid(),)) as pool:
+    pool = ProcessPoolExecutor(jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_converter_init, initargs=(os.getpid(),))
+    try:
         yield pool.map
+    except BaseException:  # an error or Ctrl-C/SIGTERM: no conversion is waited for
+        # (shutdown(wait=True) would finish every submitted one, minutes of LiteRT work);
+        # a killed conversion leaves at most its temp file, which the next build removes
+        procs = list((getattr(pool, "_processes", None) or {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            proc.kill()
+        raise
+    pool.shutdown(wait=True)
 
 
 def _converter_init(parent: int) -> None:

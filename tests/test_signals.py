@@ -104,25 +104,31 @@ def _alive(pids: set[int]) -> set[int]:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads the process tree from /proc")
-def test_a_killed_build_leaves_no_converter_behind(tmp_path):
-    """SIGKILL (a scheduler's time limit, the OOM killer) during the conversions of a
-    2-process build: within 10 s no process it started is left."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_build_leaves_no_converter_behind(tmp_path, sig):
+    """SIGKILL (a scheduler's time limit, the OOM killer) or SIGTERM during the conversions
+    of a 2-process build (signalled while its 60 calibration subnets convert): within 10 s
+    no process it started is left; SIGTERM ends it with 143 and kills the conversions in
+    flight instead of waiting for them (a LiteRT subnet takes 15-30 s)."""
     out = tmp_path / "t.json"
     proc = subprocess.Popen([sys.executable, "-m", "ofa.cli", "lut", "build", "--space",
-                             "mbv3-digits", "--resolutions", "12", "--calib", "0", "--jobs",
-                             "2", "--out", str(out)], stdout=subprocess.DEVNULL,
+                             "mbv3-digits", "--resolutions", "12,16,20", "--calib", "60",
+                             "--jobs", "2", "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     kids: set[int] = set()
     while time.time() < deadline and proc.poll() is None:
         kids = _descendants(proc.pid)
-        if len(kids) >= 2 and list((tmp_path / "t.json.models").glob("*.onnx")):
+        if len(kids) >= 2 and list((tmp_path / "t.json.models" / "calibration").glob(
+                "*.onnx")):
             break
         time.sleep(0.2)
     assert proc.poll() is None and len(kids) >= 2, "no converter pool seen"
-    proc.kill()
-    proc.wait()
+    proc.send_signal(sig)
     t = time.time()
+    code = proc.wait(timeout=60)
+    assert code == (143 if sig == signal.SIGTERM else -9)
+    assert time.time() - t < 10, "the build waited for its submitted conversions"
     while _alive(kids) and time.time() - t < 10:
         time.sleep(0.2)
     assert not _alive(kids), f"left running: {_alive(kids)}"
