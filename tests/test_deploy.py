@@ -790,11 +790,12 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
     written = t.ssh(["find", t.remote_dir, "-newer", mark, "(", "-name", "*.onnx", "-o",
                      "-name", "*.npz", ")"])
     assert written.returncode == 0 and written.stdout.split() == []
-    timing, top1 = [r for r in lines if "models" in r or "top1" in r]
+    timing, top1 = [r for r in lines if r["op"] in ("bench", "load", "top1")]
     # the timing request carried the probe first, then the models; the top-1 request
     # reuses the models (named by content, wherever they stood) and not the probe
-    sent = timing.get("models") or timing["load"]
-    assert "probe-v1" in sent[0] and sorted(top1["reuse"]) == sorted(top1["top1"])
+    sent = timing["models"]
+    assert top1["op"] == "top1" and timing["v"] == top1["v"] == PROTOCOL
+    assert "probe-v1" in sent[0] and sorted(top1["reuse"]) == sorted(top1["models"])
     assert set(top1["reuse"]) == set(timing["files"]) - {sent[0]}
     assert top1["files"] and all(n.startswith("data/") for n in top1["files"])
     again = t.top1([Path(res[0]["model"])] * 2, [tmp_path / "out/s0/eval.npz"] * 2)

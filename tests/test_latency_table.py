@@ -80,7 +80,7 @@ def test_table_roundtrip_and_vectorised_prediction(tiny_table):
     loaded = LatencyTable.load(out, space=space, resolutions=[12, 16], precision="fp32",
                                runtime="onnxruntime", threads=1)
     assert loaded.to_dict()["entries"] == table.entries
-    assert set(loaded.context) >= {"device", "runtime", "runtime_version", "backend",
+    assert set(loaded.context) >= {"machine", "runtime", "runtime_version", "backend",
                                    "threads", "precision", "batch"}
     assert len(loaded.calibration["fitted_on"]) == 5
     for group in loaded.entries.values():

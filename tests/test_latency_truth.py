@@ -217,14 +217,16 @@ def test_the_agent_reports_progress_and_the_host_waits_as_long_as_it_does(monkey
 
     script = ("import json, sys, time\n"
               "for i in range(int(sys.argv[1])):\n"
-              "    time.sleep(0.4); print(json.dumps({'progress': i, 'of': 9}), flush=True)\n"
-              "time.sleep(float(sys.argv[2])); print(json.dumps({'models': []}), flush=True)\n")
+              "    time.sleep(0.4); print(json.dumps({'v': 2, 'progress': i, 'of': 9}), "
+              "flush=True)\n"
+              "time.sleep(float(sys.argv[2])); print(json.dumps({'v': 2, 'models': []}), "
+              "flush=True)\n")
     t = SSHTarget("u", "example.invalid", timeout=1.0)
     seen = []
     t.progress = lambda done, total: seen.append(done)
     slow = _AgentProcess([sys.executable, "-c", script, "6", "0.2"])  # 2.6 s in all
     slow.pending = 1
-    assert t._receive(slow) == {"models": []} and seen == list(range(6))
+    assert t._receive(slow) == {"v": PROTOCOL, "models": []} and seen == list(range(6))
     slow.end()
     silent = _AgentProcess([sys.executable, "-c", script, "0", "3"])
     silent.pending = 1

@@ -120,9 +120,11 @@ def _shortlist_md(chosen: list[dict[str, Any]]) -> str:
         if "shortlist" in c:
             pred = [r["acc"] for r in c["shortlist"]]
             hold = [r["holdout_top1"] for r in c["shortlist"]]
+            chosen_text = (f"#{c['shortlist_pick'] + 1}, {c['acc']:.2f} / "
+                           f"{c['holdout_top1']:.2f}" if "shortlist_pick" in c else
+                           f"none: the measured budget chose another ({c['acc']:.2f} / -)")
             rows.append([c["label"], str(len(hold)), f"{min(pred):.2f}-{max(pred):.2f}",
-                         f"{min(hold):.2f}-{max(hold):.2f}",
-                         f"#{c['shortlist_pick'] + 1}, {c['acc']:.2f} / {c['holdout_top1']:.2f}"])
+                         f"{min(hold):.2f}-{max(hold):.2f}", chosen_text])
     return _md_section("Shortlists measured on the hold-out split",
                        ["subnet", "measured", "predicted top-1", "hold-out top-1",
                         "chosen: predictor's rank, predicted / hold-out"], rows)
