@@ -107,12 +107,12 @@ def _alive(pids: set[int]) -> set[int]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_build_leaves_no_converter_behind(tmp_path, sig):
     """SIGKILL (a scheduler's time limit, the OOM killer) or SIGTERM during the conversions
-    of a 2-process build (signalled while its 60 calibration subnets convert): within 10 s
+    of a 2-process build (signalled while its 20 calibration subnets convert): within 10 s
     no process it started is left; SIGTERM ends it with 143 and kills the conversions in
     flight instead of waiting for them (a LiteRT subnet takes 15-30 s)."""
     out = tmp_path / "t.json"
     proc = subprocess.Popen([sys.executable, "-m", "ofa.cli", "lut", "build", "--space",
-                             "mbv3-digits", "--resolutions", "12,16,20", "--calib", "60",
+                             "mbv3-digits", "--resolutions", "12,16", "--calib", "20",
                              "--jobs", "2", "--out", str(out)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
