@@ -171,7 +171,7 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
     slow["overhead_rel"] *= 1.5
     from search.latency_table import LatencyTable
 
-    v = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=12)
+    v = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=8)
     assert v.action == "adapted", v.line()
     scale = v.table.calibration.get("scale") or np.median(
         list(v.table.calibration["resolution_scale"].values()))
