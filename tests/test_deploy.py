@@ -534,11 +534,15 @@ def test_an_agent_of_another_protocol_version_is_refused_in_one_line(tmp_path):
     from deploy.ontarget.protocol import ProtocolError, check_answer
 
     old = {"models": ["m.onnx"], "runs": 2}  # version 1 told requests apart by their keys
-    p = subprocess.run([sys.executable, "-m", "deploy.ontarget.agent", "--serve"],
-                       input=json.dumps(old) + "\n" + json.dumps({"v": PROTOCOL, "op": "x"})
-                       + "\n", capture_output=True, text=True, cwd=ROOT, timeout=60)
-    lines = p.stdout.strip().splitlines()
-    assert p.returncode == 0 and len(lines) == 1  # the line ends serving
+    # stdin stays open until the answer is read: a hung-up stdin ends the agent at once
+    proc = subprocess.Popen([sys.executable, "-m", "deploy.ontarget.agent", "--serve"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+    proc.stdin.write(json.dumps(old) + "\n" + json.dumps({"v": PROTOCOL, "op": "x"}) + "\n")
+    proc.stdin.flush()
+    lines = [proc.stdout.readline()]
+    assert proc.wait(timeout=60) == 0 and proc.stdout.read() == ""  # the line ends serving
+    proc.stdin.close()
     ans = json.loads(lines[0])
     assert ans["code"] == 2 and f"protocol version 1; this agent speaks version {PROTOCOL}" \
         in ans["error"] and "\n" not in ans["error"]
