@@ -149,19 +149,38 @@ def _tiny_space():
                      resolutions=[12, 16])
 
 
-def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
+def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, monkeypatch):
     """A table built here verifies (kept or adapted); the same table with every block 1.5x
     slower in probe units is adapted by a scale near 1/1.5; one with random entries is
-    rebuilt. Each verdict is one line."""
+    rebuilt. Each verdict is one line. The three verifications draw the same seeded subnets
+    (8 are the first 8 of 12): the second and third reuse the first's measurements, so that
+    only the tables differ between them."""
+    import deploy.verify
     from deploy.lut import build_table
     from deploy.verify import verify_table
     from ofa.space import get_space
+
+    measured: dict[str, tuple[float, float]] = {}
+    probe_ms: list[float] = []
+    measure = deploy.verify.measure_subnets
+
+    def remembered(table, space, cfgs, **kw):
+        keys = [json.dumps(c.to_dict(), sort_keys=True) for c in cfgs]
+        if not all(k in measured for k in keys):
+            m = measure(table, space, cfgs, **kw)
+            measured.update(zip(keys, zip(m["rel"], m["ms"])))
+            probe_ms[:] = m["probe_ms"]
+        rel, ms = zip(*(measured[k] for k in keys))
+        return {"rel": list(rel), "ms": list(ms), "probe_ms": list(probe_ms)}
+
+    monkeypatch.setattr(deploy.verify, "measure_subnets", remembered)
 
     # subnets of about a millisecond: sub-0.1 ms ones are within this VM's timing noise
     space = get_space("mbv3-cifar", ks_list=[3, 7], expand_list=[3, 6], depth_list=[2],
                       resolutions=[32])
     table = build_table(space, [32], "onnxruntime", tmp_path / "t.json", calib=4)
     v = verify_table(table, space, k=12)
+    assert len(measured) == 12
     assert v.action in ("kept", "adapted"), v.line()
     assert v.table.probe["measured"] == "this machine" and "build_ms" in v.table.probe
     slow = json.loads((tmp_path / "t.json").read_text())
@@ -183,6 +202,7 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path):
             e["rel"] = float(g.uniform(0.05, 20.0))
     v = verify_table(LatencyTable.from_dict(wrong, "wrong.json"), space, k=8)
     assert v.action == "rebuild" and "\n" not in v.line()
+    assert len(measured) == 12  # the first verification's subnets, measured once
 
 
 def test_a_device_build_stopped_before_its_calibration_resumes(tmp_path):

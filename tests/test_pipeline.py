@@ -140,15 +140,18 @@ def test_shipped_table_is_verified_here(tiny_job: Path, tmp_path: Path, capsys):
 
 def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     """`ofa run --supernet RUN`: no training; the predictor and everything else go into the
-    new run's folder and the reused supernet folder is left as it was."""
+    new run's folder and the reused supernet folder is left as it was. The first run's table
+    is given (`--table`): verified here on 5 subnets instead of built again."""
     sup = tiny_job / "supernet"
     stamps = {p: p.stat().st_mtime_ns for p in sup.rglob("*") if p.is_file()}
     root = tiny_job.parent
     capsys.readouterr()
     assert main([*TINY, "--name", "reuse", "--supernet", str(sup), "--root", str(root),
-                 "--tables-dir", str(root / "no-tables"), "--finetune-epochs", "0.2"]) == 0
+                 "--table", str(tiny_job / "latency_table.json"),
+                 "--finetune-epochs", "0.2"]) == 0
     out = capsys.readouterr().out
     assert f"train: reusing the supernet in {sup}" in out
+    assert "latency table: verifying latency_table.json on local with 5 subnets" in out
     d = root / "reuse"
     assert not (d / "supernet").exists() and (d / "acc_predictor.safetensors").is_file()
     rep = json.loads((d / "report.json").read_text())

@@ -342,12 +342,12 @@ def test_bf16_evaluation_and_predictor_dataset(tiny_run, tmp_path, capsys):
     assert abs(top1["bf16", "0"] - top1["fp32", "0"]) <= 3.0
     assert top1["fp32", "2"] == top1["fp32", "0"]  # images decoded by 2 worker processes
     out = tmp_path / "acc.jsonl"
-    _, rows = build_accuracy_dataset(tiny_run, out, 10, autocast="bf16", progress=False)
-    assert len(rows) == 10 and all(0.0 <= r["acc"] <= 100.0 for r in rows)
+    _, rows = build_accuracy_dataset(tiny_run, out, 4, autocast="bf16", progress=False)
+    assert len(rows) == 4 and all(0.0 <= r["acc"] <= 100.0 for r in rows)
     assert json.loads(out.read_text().splitlines()[0])["autocast"] == "bf16"
-    assert len(read_dataset(out)) == 10
+    assert len(read_dataset(out)) == 4
     with pytest.raises(ValueError, match="cached for another autocast"):
-        build_accuracy_dataset(tiny_run, out, 10, autocast="fp32", progress=False)
+        build_accuracy_dataset(tiny_run, out, 4, autocast="fp32", progress=False)
 
 
 def test_measured_subnets_are_cached_by_config(tiny_run, tmp_path):
