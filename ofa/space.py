@@ -12,6 +12,7 @@ backbone; MIT's ``OFAProxylessNASNets``: ReLU6, no SE, a head without the post-p
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -547,8 +548,7 @@ class SearchSpace:
             "resolutions": list(self.resolutions),
             "dropout": self.dropout,
         }
-        preset = _PRESETS.get(self.preset or self.name)
-        if preset is not None and preset().bn_eps != self.bn_eps:
+        if _preset_bn_eps(self.preset or self.name) not in (None, self.bn_eps):
             out["bn_eps"] = self.bn_eps
         return out
 
@@ -579,6 +579,13 @@ def _conv_out(size: int, stride: int) -> int:
 
 # --- presets ---------------------------------------------------------------------------------
 _PRESETS: dict[str, Callable[..., SearchSpace]] = {}  # name -> builder
+
+
+@functools.cache
+def _preset_bn_eps(name: str) -> float | None:
+    """The BN epsilon of preset ``name`` (None: no such preset), built once."""
+    preset = _PRESETS.get(name)
+    return None if preset is None else preset().bn_eps
 
 
 PresetBuilder = Callable[..., SearchSpace]

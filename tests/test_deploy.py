@@ -719,9 +719,9 @@ def _fake_adb(folder: Path) -> tuple[str, Path]:
 
 def test_deploy_to_a_phone_reports_the_files_top1_measured_here(tiny_run, bundles, tmp_path):
     """adb (a fake adb here): benchmark_model is pushed once for all models, each model
-    pushed and timed; it checks no accuracy, so the table gives the same file's top-1
-    measured here at export, said so, instead of no top-1 (which ofa run's report cannot
-    take)."""
+    pushed once and timed in each of the final measurement's batches; it checks no
+    accuracy, so the table gives the same file's top-1 measured here at export, said so,
+    instead of no top-1 (which ofa run's report cannot take)."""
     from deploy.validate import markdown_table, validate_subnets
 
     adb, log = _fake_adb(tmp_path)
@@ -738,15 +738,15 @@ def test_deploy_to_a_phone_reports_the_files_top1_measured_here(tiny_run, bundle
 
     # the probe once (it is timed before the first model and after each), then the models
     assert pushes == [str(binary), str(probe_file("litert"))] + [
-        str(tmp_path / "out" / f"s{i}" / "tflite-fp32" / "model.tflite") for i in range(3)]
+        str(tmp_path / "out" / f"s{i}" / "tflite-fp32" / "model.tflite") for i in range(2)]
     runs = [c for c in calls if c[2] == "shell" and any("--graph=" in a for a in c)]
-    assert len(runs) == 3 + 4  # 3 models, the probe 4 times
-    assert [r["label"] for r in res] == ["s0", "s1", "s2"]
+    assert len(runs) == 3 * (2 + 3)  # 3 batches (REPEATS) of 2 models, the probe 3 times
+    assert [r["label"] for r in res] == ["s0", "s1"]
     for r, (_, rep) in zip(res, bundles):
         assert r["measured_ms"] == pytest.approx(1.184)  # benchmark_model's median, in ms
         assert r["measured_top1"] == rep["models"]["tflite-fp32"]["top1"]
         assert r["top1_measured_on"] == "here" and "accuracy" not in r["measurement"]
-    assert markdown_table(res).count(" (here) |") == 3
+    assert markdown_table(res).count(" (here) |") == 2
     r = res[0]  # ± one standard error of a top-1 on the bundle's 100 parity images
     p = r["measured_top1"] / 100
     assert r["top1_images"] == 100
@@ -770,7 +770,7 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
     timing request just before, are not sent again), the same top-1 as this machine's run
     of the same files."""
     from deploy.targets.ssh import SSHTarget as Ssh
-    from deploy.validate import validate_subnets
+    from deploy.validate import REPEATS, validate_subnets
 
     t, _ = _ssh_and_models(sshd, bundles, tmp_path, 0)
     lines = []  # what goes down the wire
@@ -794,10 +794,13 @@ def test_deploy_over_ssh_checks_top1_in_the_session(sshd, tiny_run, bundles, tmp
     written = t.ssh(["find", t.remote_dir, "-newer", mark, "(", "-name", "*.onnx", "-o",
                      "-name", "*.npz", ")"])
     assert written.returncode == 0 and written.stdout.split() == []
-    timing, top1 = [r for r in lines if r["op"] in ("bench", "load", "top1")]
-    # the timing request carried the probe first, then the models; the top-1 request
-    # reuses the models (named by content, wherever they stood) and not the probe
-    sent = timing["models"]
+    *timings, top1 = [r for r in lines if r["op"] in ("bench", "load", "top1")]
+    # the first timing request carried the probe first, then the models, and the final
+    # measurement's other batches (REPEATS) reuse them all; the top-1 request reuses the
+    # models (named by content, wherever they stood) and not the probe
+    timing, sent = timings[0], timings[0]["models"]
+    assert len(timings) == REPEATS and all(
+        sorted(t["reuse"]) == sorted(sent) and not t.get("files") for t in timings[1:])
     assert top1["op"] == "top1" and timing["v"] == top1["v"] == PROTOCOL
     assert "probe-v1" in sent[0] and sorted(top1["reuse"]) == sorted(top1["models"])
     assert set(top1["reuse"]) == set(timing["files"]) - {sent[0]}

@@ -3,6 +3,7 @@ phone's ABI) pushed to ``/data/local/tmp`` and its output parsed. Torch-free."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import subprocess
 from pathlib import Path
@@ -102,11 +103,14 @@ class AdbTarget(OneBatchAtATime):
             self._adb("shell", "chmod", "755", f"{self.remote}/benchmark_model")
             self._binary_pushed = True
         st = model.stat()
-        if self._pushed.get(model.name) != (str(model), st.st_size, st.st_mtime_ns):
-            self._adb("push", str(model), f"{self.remote}/{model.name}")
-            self._pushed[model.name] = (str(model), st.st_size, st.st_mtime_ns)
+        # named by its path here too: bundles' files are all model.tflite, and a model timed
+        # again (the final measurement's repeats) is not pushed again
+        name = hashlib.sha1(str(model.resolve()).encode()).hexdigest()[:8] + "-" + model.name
+        if self._pushed.get(name) != (str(model), st.st_size, st.st_mtime_ns):
+            self._adb("push", str(model), f"{self.remote}/{name}")
+            self._pushed[name] = (str(model), st.st_size, st.st_mtime_ns)
         proc = self._adb("shell", f"{self.remote}/benchmark_model",
-                         f"--graph={self.remote}/{model.name}", f"--num_threads={threads}",
+                         f"--graph={self.remote}/{name}", f"--num_threads={threads}",
                          f"--use_xnnpack={'true' if self.xnnpack else 'false'}",
                          f"--warmup_runs={protocol.warmup}",
                          f"--num_runs={protocol.runs * protocol.trials}")

@@ -135,8 +135,3 @@ def agent_json(proc: subprocess.CompletedProcess, where: str) -> dict[str, Any]:
         return json.loads(proc.stdout.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
         raise TargetError(f"{where}: agent printed no JSON") from None
-
-
-def protocol_fields(protocol: TimingProtocol) -> dict[str, Any]:
-    """The timing protocol as a request's fields (:meth:`TimingProtocol.fields`)."""
-    return protocol.fields()

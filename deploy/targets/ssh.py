@@ -39,7 +39,6 @@ from deploy.targets.base import (
     agent_json,
     batch_rows,
     one_batch_at_a_time,
-    protocol_fields,
 )
 
 __all__ = ["SSHTarget"]
@@ -325,23 +324,23 @@ class SSHTarget:
             TargetError: the device went away or lacks the runtime.
         """
         protocol = protocol or TimingProtocol()
-        req = self._load_request(models, threads, None)
-        req.op, req.timing = "bench", protocol_fields(protocol)
+        req = self._load_request(models, threads, None, op="bench", timing=protocol.fields())
         return batch_rows(self._request(self._serving(0), req), models, self.name)
 
-    def _load_request(self, models: list[Path], threads: int,
-                      workers: int | None) -> Request:
-        """A ``load`` request: the models inline, zlib-compressed, each named by its
+    def _load_request(self, models: list[Path], threads: int, workers: int | None,
+                      op: str = "load", **fields: Any) -> Request:
+        """A request of operation ``op`` (``load``, ``bench``, ``top1``; ``fields``: its
+        other fields) carrying the models inline, zlib-compressed, each named by its
         content's hash and file name: the same file keeps its name from one request to the
         next, wherever it stands in the batch (the probe goes first in a timing request, not
         in a top-1 one), so a later request can ``reuse`` it."""
         raws = [Path(m).read_bytes() for m in models]
         names = [f"{hashlib.sha256(r).hexdigest()[:16]}/{Path(m).name}"
                  for r, m in zip(raws, models)]
-        return Request("load", models=names, threads=threads, workers=workers,
+        return Request(op, models=names, threads=threads, workers=workers,
                        compression="zlib",
                        files={n: base64.b64encode(zlib.compress(r)).decode()
-                              for n, r in zip(names, raws)})
+                              for n, r in zip(names, raws)}, **fields)
 
     def top1(self, models: list[Path], data: list[Path], threads: int = 1
              ) -> list[dict[str, Any] | None]:
@@ -352,19 +351,18 @@ class SSHTarget:
         Raises:
             TargetError: the device went away, lacks the runtime, or a file is unreadable.
         """
-        req = self._load_request(models, threads, None)
         names, blobs = [], {}
         for d in data:
             raw = Path(d).read_bytes()
             key = hashlib.sha256(raw).hexdigest()[:16]
             names.append(blobs.setdefault(key, (f"data/{key}.npz", raw))[0])
-        req.files.update({n: base64.b64encode(zlib.compress(raw)).decode()
-                          for n, raw in blobs.values()})
         try:  # model.json: resolution and normalisation, for raw evaluation images
             metas = [model_meta(Path(m)) for m in models]
         except ValueError as exc:
             raise TargetError(str(exc)) from None
-        req.op, req.data, req.meta = "top1", names, metas
+        req = self._load_request(models, threads, None, op="top1", data=names, meta=metas)
+        req.files.update({n: base64.b64encode(zlib.compress(raw)).decode()
+                          for n, raw in blobs.values()})
         ans = self._request(self._serving(0), req)
         rows = ans.get("models")
         if not isinstance(rows, list) or len(rows) != len(models):
@@ -400,7 +398,7 @@ class SSHTarget:
             yield from one_batch_at_a_time(self, itertools.chain([cur], it), threads,
                                            protocol)
             return
-        k, timing = 0, Request("time", timing=protocol_fields(protocol))
+        k, timing = 0, Request("time", timing=protocol.fields())
         try:
             t0 = time.perf_counter()
             loaded = self._request(self._serving(0), self._load_request(cur, threads, None))

@@ -228,8 +228,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            precision=rc.deploy.precision,
                            ms_per_unit=table.probe_ms(rc.search.speed) if table.probe else None,
                            speed={"speed": rc.search.speed, "states": table.probe.get("ms")},
-                           # one process per subnet: none waits for a second round (3 on
-                           # 2 cores here: 51 s against 52-56 s with 2 processes)
+                           # one process per subnet: none waits for a second round of
+                           # conversions (no slower than one process per core on 2 cores)
                            jobs=max(default_jobs(), len(chosen)))
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
