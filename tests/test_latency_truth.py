@@ -294,3 +294,40 @@ def test_a_serving_agent_ends_when_its_connection_drops(tmp_path):
     t = time.monotonic()
     proc.wait(timeout=10)
     assert time.monotonic() - t < 5
+
+
+def test_repeated_timings_keep_each_models_median(monkeypatch):
+    """The final measurement and the measured budget time their models 3 times and keep
+    each one's median: one batch far off (a model and its copy 22% apart, as once seen under
+    the drift harness) moves nothing; the budget's subnets are exported once for the three."""
+    import deploy.lut.measure as measure
+    from deploy.validate import REPEATS, _timed_repeatedly
+    from ofa.space import get_space
+    from search.latency_table import LatencyTable
+
+    batches = iter([[6.5, 6.6], [6.7, 8.2], [6.6, 6.5]])  # the second batch is off
+
+    class Fake:
+        def bench_many(self, paths, threads, protocol):
+            return [{"model": p, "latency_ms": {"median": r * 0.1, "rel": r}}
+                    for p, r in zip(paths, next(batches))]
+
+    rows = _timed_repeatedly(Fake(), ["a", "b"], 1, TimingProtocol())
+    assert REPEATS == 3 and [r["latency_ms"]["rel"] for r in rows] == [6.6, 6.6]
+    assert rows[1]["latency_ms"]["rel_repeats"] == [6.6, 8.2, 6.5]
+    folders, ms = [], iter([[1.0, 2.0], [3.0, 2.2], [2.0, 2.1]])
+
+    def fake_measure(*args, models=None):
+        folders.append(models)
+        m = next(ms)
+        return {"ms": m, "rel": [v * 10 for v in m], "probe_ms": [0.1]}
+
+    monkeypatch.setattr(measure, "_measure_configs", fake_measure)
+    space = get_space("mbv3-digits")
+    table = LatencyTable(context={"runtime": "onnxruntime", "threads": 1}, space=space.to_dict(),
+                         resolutions=[12], entries={}, protocol={}, overhead_ms=0.0)
+    got = measure.measure_subnets(table, space, [space.min_subnet(12)] * 2, repeats=3)
+    assert got["ms"] == [2.0, 2.1] and got["rel"] == [20.0, 21.0] and len(got["probe_ms"]) == 3
+    assert folders[0] is not None and folders.count(folders[0]) == 3  # exported once
+    with pytest.raises(ValueError, match="repeats must be in 1-20"):
+        measure.measure_subnets(table, space, [], repeats=0)

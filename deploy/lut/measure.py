@@ -168,20 +168,33 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
 
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
                     target: Target | None = None, jobs: int = 1, desc: str = "measure",
-                    protocol: TimingProtocol | None = None) -> dict[str, list[float]]:
+                    protocol: TimingProtocol | None = None,
+                    repeats: int = 1) -> dict[str, list[float]]:
     """Whole subnets measured beside the reference probe in ``table``'s context (runtime,
     threads, precision, protocol), on ``target`` (None: this machine, in process), with
     periodic weights (a latency does not depend on the values, :func:`periodic_weights`).
+    ``repeats`` > 1: exported once, timed that many times one after the other, each
+    subnet's median kept (``ms`` and ``rel`` each; ``probe_ms`` of every timing), as the
+    final measurement does (``deploy/validate.py``, ``REPEATS``).
 
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
 
     Raises:
+        ValueError: ``repeats`` outside 1-20.
         deploy.targets.TargetError: the device could not measure.
     """
-    return _measure_configs(space, cfgs, table.context["runtime"],
-                            int(table.context["threads"]),
-                            protocol or TimingProtocol.from_fields(table.protocol), desc,
-                            target, table.context.get("precision", "fp32"), jobs)
+    if not 1 <= repeats <= 20:
+        raise InputError(f"repeats must be in 1-20, got {repeats}")
+    args = (space, cfgs, table.context["runtime"], int(table.context["threads"]),
+            protocol or TimingProtocol.from_fields(table.protocol), desc, target,
+            table.context.get("precision", "fp32"), jobs)
+    if repeats == 1:
+        return _measure_configs(*args)
+    with tempfile.TemporaryDirectory() as tmp:  # exported once, into tmp, timed `repeats` x
+        runs = [_measure_configs(*args, models=Path(tmp)) for _ in range(repeats)]
+    return {"ms": np.median([r["ms"] for r in runs], axis=0).tolist(),
+            "rel": np.median([r["rel"] for r in runs], axis=0).tolist(),
+            "probe_ms": [v for r in runs for v in r["probe_ms"]]}
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:

@@ -141,6 +141,7 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
     from deploy.budget import measure_budgets
     from deploy.lut import measure_subnets
     from deploy.targets import parse_target
+    from deploy.validate import REPEATS
     from ofa.space import SubnetConfig
 
     path = rc.folder / "budget.json"
@@ -158,7 +159,8 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
         log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.deploy.target} beside "
              "the probe")
         m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
-                            target=target, jobs=default_jobs(), desc="budget candidates")
+                            target=target, jobs=default_jobs(), desc="budget candidates",
+                            repeats=REPEATS)  # as steady as the final measurement
         return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
 
     rows = measure_budgets([c["budget_ms"] for c in found["chosen"]],
