@@ -15,6 +15,7 @@ and skipped on the next run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import shutil
@@ -61,31 +62,30 @@ __all__ = ["FIRST_BATCH", "build_table"]
 FIRST_BATCH = 8  # blocks in a device build's first request (see _build_on_device)
 
 
-def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runtime: str,
-                precision: str, threads: int, protocol: TimingProtocol, batch: int,
-                folder: Path, save: Callable[[], None], bar: tqdm) -> float:
+def _build_here(job: _Build, state: dict[str, Any], todo: list[tuple[int, BlockShape]],
+                folder: Path, bar: tqdm) -> float:
     """Time the blocks of ``todo`` in this process from their models in ``folder`` (all
-    converted before, :func:`_convert_missing`), ``batch`` at a time, the batches back to
+    converted before, :func:`_convert_missing`), ``job.batch`` at a time, the batches back to
     back: a batch is loaded and timed in interleaved trials
     (:func:`deploy.ontarget.runtimes.time_interleaved`) together with the almost empty model,
     whose statistic is the batch's per-invoke overhead (the table's ``overhead_ms`` is the
     median over the batches). No conversion runs meanwhile, and the whole table is timed
     within seconds (288 LiteRT digits blocks: ~5 s) instead of between the conversions of
     minutes: blocks timed minutes apart on this project's VM differ by up to 20% from a
-    drift of its speed. ``save`` runs after every batch. The torch runtime times the
+    drift of its speed. ``job.save`` runs after every batch. The torch runtime times the
     modules themselves.
 
     Returns the seconds spent loading and timing."""
     t0 = time.perf_counter()
     ent = state["entries"]
-    suffix = format_for(runtime, precision).suffix if times_files(runtime) else ""
+    runtime, precision, threads, protocol = job.runtime, job.precision, job.threads, job.protocol
     if not todo:
         return 0.0
     ov_rt, ov_x = _loaded(_Overhead(), (1, 8, 1, 1), runtime, threads, folder / "overhead",
                           precision)
     prt, px = load_probe(runtime, threads, precision)
-    for i in range(0, len(todo), batch):
-        chunk = todo[i:i + batch]
+    for i in range(0, len(todo), job.batch):
+        chunk = todo[i:i + job.batch]
         rts, xs = [prt, ov_rt], [px, ov_x]
         for _, s in chunk:
             shape = (1, s.in_ch, s.in_size, s.in_size)
@@ -93,14 +93,14 @@ def _build_here(state: dict[str, Any], todo: list[tuple[int, BlockShape]], runti
             if isinstance(rt, TorchRuntime):
                 rt.load_module(_block(s).eval(), shape)
             else:
-                rt.load(str(_block_file(folder, s, suffix)))
+                rt.load(str(_block_file(folder, s, job.suffix)))
             rts.append(rt)
             xs.append(_random_input(rt, shape))
         probe, ov, *stats = time_interleaved(rts, xs, protocol)
         for (r, s), st in zip(chunk, stats):
             ent.setdefault(str(r), {})[s.key()] = _entry(st)
         _batch_done(state, probe, ov, protocol)
-        save()
+        job.save()
         bar.update(len(chunk))
     return time.perf_counter() - t0
 
@@ -147,7 +147,7 @@ def _build_on_device(job: _Build, state: dict[str, Any], todo: list[tuple[int, B
     bounds = [(0, first)] + [(i, i + batch) for i in range(first, len(todo), batch)]
     spent = dict.fromkeys(("start", "wait", "timing", "load", "load_wait"), 0.0)
     spent.update(prefetched=0, converted=0)
-    suffix = format_for(runtime, precision).suffix
+    suffix = job.suffix
     files = [_block_file(folder, s, suffix) for _, s in todo]
     ready = {f for f in files if f.exists()}  # converted by an earlier call
 
@@ -355,6 +355,13 @@ class _Build:
     save: Callable[[], None]  # writes the partial state (after every batch)
     total: int  # block shapes in the whole table
 
+    @functools.cached_property
+    def suffix(self) -> str:
+        """The block models' file suffix (``.onnx``, ``.tflite``; "" for eager torch, which
+        times modules): the runtime's format at the build's precision, resolved here once."""
+        return format_for(self.runtime, self.precision).suffix if times_files(self.runtime) \
+            else ""
+
     def bar(self, todo: list[tuple[int, BlockShape]], desc: str) -> tqdm:
         return tqdm(desc=desc, unit="block", total=self.total,
                     initial=self.total - len(todo))
@@ -390,8 +397,7 @@ class _Build:
                             "calibration", self.jobs, convert)
         export_s = time.perf_counter() - t0
         with self.bar(todo, f"lut {self.runtime} {self.precision}: time") as bar:
-            timing_s = _build_here(state, todo, self.runtime, self.precision, self.threads,
-                                   self.protocol, self.batch, folder, self.save, bar)
+            timing_s = _build_here(self, state, todo, folder, bar)
         return {"blocks": len(todo), "converted": converted, "jobs": self.jobs,
                 "wall_s": round(time.perf_counter() - t0, 2),
                 "export_s": round(export_s, 2), "timing_s": round(timing_s, 2)}, models
