@@ -17,14 +17,16 @@ from typing import Any
 
 from ofa.errors import InputError
 
-__all__ = ["candidates_near", "choose_measured_budget", "measure_budgets", "MARGIN"]
+__all__ = ["candidates_near", "choose_measured_budget", "measure_budgets", "rechoose_over_budget",
+           "MARGIN"]
 
 Row = dict[str, Any]  # a search row: {"config", "acc", "latency_ms", ...}
 
 #: a candidate meets a budget when measured at least this share under it: the final
-#: measurement of the returned subnet, minutes later, repeats the choice's within 1-3% (five
-#: `ofa run`s under the drift harness, 2026-12-06, ``docs/benchmarks.md``), and two of them
-#: had chosen a subnet measured 0.6-0.8% under its budget that then measured 1.3-1.7% over it
+#: measurement of the returned subnet, minutes later, differs from the choice's by a few per
+#: cent either way under the drift harness, now and then by up to 12% (``ofa run``s under the
+#: harness, ``docs/benchmarks.md``); where it still puts the subnet over the budget, the
+#: budget chooses again (:func:`rechoose_over_budget`)
 MARGIN = 0.03
 
 
@@ -119,3 +121,48 @@ def measure_budgets(budgets: Sequence[float], chosen: Sequence[Row], front: Sequ
 
 def _with(pool: Sequence[Row], measured: dict[str, float]) -> list[Row]:
     return [{**r, "measured_ms": measured[_key(r)]} for r in pool if _key(r) in measured]
+
+
+def rechoose_over_budget(chosen: Sequence[Row], final_ms: Sequence[float | None],
+                         known: Sequence[Row] = (), margin: float = MARGIN) -> list[Row]:
+    """The final measurement of the returned subnets (their deployed models, minutes after
+    the choice) as the arbiter of their budgets: each chosen row (:func:`measure_budgets`)
+    whose ``final_ms`` exceeds its ``budget_ms`` chooses again among its ``candidates``,
+    every chosen config's measurement now the larger of its two (the one the budget step
+    took and the final one), with ``margin`` (:func:`choose_measured_budget`). A row that met
+    its budget, or whose budget has no better candidate, is returned as it was (a row with
+    no candidate meeting its budget any more comes back as its fastest, ``met`` False).
+    ``known``: search rows whose other fields a new choice takes (matched by config).
+
+    Returns one row per budget, in order; a new choice has ``rechosen`` True and
+    ``final_over_ms`` (the final measurement that put the old one over).
+
+    Raises:
+        ValueError: as many final measurements as chosen rows are needed.
+    """
+    if len(final_ms) != len(chosen):
+        raise InputError(f"{len(chosen)} chosen subnets but {len(final_ms)} final measurements")
+    worst = {}
+    for r, f in zip(chosen, final_ms):
+        worst[_key(r)] = max(float(r["measured_ms"]), float(f) if f is not None else 0.0)
+    full = {_key(r): r for r in known}
+    out = []
+    for r, f in zip(chosen, final_ms):
+        b = float(r["budget_ms"])
+        if f is None or float(f) <= b or not r.get("candidates"):
+            out.append(r)
+            continue
+        cands = [{**c, "measured_ms": max(float(c["measured_ms"]), worst.get(_key(c), 0.0))}
+                 for c in r["candidates"]]
+        pick = choose_measured_budget(b, cands, margin)
+        met = pick is not None
+        if pick is None:
+            pick = min(cands, key=lambda c: float(c["measured_ms"]))
+        if _key(pick) == _key(r):  # nothing better: it stays, now known to be over
+            out.append({**r, "met": False, "final_over_ms": float(f)})
+            continue
+        keep = {k: r[k] for k in ("label", "search_choice", "shortlist") if k in r}
+        out.append({**keep, **full.get(_key(pick), {}), **pick, "budget_ms": b, "met": met,
+                    "margin_pct": 100.0 * (b - float(pick["measured_ms"])) / b,
+                    "candidates": cands, "rechosen": True, "final_over_ms": float(f)})
+    return out

@@ -331,3 +331,30 @@ def test_repeated_timings_keep_each_models_median(monkeypatch):
     assert folders[0] is not None and folders.count(folders[0]) == 3  # exported once
     with pytest.raises(ValueError, match="repeats must be in 1-20"):
         measure.measure_subnets(table, space, [], repeats=0)
+
+
+def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
+    """The final measurement is the arbiter: the subnet it puts over its budget gives way to
+    the budget's most accurate candidate that meets it with the margin (its own measurement
+    now the larger of its two); a subnet within its budget stays; one with no other
+    candidate stays, marked as not met."""
+    from deploy.budget import rechoose_over_budget
+
+    def cand(name, acc, ms):
+        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
+
+    a, b, c, d = cand("a", 80, 0.96), cand("b", 78, 0.90), cand("c", 70, 0.80), cand("d", 90, 1.5)
+    chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "candidates": [a, b, c]},
+              {**d, "budget_ms": 2.0, "label": "budget2", "met": True, "candidates": [d]},
+              {**a, "budget_ms": 1.0, "label": "budget3", "met": True, "candidates": [a]}]
+    known = [{**b, "macs": 5e6}]
+    new = rechoose_over_budget(chosen, [1.02, 1.6, 1.02], known)
+    assert new[0]["config"] == {"n": "b"} and new[0]["rechosen"] and new[0]["met"]
+    assert new[0]["label"] == "budget1" and new[0]["macs"] == 5e6
+    assert new[0]["final_over_ms"] == 1.02 and new[0]["measured_ms"] <= 1.0 * (1 - MARGIN)
+    assert next(x for x in new[0]["candidates"] if x["config"] == {"n": "a"})[
+        "measured_ms"] == 1.02  # the final measurement, the larger
+    assert new[1] is chosen[1]
+    assert new[2]["config"] == {"n": "a"} and new[2]["met"] is False and "rechosen" not in new[2]
+    with pytest.raises(ValueError, match="3 chosen subnets but 2 final"):
+        rechoose_over_budget(chosen, [1.0, 1.0])

@@ -290,14 +290,14 @@ def test_resume_with_workers_is_exact(tmp_path, tiny_schedule):
 
 
 def test_bf16_and_fp16_steps_on_cpu(tmp_path, tiny_schedule):
-    t = Trainer(_cfg(tmp_path / "bf", tiny_schedule, autocast="bf16", max_steps=3))
-    assert t.amp_dtype is torch.bfloat16 and t.run() == {"stopped_at": 3}
+    t = Trainer(_cfg(tmp_path / "bf", tiny_schedule, autocast="bf16", max_steps=2))
+    assert t.amp_dtype is torch.bfloat16 and t.run() == {"stopped_at": 2}
     st = load_checkpoint(tmp_path / "bf" / "checkpoint.pt")
     assert all(v.dtype == torch.float32 for v in st["model"].values() if v.is_floating_point())
     assert all(torch.isfinite(v).all() for v in st["model"].values() if v.is_floating_point())
     # fp16: the gradient scaler's state is checkpointed and restored
-    t = Trainer(_cfg(tmp_path / "fp", tiny_schedule, autocast="fp16", max_steps=3))
-    assert t.scaler.is_enabled() and t.run() == {"stopped_at": 3}
+    t = Trainer(_cfg(tmp_path / "fp", tiny_schedule, autocast="fp16", max_steps=2))
+    assert t.scaler.is_enabled() and t.run() == {"stopped_at": 2}
     saved = load_checkpoint(tmp_path / "fp" / "checkpoint.pt")["scaler"]
     assert saved["scale"] > 0
     resumed = Trainer(_cfg(tmp_path / "fp", tiny_schedule, autocast="fp16"), resume=True)
