@@ -5,9 +5,10 @@ beside the reference probe. Under the drift harness it once timed one model and 
 copy, in the same interleaved trials, 6.7 and 8.2 probe units apart, and in another run put
 all three subnets 10-25% slower than the measured-budget step had a minute before
 (``docs/benchmarks.md``). This script takes a finished run folder whose final measurement
-timed three subnets (``validation.json``, ``models/``), loads those models, one of them twice
-if the run chose it twice, and the same configs exported with periodic weights (as a table's
-calibration and the measured budget time them), and times them in ``--reps`` batches of
+timed three subnets (``validation.json``, ``models/``), loads those models (one network
+twice if the run chose it for two budgets), and the same configs exported with periodic
+weights (as a table's calibration and the measured budget time them), and times them in
+``--reps`` batches of
 interleaved trials per case: harness off and on (``bench/drift.py``), 15 or 30 timed invokes
 per trial, the probe timed with the models' invokes or 4x as many. For every batch it keeps
 the raw trials and compares four estimators of a model's probe units:
@@ -132,9 +133,9 @@ def main() -> None:
     os.sched_setaffinity(0, {a.core})
     paths, names = _models(Path(a.run), Path(a.work))
     v = json.loads((Path(a.run) / "validation.json").read_text())["subnets"]
-    cfgs = [json.dumps(r["config"], sort_keys=True) for r in v]
-    same = next(((i, j) for i in range(len(cfgs)) for j in range(i + 1, len(cfgs))
-                 if cfgs[i] == cfgs[j]), None)
+    nets = [r["summary"] for r in v]  # the active network (configs may differ in unused genes)
+    same = next(((i, j) for i in range(len(nets)) for j in range(i + 1, len(nets))
+                 if nets[i] == nets[j]), None)
     prt, px = load_probe("onnxruntime", 1, "fp32")
     rts, xs = [prt], [px]
     for p in paths:
