@@ -108,9 +108,17 @@ def _budget_md(chosen: list[dict[str, Any]]) -> str:
          "met", "search's choice kept"],
         [[c["label"], f"{c['budget_ms']:g}", str(len(c["candidates"])),
           f"{c['latency_ms']:.3f}", f"{c['measured_ms']:.3f}", f"{c['margin_pct']:+.1f}%",
-          "yes" if c["met"] else "**no**",
-          "yes" if c["config"] == c.get("search_choice") else "no"]
+          _met(c), "yes" if c["config"] == c.get("search_choice") else "no"]
          for c in chosen if "candidates" in c])
+
+
+def _met(c: dict[str, Any]) -> str:
+    """A budget's "met" cell; a choice the final measurement overturned says so."""
+    text = "yes" if c["met"] else "**no**"
+    if c.get("final_over_ms") is not None:
+        what = "chosen again: the first" if c.get("rechosen") else "this subnet"
+        text += f" ({what} measured {c['final_over_ms']:.3f} ms at the end)"
+    return text
 
 
 def _shortlist_md(chosen: list[dict[str, Any]]) -> str:
