@@ -168,3 +168,40 @@ def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     assert main([*TINY, "--name", "bad", "--supernet", str(root / "missing"), "--root",
                  str(root)]) == 2
     assert not (root / "bad").exists()
+
+
+def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`ofa run`'s export + measure step: the final measurement puts budget1's subnet over
+    its budget; the step chooses the budget's next candidate, rewrites budget.json, measures
+    again and keeps what meets the budget (deploy.budget.rechoose_over_budget)."""
+    import ofa.pipeline.steps as steps
+    from ofa.pipeline import RunConfig
+    from ofa.train.run import TrainConfig
+
+    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
+    rc.folder.mkdir()
+
+    def cand(name, acc, ms):
+        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
+
+    a, b = cand("a", 80, 0.95), cand("b", 78, 0.90)
+    chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "margin_pct": 5.0,
+               "search_choice": a["config"], "candidates": [a, b]}]
+    (rc.folder / "budget.json").write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
+    final = {"a": 1.04, "b": 0.93}
+    calls = []
+
+    def validate(rc_, run, rows, finetuned, table):
+        calls.append([r["config"]["n"] for r in rows])
+        return [{"label": r["label"], "budget_ms": r["budget_ms"],
+                 "measured_ms": final[r["config"]["n"]]} for r in rows]
+
+    monkeypatch.setattr(steps, "_validate", validate)
+    st = steps.State(found={"chosen": chosen, "front": [a, b]})
+    steps._validate_step(rc, st)
+    assert calls == [["a"], ["b"]] and st.results[0]["measured_ms"] == 0.93
+    saved = json.loads((rc.folder / "budget.json").read_text())
+    assert saved["key"] == {"k": 1} and saved["chosen"][0]["config"] == {"n": "b"}
+    assert saved["chosen"][0]["rechosen"] and saved["chosen"][0]["final_over_ms"] == 1.04
+    assert "the final measurement put budget1 at 1.040 ms, over it" in capsys.readouterr().out

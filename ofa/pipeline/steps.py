@@ -340,15 +340,16 @@ def _validate_step(rc: RunConfig, st: State) -> None:
         old = st.found["chosen"]
         new = rechoose_over_budget(old, [r["measured_ms"] for r in st.results],
                                    st.found.get("front", []))
-        if not any(r.get("rechosen") for r in new):
+        if new != old:  # a choice replaced, or one marked as over its budget after all
+            atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": new})
+            st.found["chosen"] = new
+        moved = [(o, n) for o, n in zip(old, new) if n["config"] != o["config"]]
+        if not moved:
             return
-        for o, n in zip(old, new):
-            if n.get("rechosen"):
-                log(f"measured budget {n['budget_ms']:g} ms: the final measurement put "
-                    f"{o['label']} at {n['final_over_ms']:.3f} ms, over it; choosing again: one "
-                    f"measured at {n['measured_ms']:.3f} ms")
-        atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": new})
-        st.found["chosen"] = new
+        for o, n in moved:
+            log(f"measured budget {n['budget_ms']:g} ms: the final measurement put "
+                f"{o['label']} at {n['final_over_ms']:.3f} ms, over it; choosing again: one "
+                f"measured at {n['measured_ms']:.3f} ms")
         if rc.finetune_epochs > 0:
             st.finetuned = _finetune(rc, st.run, new)
 
