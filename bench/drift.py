@@ -202,6 +202,12 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
         build_s = _ofa(code, build, a.core, log)
         validate_s = _ofa(code, ["lut", "validate", str(table), "-n", str(a.n), "--out",
                                  str(rep), "--json"], a.core, log)
+    return lut_row(tag, code, info, build_s, validate_s, table, rep)
+
+
+def lut_row(tag: str, code: Path, info: dict, build_s: float | None,
+            validate_s: float | None, table: Path, rep: Path) -> dict:
+    """One ``lut`` case's row from its table and validation report."""
     r = json.loads(rep.read_text())
     t = json.loads(table.read_text())
     probe = (t.get("probe") or {}).get("ms")
@@ -308,12 +314,15 @@ def main() -> int:
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = []
+    # resumable: cases already in --out are kept, not run again
+    rows = json.loads(Path(a.out).read_text())["rows"] if Path(a.out).is_file() else []
     codes = [*map(Path, a.code)]
     for code in ([ROOT] if a.with_self or not codes else []) + codes:
         for case in a.cases.split(","):
             factor = a.factor if case == "on" else 1.0
             tag = f"{'new' if code == ROOT else code.name}-{case}"
+            if tag in {r["tag"] for r in rows}:
+                continue
             print(f"{tag}: build + validate ...", flush=True)
             rows.append(lut_case(a, code, factor, tag, work))
             r = rows[-1]
@@ -322,8 +331,8 @@ def main() -> int:
                     m = r[k]
                     print(f"  {k:10} ±10% {m['within_10pct']:5.1f}%  ±5% {m['within_5pct']:5.1f}%"
                           f"  RMSPE {m['rmspe']:5.2f}%  tau {m['kendall_tau']:.3f}", flush=True)
-    out = {**run_facts(), "args": vars(a), "rows": rows}
-    Path(a.out).write_text(json.dumps(out, indent=1))
+            out = {**run_facts(), "args": vars(a), "rows": rows}  # after every case
+            Path(a.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")
     return 0
 
