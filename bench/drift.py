@@ -20,7 +20,9 @@ core time taken, so it is measured, not computed); the achieved slow-down is rep
 ``lut`` builds a table (``ofa lut build``) and validates it (``ofa lut validate -n N``), both as
 subprocesses pinned to the timed core, with the harness off and on; ``--code DIR`` runs the
 ``ofa`` of another checkout (the code before probe-relative timing) the same way instead
-(``--with-self``: both). ``run`` runs ``ofa run --supernet RUN`` under the harness. It prints a
+(``--with-self``: both); ``--device "--target ssh://..."`` builds and validates on a device
+(the harness then slows only this machine's side; the emulated Pi's speed follows this
+machine's load by itself). ``run`` runs ``ofa run --supernet RUN`` under the harness. It prints a
 table and writes JSON (date, commit, machine, figures).
 """
 
@@ -31,6 +33,7 @@ import contextlib
 import json
 import os
 import random
+import shlex
 import subprocess
 import sys
 import time
@@ -198,10 +201,11 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
              a.precision, "--out", str(table)]
     if a.resolutions:
         build += ["--resolutions", a.resolutions]
+    device = shlex.split(a.device)  # a device's --target arguments, to both commands
     with harness(factor, a.core, a.seed, a.period) as info:
-        build_s = _ofa(code, build, a.core, log)
+        build_s = _ofa(code, [*build, *device], a.core, log)
         validate_s = _ofa(code, ["lut", "validate", str(table), "-n", str(a.n), "--out",
-                                 str(rep), "--json"], a.core, log)
+                                 str(rep), "--json", *device], a.core, log)
     return lut_row(tag, code, info, build_s, validate_s, table, rep)
 
 
@@ -227,7 +231,8 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
     the harness on (seed ``a.seed + i``); what its report says."""
     name = f"{'new' if code == ROOT else code.name}-{i}"
     log = work / f"{name}.log"
-    args = ["run", "--name", name, "--root", str(work), "--supernet", str(a.supernet)]
+    args = ["run", "--name", name, "--root", str(work), "--supernet", str(a.supernet),
+            *shlex.split(a.run_args)]
     with harness(a.factor, a.core, a.seed + i, a.period) as info:
         wall = _ofa(code, args, a.core, log)
     rep = json.loads((work / name / "report.json").read_text())
@@ -235,7 +240,11 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
              "measured_ms": r["measured_ms"], "error_pct": r["error_pct"],
              "within_budget": r["budget_ms"] is None or r["measured_ms"] <= r["budget_ms"]}
             for r in rep["subnets"]]
+    budget = work / name / "budget.json"  # the arbiter: choices the final measurement overturned
+    chosen = json.loads(budget.read_text())["chosen"] if budget.is_file() else []
     return {"name": name, "code": str(code), "harness": info, "wall_s": wall,
+            "rechosen": [c["budget_ms"] for c in chosen if c.get("rechosen")],
+            "final_over": [c["budget_ms"] for c in chosen if c.get("final_over_ms")],
             "all_within_10pct": rep["summary"]["all_within_10pct"],
             "all_within_budget": all(x["within_budget"] for x in subs), "subnets": subs,
             "table": rep.get("table", {}).get("speed_text")}
@@ -265,6 +274,9 @@ def main() -> int:
                     "add --with-self to run this one too)")
     lt.add_argument("--with-self", action="store_true")
     lt.add_argument("--cases", default="off,on", help="harness off, on, or both")
+    lt.add_argument("--device", default="",
+                    help="the device's --target arguments, as one string (for example what "
+                    "`python tools/emulated_pi.py start` prints); default: this machine")
     lt.add_argument("--work", default="/tmp/ofa-drift")
     lt.add_argument("--out", required=True)
     rn = sub.add_parser("run", help="ofa run under the harness, reusing a trained supernet")
@@ -275,6 +287,9 @@ def main() -> int:
     rn.add_argument("--seed", type=int, default=0)
     rn.add_argument("--core", type=int, default=0)
     rn.add_argument("--code", action="append", default=[])
+    rn.add_argument("--run-args", default="",
+                    help="more `ofa run` arguments, as one string (for example tight budgets: "
+                    "\"--table T --budgets 0.215,0.23,0.26\")")
     rn.add_argument("--work", default="/tmp/ofa-drift-run")
     rn.add_argument("--out", required=True)
     a = ap.parse_args()

@@ -104,19 +104,23 @@ def measure_budgets(budgets: Sequence[float], chosen: Sequence[Row], front: Sequ
         for i in missing:  # the next-faster subnets of the front
             pools[i] += faster[i][:k]
             faster[i] = faster[i][k:]
-    out = []
-    for b, pool in zip(budgets, pools):
-        rows = _with(pool, measured)
-        pick = choose_measured_budget(b, rows, margin)
-        met = pick is not None
-        if pick is None:
-            pick = min(rows, key=lambda r: float(r["measured_ms"]))
-        out.append({**pick, "budget_ms": b, "met": met,
-                    "margin_pct": 100.0 * (b - float(pick["measured_ms"])) / b,
-                    "candidates": [{"config": r["config"], "acc": r["acc"],
-                                    "latency_ms": r["latency_ms"],
-                                    "measured_ms": r["measured_ms"]} for r in rows]})
-    return out
+    return [_choice(b, _with(pool, measured), margin) for b, pool in zip(budgets, pools)]
+
+
+def _choice(budget_ms: float, rows: Sequence[Row], margin: float) -> Row:
+    """``budget_ms``'s chosen row among measured ``rows`` (each with ``measured_ms``): the
+    most accurate that meets it with ``margin`` (:func:`choose_measured_budget`), else the
+    fastest with ``met`` False; with ``budget_ms``, ``met``, ``margin_pct`` (how far under
+    the budget, %) and ``candidates`` (every row's config, acc, predicted and measured ms)."""
+    pick = choose_measured_budget(budget_ms, rows, margin)
+    met = pick is not None
+    if pick is None:
+        pick = min(rows, key=lambda r: float(r["measured_ms"]))
+    return {**pick, "budget_ms": budget_ms, "met": met,
+            "margin_pct": 100.0 * (budget_ms - float(pick["measured_ms"])) / budget_ms,
+            "candidates": [{"config": r["config"], "acc": r["acc"],
+                            "latency_ms": r["latency_ms"],
+                            "measured_ms": r["measured_ms"]} for r in rows]}
 
 
 def _with(pool: Sequence[Row], measured: dict[str, float]) -> list[Row]:
@@ -154,15 +158,11 @@ def rechoose_over_budget(chosen: Sequence[Row], final_ms: Sequence[float | None]
             continue
         cands = [{**c, "measured_ms": max(float(c["measured_ms"]), worst.get(_key(c), 0.0))}
                  for c in r["candidates"]]
-        pick = choose_measured_budget(b, cands, margin)
-        met = pick is not None
-        if pick is None:
-            pick = min(cands, key=lambda c: float(c["measured_ms"]))
-        if _key(pick) == _key(r):  # nothing better: it stays, now known to be over
+        new = _choice(b, cands, margin)
+        if _key(new) == _key(r):  # nothing better: it stays, now known to be over
             out.append({**r, "met": False, "final_over_ms": float(f)})
             continue
         keep = {k: r[k] for k in ("label", "search_choice", "shortlist") if k in r}
-        out.append({**keep, **full.get(_key(pick), {}), **pick, "budget_ms": b, "met": met,
-                    "margin_pct": 100.0 * (b - float(pick["measured_ms"])) / b,
-                    "candidates": cands, "rechosen": True, "final_over_ms": float(f)})
+        out.append({**keep, **full.get(_key(new), {}), **new, "rechosen": True,
+                    "final_over_ms": float(f)})
     return out

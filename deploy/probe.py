@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from deploy.torch_runtime import TorchRuntime
 from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
-           "ProbedTarget", "probe_summary"]
+           "ProbedTarget", "probe_summary", "median_repeat"]
 
 PROBE_ID = "probe-v1"  # change the name whenever the network below changes
 PROBE_INPUT = (1, 3, 24, 24)  # NCHW
@@ -131,6 +131,22 @@ def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
             "range": float(a.max() / a.min()), "batches": int(a.size)}
 
 
+def median_repeat(values: Sequence[Sequence[float]]) -> list[int]:
+    """``values[repeat][model]``, one row per timing of the same models: for each model, the
+    index of the repeat whose value is its median (the upper one of an even count). A
+    measurement repeated keeps, per model, that whole repeat (its ms, probe units and probe
+    times agree with each other), so one batch that the device's speed upset moves no
+    model's result.
+
+    Raises:
+        ValueError: no repeat, or repeats of different lengths.
+    """
+    if not values or len({len(v) for v in values}) != 1:
+        raise InputError("repeated timings need one or more repeats of the same models")
+    return [sorted(range(len(values)), key=lambda k: float(values[k][m]))[len(values) // 2]
+            for m in range(len(values[0]))]
+
+
 class ProbedTarget:
     """A :class:`deploy.targets.Target` whose every timed batch carries the probe: the probe
     file goes first, the protocol says so (``probe=True``), and the probe's row is taken out
@@ -168,9 +184,34 @@ class ProbedTarget:
         return {**row, **{k: v for k, v in res.items() if k == "accuracy"}}
 
     def bench_many(self, models: list[Path], threads: int = 1,
-                   protocol: TimingProtocol | None = None) -> list[dict[str, Any]]:
-        return self._split(self.target.bench_many([self.probe, *map(Path, models)], threads,
-                                                  self._protocol(protocol)))
+                   protocol: TimingProtocol | None = None, repeats: int = 1
+                   ) -> list[dict[str, Any]]:
+        """One row per model, timed in interleaved trials beside the probe. ``repeats`` > 1:
+        the batch is timed that many times, one after the other, and each model keeps the
+        row of its median repeat (:func:`median_repeat`, by ``rel``; by the protocol's
+        statistic where the target gives no probe units) with every repeat's value added
+        to ``latency_ms`` as ``rel_repeats`` (or ``<statistic>_repeats``).
+
+        Raises:
+            ValueError: ``repeats`` outside 1-20.
+            deploy.targets.TargetError: the target could not measure.
+        """
+        if not 1 <= repeats <= 20:
+            raise InputError(f"repeats must be in 1-20, got {repeats}")
+        batches = [self._split(self.target.bench_many([self.probe, *map(Path, models)],
+                                                      threads, self._protocol(protocol)))
+                   for _ in range(repeats)]
+        if repeats == 1:
+            return batches[0]
+        key = ("rel" if all("rel" in r["latency_ms"] for b in batches for r in b)
+               else self._protocol(protocol).statistic)
+        values = [[float(r["latency_ms"][key]) for r in b] for b in batches]
+        out = []
+        for m, k in enumerate(median_repeat(values)):
+            row = dict(batches[k][m])
+            row["latency_ms"] = {**row["latency_ms"], f"{key}_repeats": [v[m] for v in values]}
+            out.append(row)
+        return out
 
     def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
                       protocol: TimingProtocol | None = None

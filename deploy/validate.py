@@ -73,10 +73,11 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     Latency: every subnet's model in one ``target.bench_many`` (one agent run, interleaved
     trials: the way a latency table's calibration subnets are timed, so that prediction
     and measurement see the device alike), :data:`REPEATS` times, each model's median
-    kept (:func:`_timed_repeatedly`); top-1: one pass over each bundle's evaluation
-    images on the target (``Target.top1``; over SSH one request to the session's agent),
-    or, where the target checks no accuracy (adb's ``benchmark_model``), the same file's
-    top-1 measured here at export (``top1_measured_on``: the target's name or ``here``).
+    timing kept (:meth:`deploy.probe.ProbedTarget.bench_many`); top-1: one pass over each
+    bundle's evaluation images on the target (``Target.top1``; over SSH one request to the
+    session's agent), or, where the target checks no accuracy (adb's ``benchmark_model``),
+    the same file's top-1 measured here at export (``top1_measured_on``: the target's name
+    or ``here``).
 
     The models are timed beside the reference probe (``deploy/probe.py``). ``ms_per_unit``
     (the latency table's ms per probe unit at the stated speed,
@@ -100,8 +101,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     bundles = _bundles(run, rows, Path(out), formats, data, models or {}, jobs, progress)
     protocol = protocol or TimingProtocol()
     paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
-    timed = _timed_repeatedly(ProbedTarget(target, runtime, precision), paths, threads,
-                              protocol)
+    timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol,
+                                                                repeats=REPEATS)
     # top-1 of the same files on the bundles' evaluation images, after the timing
     accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     return [_result(row, bundle, model, t, acc, protocol, ms_per_unit, speed, target.name,
@@ -116,26 +117,6 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
 #: and 8.2 probe units apart, ``docs/benchmarks.md``); the median of three is not moved by
 #: one such batch
 REPEATS = 3
-
-
-def _timed_repeatedly(target: ProbedTarget, paths: list[Path], threads: int,
-                      protocol: TimingProtocol, repeats: int = REPEATS) -> list[dict[str, Any]]:
-    """Every model timed in ``repeats`` batches (``target.bench_many``: one agent run each,
-    all models in interleaved trials beside the probe, as a table's calibration subnets are
-    timed, so a drift of the device's speed reaches them alike). Each model's row is the
-    batch whose ``rel`` (probe units) is the median of its ``repeats``, with ``rel_repeats``
-    (every batch's) added; without probe units (a target that gives none), the batch of the
-    median statistic."""
-    batches = [target.bench_many(paths, threads, protocol) for _ in range(repeats)]
-    out = []
-    for rows in zip(*batches):
-        key = "rel" if all("rel" in r["latency_ms"] for r in rows) else protocol.statistic
-        vals = [float(r["latency_ms"][key]) for r in rows]
-        mid = sorted(range(len(rows)), key=vals.__getitem__)[len(rows) // 2]
-        row = dict(rows[mid])
-        row["latency_ms"] = {**row["latency_ms"], f"{key}_repeats": vals}
-        out.append(row)
-    return out
 
 
 def _bundles(run: str | Path, rows: list[dict[str, Any]], out: Path,

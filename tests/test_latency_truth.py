@@ -298,36 +298,48 @@ def test_a_serving_agent_ends_when_its_connection_drops(tmp_path):
 
 def test_repeated_timings_keep_each_models_median(monkeypatch):
     """The final measurement and the measured budget time their models 3 times and keep
-    each one's median: one batch far off (a model and its copy 22% apart, as once seen under
-    the drift harness) moves nothing; the budget's subnets are exported once for the three."""
+    each one's median timing, its ms and probe units from the same batch: one batch far off
+    (a model and its copy 22% apart, as once seen under the drift harness) moves nothing;
+    the budget's subnets are exported once for the three."""
     import deploy.lut.measure as measure
-    from deploy.validate import REPEATS, _timed_repeatedly
+    from deploy.probe import ProbedTarget, median_repeat
+    from deploy.validate import REPEATS
     from ofa.space import get_space
     from search.latency_table import LatencyTable
 
     batches = iter([[6.5, 6.6], [6.7, 8.2], [6.6, 6.5]])  # the second batch is off
 
     class Fake:
-        def bench_many(self, paths, threads, protocol):
-            return [{"model": p, "latency_ms": {"median": r * 0.1, "rel": r}}
-                    for p, r in zip(paths, next(batches))]
+        name = "fake"
 
-    rows = _timed_repeatedly(Fake(), ["a", "b"], 1, TimingProtocol())
+        def bench_many(self, paths, threads, protocol):
+            assert protocol.probe and len(paths) == 3  # the probe first, then a and b
+            return [{"model": p, "latency_ms": {"median": r * 0.1, "rel": r}}
+                    for p, r in zip(paths, [1.0, *next(batches)])]
+
+    rows = ProbedTarget(Fake(), "onnxruntime").bench_many(["a", "b"], 1, TimingProtocol(),
+                                                           repeats=REPEATS)
     assert REPEATS == 3 and [r["latency_ms"]["rel"] for r in rows] == [6.6, 6.6]
+    assert [r["latency_ms"]["median"] for r in rows] == pytest.approx([0.66, 0.66])
     assert rows[1]["latency_ms"]["rel_repeats"] == [6.6, 8.2, 6.5]
-    folders, ms = [], iter([[1.0, 2.0], [3.0, 2.2], [2.0, 2.1]])
+    assert median_repeat([[1, 5], [3, 4], [2, 6], [4, 3]]) == [1, 0]  # upper median of four
+    with pytest.raises(ValueError, match="repeats of the same models"):
+        median_repeat([[1, 2], [3]])
+    folders = []
+    runs = iter([([1.0, 2.0], [10, 20]), ([3.0, 2.05], [30, 30]), ([2.0, 2.2], [20, 21])])
 
     def fake_measure(*args, models=None):
         folders.append(models)
-        m = next(ms)
-        return {"ms": m, "rel": [v * 10 for v in m], "probe_ms": [0.1]}
+        m, rel = next(runs)
+        return {"ms": m, "rel": rel, "probe_ms": [0.1]}
 
     monkeypatch.setattr(measure, "_measure_configs", fake_measure)
     space = get_space("mbv3-digits")
     table = LatencyTable(context={"runtime": "onnxruntime", "threads": 1}, space=space.to_dict(),
                          resolutions=[12], entries={}, protocol={}, overhead_ms=0.0)
     got = measure.measure_subnets(table, space, [space.min_subnet(12)] * 2, repeats=3)
-    assert got["ms"] == [2.0, 2.1] and got["rel"] == [20.0, 21.0] and len(got["probe_ms"]) == 3
+    # the second subnet's median probe units (21) come from the third timing, so do its ms
+    assert got["ms"] == [2.0, 2.2] and got["rel"] == [20, 21] and len(got["probe_ms"]) == 3
     assert folders[0] is not None and folders.count(folders[0]) == 3  # exported once
     with pytest.raises(ValueError, match="repeats must be in 1-20"):
         measure.measure_subnets(table, space, [], repeats=0)

@@ -30,7 +30,7 @@ from deploy.ontarget.runtimes import (
     time_interleaved,
     times_files,
 )
-from deploy.probe import ProbedTarget, load_probe
+from deploy.probe import ProbedTarget, load_probe, median_repeat
 from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
 from ofa.errors import InputError
@@ -174,8 +174,9 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     threads, precision, protocol), on ``target`` (None: this machine, in process), with
     periodic weights (a latency does not depend on the values, :func:`periodic_weights`).
     ``repeats`` > 1: exported once, timed that many times one after the other, each
-    subnet's median kept (``ms`` and ``rel`` each; ``probe_ms`` of every timing), as the
-    final measurement does (``deploy/validate.py``, ``REPEATS``).
+    subnet's median timing kept (:func:`deploy.probe.median_repeat`: its ``ms`` and ``rel``
+    from the same timing; ``probe_ms`` of every timing), as the final measurement does
+    (``deploy/validate.py``, ``REPEATS``).
 
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
 
@@ -192,8 +193,9 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
         return _measure_configs(*args)
     with tempfile.TemporaryDirectory() as tmp:  # exported once, into tmp, timed `repeats` x
         runs = [_measure_configs(*args, models=Path(tmp)) for _ in range(repeats)]
-    return {"ms": np.median([r["ms"] for r in runs], axis=0).tolist(),
-            "rel": np.median([r["rel"] for r in runs], axis=0).tolist(),
+    pick = median_repeat([r["rel"] for r in runs])
+    return {"ms": [runs[k]["ms"][i] for i, k in enumerate(pick)],
+            "rel": [runs[k]["rel"][i] for i, k in enumerate(pick)],
             "probe_ms": [v for r in runs for v in r["probe_ms"]]}
 
 

@@ -332,9 +332,9 @@ def _validate_step(rc: RunConfig, st: State) -> None:
     times."""
     from deploy.budget import rechoose_over_budget
 
+    path = rc.folder / "budget.json"
     for i in range(1 + RECHOICES):
         st.results = _validate(rc, st.run, st.found["chosen"], st.finetuned or {}, st.table)
-        path = rc.folder / "budget.json"
         if i == RECHOICES or rc.search.budget_candidates <= 0 or not path.exists():
             return
         old = st.found["chosen"]
