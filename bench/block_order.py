@@ -105,7 +105,8 @@ def main() -> None:
     a = ap.parse_args()
     space = get_space(a.space)
     cfgs = _subnets(space, a.random, a.corner, a.seed)
-    suffix = format_for(a.runtime).suffix
+    fmt = format_for(a.runtime, "fp32")
+    suffix = fmt.suffix
     shapes = [space.block_shapes(c) for c in cfgs]
     blocks = {}  # (resolution, key) -> shape; a block shape is converted once
     for c, ss in zip(cfgs, shapes):
@@ -118,9 +119,8 @@ def main() -> None:
     print(f"{len(cfgs)} subnets, {len(keys)} blocks: converting with {a.jobs} process(es)")
     with converter_pool(a.jobs) as run:
         list(run(lut._export_subnet, [space.to_dict()] * len(cfgs), [c.to_dict() for c in cfgs],
-                 range(len(cfgs)), [a.runtime] * len(cfgs), ["fp32"] * len(cfgs), sub_paths))
-        list(run(lut._export_block, [blocks[k] for k in keys], [a.runtime] * len(keys),
-                 ["fp32"] * len(keys), blk_paths))
+                 range(len(cfgs)), [fmt] * len(cfgs), sub_paths))
+        list(run(lut._export_block, [blocks[k] for k in keys], [fmt] * len(keys), blk_paths))
 
     def load(path: str, shape: tuple[int, ...]):
         rt = get_runtime(a.runtime, 1)

@@ -45,14 +45,15 @@ def _model_bytes(space_name: str, r: int, precision: str) -> tuple[int, int]:
     import tempfile
     import zlib
 
+    from deploy.formats import format_for
     from deploy.lut.convert import _export, _export_block, _Overhead
     from ofa.space import get_space
 
     space = get_space(space_name, resolutions=[r])
+    fmt = format_for("onnxruntime", precision)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = [_export(_Overhead(), (1, 8, 1, 1), "onnxruntime", precision,
-                         Path(tmp) / "overhead.onnx")]
-        paths += [Path(_export_block(s, "onnxruntime", precision, f"{tmp}/b{j}.onnx"))
+        paths = [_export(_Overhead(), (1, 8, 1, 1), fmt, Path(tmp) / "overhead.onnx")]
+        paths += [Path(_export_block(s, fmt, f"{tmp}/b{j}.onnx"))
                   for j, s in enumerate(space.all_block_shapes([r]))]
         data = [p.read_bytes() for p in paths]
         return sum(map(len, data)), sum(len(zlib.compress(d)) for d in data)

@@ -49,13 +49,14 @@ CASES = ((15, 1), (30, 1), (15, 4), (30, 4))  # (timed invokes per trial, probe'
 def _models(run: Path, work: Path) -> tuple[list[str], list[str]]:
     """The run's final models (trained weights), then its first two configs with periodic
     weights; their names."""
+    from deploy.formats import get_format
     from deploy.lut.convert import _export_subnets
     from ofa.space import SearchSpace, SubnetConfig
 
     v = json.loads((run / "validation.json").read_text())["subnets"]
     space = SearchSpace.from_dict(json.loads((run / "latency_table.json").read_text())["space"])
     cfgs = [SubnetConfig.from_dict(r["config"]) for r in v[:2]]
-    periodic = _export_subnets(space, cfgs, "onnxruntime", "fp32", work, "periodic", 1)
+    periodic = _export_subnets(space, cfgs, get_format("onnx-fp32"), work, "periodic", 1)
     names = [f"{r['label']} trained" for r in v] + [f"{r['label']} periodic" for r in v[:2]]
     return [r["model"] for r in v] + [str(p) for p in periodic], names
 

@@ -32,6 +32,7 @@ PROTOCOLS = {"3 x (10 + 50)": (10, 50, 3), "10 x (3 + 15)": (3, 15, 10)}
 
 
 def main() -> None:
+    from deploy.formats import get_format
     from deploy.lut.convert import _export_subnets
     from deploy.lut.measure import _random_input
     from deploy.ontarget.runtimes import TimingProtocol, get_runtime, time_interleaved
@@ -51,7 +52,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     paths = [work / f"s{i}.onnx" for i in range(len(cfgs))]
     if not all(p.exists() for p in paths):  # converted once, kept for a rerun
-        paths = _export_subnets(space, cfgs, "onnxruntime", "int8", work, "export", args.jobs)
+        paths = _export_subnets(space, cfgs, get_format("onnx-int8"), work, "export",
+                                args.jobs)
     rts, xs = [], []
     for c, p in zip(cfgs, paths):
         rt = get_runtime("onnxruntime", 1)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from deploy.bundle import export_subnet, read_bundle
+from deploy.formats import format_for
 from deploy.ontarget.protocol import PROTOCOL
 from deploy.ontarget.runtimes import Runtime, TimingProtocol, get_runtime, time_interleaved
 from deploy.targets import (
@@ -463,7 +464,8 @@ def test_periodic_weights_keep_block_latency_and_compress(tmp_path):
                 m = build_layer(s).eval()
                 m = periodic_weights(m) if kind == "periodic" else m
                 path = tmp_path / f"{kind}{j}_{precision}.onnx"
-                _export(m, (1, s.in_ch, s.in_size, s.in_size), "onnxruntime", precision, path)
+                _export(m, (1, s.in_ch, s.in_size, s.in_size), format_for("onnxruntime", precision),
+                        path)
                 if kind == "periodic":
                     data = path.read_bytes()
                     raw, packed = raw + len(data), packed + len(zlib.compress(data))

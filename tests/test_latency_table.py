@@ -6,6 +6,7 @@ import pytest
 import yaml
 from conftest import shared_path
 
+from deploy.formats import get_format
 from deploy.lut import build_table
 from deploy.ontarget.runtimes import TimingProtocol
 from ofa.space import SubnetConfig, get_space
@@ -65,7 +66,7 @@ def test_int8_table_has_the_fp32_keys_and_refuses_fp32_requests(tiny_table, tmp_
     from ofa.static import build_layer
 
     f = _export(build_layer(shape), (1, shape.in_ch, shape.in_size, shape.in_size),
-                "onnxruntime", "int8", tmp_path / "b.onnx")
+                get_format("onnx-int8"), tmp_path / "b.onnx")
     ops = {n.op_type for n in onnx.load(f).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
     LatencyTable.load(out, space=space, precision="int8")
@@ -302,7 +303,7 @@ def test_litert_blocks_are_timed_channels_last(tmp_path):
     for i, s in enumerate(picks):
         model, shape = _block_model(s, "litert")
         assert shape == (1, s.in_size, s.in_size, s.in_ch)
-        path = _export(model, shape, "litert", "fp32", tmp_path / f"b{i}.tflite")
+        path = _export(model, shape, get_format("tflite-fp32"), tmp_path / f"b{i}.tflite")
         ops = [o["op_name"] for o in Interpreter(str(path))._get_ops_details()]
         assert "TRANSPOSE" not in ops, (s.key(), ops)
         rt = get_runtime("litert", 1)

@@ -263,16 +263,38 @@ def test_serve_writes_progress_lines_while_it_times(monkeypatch, tmp_path):
     import deploy.ontarget.agent as agent
     from deploy.probe import probe_file
 
-    monkeypatch.setattr(agent, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(agent, "PROGRESS_S", 0.01)
     probe = probe_file("onnxruntime", "fp32", tmp_path)
     lines = []
     req = {"v": PROTOCOL, "op": "bench", "models": [str(probe), str(probe)], "warmup": 0,
-           "runs": 2, "trials": 3, "probe": True}
+           "runs": 100, "trials": 5, "probe": True}
     agent.serve([json.dumps(req)], lines.append)
     answers = [json.loads(x) for x in lines]
     assert all(set(a) == {"v", "progress", "of"} for a in answers[:-1]) and len(answers) > 2
+    assert max(a["progress"] for a in answers[:-1]) > 0 and answers[-2]["of"] == 2 * 5
     assert answers[-1]["probe"]["rel"] == 1.0
     assert answers[-1]["models"][1]["latency_ms"]["rel"] == pytest.approx(1.0, rel=0.5)
+
+
+def test_serve_keeps_writing_progress_while_work_reports_none(monkeypatch, tmp_path):
+    """A batch timed again because the probe moved, or a long load, reports no trials:
+    tried on the emulated Pi, a digits build then stopped with "the agent sent nothing for
+    300 s". The agent's heartbeat writes a progress line every few seconds whatever the
+    work does, so the host's silence limit meets only a hung device."""
+    import deploy.ontarget.agent as agent
+    from deploy.probe import probe_file
+
+    monkeypatch.setattr(agent, "PROGRESS_S", 0.05)
+    monkeypatch.setattr(agent.LoadedBatch, "time",
+                        lambda self, protocol, progress: time.sleep(0.6) or {"models": []})
+    probe = probe_file("onnxruntime", "fp32", tmp_path)
+    lines = []
+    req = {"v": PROTOCOL, "op": "bench", "models": [str(probe)], "warmup": 0, "runs": 1,
+           "trials": 1}
+    agent.serve([json.dumps(req)], lines.append)
+    answers = [json.loads(x) for x in lines]
+    assert len(answers) >= 6 and answers[-1] == {"v": PROTOCOL, "models": []}
+    assert all(set(a) == {"v", "progress", "of"} for a in answers[:-1])
 
 
 def test_a_serving_agent_ends_when_its_connection_drops(tmp_path):

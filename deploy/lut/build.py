@@ -31,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from deploy.export import converter_pool
-from deploy.formats import format_for
+from deploy.formats import ExportFormat, format_for
 from deploy.lut.calibrate import calibrate
 from deploy.lut.convert import (
     PRECISIONS,
@@ -156,8 +156,8 @@ def _build_on_device(job: _Build, state: dict[str, Any], todo: list[tuple[int, B
         head = []
         if "context" not in state:  # the first batch carries the overhead model
             head = [tmp / f"overhead{suffix}"]
-            _export(_Overhead(), (1, 8, 1, 1), runtime, precision, head[0])
-        spent["converted"], done = _conversions(todo, runtime, precision, folder, convert)
+            _export(_Overhead(), (1, 8, 1, 1), job.fmt, head[0])
+        spent["converted"], done = _conversions(todo, job.fmt, folder, convert)
         target.start(runtime)  # the device gets ready while the pool converts the first
         spent["start"] = time.perf_counter() - t0
         for i, (a, b) in enumerate(bounds):
@@ -356,11 +356,16 @@ class _Build:
     total: int  # block shapes in the whole table
 
     @functools.cached_property
+    def fmt(self) -> ExportFormat | None:
+        """The models' format: the runtime's at the build's precision, resolved here once
+        (None for eager torch, which times modules)."""
+        return format_for(self.runtime, self.precision) if times_files(self.runtime) \
+            else None
+
+    @property
     def suffix(self) -> str:
-        """The block models' file suffix (``.onnx``, ``.tflite``; "" for eager torch, which
-        times modules): the runtime's format at the build's precision, resolved here once."""
-        return format_for(self.runtime, self.precision).suffix if times_files(self.runtime) \
-            else ""
+        """The block models' file suffix (``.onnx``, ``.tflite``; "" for eager torch)."""
+        return self.fmt.suffix if self.fmt else ""
 
     def bar(self, todo: list[tuple[int, BlockShape]], desc: str) -> tqdm:
         return tqdm(desc=desc, unit="block", total=self.total,
@@ -391,10 +396,10 @@ class _Build:
         t0 = time.perf_counter()
         converted, models = 0, None
         if times_files(self.runtime):
-            converted = _convert_missing(todo, self.runtime, self.precision, folder, convert)
+            converted = _convert_missing(todo, self.fmt, folder, convert)
             models = folder / "calibration"
-            _export_subnets(self.space, cfgs, self.runtime, self.precision, models,
-                            "calibration", self.jobs, convert)
+            _export_subnets(self.space, cfgs, self.fmt, models, "calibration", self.jobs,
+                            convert)
         export_s = time.perf_counter() - t0
         with self.bar(todo, f"lut {self.runtime} {self.precision}: time") as bar:
             timing_s = _build_here(self, state, todo, folder, bar)

@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deploy.export import converter_pool
-from deploy.formats import format_for
+from deploy.formats import ExportFormat, format_for
 from deploy.ontarget.runtimes import times_files
 from ofa.errors import InputError
 from ofa.fileio import atomic_write_json
@@ -53,12 +53,11 @@ def representative_set(input_shape: tuple[int, ...], seed: int = 0) -> np.ndarra
     return g.standard_normal((CALIB_IMAGES, *input_shape[1:])).astype(np.float32)
 
 
-def _export(model: nn.Module, input_shape: tuple[int, ...], runtime: str, precision: str,
+def _export(model: nn.Module, input_shape: tuple[int, ...], fmt: ExportFormat,
             path: Path) -> Path:
-    """Write ``model`` as the file ``runtime`` runs at ``precision`` (see ``deploy/formats.py``).
-    """
-    fmt = format_for(runtime, precision)
-    calib = representative_set(input_shape) if precision == "int8" else None
+    """Write ``model`` as a ``fmt`` file (``deploy/formats.py``; int8 formats calibrated on
+    :func:`representative_set`)."""
+    calib = representative_set(input_shape) if fmt.precision == "int8" else None
     return fmt.export(model.eval(), input_shape, path, calib=calib)
 
 
@@ -139,27 +138,26 @@ def _subnet(space: SearchSpace, cfg: SubnetConfig, seed: int) -> nn.Module:
     return periodic_weights(net.get_active_subnet().eval())
 
 
-def _export_subnet(space: dict, cfg: dict, seed: int, runtime: str, precision: str,
-                   path: str) -> str:
-    """One whole subnet to ``path`` (a process-pool task: plain arguments)."""
+def _export_subnet(space: dict, cfg: dict, seed: int, fmt: ExportFormat, path: str) -> str:
+    """One whole subnet to ``path`` (a process-pool task: plain, picklable arguments)."""
     sp, c = SearchSpace.from_dict(space), SubnetConfig.from_dict(cfg)
-    _export(_subnet(sp, c, seed), (1, 3, c.r, c.r), runtime, precision, Path(path))
+    _export(_subnet(sp, c, seed), (1, 3, c.r, c.r), fmt, Path(path))
     return path
 
 
-def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, precision: str,
+def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], fmt: ExportFormat,
                     folder: Path, desc: str, jobs: int,
                     convert: Callable[..., Any] | None = None) -> list[Path]:
-    """Every config exported into ``folder`` (``s<i>-<config hash><suffix>``; a file already
-    there is kept: converted ahead by :func:`convert_blocks`), by ``jobs`` processes (1:
-    here), or by ``convert`` (an open :func:`deploy.export.converter_pool`'s map)."""
-    suffix = format_for(runtime, precision).suffix
-    paths = [folder / (f"s{i}-" + hashlib.sha1(c.to_json().encode()).hexdigest()[:12] + suffix)
-             for i, c in enumerate(cfgs)]
-    tasks = [(space.to_dict(), c.to_dict(), i, runtime, precision, str(p))
+    """Every config exported as ``fmt`` into ``folder`` (``s<i>-<config hash><suffix>``; a
+    file already there is kept: converted ahead by :func:`convert_blocks`), by ``jobs``
+    processes (1: here), or by ``convert`` (an open :func:`deploy.export.converter_pool`'s
+    map)."""
+    paths = [folder / (f"s{i}-" + hashlib.sha1(c.to_json().encode()).hexdigest()[:12]
+                       + fmt.suffix) for i, c in enumerate(cfgs)]
+    tasks = [(space.to_dict(), c.to_dict(), i, fmt, str(p))
              for i, (c, p) in enumerate(zip(cfgs, paths)) if not p.exists()]
     if tasks:
-        with (tqdm(total=len(tasks), desc=f"{desc}: export ({precision}, {jobs} process(es))",
+        with (tqdm(total=len(tasks), desc=f"{desc}: export ({fmt.name}, {jobs} process(es))",
                    leave=False) as bar,
               contextlib.nullcontext(convert) if convert else converter_pool(jobs) as run):
             for _ in run(_export_subnet, *zip(*tasks)):
@@ -167,9 +165,9 @@ def _export_subnets(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str, 
     return paths
 
 
-def _export_block(s: BlockShape, runtime: str, precision: str, path: str) -> str:
-    """One block's model to ``path`` (a process-pool task)."""
-    _export(*_block_model(s, runtime), runtime, precision, Path(path))
+def _export_block(s: BlockShape, fmt: ExportFormat, path: str) -> str:
+    """One block's model as ``fmt`` to ``path`` (a process-pool task)."""
+    _export(*_block_model(s, fmt.runtime), fmt, Path(path))
     return path
 
 
@@ -206,26 +204,24 @@ def _block_file(folder: Path, s: BlockShape, suffix: str) -> Path:
     return folder / (hashlib.sha1(s.key().encode()).hexdigest()[:20] + suffix)
 
 
-def _conversions(todo: list[tuple[int, BlockShape]], runtime: str, precision: str,
-                 folder: Path, convert: Callable[..., Any]) -> tuple[int, Iterator[str]]:
-    """Start converting the models of ``todo``'s blocks missing from ``folder`` (one per
-    shape) with ``convert`` (a :func:`deploy.export.converter_pool` map: a process pool
+def _conversions(todo: list[tuple[int, BlockShape]], fmt: ExportFormat, folder: Path,
+                 convert: Callable[..., Any]) -> tuple[int, Iterator[str]]:
+    """Start converting the ``fmt`` models of ``todo``'s blocks missing from ``folder`` (one
+    per shape) with ``convert`` (a :func:`deploy.export.converter_pool` map: a process pool
     takes every task at once); returns how many, and their paths in ``todo``'s order, each
     given once its file is written."""
-    suffix = format_for(runtime, precision).suffix
-    missing = {_block_file(folder, s, suffix): s for _, s in todo}
+    missing = {_block_file(folder, s, fmt.suffix): s for _, s in todo}
     missing = {p: s for p, s in missing.items() if not p.exists()}
     return len(missing), iter(convert(_export_block, list(missing.values()),
-                                      [runtime] * len(missing), [precision] * len(missing),
-                                      [str(p) for p in missing]))
+                                      [fmt] * len(missing), [str(p) for p in missing]))
 
 
-def _convert_missing(todo: list[tuple[int, BlockShape]], runtime: str, precision: str,
-                     folder: Path, convert: Callable[..., Any], progress: bool = True) -> int:
-    """Convert the models of ``todo``'s blocks missing from ``folder`` (one per shape) with
-    ``convert`` (a :func:`deploy.export.converter_pool` map); returns how many."""
-    n, done = _conversions(todo, runtime, precision, folder, convert)
-    with tqdm(total=n, desc=f"convert blocks ({runtime} {precision})", unit="block",
+def _convert_missing(todo: list[tuple[int, BlockShape]], fmt: ExportFormat, folder: Path,
+                     convert: Callable[..., Any], progress: bool = True) -> int:
+    """Convert the ``fmt`` models of ``todo``'s blocks missing from ``folder`` (one per
+    shape) with ``convert`` (a :func:`deploy.export.converter_pool` map); returns how many."""
+    n, done = _conversions(todo, fmt, folder, convert)
+    with tqdm(total=n, desc=f"convert blocks ({fmt.runtime} {fmt.precision})", unit="block",
               disable=not progress or not n) as bar:
         for _ in done:
             bar.update()
@@ -259,6 +255,7 @@ def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out
     """
     if not times_files(runtime):
         return 0
+    fmt = format_for(runtime, precision)
     folder = _models_folder(out, runtime, precision)
     try:
         done = json.loads(Path(str(out) + ".partial.json").read_text()).get("entries", {})
@@ -267,9 +264,8 @@ def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out
     todo = [(r, s) for r in resolutions for s in space.all_block_shapes([r])
             if s.key() not in done.get(str(r), {})]
     with converter_pool(jobs) as run:
-        n = _convert_missing(todo, runtime, precision, folder, run, progress)
+        n = _convert_missing(todo, fmt, folder, run, progress)
         if calib > 0:
-            _export_subnets(space, calibration_configs(space, resolutions, calib, seed),
-                            runtime, precision, folder / "calibration", "calibration", jobs,
-                            run)
+            _export_subnets(space, calibration_configs(space, resolutions, calib, seed), fmt,
+                            folder / "calibration", "calibration", jobs, run)
     return n

@@ -61,8 +61,9 @@ def _loaded(model: nn.Module, input_shape: tuple[int, ...], runtime: str, thread
             raise InputError("the torch runtime is timed in fp32 only")
         rt.load_module(model, input_shape)
     else:
-        path = stem.with_name(stem.name + format_for(runtime, precision).suffix)
-        _export(model, input_shape, runtime, precision, path)
+        fmt = format_for(runtime, precision)
+        path = stem.with_name(stem.name + fmt.suffix)
+        _export(model, input_shape, fmt, path)
         rt.load(str(path))
     return rt, _random_input(rt, input_shape)
 
@@ -83,8 +84,9 @@ def _bench_on(target: Target, model: nn.Module, input_shape: tuple[int, ...], ru
     """
     if not times_files(runtime):
         raise InputError(f"the {runtime} runtime is measured in this process only (no --target)")
-    path = Path(workdir) / f"m{format_for(runtime, precision).suffix}"
-    _export(model, input_shape, runtime, precision, path)
+    fmt = format_for(runtime, precision)
+    path = Path(workdir) / f"m{fmt.suffix}"
+    _export(model, input_shape, fmt, path)
     return target.bench(path, threads, protocol)
 
 
@@ -135,8 +137,8 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                               Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
             rts, xs = [r for r, _ in loaded], [x for _, x in loaded]
         else:
-            paths = _export_subnets(space, cfgs, runtime, precision, models or Path(tmp),
-                                    desc, jobs, convert)
+            paths = _export_subnets(space, cfgs, format_for(runtime, precision),
+                                    models or Path(tmp), desc, jobs, convert)
             if target is not None:
                 probed = ProbedTarget(target, runtime, precision)
                 out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}

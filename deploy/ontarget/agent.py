@@ -354,19 +354,36 @@ def _failure(exc: Exception) -> dict[str, Any]:
 PROGRESS_S = 5.0  # a working agent writes a progress line at least this often
 
 
-def _progress_writer(write: Callable[[str], None]) -> Callable[[int, int], None]:
-    """``progress(done, total)`` that writes ``{"progress": done, "of": total}`` at most
-    every :data:`PROGRESS_S` seconds: the host's wait for an answer then scales with the
-    work (``deploy.targets.ssh``)."""
-    last = time.monotonic()
+class _Heartbeat:
+    """A progress line, ``{"progress": done, "of": total}``, every :data:`PROGRESS_S`
+    seconds while a request is worked on, written by a thread of its own whatever the work
+    is doing: loading a batch, timing it again because the probe moved (those trials report
+    nothing), one long invoke, a top-1 pass. The host waits for an answer only as long as
+    lines keep coming (``deploy/targets/ssh.py``), so its wait scales with the work and a
+    slow device is never cut off; a device that hangs (the thread stops with it) or a
+    dropped link still is. ``progress(done, total)`` records how far the work is; nothing
+    else writes until the ``with`` block ends (the answer comes after)."""
 
-    def progress(done: int, total: int) -> None:
-        nonlocal last
-        if time.monotonic() - last >= PROGRESS_S:
-            last = time.monotonic()
-            write(answer({"progress": done, "of": total}))
+    def __init__(self, write: Callable[[str], None]) -> None:
+        self._write = write
+        self.done = self.total = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="progress", daemon=True)
 
-    return progress
+    def progress(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def _beat(self) -> None:
+        while not self._stop.wait(PROGRESS_S):
+            self._write(answer({"progress": self.done, "of": self.total}))
+
+    def __enter__(self) -> _Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def watch_parent(stdin_fd: int | None = 0, poll_s: float = 1.0) -> threading.Thread:
@@ -402,8 +419,7 @@ class _Session:
     (with the files to delete after it is timed) and the last request's inline files,
     which a ``reuse`` names."""
 
-    def __init__(self, write: Callable[[str], None]) -> None:
-        self.write = write
+    def __init__(self) -> None:
         self.held: tuple[LoadedBatch, list[Path]] | None = None
         self.previous: dict[str, bytes] = {}
 
@@ -426,18 +442,21 @@ class _Session:
         self.previous = files
         return files
 
-    def handle(self, req: Request, files: dict[str, bytes]) -> tuple[dict[str, Any], list[Path]]:
-        """The answer to ``req`` and the files on the target to remove after it."""
+    def handle(self, req: Request, files: dict[str, bytes],
+               progress: Callable[[int, int], None] | None = None
+               ) -> tuple[dict[str, Any], list[Path]]:
+        """The answer to ``req`` and the files on the target to remove after it;
+        ``progress(done, total)`` is told how far the work is (:class:`_Heartbeat`)."""
         models = [Path(m) for m in req.models]
         delete = [m for m in models if str(m) not in files] if req.delete else []
-        progress = _progress_writer(self.write)
         if req.op == "prepare":
             return _prepare(str(req.runtime)), []
         if req.op == "top1":
             done = []
             for m, d, meta in zip(models, req.data, req.meta):
                 done.append(accuracy(m, files.get(d, d), req.threads, meta, files.get(str(m))))
-                progress(len(done), len(models))
+                if progress is not None:
+                    progress(len(done), len(models))
             return {"models": done, "machine": machine_facts()}, delete
         protocol = TimingProtocol.from_fields(req.timing)
         if req.op == "time":
@@ -465,13 +484,13 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
     measures each model's top-1 on its evaluation images (:func:`accuracy`); ``prepare``
     imports a runtime ahead of the first batch.
 
-    While a request is worked on, a progress line is written at least every
-    :data:`PROGRESS_S` seconds (timing: model trials done); the answer follows. A request
+    While a request is worked on, a progress line is written every :data:`PROGRESS_S`
+    seconds (:class:`_Heartbeat`; timing: model trials done); the answer follows. A request
     that fails gets an error answer (code 2, or 3: the runtime is not installed) and serving
     goes on; a line that is not a request of this protocol version ends serving with that
     error.
     """
-    session = _Session(write)
+    session = _Session()
     for line in lines:
         if not line.strip():
             continue
@@ -483,7 +502,8 @@ def serve(lines: Iterable[str], write: Callable[[str], None]) -> None:
             return
         delete: list[Path] = []
         try:
-            ans, delete = session.handle(req, files)
+            with _Heartbeat(write) as beat:
+                ans, delete = session.handle(req, files, beat.progress)
         except (RuntimeMissing, ValueError, OSError) as exc:
             ans = _failure(exc)
         for m in delete:
