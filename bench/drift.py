@@ -180,6 +180,60 @@ def probe_slowdown(factor: float, core: int = 0) -> dict:
     return out
 
 
+def size_slowdown(space_name: str, resolutions: list[int], factor: float, core: int,
+                  batches: int, work: Path) -> list[dict]:
+    """How the harness's slow-down depends on a model's size: the smallest, a middle and
+    the largest subnet of ``space_name`` at each resolution (onnxruntime fp32, periodic
+    weights), each timed beside the probe (``time_interleaved``, default protocol) in
+    ``batches`` batches with the competitor off, then always on, pinned to ``core``. A
+    model that the competitor slows as much as the probe keeps its probe units (``rel``);
+    one it slows more (a larger working set refilled after every preemption) does not."""
+    import numpy as np
+
+    from deploy.formats import get_format
+    from deploy.lut.convert import _export_subnets
+    from deploy.ontarget.runtimes import TimingProtocol, get_runtime, time_interleaved
+    from deploy.probe import load_probe
+    from ofa.space import get_space
+
+    space = get_space(space_name)
+    cfgs = []
+    for r in resolutions:
+        lo, hi = space.min_subnet(r), space.max_subnet(r)
+        mid = space.sample(random.Random(r), r=r)
+        cfgs += [("smallest", lo), ("random", mid), ("largest", hi)]
+    paths = _export_subnets(space, [c for _, c in cfgs], get_format("onnx-fp32"), work,
+                            "export", 2)
+    os.sched_setaffinity(0, {core})
+    prt, px = load_probe("onnxruntime", 1, "fp32")
+    rts, xs = [prt], [px]
+    for p in paths:
+        rt = get_runtime("onnxruntime", 1)
+        rt.load(str(p))
+        rts.append(rt)
+        xs.append(rt.prepare(np.random.default_rng(0).standard_normal(rt.input_shape)
+                             .astype(np.float32)))
+    proto = TimingProtocol(probe=True)
+
+    def timed() -> tuple[np.ndarray, np.ndarray]:
+        rel, ms = [], []
+        for _ in range(batches):
+            head, *st = time_interleaved(rts, xs, proto)
+            rel.append([x["rel"] for x in st])
+            ms.append([x["mean"] for x in st] + [float(np.mean(head["trial_means"]))])
+        return np.median(rel, axis=0), np.median(ms, axis=0)
+
+    rel_off, ms_off = timed()
+    with harness(factor, core, always_on=True):
+        rel_on, ms_on = timed()
+    probe_slow = float(ms_on[-1] / ms_off[-1])
+    return [{"label": f"{lab} r{c.r}", "r": c.r, "ms_off": float(ms_off[i]),
+             "slowdown": float(ms_on[i] / ms_off[i]), "probe_slowdown": probe_slow,
+             "rel_off": float(rel_off[i]), "rel_on": float(rel_on[i]),
+             "rel_change_pct": float(100 * (rel_on[i] / rel_off[i] - 1))}
+            for i, (lab, c) in enumerate(cfgs)]
+
+
 def _ofa(code: Path, args: list[str], core: int, log: Path) -> float:
     """``ofa ARGS`` from the checkout ``code``, pinned to ``core``; its wall seconds."""
     env = {**os.environ, "PYTHONPATH": str(code)}
@@ -259,6 +313,15 @@ def main() -> int:
     p = sub.add_parser("probe")
     p.add_argument("--factor", type=float, default=1.5)
     p.add_argument("--core", type=int, default=0)
+    sz = sub.add_parser("sizes", help="the harness's slow-down of models of several sizes "
+                        "against the probe's")
+    sz.add_argument("--space", default="mbv3-cifar")
+    sz.add_argument("--resolutions", default="32")
+    sz.add_argument("--factor", type=float, default=1.5)
+    sz.add_argument("--core", type=int, default=0)
+    sz.add_argument("--batches", type=int, default=5)
+    sz.add_argument("--work", default="/tmp/ofa-drift-sizes")
+    sz.add_argument("--out", required=True)
     lt = sub.add_parser("lut")
     lt.add_argument("--space", default="mbv3-digits")
     lt.add_argument("--resolutions", default=None)
@@ -313,6 +376,21 @@ def main() -> int:
                       f"{r['all_within_budget']}", flush=True)
                 Path(a.out).write_text(json.dumps({**run_facts(), "args": vars(a),
                                                    "rows": rows}, indent=1))
+        print(f"wrote {a.out}")
+        return 0
+    if a.cmd == "sizes":
+        from bench._common import run_facts  # noqa: E402
+
+        work = Path(a.work)
+        work.mkdir(parents=True, exist_ok=True)
+        rows = size_slowdown(a.space, [int(r) for r in a.resolutions.split(",")], a.factor,
+                             a.core, a.batches, work)
+        for r in rows:
+            print(f"{r['label']:14} {r['ms_off']:7.3f} ms  slowed {r['slowdown']:.2f}x "
+                  f"(probe {r['probe_slowdown']:.2f}x)  probe units {r['rel_off']:7.2f} -> "
+                  f"{r['rel_on']:7.2f} ({r['rel_change_pct']:+.1f}%)", flush=True)
+        Path(a.out).write_text(json.dumps({**run_facts(), "args": vars(a), "rows": rows},
+                                          indent=1))
         print(f"wrote {a.out}")
         return 0
     if a.cmd == "_compete":
