@@ -351,7 +351,7 @@ def _failure(exc: Exception) -> dict[str, Any]:
     return {"error": (str(exc).splitlines() or ["?"])[0], "code": 2}
 
 
-PROGRESS_S = 5.0  # a working agent writes a progress line at least this often
+PROGRESS_S = 5.0  # a working agent writes a progress line this often (:class:`_Heartbeat`)
 
 
 class _Heartbeat:
