@@ -45,7 +45,9 @@ def test_run_writes_every_artifact(tiny_job: Path):
         # predicted a little over its budget, the one chosen was measured within it
         assert r["budget_ms"] == b == m["budget_ms"] and r["predicted_ms"] <= b * 1.1 + 1e-9
         assert m["config"] == r["config"] and (not m["met"] or m["measured_ms"] <= b)
-        assert 1 <= len(m["candidates"]) <= 6
+        # 6 near the budget, then 6 faster ones a round while none met it (4 rounds at most,
+        # deploy/budget.py: measure_budgets): how many depends on what was measured
+        assert 1 <= len(m["candidates"]) <= 6 * 4
         assert r["measured_ms"] > 0 and r["macs"] > 0 and r["params"] > 0
         assert r["error_pct"] == pytest.approx((r["predicted_ms"] - r["measured_ms"])
                                                / r["measured_ms"] * 100)
