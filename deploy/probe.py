@@ -198,13 +198,14 @@ class ProbedTarget:
         """
         if not 1 <= repeats <= 20:
             raise InputError(f"repeats must be in 1-20, got {repeats}")
+        probed = self._protocol(protocol)
         batches = [self._split(self.target.bench_many([self.probe, *map(Path, models)],
-                                                      threads, self._protocol(protocol)))
+                                                      threads, probed))
                    for _ in range(repeats)]
         if repeats == 1:
             return batches[0]
         key = ("rel" if all("rel" in r["latency_ms"] for b in batches for r in b)
-               else self._protocol(protocol).statistic)
+               else probed.statistic)
         values = [[float(r["latency_ms"][key]) for r in b] for b in batches]
         out = []
         for m, k in enumerate(median_repeat(values)):
