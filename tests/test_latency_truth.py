@@ -70,6 +70,22 @@ def test_a_batch_whose_probe_moved_beyond_the_bound_is_timed_again():
     assert "rel" not in none[1]  # no probe: statistics in ms only
 
 
+def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
+    """A device where one probe trial (5 x 12 ms) outlasts the fixed 50 ms re-time interval,
+    as on the emulated Pi: the probe is re-timed after 6 of its own trials' time instead of
+    before every model, so its share of the timed work is ~14%, not ~50%, and the models'
+    probe units are still right."""
+    probe = DriftingRuntime(12.0, lambda t: 1.0)
+    models = [DriftingRuntime(3.0, lambda t: 1.0) for _ in range(24)]
+    rts = [probe, *models]
+    out = time_interleaved(rts, [np.zeros(1)] * len(rts),
+                           TimingProtocol(warmup=0, runs=5, trials=2, probe=True, retime=0))
+    assert out[0]["share"] <= 0.2, out[0]["share"]
+    assert len(out[0]["trial_means"]) <= 2 * 2 + 1  # not one before every model
+    for s in out[1:]:
+        assert s["rel"] == pytest.approx(0.25, rel=0.05)
+
+
 def test_judge_keeps_adapts_and_rebuilds():
     g = np.random.default_rng(0)
     pred = g.uniform(1, 5, 12)

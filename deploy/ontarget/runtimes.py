@@ -385,7 +385,17 @@ def _timed(rt: Runtime, p: TimingProtocol) -> list[float]:
     return out
 
 
-PROBE_INTERVAL_S = 0.05  # the probe is timed again within a trial after this long
+PROBE_INTERVAL_S = 0.05  # the probe is timed again within a trial after this long ...
+PROBE_SPACING = 6  # ... or after this many of its own trial's durations, if that is longer
+
+
+def probe_interval_s(probe_trial_s: float) -> float:
+    """How long (s) a trial runs other models before the probe is timed again: at least
+    :data:`PROBE_INTERVAL_S`, and :data:`PROBE_SPACING` times the probe's last trial
+    (``probe_trial_s``, s), so that on a slow device, where one probe trial takes longer
+    than the fixed interval, the probe keeps to about 1 / (1 + 6) = 14% of the timed work
+    instead of being timed before every model."""
+    return max(PROBE_INTERVAL_S, PROBE_SPACING * probe_trial_s)
 
 
 def _trials(rts: Sequence[Runtime], p: TimingProtocol,
@@ -396,20 +406,25 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
     (means, not medians: see :func:`time_interleaved`), and for
     each other model and trial the index of the sample timed just before it, ``before``:
     the probe is timed at the start of every trial, again whenever
-    :data:`PROBE_INTERVAL_S` passed since it was last timed (a trial of many large models),
+    :func:`probe_interval_s` passed since it was last timed (a trial of many large models),
     and once after the last trial, so every model's trial lies between two samples."""
     times: list[list[list[float]]] = [[] for _ in rts]
     samples: list[float] = []
     before: list[list[int]] = [[] for _ in rts]
+    interval = PROBE_INTERVAL_S
+    last = time.perf_counter()  # when the probe was last timed
     for _ in range(p.trials):
-        last = time.perf_counter()
         for i, rt in enumerate(rts):
-            if p.probe and i > 0 and time.perf_counter() - last > PROBE_INTERVAL_S:
+            t0 = time.perf_counter()
+            if p.probe and i > 0 and t0 - last > interval:
                 samples.append(float(np.mean(_timed(rts[0], p))))
                 last = time.perf_counter()
+                interval = probe_interval_s(last - t0)
             times[i].append(_timed(rt, p))
             if p.probe and i == 0:
                 samples.append(float(np.mean(times[0][-1])))
+                last = time.perf_counter()
+                interval = probe_interval_s(last - t0)
             before[i].append(len(samples) - 1)
             if progress is not None:
                 progress()
