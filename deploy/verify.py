@@ -33,7 +33,12 @@ from ofa.space import SearchSpace, SubnetConfig
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 
-__all__ = ["Verdict", "verify_table", "verify_configs", "judge"]
+__all__ = ["Verdict", "verify_table", "verify_configs", "judge", "REPEATS"]
+
+#: the verification times its subnets this many times and keeps each one's median (as the
+#: final measurement does, ``deploy/validate.py``): a verdict that can order a rebuild must
+#: not follow one batch the device's speed upset
+REPEATS = 3
 
 
 @dataclass
@@ -136,7 +141,8 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
                  target: Target | None = None, jobs: int = 1, tolerance: float = 0.10,
                  share: float = 0.8, where: str = "this machine") -> Verdict:
     """Check ``table`` with ``k`` subnets measured beside the probe on ``target`` (None:
-    this machine, in process) and keep, adapt or rebuild it (module docstring). A table
+    this machine, in process), :data:`REPEATS` times each (the median kept), and keep,
+    adapt or rebuild it (module docstring). A table
     without probe data is compared in ms as it is (it cannot be adapted in probe units).
 
     Returns a :class:`Verdict` whose ``table`` is a copy carrying this device's speed
@@ -150,7 +156,8 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     if k < 4:
         raise InputError(f"verifying a table needs k >= 4 subnets, got {k}")
     cfgs = verify_configs(space, table.resolutions, k, seed)
-    m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="verify")
+    m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="verify",
+                        repeats=REPEATS)
     meas = np.asarray(m["rel"] if table.probe else m["ms"])
     pred = LatencyPredictor(table, space).units_many(cfgs)
     action, reason, fit = judge(pred, meas, np.array([c.r for c in cfgs]), tolerance, share)

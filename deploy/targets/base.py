@@ -4,6 +4,7 @@ Torch-free."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -12,10 +13,42 @@ from typing import Any, Protocol
 
 from deploy.ontarget.runtimes import TimingProtocol
 
-__all__ = ["Target", "TargetError", "one_batch_at_a_time"]
+__all__ = ["Target", "TargetError", "one_batch_at_a_time", "device_progress"]
 
 PKG = Path(__file__).resolve().parents[1]  # deploy/: the agent runs beside it
 ONTARGET = PKG / "ontarget"  # the torch-free package an SSH target copies to the target
+
+
+@contextlib.contextmanager
+def device_progress(target: Any, desc: str) -> Iterator[None]:
+    """Show the progress lines a device's agent sends while it times (``{"progress", "of"}``,
+    every few seconds: minutes of timing on a slow board) as one tqdm bar on this machine
+    for the requests sent inside the block, the requests one after the other. ``target``:
+    a target with a ``progress`` hook (SSH), or one wrapping such a target in its
+    ``target`` attribute (:class:`deploy.probe.ProbedTarget`); others show nothing here."""
+    from tqdm import tqdm
+
+    inner = getattr(target, "target", target)
+    if not hasattr(inner, "progress"):
+        yield
+        return
+    before, state = inner.progress, {"base": 0, "last": (0, 0)}
+
+    def update(done: int, of: int) -> None:
+        if done < state["last"][0]:  # a new request: the one before ended at its total
+            state["base"] += state["last"][1]
+        state["last"] = (done, of)
+        bar.total = max(bar.total or 0, state["base"] + of)
+        bar.n = state["base"] + done
+        bar.refresh()
+
+    with tqdm(total=0, desc=f"{desc}: time on {inner.name}", leave=False,
+              unit="trial") as bar:
+        inner.progress = update
+        try:
+            yield
+        finally:
+            inner.progress = before
 
 
 class TargetError(RuntimeError):
