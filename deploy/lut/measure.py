@@ -150,19 +150,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             paths = _export_subnets(space, cfgs, format_for(runtime, precision),
                                     models or Path(tmp), desc, jobs, convert)
             if target is not None:
-                probed = ProbedTarget(target, runtime, precision, large=large)
-                out: dict[str, Any] = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [],
-                                       "large_rel": []}
-                with device_progress(probed, desc):
-                    batches = [probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
-                               for i in range(0, len(paths), SUBNET_BATCH)]
-                for rows in batches:
-                    out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
-                    out["rel"] += [r["latency_ms"].get("rel_small", r["latency_ms"]["rel"])
-                                   for r in rows]
-                    out["rel_large"] += [r["latency_ms"].get("rel_large") for r in rows]
-                    out["large_rel"] += [r["probe"].get("large_rel") for r in rows]
-                    out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
+                out = _timed_on(target, paths, runtime, threads, precision, protocol, desc)
                 return _size_corrected(out, large, reference)
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
@@ -170,24 +158,53 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                 rt.load(str(path))
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
-        first = [load_probe(runtime, threads, precision)]
-        if large:
-            first.append(load_probe(runtime, threads, precision, large=True))
-        out = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [], "large_rel": []}
-        with tqdm(total=len(cfgs) * protocol.trials, leave=False,
-                  desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
-            for i in range(0, len(rts), SUBNET_BATCH):
-                head, *stats = time_interleaved([*(r for r, _ in first), *rts[i:i + SUBNET_BATCH]],
-                                                [*(x for _, x in first), *xs[i:i + SUBNET_BATCH]],
-                                                protocol, progress=bar.update)
-                if large:
-                    big, *stats = stats
-                    out["large_rel"] += [big["rel"]] * len(stats)
-                    out["rel_large"] += [st["rel_large"] for st in stats]
-                out["ms"] += [st[protocol.statistic] for st in stats]
-                out["rel"] += [st["rel"] for st in stats]
-                out["probe_ms"] += head["trial_means"]
+        out = _timed_here(rts, xs, runtime, threads, precision, protocol, desc)
         return _size_corrected(out, large, reference)
+
+
+def _timed_on(target: Target, paths: list[Path], runtime: str, threads: int, precision: str,
+              protocol: TimingProtocol, desc: str) -> dict[str, list[Any]]:
+    """The subnet models ``paths`` timed on ``target`` beside the probe(s),
+    :data:`SUBNET_BATCH` per request, the agent's progress shown here; the probes' own
+    units per model (``rel``: the small probe's) as :func:`_size_corrected` takes them."""
+    probed = ProbedTarget(target, runtime, precision, large=protocol.large_probe)
+    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [],
+                                 "large_rel": []}
+    with device_progress(probed, desc):
+        batches = [probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
+                   for i in range(0, len(paths), SUBNET_BATCH)]
+    for rows in batches:
+        out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
+        out["rel"] += [r["latency_ms"].get("rel_small", r["latency_ms"]["rel"]) for r in rows]
+        out["rel_large"] += [r["latency_ms"].get("rel_large") for r in rows]
+        out["large_rel"] += [r["probe"].get("large_rel") for r in rows]
+        out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
+    return out
+
+
+def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads: int,
+                precision: str, protocol: TimingProtocol, desc: str) -> dict[str, list[Any]]:
+    """The loaded subnets ``rts`` (inputs ``xs``) timed in this process beside the
+    probe(s), :data:`SUBNET_BATCH` per batch, as :func:`_timed_on` answers."""
+    first = [load_probe(runtime, threads, precision)]
+    if protocol.large_probe:
+        first.append(load_probe(runtime, threads, precision, large=True))
+    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [],
+                                 "large_rel": []}
+    with tqdm(total=len(rts) * protocol.trials, leave=False,
+              desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
+        for i in range(0, len(rts), SUBNET_BATCH):
+            head, *stats = time_interleaved([*(r for r, _ in first), *rts[i:i + SUBNET_BATCH]],
+                                            [*(x for _, x in first), *xs[i:i + SUBNET_BATCH]],
+                                            protocol, progress=bar.update)
+            if protocol.large_probe:
+                big, *stats = stats
+                out["large_rel"] += [big["rel"]] * len(stats)
+                out["rel_large"] += [st["rel_large"] for st in stats]
+            out["ms"] += [st[protocol.statistic] for st in stats]
+            out["rel"] += [st["rel"] for st in stats]
+            out["probe_ms"] += head["trial_means"]
+    return out
 
 
 def _size_corrected(out: dict[str, Any], large: bool, reference: float | None
