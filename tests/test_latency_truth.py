@@ -72,9 +72,9 @@ def test_a_batch_whose_probe_moved_beyond_the_bound_is_timed_again():
 
 def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
     """A device where one probe trial (5 x 12 ms) outlasts the fixed 50 ms re-time interval,
-    as on the emulated Pi: the probe is re-timed after 6 of its own trials' time instead of
-    before every model, so its share of the timed work is ~14%, not ~50%, and the models'
-    probe units are still right."""
+    as on the emulated Pi: the probe is re-timed after 10 of its own trials' time instead of
+    before every model, so its share of the timed work is ~14% (the timing at each trial's
+    start), not ~50%, and the models' probe units are still right."""
     probe = DriftingRuntime(12.0, lambda t: 1.0)
     models = [DriftingRuntime(3.0, lambda t: 1.0) for _ in range(24)]
     rts = [probe, *models]

@@ -399,15 +399,18 @@ def _timed(rt: Runtime, p: TimingProtocol) -> list[float]:
 
 
 PROBE_INTERVAL_S = 0.05  # the probe is timed again within a trial after this long ...
-PROBE_SPACING = 6  # ... or after this many of its own trial's durations, if that is longer
+PROBE_SPACING = 10  # ... or after this many of its own trial's durations, if that is longer
 
 
 def probe_interval_s(probe_trial_s: float) -> float:
     """How long (s) a trial runs other models before the probe is timed again: at least
     :data:`PROBE_INTERVAL_S`, and :data:`PROBE_SPACING` times the probe's last trial
     (``probe_trial_s``, s), so that on a slow device, where one probe trial takes longer
-    than the fixed interval, the probe keeps to about 1 / (1 + 6) = 14% of the timed work
-    instead of being timed before every model."""
+    than the fixed interval, the probe is not timed before every model. Its share of the
+    timed work is then the timing at each trial's start plus at most 1 / (1 + 10) = 9%:
+    on the emulated Pi (``tools/emulated_pi.py``, probe 26 ms, 32 digits blocks of 0.3-18
+    ms), 6 left 19% (one re-time per trial), and the fixed 50 ms 78-83%
+    (``docs/benchmarks.md``)."""
     return max(PROBE_INTERVAL_S, PROBE_SPACING * probe_trial_s)
 
 
