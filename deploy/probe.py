@@ -21,7 +21,7 @@ than memory traffic. Under ``bench/drift.py``'s competitor at 2x, whole ``mbv3-c
 subnets (1.3-8 ms) lost 5-15% of their probe units, the more the larger, while the sub-ms
 blocks kept theirs (``bench/drift.py sizes``, ``docs/latency.md``). Batches of whole
 subnets therefore also time a second, larger network (:data:`PROBE_LARGE_ID`: eight
-inverted residuals at 64 px, ~2 MB of fp32 weights, ~0.9 ms on an x86 core, ~6.5 probe units)
+inverted residuals at 96 px, ~2 MB of fp32 weights, ~1.6 ms on an x86 core, ~13 probe units)
 as their second model, and each subnet's probe units are taken from both probes, the
 small one for small models and the large one for large ones (:func:`size_corrected`).
 Block batches keep the small probe only: their models are of its size.
@@ -52,7 +52,7 @@ __all__ = ["PROBE_ID", "PROBE_INPUT", "PROBE_LARGE_ID", "PROBE_LARGE_INPUT", "pr
 PROBE_ID = "probe-v1"  # change the name whenever the network below changes
 PROBE_INPUT = (1, 3, 24, 24)  # NCHW
 PROBE_LARGE_ID = "probe-large-v1"  # likewise for _LargeProbe
-PROBE_LARGE_INPUT = (1, 3, 64, 64)  # NCHW
+PROBE_LARGE_INPUT = (1, 3, 96, 96)  # NCHW
 W_MAX = 2.0  # size_corrected extrapolates up to the square of the large probe's size
 
 
@@ -100,7 +100,7 @@ class _InvertedResidual(nn.Module):
 
 
 class _LargeProbe(nn.Module):
-    """``(1, 3, 64, 64)`` -> ``(1, 10)``: stem conv 3->16 stride 2 (h-swish), eight inverted
+    """``(1, 3, 96, 96)`` -> ``(1, 10)``: stem conv 3->16 stride 2 (h-swish), eight inverted
     residuals (expand 6, dw 5x5) through 24, 24, 40, 40, 80, 80, 112, 160 channels at
     strides 2, 1, 2, 1, 2, 1, 1, 2; pool, linear. ~0.5M parameters."""
 
@@ -160,7 +160,7 @@ def load_probe(runtime: str, threads: int, precision: str = "fp32",
                ) -> tuple[Runtime, np.ndarray]:
     """The probe (``large``: the large probe) loaded in ``runtime`` in this process and a
     seeded input in its layout and type: the first (second) model of a batch timed here
-    with ``TimingProtocol(probe=True)`` (``large_probe=True``)."""
+    with ``TimingProtocol(probe=True)``."""
     shape = PROBE_LARGE_INPUT if large else PROBE_INPUT
     rt = get_runtime(runtime, threads)
     if isinstance(rt, TorchRuntime):
@@ -171,32 +171,34 @@ def load_probe(runtime: str, threads: int, precision: str = "fp32",
     return rt, rt.prepare(x)
 
 
-def size_corrected(rel: float, rel_large: float, reference: float) -> float:
+def size_corrected(rel: float, size: float, reference: float) -> float:
     """A model's probe units with the device's size-dependent slow-down taken out.
 
-    ``rel``: its time in probe units, ``rel_large``: in large-probe units, both from the
-    same trials; ``reference``: the large probe's size in probe units at the speed state
-    the result should be expressed in (a latency table's ``probe.large.rel``, fixed when
-    the table is calibrated, so every later measurement against the table is expressed in
-    the same state). ``rel`` is right for a model of the probe's size, ``rel_large *
-    reference`` for one of the large probe's; between and beyond, the slow-down is taken
-    as linear in the logarithm of the size (as ``bench/drift.py sizes`` measured it), so
-    the result is ``rel * (reference * rel_large / rel) ** w`` with ``w = ln(rel) /
-    ln(reference)`` clipped to [0, 2] (:data:`W_MAX`): models no larger than the probe
-    keep ``rel``, the large probe's size takes the large estimate, larger ones extrapolate
-    up to the square of its size. When the device slows both probes alike,
-    ``reference * rel_large / rel`` is 1 and nothing changes.
+    ``rel``: the model's time in probe units; ``size``: the large probe's time in probe
+    units in the same batch (the device's state then); ``reference``: the large probe's
+    size in probe units in the speed state the result should be expressed in (a latency
+    table's ``probe.large.rel``, fixed when the table is calibrated, so that every later
+    measurement against the table is expressed in one state). In the state of the batch a
+    model of the probe's size kept its units and one of the large probe's size changed them
+    by ``size / reference``; between and beyond, the change is taken as linear in the
+    logarithm of the model's size (as ``bench/drift.py sizes`` measured it), so the result
+    is ``rel * (reference / size) ** w``, ``w = ln(rel) / ln(reference)`` clipped to [0, 2]
+    (:data:`W_MAX`): models no larger than the probe keep ``rel``, larger ones are corrected
+    up to the square of the large probe's size. When the device slows both probes alike,
+    ``size`` is ``reference`` and nothing changes. The batch's ``size`` is the median over
+    its trials of the large probe's trial time over the probe's around it: one figure per
+    batch, not per trial, because the large probe is timed once per trial (at its start)
+    and the models far later in a long trial.
 
     Raises:
         ValueError: a value that is not positive, or a reference not above 1.
     """
-    if not (rel > 0 and rel_large > 0 and reference > 1) or not all(
-            np.isfinite([rel, rel_large, reference])):
+    if not (rel > 0 and size > 0 and reference > 1) or not all(
+            np.isfinite([rel, size, reference])):
         raise InputError(f"size correction needs positive probe units and a reference above "
-                         f"1, got rel {rel!r}, rel_large {rel_large!r}, reference "
-                         f"{reference!r}")
+                         f"1, got rel {rel!r}, size {size!r}, reference {reference!r}")
     w = float(np.clip(np.log(rel) / np.log(reference), 0.0, W_MAX))
-    return float(rel * (reference * rel_large / rel) ** w)
+    return float(rel * (reference / size) ** w)
 
 
 def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
@@ -239,12 +241,12 @@ class ProbedTarget:
     gets ``probe``: the batch's probe statistics (``trial_means``, ``spread``,
     ``retimed``). ``bench`` and ``top1`` pass through (a single model, an accuracy run).
 
-    ``large``: :meth:`bench_many` batches also carry the large probe as their second model
-    (``large_probe=True``); each row's ``latency_ms`` then keeps the probe's units as
-    ``rel_small``, gains ``rel_large`` and has as ``rel`` the two combined
-    (:func:`size_corrected`) at ``reference`` (None: at the batch's own large-probe size),
-    and ``probe`` gains ``large_rel`` (the large probe's size in probe units in that
-    batch). Block batches (:meth:`bench_batches`) carry the small probe only.
+    ``large``: :meth:`bench_many` batches also carry the large probe, as their second
+    model; ``probe`` then gains ``large_rel`` (the large probe's size in probe units in that
+    batch) and each row's ``latency_ms`` keeps the probe's units as ``rel_small`` and has as
+    ``rel`` those size-corrected (:func:`size_corrected`) at ``reference`` (None: the
+    batch's own size, which changes nothing). Block batches (:meth:`bench_batches`) carry
+    the small probe only.
     """
 
     def __init__(self, target: Target, runtime: str, precision: str = "fp32",
@@ -260,9 +262,8 @@ class ProbedTarget:
     def __getattr__(self, item: str) -> Any:  # check, start, top1, close, ...
         return getattr(self.target, item)
 
-    def _protocol(self, protocol: TimingProtocol | None, large: bool = False
-                  ) -> TimingProtocol:
-        return dataclasses.replace(protocol or TimingProtocol(), probe=True, large_probe=large)
+    def _protocol(self, protocol: TimingProtocol | None) -> TimingProtocol:
+        return dataclasses.replace(protocol or TimingProtocol(), probe=True)
 
     def _split(self, rows: list[dict[str, Any]], large: bool = False) -> list[dict[str, Any]]:
         head, *rows = rows
@@ -273,12 +274,8 @@ class ProbedTarget:
             probe["large_rel"] = size
             for r in rows:
                 lat = r["latency_ms"]
-                # a target that times one model at a time (adb) gives no rel_large: the
-                # batch's large-probe size stands for every trial
-                lat["rel_large"] = float(lat.get("rel_large", lat["rel"] / size))
                 lat["rel_small"] = lat["rel"]
-                lat["rel"] = size_corrected(lat["rel"], lat["rel_large"],
-                                            self.reference or size)
+                lat["rel"] = size_corrected(lat["rel"], size, self.reference or size)
         for r in rows:
             r["probe"] = probe
         return rows
@@ -307,7 +304,7 @@ class ProbedTarget:
         if not 1 <= repeats <= 20:
             raise InputError(f"repeats must be in 1-20, got {repeats}")
         large = self.large is not None
-        probed = self._protocol(protocol, large)
+        probed = self._protocol(protocol)
         first = [self.probe, self.large] if self.large is not None else [self.probe]
         batches = [self._split(self.target.bench_many([*first, *map(Path, models)],
                                                       threads, probed), large)

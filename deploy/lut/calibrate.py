@@ -160,8 +160,11 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
                                          if table.probe else None)},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
                            "measured_rel": float(r), "raw": float(w), "calibrated": float(p),
-                           "calibrated_ms": float(q)}
-                          for c, a, r, w, p, q in zip(cfgs, ms, rel, raw, cal, cal_ms)]}
+                           "calibrated_ms": float(q),
+                           **({"measured_rel_small": m["rel_small"][i],
+                               "large_rel": m["large_rel"][i]} if "rel_small" in m else {})}
+                          for i, (c, a, r, w, p, q) in enumerate(zip(cfgs, ms, rel, raw, cal,
+                                                                     cal_ms))]}
     if plot:
         _scatter(units, raw, cal, Path(plot), table.describe(), table.unit)
         report["plot"] = str(plot)

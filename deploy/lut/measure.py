@@ -137,10 +137,10 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
 
     Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
     and its time in probe units, and the probe's medians (ms) over the measurement (its
-    speed states); with ``large`` also ``rel_small`` and ``rel_large`` (each subnet's
-    units of either probe alone), ``large_rel`` (its batch's large-probe size) and
-    ``reference`` (the size the correction used)."""
-    protocol = dataclasses.replace(protocol, probe=True, large_probe=large)
+    speed states); with ``large`` also ``rel_small`` (each subnet's probe units before the
+    correction), ``large_rel`` (its batch's large-probe size) and ``reference`` (the size
+    the correction used)."""
+    protocol = dataclasses.replace(protocol, probe=True)
     with tempfile.TemporaryDirectory() as tmp:
         if not times_files(runtime) and target is None:
             loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
@@ -150,7 +150,8 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             paths = _export_subnets(space, cfgs, format_for(runtime, precision),
                                     models or Path(tmp), desc, jobs, convert)
             if target is not None:
-                out = _timed_on(target, paths, runtime, threads, precision, protocol, desc)
+                out = _timed_on(target, paths, runtime, threads, precision, protocol, desc,
+                                large)
                 return _size_corrected(out, large, reference)
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
@@ -158,49 +159,47 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                 rt.load(str(path))
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
-        out = _timed_here(rts, xs, runtime, threads, precision, protocol, desc)
+        out = _timed_here(rts, xs, runtime, threads, precision, protocol, desc, large)
         return _size_corrected(out, large, reference)
 
 
 def _timed_on(target: Target, paths: list[Path], runtime: str, threads: int, precision: str,
-              protocol: TimingProtocol, desc: str) -> dict[str, list[Any]]:
-    """The subnet models ``paths`` timed on ``target`` beside the probe(s),
+              protocol: TimingProtocol, desc: str, large: bool) -> dict[str, list[Any]]:
+    """The subnet models ``paths`` timed on ``target`` beside the probe (``large``: and the
+    large probe),
     :data:`SUBNET_BATCH` per request, the agent's progress shown here; the probes' own
     units per model (``rel``: the small probe's) as :func:`_size_corrected` takes them."""
-    probed = ProbedTarget(target, runtime, precision, large=protocol.large_probe)
-    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [],
-                                 "large_rel": []}
+    probed = ProbedTarget(target, runtime, precision, large=large)
+    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "large_rel": []}
     with device_progress(probed, desc):
         batches = [probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
                    for i in range(0, len(paths), SUBNET_BATCH)]
     for rows in batches:
         out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
         out["rel"] += [r["latency_ms"].get("rel_small", r["latency_ms"]["rel"]) for r in rows]
-        out["rel_large"] += [r["latency_ms"].get("rel_large") for r in rows]
         out["large_rel"] += [r["probe"].get("large_rel") for r in rows]
         out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
     return out
 
 
 def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads: int,
-                precision: str, protocol: TimingProtocol, desc: str) -> dict[str, list[Any]]:
+                precision: str, protocol: TimingProtocol, desc: str, large: bool
+                ) -> dict[str, list[Any]]:
     """The loaded subnets ``rts`` (inputs ``xs``) timed in this process beside the
     probe(s), :data:`SUBNET_BATCH` per batch, as :func:`_timed_on` answers."""
     first = [load_probe(runtime, threads, precision)]
-    if protocol.large_probe:
+    if large:
         first.append(load_probe(runtime, threads, precision, large=True))
-    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "rel_large": [],
-                                 "large_rel": []}
+    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "large_rel": []}
     with tqdm(total=len(rts) * protocol.trials, leave=False,
               desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
         for i in range(0, len(rts), SUBNET_BATCH):
             head, *stats = time_interleaved([*(r for r, _ in first), *rts[i:i + SUBNET_BATCH]],
                                             [*(x for _, x in first), *xs[i:i + SUBNET_BATCH]],
                                             protocol, progress=bar.update)
-            if protocol.large_probe:
+            if large:
                 big, *stats = stats
                 out["large_rel"] += [big["rel"]] * len(stats)
-                out["rel_large"] += [st["rel_large"] for st in stats]
             out["ms"] += [st[protocol.statistic] for st in stats]
             out["rel"] += [st["rel"] for st in stats]
             out["probe_ms"] += head["trial_means"]
@@ -210,14 +209,13 @@ def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads:
 def _size_corrected(out: dict[str, Any], large: bool, reference: float | None
                     ) -> dict[str, Any]:
     """``out`` of :func:`_measure_configs` with ``rel`` size-corrected (``large``) at
-    ``reference`` (None: the median of the batches' large-probe sizes) and the probes'
-    own units kept (``rel_small``, ``rel_large``); without ``large`` only ``ms``, ``rel``,
-    ``probe_ms``."""
+    ``reference`` (None: the median of the batches' large-probe sizes) and the probe's own
+    units kept (``rel_small``); without ``large`` only ``ms``, ``rel``, ``probe_ms``."""
     if not large:
         return {k: out[k] for k in ("ms", "rel", "probe_ms")}
     ref = reference if reference is not None else float(np.median(out["large_rel"]))
     return {**out, "rel_small": out["rel"], "reference": ref,
-            "rel": [size_corrected(r, q, ref) for r, q in zip(out["rel"], out["rel_large"])]}
+            "rel": [size_corrected(r, q, ref) for r, q in zip(out["rel"], out["large_rel"])]}
 
 
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],

@@ -12,8 +12,8 @@ Operations (:data:`OPS`):
 - ``prepare`` ``{runtime}``: import the runtime now; answers ``{runtime, runtime_version,
   machine}``.
 - ``bench`` ``{models, threads, files, compression, reuse, delete, warmup, runs, trials,
-  probe, probe_bound, retime, large_probe}``: load and time the batch in interleaved
-  trials; answers the batch answer (``deploy/ontarget/agent.py``'s module docstring).
+  probe, probe_bound, retime}``: load and time the batch in interleaved trials; answers the
+  batch answer (``deploy/ontarget/agent.py``'s module docstring).
 - ``load`` ``{models, threads, workers, files, compression, reuse, delete}``: load the batch
   and hold it; answers ``{loaded, load_s}``.
 - ``time`` ``{warmup, runs, trials, probe, ...}``: time the held batch; answers as ``bench``.
@@ -40,9 +40,8 @@ from deploy.ontarget.errors import TargetInputError
 
 __all__ = ["PROTOCOL", "OPS", "Request", "ProtocolError", "answer", "check_answer"]
 
-#: the wire protocol's version: 1 told requests apart by their keys, 2 names the operation,
-#: 3 carries ``large_probe`` in timing requests
-PROTOCOL = 3
+#: the wire protocol's version: 1 told requests apart by their keys, 2 names the operation
+PROTOCOL = 2
 #: the operations an agent serves
 OPS = ("prepare", "bench", "load", "time", "top1")
 
@@ -131,7 +130,7 @@ class Request:
 
 
 #: the timing protocol's fields, carried at the top level of bench and time requests
-_TIMING = ("warmup", "runs", "trials", "probe", "probe_bound", "retime", "large_probe")
+_TIMING = ("warmup", "runs", "trials", "probe", "probe_bound", "retime")
 
 
 def answer(obj: dict[str, Any]) -> str:

@@ -318,16 +318,9 @@ class TimingProtocol:
     more than ``probe_bound`` (slowest / fastest) is timed again, up to ``retime`` times,
     and the attempt with the steadiest probe is kept (``docs/latency.md``).
 
-    ``large_probe`` (with ``probe``): the second model is the large probe
-    (``deploy/probe.py``), timed as the first model after the probe in every trial and
-    once more after the last; every later model's statistics then also carry
-    ``rel_large``, its time in large-probe units (the median over trials of its trial mean
-    over the large probe's trial means around it), and the large probe's own ``rel`` is
-    its size in probe units in this batch.
-
     Raises:
-        ValueError: ``runs``/``trials`` below 1, ``warmup`` or ``retime`` below 0,
-            ``probe_bound`` not above 1, or ``large_probe`` without ``probe``.
+        ValueError: ``runs``/``trials`` below 1, ``warmup`` or ``retime`` below 0, or
+            ``probe_bound`` not above 1.
     """
 
     warmup: int = 3
@@ -337,7 +330,6 @@ class TimingProtocol:
     probe: bool = False
     probe_bound: float = 1.25
     retime: int = 3
-    large_probe: bool = False
 
     def __post_init__(self) -> None:
         for name, lo in (("warmup", 0), ("runs", 1), ("trials", 1), ("retime", 0)):
@@ -349,16 +341,12 @@ class TimingProtocol:
         b = self.probe_bound
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 1.0 < b <= 10.0:
             raise TargetInputError(f"probe_bound must be a number in (1, 10], got {b!r}")
-        if self.large_probe and not self.probe:
-            raise TargetInputError("large_probe needs probe: the large probe is timed beside "
-                                   "the probe")
 
     def fields(self) -> dict[str, Any]:
         """What a timing request carries (``deploy/ontarget/agent.py``): everything but the
         statistic, which the caller reads."""
         return {"warmup": self.warmup, "runs": self.runs, "trials": self.trials,
-                "probe": self.probe, "probe_bound": self.probe_bound, "retime": self.retime,
-                "large_probe": self.large_probe}
+                "probe": self.probe, "probe_bound": self.probe_bound, "retime": self.retime}
 
     @classmethod
     def from_fields(cls, d: Mapping[str, Any]) -> TimingProtocol:
@@ -368,8 +356,7 @@ class TimingProtocol:
         Raises:
             ValueError: a field out of range.
         """
-        known = {"warmup", "runs", "trials", "statistic", "probe", "probe_bound", "retime",
-                 "large_probe"}
+        known = {"warmup", "runs", "trials", "statistic", "probe", "probe_bound", "retime"}
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -423,9 +410,7 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
     each other model and trial the index of the sample timed just before it, ``before``:
     the probe is timed at the start of every trial, again whenever
     :func:`probe_interval_s` passed since it was last timed (a trial of many large models),
-    and once after the last trial, so every model's trial lies between two samples. With
-    ``p.large_probe`` the large probe (``rts[1]``) is also timed once after the last trial:
-    its last trial, ``times[1][-1]``, is then that timing (one more than the trials)."""
+    and once after the last trial, so every model's trial lies between two samples."""
     times: list[list[list[float]]] = [[] for _ in rts]
     samples: list[float] = []
     before: list[list[int]] = [[] for _ in rts]
@@ -448,8 +433,6 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
                 progress()
     if p.probe:
         samples.append(float(np.mean(_timed(rts[0], p))))
-    if p.large_probe and len(rts) > 1:
-        times[1].append(_timed(rts[1], p))
     return times, samples, before
 
 
@@ -511,26 +494,17 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
             break
     assert best is not None
     spread, (times, samples, before) = best
-    large = None
-    if p.large_probe and len(times) > 1:
-        large = [float(np.mean(trial)) for trial in times[1]]
-        times[1] = times[1][:-1]  # the timing after the last trial is only a sample
-    out = _probe_relative(times, samples, before, p.runs, large)
+    out = _probe_relative(times, samples, before, p.runs)
     out[0].update(spread=spread, retimed=attempts)
     return out
 
 
 def _probe_relative(times: list[list[list[float]]], samples: list[float],
-                    before: list[list[int]], runs: int,
-                    large: list[float] | None = None) -> list[dict[str, Any]]:
+                    before: list[list[int]], runs: int) -> list[dict[str, Any]]:
     """Each model's statistics (ms) with ``rel``: per trial, its mean over the mean of
     the probe's trial means timed just before and after it, the median over trials
     (:func:`time_interleaved`). The probe's own dict (the first) gains ``rel`` 1.0,
-    ``trial_means`` and ``share`` (the probes' part of the timed work). ``large``: the large
-    probe's trial means (``times[1]``'s and the one after the last trial); every model
-    after it gains ``rel_large`` (per trial, its mean over the large probe's trial means at
-    the start of its trial and of the next, the median over trials) and the large probe's
-    dict ``trial_means``."""
+    ``trial_means`` and ``share`` (its part of the timed work)."""
     out = []
     for t, b in zip(times, before):  # each trial against the probe timed around it
         st: dict[str, Any] = stats_ms([v for trial in t for v in trial])
@@ -539,13 +513,6 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
         out.append(st)
     total = sum(v for t in times for trial in t for v in trial)
     extra = sum(samples[len(times[0]):]) * runs  # the probe's timings between trials
-    probes = sum(v for trial in times[0] for v in trial) + extra
-    if large is not None:
-        for t, st in zip(times[2:], out[2:]):
-            st["rel_large"] = float(np.median([np.mean(trial) * 2 / (large[k] + large[k + 1])
-                                               for k, trial in enumerate(t)]))
-        out[1]["trial_means"] = large
-        extra += large[-1] * runs
-        probes += sum(large) * runs
-    out[0].update(rel=1.0, trial_means=samples, share=probes / (total + extra))
+    share = (sum(v for trial in times[0] for v in trial) + extra) / (total + extra)
+    out[0].update(rel=1.0, trial_means=samples, share=share)
     return out
