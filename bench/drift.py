@@ -272,8 +272,7 @@ def lut_row(tag: str, code: Path, info: dict, build_s: float | None,
     row = {"tag": tag, "code": str(code), "harness": info, "build_s": build_s,
            "validate_s": validate_s, "retimed": t.get("build", {}).get("retimed"),
            "table_speed": probe, "validate_speed": r.get("speed"),
-           "probe_share": t.get("build", {}).get("probe_share"),
-           "large_probe": (t.get("probe") or {}).get("large")}
+           "probe_share": t.get("build", {}).get("probe_share")}
     for k in ("relative", "absolute", "calibrated", "raw"):
         if r.get(k):
             row[k] = {m: r[k][m] for m in ("within_5pct", "within_10pct", "rmspe",

@@ -13,18 +13,6 @@ The probe is the same network everywhere (:data:`PROBE_ID`), exported in the run
 precision of what it is timed with: a 3x3 stem and two inverted-residual blocks (one with a
 shortcut) at 24 px, the operations of the subnets it is compared with, small enough that
 its share of a table build's timed work stays low (``bench/drift.py`` reports it).
-
-**The large probe.** A device does not slow every model alike. A neighbour that takes the
-core in slices evicts a small model's working set from the caches at every preemption and
-costs a large one, which streams from memory anyway, less; a lower clock slows compute more
-than memory traffic. Under ``bench/drift.py``'s competitor at 2x, whole ``mbv3-cifar``
-subnets (1.3-8 ms) lost 5-15% of their probe units, the more the larger, while the sub-ms
-blocks kept theirs (``bench/drift.py sizes``, ``docs/latency.md``). Batches of whole
-subnets therefore also time a second, larger network (:data:`PROBE_LARGE_ID`: eight
-inverted residuals at 96 px, ~2 MB of fp32 weights, ~1.6 ms on an x86 core, ~13 probe units)
-as their second model, and each subnet's probe units are taken from both probes, the
-small one for small models and the large one for large ones (:func:`size_corrected`).
-Block batches keep the small probe only: their models are of its size.
 """
 
 from __future__ import annotations
@@ -45,15 +33,11 @@ from deploy.targets import Target
 from deploy.torch_runtime import TorchRuntime
 from ofa.errors import InputError
 
-__all__ = ["PROBE_ID", "PROBE_INPUT", "PROBE_LARGE_ID", "PROBE_LARGE_INPUT", "probe_module",
-           "probe_file", "load_probe", "size_corrected", "ProbedTarget", "probe_summary",
-           "median_repeat"]
+__all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
+           "ProbedTarget", "probe_summary", "median_repeat"]
 
 PROBE_ID = "probe-v1"  # change the name whenever the network below changes
 PROBE_INPUT = (1, 3, 24, 24)  # NCHW
-PROBE_LARGE_ID = "probe-large-v1"  # likewise for _LargeProbe
-PROBE_LARGE_INPUT = (1, 3, 96, 96)  # NCHW
-W_MAX = 2.0  # size_corrected extrapolates up to the square of the large probe's size
 
 
 class _Probe(nn.Module):
@@ -80,48 +64,10 @@ class _Probe(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-def _cbn(i: int, o: int, k: int, s: int = 1, g: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(i, o, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(o)]
-
-
-class _InvertedResidual(nn.Module):
-    """1x1 expand (x6, h-swish), depthwise 5x5 (stride ``s``), 1x1 project; a shortcut when
-    the shape is kept."""
-
-    def __init__(self, i: int, o: int, s: int) -> None:
-        super().__init__()
-        m = 6 * i
-        self.body = nn.Sequential(*_cbn(i, m, 1), nn.Hardswish(), *_cbn(m, m, 5, s, m),
-                                  nn.Hardswish(), *_cbn(m, o, 1))
-        self.shortcut = s == 1 and i == o
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.body(x) if self.shortcut else self.body(x)
-
-
-class _LargeProbe(nn.Module):
-    """``(1, 3, 96, 96)`` -> ``(1, 10)``: stem conv 3->16 stride 2 (h-swish), eight inverted
-    residuals (expand 6, dw 5x5) through 24, 24, 40, 40, 80, 80, 112, 160 channels at
-    strides 2, 1, 2, 1, 2, 1, 1, 2; pool, linear. ~0.5M parameters."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        ch = [16, 24, 24, 40, 40, 80, 80, 112, 160]
-        strides = [2, 1, 2, 1, 2, 1, 1, 2]
-        self.stem = nn.Sequential(*_cbn(3, 16, 3, 2), nn.Hardswish())
-        self.blocks = nn.Sequential(*[_InvertedResidual(ch[i], ch[i + 1], strides[i])
-                                      for i in range(8)])
-        self.head = nn.Linear(ch[-1], 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.blocks(self.stem(x)).mean((2, 3)))
-
-
-def probe_module(large: bool = False) -> nn.Module:
-    """The probe network, or with ``large`` the large probe (eval mode, seeded weights:
-    every export of it is the same)."""
+def probe_module() -> nn.Module:
+    """The probe network (eval mode, seeded weights: every export of it is the same)."""
     g = torch.Generator().manual_seed(20261206)
-    net = _LargeProbe() if large else _Probe()
+    net = _Probe()
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
@@ -133,72 +79,39 @@ def _cache() -> Path:
     return Path(root) / "ofa-edge" / "probe" / torch.__version__
 
 
-def probe_file(runtime: str, precision: str = "fp32", folder: str | Path | None = None,
-               large: bool = False) -> Path:
-    """The probe (``large``: the large probe) exported for ``runtime`` at ``precision`` (the
-    file ``ofa export`` writes for them, ``deploy/formats.py``), in ``folder`` (default: the
-    user's cache, ``~/.cache/ofa-edge/probe/<torch version>/``); an existing file is reused,
-    a new one is written atomically.
+def probe_file(runtime: str, precision: str = "fp32", folder: str | Path | None = None
+               ) -> Path:
+    """The probe exported for ``runtime`` at ``precision`` (the file ``ofa export`` writes
+    for them, ``deploy/formats.py``), in ``folder`` (default: the user's cache,
+    ``~/.cache/ofa-edge/probe/<torch version>/``); an existing file is reused, a new one is
+    written atomically.
 
     Raises:
         ValueError: a runtime without a file format (torch) or a precision it lacks.
     """
     fmt = format_for(runtime, precision)
     folder = Path(folder) if folder is not None else _cache()
-    name, shape = (PROBE_LARGE_ID, PROBE_LARGE_INPUT) if large else (PROBE_ID, PROBE_INPUT)
-    path = folder / f"{name}-{fmt.name}{fmt.suffix}"
+    path = folder / f"{PROBE_ID}-{fmt.name}{fmt.suffix}"
     if not path.exists():
         calib = None
         if precision == "int8":
-            calib = np.random.default_rng(0).standard_normal((8, *shape[1:])).astype(np.float32)
-        fmt.export(probe_module(large), shape, path, calib=calib)  # written atomically
+            calib = np.random.default_rng(0).standard_normal(
+                (8, *PROBE_INPUT[1:])).astype(np.float32)
+        fmt.export(probe_module(), PROBE_INPUT, path, calib=calib)  # written atomically
     return path
 
 
 def load_probe(runtime: str, threads: int, precision: str = "fp32",
-               folder: str | Path | None = None, large: bool = False
-               ) -> tuple[Runtime, np.ndarray]:
-    """The probe (``large``: the large probe) loaded in ``runtime`` in this process and a
-    seeded input in its layout and type: the first (second) model of a batch timed here
-    with ``TimingProtocol(probe=True)``."""
-    shape = PROBE_LARGE_INPUT if large else PROBE_INPUT
+               folder: str | Path | None = None) -> tuple[Runtime, np.ndarray]:
+    """The probe loaded in ``runtime`` in this process and a seeded input in its layout and
+    type: the first model of a batch timed here with ``TimingProtocol(probe=True)``."""
     rt = get_runtime(runtime, threads)
     if isinstance(rt, TorchRuntime):
-        rt.load_module(probe_module(large), shape)
+        rt.load_module(probe_module(), PROBE_INPUT)
     else:
-        rt.load(str(probe_file(runtime, precision, folder, large)))
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        rt.load(str(probe_file(runtime, precision, folder)))
+    x = np.random.default_rng(0).standard_normal(PROBE_INPUT).astype(np.float32)
     return rt, rt.prepare(x)
-
-
-def size_corrected(rel: float, size: float, reference: float) -> float:
-    """A model's probe units with the device's size-dependent slow-down taken out.
-
-    ``rel``: the model's time in probe units; ``size``: the large probe's time in probe
-    units in the same batch (the device's state then); ``reference``: the large probe's
-    size in probe units in the speed state the result should be expressed in (a latency
-    table's ``probe.large.rel``, fixed when the table is calibrated, so that every later
-    measurement against the table is expressed in one state). In the state of the batch a
-    model of the probe's size kept its units and one of the large probe's size changed them
-    by ``size / reference``; between and beyond, the change is taken as linear in the
-    logarithm of the model's size (as ``bench/drift.py sizes`` measured it), so the result
-    is ``rel * (reference / size) ** w``, ``w = ln(rel) / ln(reference)`` clipped to [0, 2]
-    (:data:`W_MAX`): models no larger than the probe keep ``rel``, larger ones are corrected
-    up to the square of the large probe's size. When the device slows both probes alike,
-    ``size`` is ``reference`` and nothing changes. The batch's ``size`` is the median over
-    its trials of the large probe's trial time over the probe's around it: one figure per
-    batch, not per trial, because the large probe is timed once per trial (at its start)
-    and the models far later in a long trial.
-
-    Raises:
-        ValueError: a value that is not positive, or a reference not above 1.
-    """
-    if not (rel > 0 and size > 0 and reference > 1) or not all(
-            np.isfinite([rel, size, reference])):
-        raise InputError(f"size correction needs positive probe units and a reference above "
-                         f"1, got rel {rel!r}, size {size!r}, reference {reference!r}")
-    w = float(np.clip(np.log(rel) / np.log(reference), 0.0, W_MAX))
-    return float(rel * (reference / size) ** w)
 
 
 def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
@@ -240,24 +153,14 @@ class ProbedTarget:
     of the answer again. Each row's ``latency_ms`` gains ``rel`` (probe units) and each row
     gets ``probe``: the batch's probe statistics (``trial_means``, ``spread``,
     ``retimed``). ``bench`` and ``top1`` pass through (a single model, an accuracy run).
-
-    ``large``: :meth:`bench_many` batches also carry the large probe, as their second
-    model; ``probe`` then gains ``large_rel`` (the large probe's size in probe units in that
-    batch) and each row's ``latency_ms`` keeps the probe's units as ``rel_small`` and has as
-    ``rel`` those size-corrected (:func:`size_corrected`) at ``reference`` (None: the
-    batch's own size, which changes nothing). Block batches (:meth:`bench_batches`) carry
-    the small probe only.
     """
 
     def __init__(self, target: Target, runtime: str, precision: str = "fp32",
-                 folder: str | Path | None = None, large: bool = False,
-                 reference: float | None = None) -> None:
+                 folder: str | Path | None = None) -> None:
         if isinstance(target, ProbedTarget):  # one probe per batch, not one per wrapping
             target = target.target
         self.target, self.name = target, target.name
         self.probe = probe_file(runtime, precision, folder)
-        self.large = probe_file(runtime, precision, folder, large=True) if large else None
-        self.reference = reference
 
     def __getattr__(self, item: str) -> Any:  # check, start, top1, close, ...
         return getattr(self.target, item)
@@ -265,17 +168,9 @@ class ProbedTarget:
     def _protocol(self, protocol: TimingProtocol | None) -> TimingProtocol:
         return dataclasses.replace(protocol or TimingProtocol(), probe=True)
 
-    def _split(self, rows: list[dict[str, Any]], large: bool = False) -> list[dict[str, Any]]:
+    def _split(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         head, *rows = rows
         probe = {k: v for k, v in head["latency_ms"].items()}
-        if large:
-            big, *rows = rows
-            size = float(big["latency_ms"]["rel"])
-            probe["large_rel"] = size
-            for r in rows:
-                lat = r["latency_ms"]
-                lat["rel_small"] = lat["rel"]
-                lat["rel"] = size_corrected(lat["rel"], size, self.reference or size)
         for r in rows:
             r["probe"] = probe
         return rows
@@ -303,11 +198,9 @@ class ProbedTarget:
         """
         if not 1 <= repeats <= 20:
             raise InputError(f"repeats must be in 1-20, got {repeats}")
-        large = self.large is not None
         probed = self._protocol(protocol)
-        first = [self.probe, self.large] if self.large is not None else [self.probe]
-        batches = [self._split(self.target.bench_many([*first, *map(Path, models)],
-                                                      threads, probed), large)
+        batches = [self._split(self.target.bench_many([self.probe, *map(Path, models)],
+                                                      threads, probed))
                    for _ in range(repeats)]
         if repeats == 1:
             return batches[0]

@@ -60,8 +60,7 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      models: dict[str, Any] | None = None,
                      precision: str = "fp32", jobs: int = 1,
                      ms_per_unit: float | None = None,
-                     speed: dict[str, Any] | None = None,
-                     reference: float | None = None) -> list[dict[str, Any]]:
+                     speed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
@@ -87,10 +86,7 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     model's time in probe units converted at that speed, so that prediction and
     measurement meet at one speed whatever the device's speed was during this run (the ms
     as timed now stay in ``measured_now_ms``); ``speed``: the speed states the conversion
-    came from, kept in each row. ``reference``: the table's large-probe size
-    (:func:`deploy.lut.measure.large_reference`): the models are then timed beside the
-    large probe too and their probe units size-corrected at it, as the table's
-    calibration subnets were (``deploy/probe.py``).
+    came from, kept in each row.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -107,9 +103,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     protocol = protocol or TimingProtocol()
     paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
     with device_progress(target, "final measurement"):
-        timed = ProbedTarget(target, runtime, precision, large=reference is not None,
-                             reference=reference).bench_many(paths, threads, protocol,
-                                                             repeats=REPEATS)
+        timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol,
+                                                                    repeats=REPEATS)
     # top-1 of the same files on the bundles' evaluation images, after the timing
     accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     return [_result(row, bundle, model, t, acc, protocol, ms_per_unit, speed, target.name,

@@ -86,65 +86,26 @@ def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
         assert s["rel"] == pytest.approx(0.25, rel=0.1)
 
 
-def test_the_large_probe_takes_out_a_slow_down_that_falls_with_model_size():
-    """A device whose slow-down falls with a model's size, as a competitor that evicts the
-    caches at each preemption slows small models more (``bench/drift.py sizes``): at level
-    2, a model of ``w`` ms is slowed ``2 ** (1 - 0.1 ln(w / 0.1))``. Small-probe units of
-    a 2 ms model then fall ~19%; size-corrected by the large probe's size in the batch, at
-    its size in the quiet state, they stay within 3% of the truth, for models from the
-    probe's size to 8x the large probe's."""
-    from deploy.probe import size_corrected
-
-    works = (0.1, 0.3, 1.0, 2.0, 5.0)
-
-    def batch(level: float) -> list[dict]:
-        def slowed(w: float):
-            return lambda t: level ** (1 - 0.1 * np.log(w / 0.1))
-        rts = [DriftingRuntime(w, slowed(w)) for w in (0.1, 0.65, *works)]
-        return time_interleaved(rts, [np.zeros(1)] * len(rts),
-                                TimingProtocol(warmup=1, runs=5, trials=9, probe=True,
-                                               retime=0))
-
-    quiet, loaded = batch(1.0), batch(2.0)
-    reference = quiet[1]["rel"]
-    assert reference == pytest.approx(6.5, rel=0.05)
-    assert loaded[1]["rel"] < 0.9 * reference  # the large probe lost units under load
-    truth = np.array(works) / 0.1
-    small = np.array([s["rel"] for s in loaded[2:]])
-    assert small[3] / truth[3] < 0.9  # the small probe alone: a 2 ms model ~19% low
-    for stats in (quiet, loaded):
-        fixed = np.array([size_corrected(s["rel"], stats[1]["rel"], reference)
-                          for s in stats[2:]])
-        assert np.abs(fixed / truth - 1).max() < 0.03, fixed
-    assert size_corrected(0.5, 5.0, 6.5) == 0.5  # smaller than the probe: as it is
-    with pytest.raises(ValueError, match="reference above 1"):
-        size_corrected(2.0, 3.0, 0.9)
-
-
-def test_a_probed_target_times_the_large_probe_second_and_corrects_each_row():
-    """Over a target (SSH, adb) the large probe travels as the second model of a subnet
-    batch; each row keeps its probe units as ``rel_small`` and gets them size-corrected at
-    the table's reference."""
-    from deploy.probe import PROBE_ID, PROBE_LARGE_ID, ProbedTarget
+def test_device_timing_shows_the_agents_progress_here(capsys):
+    """Subnets timed on a device show the agent's progress lines as one bar on the host
+    across requests (the calibration of a build on the emulated Pi timed for many minutes
+    without a word); the target's hook is restored after."""
+    from deploy.targets.base import device_progress
 
     class Fake:
-        name = "fake"
+        name, progress = "ssh://pi", None
 
         def bench_many(self, paths, threads, protocol):
-            assert protocol.probe
-            assert [Path(p).name.split("-onnx")[0] for p in paths[:2]] == [PROBE_ID,
-                                                                           PROBE_LARGE_ID]
-            return [{"model": paths[0], "latency_ms": {"median": 0.1, "rel": 1.0}},
-                    {"model": paths[1], "latency_ms": {"median": 0.5, "rel": 5.0}},
-                    {"model": paths[2], "latency_ms": {"median": 2.0, "rel": 20.0}},
-                    {"model": paths[3], "latency_ms": {"median": 0.05, "rel": 0.5}}]
+            for done in range(1, 4):
+                self.progress(done, 3)
 
-    a, b = ProbedTarget(Fake(), "onnxruntime", large=True, reference=6.0).bench_many(
-        ["a", "b"], 1, TimingProtocol())
-    w = np.log(20.0) / np.log(6.0)
-    assert a["latency_ms"]["rel"] == pytest.approx(20.0 * (6.0 / 5.0) ** w)
-    assert a["latency_ms"]["rel_small"] == 20.0 and a["probe"]["large_rel"] == 5.0
-    assert b["latency_ms"]["rel"] == 0.5  # smaller than the probe: as it is
+    t = Fake()
+    with device_progress(t, "calibration"):
+        t.bench_many([], 1, None)
+        t.bench_many([], 1, None)
+    assert t.progress is None
+    err = capsys.readouterr().err
+    assert "calibration: time on ssh://pi" in err and "6/6" in err
 
 
 def test_judge_keeps_adapts_and_rebuilds():
@@ -258,8 +219,6 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, 
     space = get_space("mbv3-cifar", ks_list=[3, 7], expand_list=[3, 6], depth_list=[2],
                       resolutions=[32])
     table = build_table(space, [32], "onnxruntime", tmp_path / "t.json", calib=4)
-    # calibrated beside the large probe too: its size in probe units is the table's reference
-    assert table.probe["large"]["id"] == "probe-large-v1" and table.probe["large"]["rel"] > 2
     v = verify_table(table, space, k=12)
     assert len(measured) == 12
     assert v.action in ("kept", "adapted"), v.line()

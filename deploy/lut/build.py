@@ -299,12 +299,9 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         table = _table_of(state, build, space, resolutions, protocol, out)
         if calib > 0 and state.get("calibration"):  # measured before the build was stopped
             table.calibration = state["calibration"]
-            if state.get("probe_large"):
-                table.probe = {**table.probe, "large": state["probe_large"]}
         elif calib > 0:
             calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
             state["calibration"] = table.calibration
-            state["probe_large"] = (table.probe or {}).get("large")
             job.save()
     table.save(out)
     partial_path.unlink(missing_ok=True)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from deploy.lut.convert import calibration_configs
-from deploy.lut.measure import _measure_configs, large_reference
+from deploy.lut.measure import _measure_configs
 from deploy.ontarget.runtimes import TimingProtocol
-from deploy.probe import PROBE_LARGE_ID, probe_summary
+from deploy.probe import probe_summary
 from deploy.targets import Target
 from ofa.errors import InputError
 from ofa.space import SearchSpace
@@ -46,22 +46,12 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     ``target``: measure on that device (see :func:`build_table`). ``convert``: an open
     converter pool's map (else ``jobs`` processes are started); ``models``: a folder holding
     the subnets' models converted ahead (:func:`convert_blocks`). Returns ``table``.
-
-    A table with probe data is calibrated with the large probe as well
-    (:func:`deploy.probe.size_corrected`): its reference, the large probe's size in probe
-    units, is kept in ``probe.large`` (fixed the first time, the median over the
-    calibration's batches), and every later measurement against the table is expressed
-    at it (:func:`deploy.lut.measure.large_reference`).
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
     protocol = protocol or TimingProtocol.from_fields(table.protocol)
     cfgs = calibration_configs(space, table.resolutions, k, seed)
-    ref = large_reference(table)
     m = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
-                         table.context.get("precision", "fp32"), jobs, convert, models,
-                         large=bool(table.probe), reference=ref)
-    if table.probe and ref is None:
-        table.probe = {**table.probe, "large": {"id": PROBE_LARGE_ID, "rel": m["reference"]}}
+                         table.context.get("precision", "fp32"), jobs, convert, models)
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
     table.calibration = {**fit_calibration(raw, measured), "unit": table.unit, "fitted_on": [
@@ -139,10 +129,8 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     protocol = TimingProtocol.from_fields(table.protocol)
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
-    ref = large_reference(table)
     m = _measure_configs(space, cfgs, runtime, threads, protocol, "validate", target,
-                         table.context.get("precision", "fp32"), jobs, large=ref is not None,
-                         reference=ref)
+                         table.context.get("precision", "fp32"), jobs)
     ms, rel = np.asarray(m["ms"]), np.asarray(m["rel"])
     units = rel if table.probe else ms
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs)
@@ -160,11 +148,8 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
                                          if table.probe else None)},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
                            "measured_rel": float(r), "raw": float(w), "calibrated": float(p),
-                           "calibrated_ms": float(q),
-                           **({"measured_rel_small": m["rel_small"][i],
-                               "large_rel": m["large_rel"][i]} if "rel_small" in m else {})}
-                          for i, (c, a, r, w, p, q) in enumerate(zip(cfgs, ms, rel, raw, cal,
-                                                                     cal_ms))]}
+                           "calibrated_ms": float(q)}
+                          for c, a, r, w, p, q in zip(cfgs, ms, rel, raw, cal, cal_ms)]}
     if plot:
         _scatter(units, raw, cal, Path(plot), table.describe(), table.unit)
         report["plot"] = str(plot)

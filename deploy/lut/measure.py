@@ -30,7 +30,7 @@ from deploy.ontarget.runtimes import (
     time_interleaved,
     times_files,
 )
-from deploy.probe import ProbedTarget, load_probe, median_repeat, size_corrected
+from deploy.probe import ProbedTarget, load_probe, median_repeat
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from deploy.torch_runtime import TorchRuntime
@@ -38,8 +38,7 @@ from ofa.errors import InputError
 from ofa.space import SearchSpace, SubnetConfig
 from search.latency_table import LatencyTable
 
-__all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets",
-           "large_reference"]
+__all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets"]
 
 # whole subnets timed together beside the probe: each batch short enough (seconds) that a
 # change of the device's speed during it is rare and timing it again is cheap
@@ -116,8 +115,7 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                      protocol: TimingProtocol, desc: str, target: Target | None = None,
                      precision: str = "fp32", jobs: int = 1,
                      convert: Callable[..., Any] | None = None,
-                     models: Path | None = None, large: bool = False,
-                     reference: float | None = None) -> dict[str, Any]:
+                     models: Path | None = None) -> dict[str, list[float]]:
     """Whole-subnet latency of every config, end to end, beside the reference probe.
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
@@ -130,16 +128,9 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
     ``jobs``). ``models``: a folder to export into whose files already there
     are used (else a temporary one).
 
-    ``large``: the large probe is timed in every batch too (``deploy/probe.py``) and each
-    subnet's ``rel`` is size-corrected (:func:`deploy.probe.size_corrected`) at
-    ``reference`` (the table's ``probe.large.rel``; None: the median of the batches' own
-    large-probe sizes, as when a table is first calibrated).
-
     Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
     and its time in probe units, and the probe's medians (ms) over the measurement (its
-    speed states); with ``large`` also ``rel_small`` (each subnet's probe units before the
-    correction), ``large_rel`` (its batch's large-probe size) and ``reference`` (the size
-    the correction used)."""
+    speed states)."""
     protocol = dataclasses.replace(protocol, probe=True)
     with tempfile.TemporaryDirectory() as tmp:
         if not times_files(runtime) and target is None:
@@ -150,72 +141,50 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
             paths = _export_subnets(space, cfgs, format_for(runtime, precision),
                                     models or Path(tmp), desc, jobs, convert)
             if target is not None:
-                out = _timed_on(target, paths, runtime, threads, precision, protocol, desc,
-                                large)
-                return _size_corrected(out, large, reference)
+                return _timed_on(target, paths, runtime, threads, precision, protocol, desc)
             rts, xs = [], []
             for c, path in zip(cfgs, paths):
                 rt = get_runtime(runtime, threads)
                 rt.load(str(path))
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
-        out = _timed_here(rts, xs, runtime, threads, precision, protocol, desc, large)
-        return _size_corrected(out, large, reference)
+        return _timed_here(rts, xs, runtime, threads, precision, protocol, desc)
 
 
 def _timed_on(target: Target, paths: list[Path], runtime: str, threads: int, precision: str,
-              protocol: TimingProtocol, desc: str, large: bool) -> dict[str, list[Any]]:
-    """The subnet models ``paths`` timed on ``target`` beside the probe (``large``: and the
-    large probe),
-    :data:`SUBNET_BATCH` per request, the agent's progress shown here; the probes' own
-    units per model (``rel``: the small probe's) as :func:`_size_corrected` takes them."""
-    probed = ProbedTarget(target, runtime, precision, large=large)
-    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "large_rel": []}
+              protocol: TimingProtocol, desc: str) -> dict[str, list[float]]:
+    """The subnet models ``paths`` timed on ``target`` beside the probe,
+    :data:`SUBNET_BATCH` per request, the agent's progress shown here
+    (:func:`deploy.targets.base.device_progress`); answers as :func:`_measure_configs`."""
+    probed = ProbedTarget(target, runtime, precision)
+    out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
     with device_progress(probed, desc):
         batches = [probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
                    for i in range(0, len(paths), SUBNET_BATCH)]
     for rows in batches:
         out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
-        out["rel"] += [r["latency_ms"].get("rel_small", r["latency_ms"]["rel"]) for r in rows]
-        out["large_rel"] += [r["probe"].get("large_rel") for r in rows]
+        out["rel"] += [r["latency_ms"]["rel"] for r in rows]
         out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
     return out
 
 
 def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads: int,
-                precision: str, protocol: TimingProtocol, desc: str, large: bool
-                ) -> dict[str, list[Any]]:
-    """The loaded subnets ``rts`` (inputs ``xs``) timed in this process beside the
-    probe(s), :data:`SUBNET_BATCH` per batch, as :func:`_timed_on` answers."""
-    first = [load_probe(runtime, threads, precision)]
-    if large:
-        first.append(load_probe(runtime, threads, precision, large=True))
-    out: dict[str, list[Any]] = {"ms": [], "rel": [], "probe_ms": [], "large_rel": []}
+                precision: str, protocol: TimingProtocol, desc: str
+                ) -> dict[str, list[float]]:
+    """The loaded subnets ``rts`` (inputs ``xs``) timed in this process beside the probe,
+    :data:`SUBNET_BATCH` per batch; answers as :func:`_measure_configs`."""
+    prt, px = load_probe(runtime, threads, precision)
+    out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
     with tqdm(total=len(rts) * protocol.trials, leave=False,
               desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
         for i in range(0, len(rts), SUBNET_BATCH):
-            head, *stats = time_interleaved([*(r for r, _ in first), *rts[i:i + SUBNET_BATCH]],
-                                            [*(x for _, x in first), *xs[i:i + SUBNET_BATCH]],
-                                            protocol, progress=bar.update)
-            if large:
-                big, *stats = stats
-                out["large_rel"] += [big["rel"]] * len(stats)
+            head, *stats = time_interleaved([prt, *rts[i:i + SUBNET_BATCH]],
+                                            [px, *xs[i:i + SUBNET_BATCH]], protocol,
+                                            progress=bar.update)
             out["ms"] += [st[protocol.statistic] for st in stats]
             out["rel"] += [st["rel"] for st in stats]
             out["probe_ms"] += head["trial_means"]
     return out
-
-
-def _size_corrected(out: dict[str, Any], large: bool, reference: float | None
-                    ) -> dict[str, Any]:
-    """``out`` of :func:`_measure_configs` with ``rel`` size-corrected (``large``) at
-    ``reference`` (None: the median of the batches' large-probe sizes) and the probe's own
-    units kept (``rel_small``); without ``large`` only ``ms``, ``rel``, ``probe_ms``."""
-    if not large:
-        return {k: out[k] for k in ("ms", "rel", "probe_ms")}
-    ref = reference if reference is not None else float(np.median(out["large_rel"]))
-    return {**out, "rel_small": out["rel"], "reference": ref,
-            "rel": [size_corrected(r, q, ref) for r, q in zip(out["rel"], out["large_rel"])]}
 
 
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
@@ -230,9 +199,6 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     from the same timing; ``probe_ms`` of every timing), as the final measurement does
     (``deploy/validate.py``, ``REPEATS``).
 
-    A table calibrated with the large probe (``probe.large``) is measured with it and each
-    subnet's ``rel`` is size-corrected at the table's reference (:func:`large_reference`).
-
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
 
     Raises:
@@ -244,24 +210,14 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     args = (space, cfgs, table.context["runtime"], int(table.context["threads"]),
             protocol or TimingProtocol.from_fields(table.protocol), desc, target,
             table.context.get("precision", "fp32"), jobs)
-    ref = large_reference(table)
     if repeats == 1:
-        return _measure_configs(*args, large=ref is not None, reference=ref)
+        return _measure_configs(*args)
     with tempfile.TemporaryDirectory() as tmp:  # exported once, into tmp, timed `repeats` x
-        runs = [_measure_configs(*args, models=Path(tmp), large=ref is not None, reference=ref)
-                for _ in range(repeats)]
+        runs = [_measure_configs(*args, models=Path(tmp)) for _ in range(repeats)]
     pick = median_repeat([r["rel"] for r in runs])
     return {"ms": [runs[k]["ms"][i] for i, k in enumerate(pick)],
             "rel": [runs[k]["rel"][i] for i, k in enumerate(pick)],
             "probe_ms": [v for r in runs for v in r["probe_ms"]]}
-
-
-def large_reference(table: LatencyTable) -> float | None:
-    """The large probe's size in probe units that ``table``'s whole-subnet measurements are
-    expressed at (``probe.large.rel``, set when the table is calibrated), or None for a
-    table calibrated without the large probe (measured with the small probe only)."""
-    large = (table.probe or {}).get("large")
-    return float(large["rel"]) if isinstance(large, dict) and "rel" in large else None
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:

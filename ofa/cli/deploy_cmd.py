@@ -39,7 +39,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deploy.lut.measure import large_reference
     from deploy.targets import TargetError
     from deploy.validate import markdown_table, validate_subnets, write_validation
     from ofa.fileio import read_json
@@ -65,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
                                ms_per_unit=table.probe_ms(speed) if table and table.probe
                                else None,
                                speed={"speed": speed,
-                                      "states": table.probe.get("ms") if table else None},
-                               reference=large_reference(table) if table else None)
+                                      "states": table.probe.get("ms") if table else None})
     except TargetError as exc:
         raise CliError(str(exc)) from None
     write_validation(out, args.out, f"{args.result} on {args.target}")

@@ -207,7 +207,6 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
 
 def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
               finetuned: dict[str, Path], table: LatencyTable) -> list[dict[str, Any]]:
-    from deploy.lut.measure import large_reference
     from deploy.targets import parse_target
     from deploy.validate import validate_subnets
     from ofa.train.finetune import load_finetuned
@@ -231,7 +230,6 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            precision=rc.deploy.precision,
                            ms_per_unit=table.probe_ms(rc.search.speed) if table.probe else None,
                            speed={"speed": rc.search.speed, "states": table.probe.get("ms")},
-                           reference=large_reference(table),
                            # one process per subnet: none waits for a second round of
                            # conversions (no slower than one process per core on 2 cores)
                            jobs=max(default_jobs(), len(chosen)))
