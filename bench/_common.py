@@ -88,3 +88,13 @@ def run_facts() -> dict[str, Any]:
                                           "cores": facts.get("cores"),
                                           "python": platform.python_version()},
             "versions": versions}
+
+
+def add_ssh_target_args(ap: Any) -> None:
+    """The options that name an SSH device, as ``ofa lut build --target`` takes them
+    (``--target``, ``--python``, ``--identity``, ``--known-hosts``), on argparse parser
+    ``ap``: what ``python tools/emulated_pi.py start`` prints."""
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--python", default="python3")
+    ap.add_argument("--identity")
+    ap.add_argument("--known-hosts")

@@ -35,7 +35,7 @@ import numpy as np
 from scipy.stats import kendalltau
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import print_table, write_json  # noqa: E402
+from _common import add_ssh_target_args, print_table, write_json  # noqa: E402
 
 
 @cache  # the same 97 exports for every batch size
@@ -61,10 +61,7 @@ def _model_bytes(space_name: str, r: int, precision: str) -> tuple[int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--python", default="python3")
-    ap.add_argument("--identity")
-    ap.add_argument("--known-hosts")
+    add_ssh_target_args(ap)
     ap.add_argument("--batches", default="32,96")
     ap.add_argument("--precisions", default="fp32,int8")
     ap.add_argument("--tables", default="mbv3-digits@12",

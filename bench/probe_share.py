@@ -23,15 +23,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import print_table, run_facts, write_json  # noqa: E402
+from bench._common import add_ssh_target_args, print_table, run_facts, write_json  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--python", default="python3")
-    ap.add_argument("--identity")
-    ap.add_argument("--known-hosts")
+    add_ssh_target_args(ap)
     ap.add_argument("--models", required=True)
     ap.add_argument("-n", type=int, default=32)
     ap.add_argument("--name", required=True)
