@@ -28,17 +28,13 @@ import numpy as np
 from deploy.lut import measure_subnets
 from deploy.probe import probe_summary
 from deploy.targets import Target
+from deploy.validate import REPEATS
 from ofa.errors import InputError
 from ofa.space import SearchSpace, SubnetConfig
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 
-__all__ = ["Verdict", "verify_table", "verify_configs", "judge", "REPEATS"]
-
-#: the verification times its subnets this many times and keeps each one's median (as the
-#: final measurement does, ``deploy/validate.py``): a verdict that can order a rebuild must
-#: not follow one batch the device's speed upset
-REPEATS = 3
+__all__ = ["Verdict", "verify_table", "verify_configs", "judge"]
 
 
 @dataclass
@@ -141,8 +137,10 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
                  target: Target | None = None, jobs: int = 1, tolerance: float = 0.10,
                  share: float = 0.8, where: str = "this machine") -> Verdict:
     """Check ``table`` with ``k`` subnets measured beside the probe on ``target`` (None:
-    this machine, in process), :data:`REPEATS` times each (the median kept), and keep,
-    adapt or rebuild it (module docstring). A table
+    this machine, in process), as many times each as the final measurement times its
+    models (``deploy/validate.py``, ``REPEATS``: a verdict that can order a rebuild must not
+    follow one batch the device's speed upset; the median kept), and keep, adapt or
+    rebuild it (module docstring). A table
     without probe data is compared in ms as it is (it cannot be adapted in probe units).
 
     Returns a :class:`Verdict` whose ``table`` is a copy carrying this device's speed
