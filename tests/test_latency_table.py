@@ -324,7 +324,7 @@ def test_blocks_converted_ahead_are_timed_not_converted_again(tmp_path, monkeypa
     written. A second `convert_blocks` finds everything there (resumable)."""
     import deploy.lut.convert as lut
 
-    space = get_space("mbv3-digits", ks_list=[3], expand_list=[3, 6], depth_list=[2],
+    space = get_space("mbv3-digits", ks_list=[3], expand_list=[3], depth_list=[2],
                       resolutions=[12])
     out = tmp_path / "t.json"
     n = lut.convert_blocks(space, [12], "onnxruntime", out, progress=False)

@@ -109,15 +109,23 @@ def _entry(st: dict[str, Any]) -> dict[str, Any]:
     return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count", "rel")}
 
 
+def _probe_done(state: dict[str, Any], probe: dict[str, Any]) -> None:
+    """Record a timed batch's probe: its mean invoke (as probe units are means: the
+    device's speed in that batch), its share of the timed work, how often the batch was
+    timed again and how many model trials it dropped (``time_interleaved``)."""
+    state.setdefault("probe_ms", []).append(probe["mean"])
+    for k in ("retimed", "dropped"):
+        state[k] = state.get(k, 0) + int(probe.get(k, 0))
+    if probe.get("share") is not None:
+        state.setdefault("probe_shares", []).append(probe["share"])
+
+
 def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any],
                 protocol: TimingProtocol) -> None:
     """Record a timed batch's probe (its mean invoke, as probe units are means: the
     device's speed in that batch; how often it was re-timed) and its per-invoke overhead
     (ms and probe units; the table's are the medians over the batches)."""
-    state.setdefault("probe_ms", []).append(probe["mean"])  # as probe units are: means
-    state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
-    if probe.get("share") is not None:
-        state.setdefault("probe_shares", []).append(probe["share"])
+    _probe_done(state, probe)
     state.setdefault("overheads_ms", []).append(ov[protocol.statistic])
     state.setdefault("overheads_rel", []).append(ov["rel"])
     state["overhead_ms"] = float(np.median(state["overheads_ms"]))
@@ -193,11 +201,7 @@ def _device_batch_done(state: dict[str, Any], chunk: list[tuple[int, BlockShape]
     if rows and len(rows) > len(chunk):  # the overhead model of the first batch
         _batch_done(state, rows[0]["probe"], rows.pop(0)["latency_ms"], protocol)
     elif rows:
-        probe = rows[0]["probe"]
-        state.setdefault("probe_ms", []).append(probe["mean"])
-        state["retimed"] = state.get("retimed", 0) + int(probe.get("retimed", 0))
-        if probe.get("share") is not None:
-            state.setdefault("probe_shares", []).append(probe["share"])
+        _probe_done(state, rows[0]["probe"])
     for (r, s), row in zip(chunk, rows):
         state["entries"].setdefault(str(r), {})[s.key()] = _entry(row["latency_ms"])
 
@@ -412,6 +416,7 @@ def _table_of(state: dict[str, Any], build: dict[str, Any], space: SearchSpace,
               resolutions: list[int], protocol: TimingProtocol, out: Path) -> LatencyTable:
     """The table the build state holds (before its calibration)."""
     build["retimed"] = state.get("retimed", 0)
+    build["dropped"] = state.get("dropped", 0)
     if state.get("probe_shares"):  # the probe's part of the blocks' timed work
         build["probe_share"] = round(float(np.mean(state["probe_shares"])), 4)
     return LatencyTable(context=state["context"], space=space.to_dict(),

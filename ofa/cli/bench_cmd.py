@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"{res['model']} on {target.name} ({res.get('runtime', runtime)}, {args.threads} "
           f"thread(s)): median {lat['median']:.3f} ms, min {lat['min']:.3f} ms; "
           f"{lat['rel']:.3f} probe units (the probe: {probe['mean']:.4f} ms, moved "
-          f"{probe['spread']:.2f}x during the trials, timed again {probe['retimed']}x)")
+          f"{probe['spread']:.2f}x during the trials, {probe.get('dropped', 0)} trial(s) "
+          f"dropped, timed again {probe['retimed']}x)")
     dev = res.get("machine") or {}
     if dev.get("emulated"):
         print(f"device: {dev.get('cpu_model')} on {dev['emulated']}: these timings measure the "
