@@ -224,3 +224,40 @@ def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, 
     assert saved["key"] == {"k": 1} and saved["chosen"][0]["config"] == {"n": "b"}
     assert saved["chosen"][0]["rechosen"] and saved["chosen"][0]["final_over_ms"] == 1.04
     assert "the final measurement put budget1 at 1.040 ms, over it" in capsys.readouterr().out
+
+
+def test_budgets_that_chose_one_subnet_fine_tune_it_once(tmp_path, monkeypatch, capsys):
+    """Two budgets above the Pareto front's end choose the same subnet: it is fine-tuned once
+    and the second budget's folder is a copy (its finetune.json says so and names its own
+    folder); a rerun finds all three done and trains nothing."""
+    import ofa.pipeline.steps as steps
+    import ofa.train.finetune as ft
+    from ofa.pipeline import RunConfig
+    from ofa.train.run import TrainConfig
+
+    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"),
+                   finetune_epochs=0.5)
+    rc.folder.mkdir()
+    trained = []
+
+    def fake_finetune(cfg, resume=False):
+        trained.append(cfg.subnet["n"])
+        out = Path(cfg.out)
+        out.mkdir(parents=True)
+        (out / ft.FINETUNED).write_bytes(cfg.subnet["n"].encode())
+        (out / ft.FINETUNE_JSON).write_text(json.dumps(
+            {"kind": "ofa-edge-finetune", "subnet": cfg.subnet, "config": {"out": cfg.out}}))
+
+    monkeypatch.setattr(ft, "finetune", fake_finetune)
+    chosen = [{"label": f"budget{i}", "config": {"n": n}} for i, n in ((1, "a"), (2, "b"),
+                                                                        (3, "b"))]
+    out = steps._finetune(rc, tmp_path, chosen)
+    assert trained == ["a", "b"]
+    assert (out["budget3"] / ft.FINETUNED).read_bytes() == b"b"
+    info = json.loads((out["budget3"] / ft.FINETUNE_JSON).read_text())
+    assert info["copied_from"] == "budget2" and info["config"]["out"] == str(out["budget3"])
+    assert info["subnet"] == {"n": "b"} and not list(out["budget3"].parent.glob("*.partial"))
+    assert "budget3: the subnet of budget2, its fine-tune copied" in capsys.readouterr().out
+    steps._finetune(rc, tmp_path, chosen)
+    assert trained == ["a", "b"]
+    assert capsys.readouterr().out.count(": done") == 3

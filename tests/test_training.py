@@ -156,22 +156,27 @@ def test_sigkill_mid_epoch_then_resume_matches_straight_run(tmp_path, tiny_sched
     # on what else runs)
     straight = subprocess.Popen(cmd(tmp_path / "a"), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, env=env)
-    proc = subprocess.Popen(cmd(tmp_path / "b"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
-    ck = tmp_path / "b" / "checkpoint.pt"
-    while not ck.exists() and proc.poll() is None:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _, err = straight.communicate()
+    try:
+        proc = subprocess.Popen(cmd(tmp_path / "b"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+        ck = tmp_path / "b" / "checkpoint.pt"
+        while not ck.exists() and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (tmp_path / "b" / "run.json").exists()  # killed before the end
+        killed_at = load_checkpoint(ck)["global_step"]
+        resumed = subprocess.run(cmd(tmp_path / "b", "--resume"), capture_output=True,
+                                 text=True, env=env)
+        _, err = straight.communicate()
+    finally:
+        if straight.poll() is None:
+            straight.kill()
+            straight.wait()
     assert straight.returncode == 0, err[-2000:]
-    assert not (tmp_path / "b" / "run.json").exists()  # killed before the end
-    total = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["global_step"]
-    killed_at = load_checkpoint(ck)["global_step"]
-    assert killed_at % 5 == 0 and 0 < killed_at < total
-    resumed = subprocess.run(cmd(tmp_path / "b", "--resume"), capture_output=True, text=True,
-                             env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    total = load_checkpoint(tmp_path / "a" / "checkpoint.pt")["global_step"]
+    assert killed_at % 5 == 0 and 0 < killed_at < total
     assert f"global step {killed_at})" in resumed.stdout
     _assert_same_weights(load_weights(tmp_path / "a" / "supernet.safetensors"),
                          load_weights(tmp_path / "b" / "supernet.safetensors"))

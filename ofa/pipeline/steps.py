@@ -182,16 +182,29 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
 
 def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[str, Path]:
     """Fine-tune every chosen subnet (``rc.finetune_epochs``) into
-    ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed.
-    Returns label -> fine-tune folder."""
+    ``runs/<name>/finetuned/<label>``; a finished one is kept, a killed one resumed, and a
+    subnet that an earlier budget chose too (budgets above the Pareto front's end choose the
+    largest subnet each) is copied from that budget's folder, not trained again: the same
+    subnet, seed and data give the same weights. Returns label -> fine-tune folder."""
     from ofa.train.finetune import FINETUNE_CKPT, FINETUNE_JSON, FinetuneConfig, finetune
 
     out: dict[str, Path] = {}
-    for row in chosen:
+    for i, row in enumerate(chosen):
         folder = rc.folder / "finetuned" / row["label"]
         done = folder / FINETUNE_JSON
+        same = next((c["label"] for c in chosen[:i] if c["config"] == row["config"]), None)
         if done.exists() and read_json(done, "fine-tune").get("subnet") == row["config"]:
             log(f"fine-tune {row['label']}: done")
+        elif same is not None:  # copied whole, then renamed: never half a folder
+            part = folder.with_name(folder.name + ".partial")
+            for f in (part, folder):
+                shutil.rmtree(f, ignore_errors=True)
+            shutil.copytree(out[same], part)
+            info = read_json(part / FINETUNE_JSON, "fine-tune")
+            atomic_write_json(part / FINETUNE_JSON, {
+                **info, "config": {**info["config"], "out": str(folder)}, "copied_from": same})
+            part.rename(folder)
+            log(f"fine-tune {row['label']}: the subnet of {same}, its fine-tune copied")
         else:
             if done.exists():  # another subnet was chosen since: start again
                 shutil.rmtree(folder)
