@@ -471,13 +471,9 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     after it, so a change of the device's speed *between* trials cancels; only a trial
     during which the probe moved beyond ``protocol.probe_bound`` (the two timings around it
     differ by more) is unreliable, and it is dropped. A whole batch is timed again only when
-    some model keeps fewer than half its trials. An earlier rule timed a batch again
-    whenever the probe's slowest and fastest timings *anywhere* in it differed by more than
-    the bound: on a device that changes speed every few seconds (this project's VM, the
-    emulated Pi) nearly every long batch was timed again up to ``retime`` times (three
-    quarters of a verification's time; the 12 calibration subnets of an emulated-Pi table
-    timed for over 14 min, retimes included, and were stopped), while the ratios it
-    protected did not need it.
+    some model keeps fewer than half its trials (re-timing whenever the probe moved anywhere
+    in a batch re-timed nearly every long batch on a drifting device, for the same accuracy:
+    ``docs/benchmarks.md``).
 
     Why trial means: a device slowed by time-sharing (a VM's neighbours, a competing
     process, a board's other work) takes the core away in slices; a short invoke then runs
@@ -497,12 +493,26 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
         raise TargetInputError("a probed batch needs the probe as its first model")
     for rt, x in zip(rts, xs):
         rt.set_input(x)
-    best: tuple[tuple[int, float], Any] | None = None
+    if not p.probe:
+        times = _trials(rts, p, progress)[0]
+        return [stats_ms([v for trial in t for v in trial]) for t in times]
+    (times, samples, before, steady), attempts = _steadiest(rts, p, progress)
+    out = _probe_relative(times, samples, before, p.runs, steady)
+    out[0].update(spread=probe_spread(samples), retimed=attempts,
+                  dropped=int(sum((~k).sum() for k in steady[1:])))
+    return out
+
+
+def _steadiest(rts: Sequence[Runtime], p: TimingProtocol,
+               progress: Callable[[], None] | None) -> tuple[tuple[Any, ...], int]:
+    """The probed batch timed (:func:`_trials`) until every model keeps at least half its
+    trials (:func:`steady_trials`), at most ``1 + p.retime`` times: the attempt whose worst
+    model kept the most trials (then the smallest spread), with its steady masks, and how
+    many times the batch was timed again."""
+    best: tuple[tuple[int, float], tuple[Any, ...]] | None = None
     attempts = 0
-    for attempts in range(1 + (p.retime if p.probe else 0)):  # noqa: B007 (read after)
+    for attempts in range(1 + p.retime):  # noqa: B007 (read after)
         times, samples, before = _trials(rts, p, progress if attempts == 0 else None)
-        if not p.probe:
-            return [stats_ms([v for trial in t for v in trial]) for t in times]
         steady = steady_trials(samples, before, p.probe_bound)
         kept = min((int(k.sum()) for k in steady[1:]), default=p.trials)
         score = (kept, -probe_spread(samples))
@@ -511,11 +521,7 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
         if 2 * kept >= p.trials:
             break
     assert best is not None
-    times, samples, before, steady = best[1]
-    out = _probe_relative(times, samples, before, p.runs, steady)
-    out[0].update(spread=probe_spread(samples), retimed=attempts,
-                  dropped=int(sum((~k).sum() for k in steady[1:])))
-    return out
+    return best[1], attempts
 
 
 def steady_trials(samples: Sequence[float], before: Sequence[Sequence[int]],
