@@ -102,6 +102,7 @@ CASES: tuple[Case, ...] = (
     _c("tables", "lut", "validate", "table_nan.json"),
     _c("tables", "lut", "calibrate", "table_bad_calibration.json"),
     _c("tables", "lut", "validate", "digits_table.json", "-n", "0"),
+    _c("tables", "lut", "validate", "digits_table.json", "--repeats", "0"),
     _c("tables", "lut", "validate", "missing_table.json"),
     _c("tables", "lut", "validate", "broken.json"),
     _c("tables", "lut", "validate", "w12_subnet.json"),

@@ -164,6 +164,34 @@ def test_cli_calibrate_refits_a_copied_table(tiny_table, tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
+def test_cli_validate_times_each_subnet_as_often_as_asked(tiny_table, tmp_path, capsys,
+                                                         monkeypatch):
+    """`ofa lut validate --repeats 2`: the same 4 subnets timed twice (exported once), the
+    median kept; the report says so and compares in probe units and in ms."""
+    import deploy.lut.measure as measure
+    from ofa.cli import main
+
+    _, out, _ = tiny_table
+    calls = []
+    real = measure._measure_configs
+
+    def counted(space, cfgs, *a, **kw):
+        calls.append(len(cfgs))
+        return real(space, cfgs, *a, **kw)
+
+    monkeypatch.setattr(measure, "_measure_configs", counted)
+    rep_path = tmp_path / "rep.json"
+    capsys.readouterr()
+    assert main(["lut", "validate", str(out), "-n", "4", "--repeats", "2", "--out",
+                 str(rep_path), "--json"]) == 0
+    assert calls == [4, 4]
+    rep = json.loads(rep_path.read_text())
+    assert rep["repeats"] == 2 and rep["n"] == 4 and len(rep["samples"]) == 4
+    assert rep["unit"] == "probe" and 0 <= rep["relative"]["within_10pct"] <= 100
+    assert all(s["measured_rel"] > 0 and s["measured_ms"] > 0 for s in rep["samples"])
+    assert json.loads(capsys.readouterr().out)["repeats"] == 2
+
+
 def test_cli_calibrate_refit_upgrades_a_straight_line_fit(tiny_table, tmp_path, capsys):
     """`ofa lut calibrate --refit` measures nothing: it refits the power law on the subnets
     the table records (a table calibrated by an earlier version with a line)."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from deploy.lut.convert import calibration_configs
-from deploy.lut.measure import _measure_configs
+from deploy.lut.measure import _measure_configs, measure_subnets
 from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import probe_summary
 from deploy.targets import Target
@@ -111,11 +111,15 @@ def fit_calibration(raw: list[float], measured: list[float]) -> dict[str, Any]:
 
 def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: int = 1234,
                    plot: str | Path | None = None, target: Target | None = None,
-                   jobs: int = 1) -> dict[str, Any]:
+                   jobs: int = 1, repeats: int = 1) -> dict[str, Any]:
     """Measure ``n`` random subnets end to end beside the reference probe in the table's
     context (runtime, threads, precision; on ``target`` when given, see
     :func:`build_table`; converted by ``jobs`` processes) and compare them with the table's
     raw and calibrated predictions (:func:`search.metrics.relative_error_report`).
+    ``repeats`` > 1: each subnet timed that many times, its median kept
+    (:func:`deploy.lut.measure.measure_subnets`): one measurement of a subnet in probe units
+    varies by a few per cent from run to run on a busy device (``docs/benchmarks.md``), and
+    a table cannot be judged more finely than its validation.
 
     Reported separately: ``relative`` (calibrated prediction in probe units against each
     subnet's measured time in probe units: what a change of the device's speed cannot
@@ -124,13 +128,14 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     unit), and ``speed``: the probe's speed states in this run beside the table's. For a
     table without probe data, ``relative`` is None and ``raw``/``calibrated`` are in ms.
     Optionally a scatter plot PNG.
+
+    Raises:
+        ValueError: ``repeats`` outside 1-20.
     """
-    runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = TimingProtocol.from_fields(table.protocol)
     g = random.Random(seed)
     cfgs = [space.sample(g, r=g.choice(table.resolutions)) for _ in range(n)]
-    m = _measure_configs(space, cfgs, runtime, threads, protocol, "validate", target,
-                         table.context.get("precision", "fp32"), jobs)
+    m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="validate",
+                        repeats=repeats)
     ms, rel = np.asarray(m["ms"]), np.asarray(m["rel"])
     units = rel if table.probe else ms
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs)
@@ -138,7 +143,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     cal_ms = table.to_ms(cal)
     now = probe_summary(m["probe_ms"])
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
-              "unit": table.unit,
+              "repeats": repeats, "unit": table.unit,
               "relative": relative_error_report(cal, rel) if table.probe else None,
               "absolute": relative_error_report(cal_ms, ms),
               "raw": relative_error_report(raw, units),

@@ -90,6 +90,8 @@ def _add_validate(sub: Any) -> None:
     v.add_argument("table")
     v.add_argument("-n", type=int_range(2, 100_000), default=100)
     v.add_argument("--seed", type=SEED, default=1234)
+    v.add_argument("--repeats", type=int_range(1, 20), default=1,
+                   help="time each subnet this many times and keep its median (default 1)")
     v.add_argument("--plot", help="scatter plot PNG path")
     v.add_argument("--out", help="write the report JSON here")
     v.add_argument("--json", action="store_true")
@@ -212,7 +214,7 @@ def _validate(args: argparse.Namespace, target) -> int:
 
     table, space = _table_and_space(args, target)
     rep = validate_table(table, space, n=args.n, seed=args.seed, plot=args.plot, target=target,
-                         jobs=args.jobs)
+                         jobs=args.jobs, repeats=args.repeats)
     if args.out:
         atomic_write_json(args.out, rep)
     if args.json:
