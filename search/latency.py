@@ -75,7 +75,9 @@ class LatencyPredictor:
     """Latency (ms) of subnets of ``space`` from a :class:`LatencyTable`.
 
     Raw prediction = one invoke's overhead + the sum of the table's entries (each minus the
-    overhead it includes) for the subnet's layer groups (a :class:`BlockSum`).
+    overhead it includes, never below 0:
+    :meth:`search.latency_table.LatencyTable.net`) for the subnet's layer groups (a
+    :class:`BlockSum`).
 
     Args:
         table: the lookup table (its context is checked against ``space``).
@@ -100,9 +102,8 @@ class LatencyPredictor:
             raise TableError(f"{table.source}: no resolution in common with the space "
                              f"(table {table.resolutions}, space {list(space.resolutions)})")
         self.calibrated = calibrated
-        ov = table.overhead
-        self.sum = BlockSum(space, lambda r, s: table.entry(r, s.key()) - ov, self.resolutions)
-        self.overhead = ov
+        self.sum = BlockSum(space, lambda r, s: table.net(r, s.key()), self.resolutions)
+        self.overhead = table.overhead
         self.encoder = ArchEncoder(space)
 
     def predict_encoded(self, enc: Encoded) -> np.ndarray:

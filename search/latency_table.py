@@ -23,7 +23,7 @@ Entries are grouped per input resolution like OFA's ``<r>_lookup_table.yaml`` fi
 some keys (the head's) are the same at every resolution but were measured separately.
 
 Entry latencies are what the isolated layer measured, per-invoke overhead included; a network's
-raw prediction is ``sum(entry - overhead) + overhead`` (one invoke), and the calibrated one is
+raw prediction is ``sum(max(entry - overhead, 0)) + overhead`` (one invoke), and the calibrated one is
 ``a * raw ** p + b`` (:meth:`LatencyTable.calibrated`; block sums miss fusion, cache effects
 and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Tables calibrated before the
 power law have no ``p`` (1: a straight line).
@@ -256,11 +256,22 @@ class LatencyTable:
         except KeyError:
             raise TableError(f"{self.source or 'table'}: no entry for {key} at r={r}") from None
 
+    def net(self, r: int, key: str) -> float:
+        """``key``'s cost at resolution ``r`` without the per-invoke overhead its isolated
+        measurement includes, in the table's unit, and never below 0: a block that takes
+        no longer than an empty invoke (tiny blocks timed with few trials, where the two
+        are within noise of each other) adds nothing, rather than subtracting from the
+        subnet's other blocks, which could make a sum zero or negative.
+
+        Raises:
+            TableError: no such entry.
+        """
+        return max(self.entry(r, key) - self.overhead, 0.0)
+
     def predict_raw(self, space: SearchSpace, cfg: SubnetConfig) -> float:
-        """Sum of entries minus per-entry overhead, plus one invoke's overhead (the table's
-        unit, :attr:`unit`)."""
-        ov = self.overhead
-        return sum(self.entry(cfg.r, b.key()) - ov for b in space.block_shapes(cfg)) + ov
+        """Sum of the blocks' costs net of overhead (:meth:`net`), plus one invoke's overhead
+        (the table's unit, :attr:`unit`)."""
+        return sum(self.net(cfg.r, b.key()) for b in space.block_shapes(cfg)) + self.overhead
 
     def predict(self, space: SearchSpace, cfg: SubnetConfig, calibrated: bool = True,
                 speed: str = "nominal") -> float:
