@@ -13,7 +13,13 @@ time is calibrated at the start (:func:`calibrate_idle`): the largest whose alwa
 slow-down of the reference probe reaches ``--factor`` (context switches cost more than the
 core time taken, so it is measured, not computed); the achieved slow-down is reported.
 
-    python bench/drift.py probe --factor 1.5            # the achieved slow-down, on vs off
+``--kind quota`` makes the same seeded steps without a competitor: the timed processes run
+in a cgroup whose CPU bandwidth limit (:class:`CpuQuota`, 3 ms period) is switched on and
+off, as a container's CPU limit does, and the core idles while they wait. The competitor also
+evicts the timed model's caches at every preemption, which slows models of different working
+sets differently; the quota does not, so the two kinds tell drift from that effect.
+
+    python bench/drift.py probe --factor 1.5 [--kind quota]   # the achieved slow-down
     python bench/drift.py lut --space mbv3-digits --runtime onnxruntime --precision fp32 \\
         --factor 1.5 -n 100 [--code OLD_CHECKOUT] --out bench/results/drift_lut_X.json
 
@@ -70,14 +76,22 @@ def compete(core: int, busy_us: float, idle_us: float, seed: int, period: float,
 
 @contextlib.contextmanager
 def harness(factor: float, core: int = 0, seed: int = 0, period: float = 4.0,
-            busy_us: float = 50.0, always_on: bool = False) -> Iterator[dict]:
-    """Run the competitor for the ``with`` block; yields its settings. ``factor`` <= 1: no
-    competitor. ``always_on``: no off phases (for measuring the achieved slow-down)."""
-    info = {"factor": factor, "core": core, "seed": seed, "period_s": period,
-            "busy_us": busy_us, "idle_us": None, "realtime": _can_realtime()}
+            busy_us: float = 50.0, always_on: bool = False, kind: str = "competitor",
+            join_self: bool = False) -> Iterator[dict]:
+    """Run the harness for the ``with`` block; yields its settings. ``factor`` <= 1: none.
+    ``always_on``: no off phases (for measuring the achieved slow-down). ``kind``:
+    ``competitor`` (the module docstring) or ``quota`` (:class:`CpuQuota`: the timed
+    processes join a cgroup whose CPU bandwidth limit is switched on and off; pass the
+    yielded ``cgroup`` to :func:`_ofa`, or ``join_self`` to time in this process)."""
+    info = {"kind": kind, "factor": factor, "core": core, "seed": seed, "period_s": period}
     if factor <= 1.0:
         yield info
         return
+    if kind == "quota":
+        with _quota_harness(factor, core, seed, period, always_on, join_self, info):
+            yield info
+        return
+    info.update(busy_us=busy_us, idle_us=None, realtime=_can_realtime())
     idle, got = calibrate_idle(factor, core, busy_us)
     info.update(idle_us=idle, probe_slowdown_on=got)
     args = [sys.executable, __file__, "_compete", str(core), str(busy_us), str(idle),
@@ -91,16 +105,132 @@ def harness(factor: float, core: int = 0, seed: int = 0, period: float = 4.0,
         proc.wait()
 
 
+class CpuQuota:
+    """A cgroup (v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``) whose CPU bandwidth limit is
+    set or lifted: a process in it runs at most ``quota_us`` of every ``PERIOD_US``, and the
+    core stays idle for the rest, so a timed invoke is slowed by waiting alone, with no
+    other work on the core to evict its caches (what the competitor does as well). Linux's
+    CFS bandwidth control (``Documentation/scheduler/sched-bwc.rst``), what a container's
+    CPU limit uses. Needs root.
+
+    Raises:
+        OSError: no writable cgroup cpu controller here.
+    """
+
+    PERIOD_US = 3000  # the quota must be >= 1 ms in both cgroup versions: up to 3x
+
+    def __init__(self, name: str = "ofa-drift") -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        self.v2 = v2.is_file() and "cpu" in v2.read_text().split()
+        self.root = Path("/sys/fs/cgroup") if self.v2 else Path("/sys/fs/cgroup/cpu")
+        self.dir = self.root / name
+        self.dir.mkdir(exist_ok=True)
+        self.set(None)
+
+    def set(self, quota_us: int | None) -> None:
+        """Limit to ``quota_us`` per period (None: no limit)."""
+        if self.v2:
+            (self.dir / "cpu.max").write_text(f"{quota_us or 'max'} {self.PERIOD_US}")
+            return
+        (self.dir / "cpu.cfs_quota_us").write_text("-1")
+        (self.dir / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+        if quota_us:
+            (self.dir / "cpu.cfs_quota_us").write_text(str(quota_us))
+
+    def join(self, pid: int = 0) -> None:
+        """Move process ``pid`` (0: this one, all its threads) into the cgroup."""
+        (self.dir / "cgroup.procs").write_text(str(pid or os.getpid()))
+
+    def leave(self) -> None:
+        """Move this process back to the root cgroup."""
+        (self.root / "cgroup.procs").write_text(str(os.getpid()))
+
+    def remove(self) -> None:
+        self.set(None)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+def quota_switch(name: str, quota_us: int, seed: int, period: float, start_on: bool) -> None:
+    """The quota harness's loop (its own process, outside the cgroup): the limit on and off
+    in phases of seeded exponential length (mean ``period`` s), the first off unless
+    ``start_on``."""
+    q = CpuQuota(name)
+    g = random.Random(seed)
+    on = start_on
+    while True:
+        q.set(quota_us if on else None)
+        time.sleep(g.expovariate(1.0 / period))
+        on = not on
+
+
+def _probe_mean_ms(core: int, n: int = 3000) -> float:
+    """The reference probe's mean invoke (ms) over ``n`` back-to-back invokes in this
+    process on ``core``: the mean, since a bandwidth limit stalls a few invokes for the rest
+    of the period and leaves the others, and the median would not see it."""
+    from deploy.probe import load_probe
+
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        rt, x = load_probe("onnxruntime", 1, "fp32")
+        rt.set_input(x)
+        for _ in range(200):
+            rt.invoke()
+        t = time.perf_counter()
+        for _ in range(n):
+            rt.invoke()
+        return (time.perf_counter() - t) / n * 1e3
+    finally:
+        os.sched_setaffinity(0, old)
+
+
+@contextlib.contextmanager
+def _quota_harness(factor: float, core: int, seed: int, period: float, always_on: bool,
+                   join_self: bool, info: dict) -> Iterator[None]:
+    """The ``quota`` kind of :func:`harness`: the quota whose always-on slow-down of the
+    probe's mean reaches ``factor`` (from ``PERIOD_US / factor`` down in 4% steps: the
+    stalls cost more than the core time they take), then the switching process."""
+    q = CpuQuota()
+    proc = None
+    try:
+        base = _probe_mean_ms(core)
+        quota, got = int(q.PERIOD_US / factor), 1.0
+        q.join()
+        try:
+            while True:
+                q.set(quota)
+                got = _probe_mean_ms(core) / base
+                if got >= factor or quota * 0.96 < 1000:
+                    break
+                quota = int(quota * 0.96)
+        finally:
+            q.set(None)
+            q.leave()
+        info.update(cgroup=str(q.dir), period_us=q.PERIOD_US, quota_us=quota,
+                    probe_slowdown_on=got, cgroup_version=2 if q.v2 else 1)
+        proc = subprocess.Popen([sys.executable, __file__, "_quota", q.dir.name, str(quota),
+                                 str(seed), str(1e9 if always_on else period),
+                                 str(int(always_on))])
+        time.sleep(0.3)
+        if join_self:
+            q.join()
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+        if join_self:
+            q.leave()
+        q.remove()
+
+
 def _can_realtime() -> bool:
     try:
         os.sched_param(10)
         return os.geteuid() == 0
     except (AttributeError, OSError):
         return False
-
-
-def _pin(core: int):
-    return lambda: os.sched_setaffinity(0, {core})
 
 
 def calibrate_idle(factor: float, core: int = 0, busy_us: float = 50.0) -> tuple[float, float]:
@@ -153,7 +283,7 @@ def harness_idle(idle_us: float, core: int, busy_us: float = 50.0, seed: int = 0
         proc.wait()
 
 
-def probe_slowdown(factor: float, core: int = 0) -> dict:
+def probe_slowdown(factor: float, core: int = 0, kind: str = "competitor") -> dict:
     """The reference probe's median (ms), harness off and on (always on), on ``core``."""
     import numpy as np
 
@@ -174,14 +304,14 @@ def probe_slowdown(factor: float, core: int = 0) -> dict:
             return float(np.median(ts) * 1e3)
 
         off = med()
-        with harness(factor, core, always_on=True):
+        with harness(factor, core, always_on=True, kind=kind, join_self=True):
             on = med()
         out[f"{name}-{prec}"] = {"off_ms": off, "on_ms": on, "slowdown": on / off}
     return out
 
 
 def size_slowdown(space_name: str, resolutions: list[int], factor: float, core: int,
-                  batches: int, work: Path) -> list[dict]:
+                  batches: int, work: Path, kind: str = "competitor") -> list[dict]:
     """How the harness's slow-down depends on a model's size: the smallest, a middle and
     the largest subnet of ``space_name`` at each resolution (onnxruntime fp32, periodic
     weights), each timed beside the probe (``time_interleaved``, default protocol) in
@@ -224,7 +354,7 @@ def size_slowdown(space_name: str, resolutions: list[int], factor: float, core: 
         return np.median(rel, axis=0), np.median(ms, axis=0)
 
     rel_off, ms_off = timed()
-    with harness(factor, core, always_on=True):
+    with harness(factor, core, always_on=True, kind=kind, join_self=True):
         rel_on, ms_on = timed()
     probe_slow = float(ms_on[-1] / ms_off[-1])
     return [{"label": f"{lab} r{c.r}", "r": c.r, "ms_off": float(ms_off[i]),
@@ -234,13 +364,21 @@ def size_slowdown(space_name: str, resolutions: list[int], factor: float, core: 
             for i, (lab, c) in enumerate(cfgs)]
 
 
-def _ofa(code: Path, args: list[str], core: int, log: Path) -> float:
-    """``ofa ARGS`` from the checkout ``code``, pinned to ``core``; its wall seconds."""
+def _ofa(code: Path, args: list[str], core: int, log: Path, cgroup: str | None = None
+         ) -> float:
+    """``ofa ARGS`` from the checkout ``code``, pinned to ``core`` (and in ``cgroup``, the
+    quota harness's: its processes inherit it); its wall seconds."""
     env = {**os.environ, "PYTHONPATH": str(code)}
+
+    def start() -> None:
+        os.sched_setaffinity(0, {core})
+        if cgroup:
+            (Path(cgroup) / "cgroup.procs").write_text(str(os.getpid()))
+
     t = time.perf_counter()
     with open(log, "a") as f:
         subprocess.run([sys.executable, "-m", "ofa.cli", *args], cwd=code, env=env,
-                       preexec_fn=_pin(core), stdout=f, stderr=subprocess.STDOUT, check=True)
+                       preexec_fn=start, stdout=f, stderr=subprocess.STDOUT, check=True)
     return time.perf_counter() - t
 
 
@@ -256,10 +394,12 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
     if a.resolutions:
         build += ["--resolutions", a.resolutions]
     device = shlex.split(a.device)  # a device's --target arguments, to both commands
-    with harness(factor, a.core, a.seed, a.period) as info:
-        build_s = _ofa(code, [*build, *device], a.core, log)
+    repeats = ["--repeats", str(a.repeats)] if a.repeats > 1 else []  # older code lacks it
+    with harness(factor, a.core, a.seed, a.period, kind=a.kind) as info:
+        build_s = _ofa(code, [*build, *device], a.core, log, info.get("cgroup"))
         validate_s = _ofa(code, ["lut", "validate", str(table), "-n", str(a.n), "--out",
-                                 str(rep), "--json", *device], a.core, log)
+                                 str(rep), "--json", *repeats, *device],
+                          a.core, log, info.get("cgroup"))
     return lut_row(tag, code, info, build_s, validate_s, table, rep)
 
 
@@ -287,8 +427,8 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
     log = work / f"{name}.log"
     args = ["run", "--name", name, "--root", str(work), "--supernet", str(a.supernet),
             *shlex.split(a.run_args)]
-    with harness(a.factor, a.core, a.seed + i, a.period) as info:
-        wall = _ofa(code, args, a.core, log)
+    with harness(a.factor, a.core, a.seed + i, a.period, kind=a.kind) as info:
+        wall = _ofa(code, args, a.core, log, info.get("cgroup"))
     rep = json.loads((work / name / "report.json").read_text())
     subs = [{"label": r["label"], "budget_ms": r["budget_ms"], "predicted_ms": r["predicted_ms"],
              "measured_ms": r["measured_ms"], "error_pct": r["error_pct"],
@@ -304,20 +444,31 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
             "table": rep.get("table", {}).get("speed_text")}
 
 
+KIND_HELP = ("competitor: a real-time process on the timed core in short duty cycles; quota: "
+             "a cgroup CPU limit on the timed processes (no other work on the core)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("_compete")
     for k in ("core", "busy", "idle", "seed", "period", "start_on"):
         c.add_argument(k)
+    qs = sub.add_parser("_quota")
+    for k in ("name", "quota", "seed", "period", "start_on"):
+        qs.add_argument(k)
     p = sub.add_parser("probe")
     p.add_argument("--factor", type=float, default=1.5)
+    p.add_argument("--kind", choices=("competitor", "quota"), default="competitor",
+                     help=KIND_HELP)
     p.add_argument("--core", type=int, default=0)
     sz = sub.add_parser("sizes", help="the harness's slow-down of models of several sizes "
                         "against the probe's")
     sz.add_argument("--space", default="mbv3-cifar")
     sz.add_argument("--resolutions", default="32")
     sz.add_argument("--factor", type=float, default=1.5)
+    sz.add_argument("--kind", choices=("competitor", "quota"), default="competitor",
+                      help=KIND_HELP)
     sz.add_argument("--core", type=int, default=0)
     sz.add_argument("--batches", type=int, default=5)
     sz.add_argument("--work", default="/tmp/ofa-drift-sizes")
@@ -328,10 +479,14 @@ def main() -> int:
     lt.add_argument("--runtime", default="onnxruntime")
     lt.add_argument("--precision", default="fp32")
     lt.add_argument("--factor", type=float, default=1.5)
+    lt.add_argument("--kind", choices=("competitor", "quota"), default="competitor",
+                      help=KIND_HELP)
     lt.add_argument("--period", type=float, default=4.0, help="mean seconds per phase")
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--core", type=int, default=0)
     lt.add_argument("-n", type=int, default=100)
+    lt.add_argument("--repeats", type=int, default=1,
+                    help="ofa lut validate --repeats: each subnet timed this often, median kept")
     lt.add_argument("--code", action="append", default=[],
                     help="run the ofa of this checkout instead of this one's (repeatable; "
                     "add --with-self to run this one too)")
@@ -346,6 +501,8 @@ def main() -> int:
     rn.add_argument("--supernet", required=True)
     rn.add_argument("-n", type=int, default=3, help="runs per checkout")
     rn.add_argument("--factor", type=float, default=1.5)
+    rn.add_argument("--kind", choices=("competitor", "quota"), default="competitor",
+                      help=KIND_HELP)
     rn.add_argument("--period", type=float, default=4.0)
     rn.add_argument("--seed", type=int, default=0)
     rn.add_argument("--core", type=int, default=0)
@@ -384,7 +541,7 @@ def main() -> int:
         work = Path(a.work)
         work.mkdir(parents=True, exist_ok=True)
         rows = size_slowdown(a.space, [int(r) for r in a.resolutions.split(",")], a.factor,
-                             a.core, a.batches, work)
+                             a.core, a.batches, work, a.kind)
         for r in rows:
             print(f"{r['label']:14} {r['ms_off']:7.3f} ms  slowed {r['slowdown']:.2f}x "
                   f"(probe {r['probe_slowdown']:.2f}x)  probe units {r['rel_off']:7.2f} -> "
@@ -393,12 +550,15 @@ def main() -> int:
                                           indent=1))
         print(f"wrote {a.out}")
         return 0
+    if a.cmd == "_quota":
+        quota_switch(a.name, int(a.quota), int(a.seed), float(a.period), bool(int(a.start_on)))
+        return 0
     if a.cmd == "_compete":
         compete(int(a.core), float(a.busy), float(a.idle), int(a.seed), float(a.period),
                 bool(int(a.start_on)))
         return 0
     if a.cmd == "probe":
-        res = probe_slowdown(a.factor, a.core)
+        res = probe_slowdown(a.factor, a.core, a.kind)
         for k, v in res.items():
             print(f"{k:20} off {v['off_ms']:.4f} ms  on {v['on_ms']:.4f} ms  "
                   f"{v['slowdown']:.2f}x")

@@ -23,10 +23,10 @@ Entries are grouped per input resolution like OFA's ``<r>_lookup_table.yaml`` fi
 some keys (the head's) are the same at every resolution but were measured separately.
 
 Entry latencies are what the isolated layer measured, per-invoke overhead included; a network's
-raw prediction is ``sum(max(entry - overhead, 0)) + overhead`` (one invoke), and the calibrated one is
-``a * raw ** p + b`` (:meth:`LatencyTable.calibrated`; block sums miss fusion, cache effects
-and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021). Tables calibrated before the
-power law have no ``p`` (1: a straight line).
+raw prediction is ``sum(max(entry - overhead, 0)) + overhead`` (one invoke), and the
+calibrated one is ``a * raw ** p + b`` (:meth:`LatencyTable.calibrated`; block sums miss
+fusion, cache effects and per-invoke overhead; nn-Meter, Zhang et al., MobiSys 2021).
+Tables calibrated before the power law have no ``p`` (1: a straight line).
 
 Probe units. A table built with the reference probe (``deploy/probe.py``) also records each
 entry's ``rel`` (its time over the probe's, timed in the same trials), ``overhead_rel`` and
