@@ -226,6 +226,46 @@ def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, 
     assert "the final measurement put budget1 at 1.040 ms, over it" in capsys.readouterr().out
 
 
+def test_a_rerun_after_every_rechoice_was_spent_chooses_nothing_again(tmp_path, monkeypatch):
+    """Every candidate of budget1 measures over it at the end: the step chooses again
+    RECHOICES times, then keeps the last. Run again (as a rerun of `ofa run` does, with what
+    the measured-budget step reads back from budget.json), it measures and chooses nothing
+    more and leaves budget.json as it was (a rerun used to start choosing again)."""
+    import ofa.pipeline.steps as steps
+    from ofa.pipeline import RunConfig
+    from ofa.train.run import TrainConfig
+
+    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
+    rc.folder.mkdir()
+
+    def cand(name, acc, ms):
+        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
+
+    pool = [cand("a", 80, 0.95), cand("b", 79, 0.93), cand("c", 78, 0.91), cand("d", 77, 0.9)]
+    chosen = [{**pool[0], "budget_ms": 1.0, "label": "budget1", "met": True,
+               "margin_pct": 5.0, "search_choice": pool[0]["config"], "candidates": pool}]
+    path = rc.folder / "budget.json"
+    path.write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
+    final = {"a": 1.04, "b": 1.05, "c": 1.06, "d": 1.07}
+    calls = []
+
+    def validate(rc_, run, rows, finetuned, table):
+        calls.append(rows[0]["config"]["n"])
+        return [{"label": r["label"], "budget_ms": r["budget_ms"],
+                 "measured_ms": final[r["config"]["n"]]} for r in rows]
+
+    monkeypatch.setattr(steps, "_validate", validate)
+    steps._validate_step(rc, steps.State(found={"chosen": chosen, "front": pool}))
+    assert calls == ["a", "b", "c"]  # chosen again twice (RECHOICES), the last one kept
+    saved = path.read_text()
+    assert json.loads(saved)["rechoices"] == steps.RECHOICES
+    calls.clear()
+    again = steps.State(found={"chosen": json.loads(saved)["chosen"], "front": pool})
+    steps._validate_step(rc, again)
+    assert calls == ["c"] and again.results[0]["measured_ms"] == 1.06
+    assert path.read_text() == saved
+
+
 def test_budgets_that_chose_one_subnet_fine_tune_it_once(tmp_path, monkeypatch, capsys):
     """Two budgets above the Pareto front's end choose the same subnet: it is fine-tuned once
     and the second budget's folder is a copy (its finetune.json says so and names its own

@@ -342,11 +342,13 @@ def _validate_step(rc: RunConfig, st: State) -> None:
     is its arbiter: a subnet it puts over its budget is replaced by the budget's next
     candidate (:func:`deploy.budget.rechoose_over_budget`, ``budget.json`` rewritten, the new
     one fine-tuned when the run fine-tunes) and measured in turn, up to :data:`RECHOICES`
-    times."""
+    times. ``budget.json`` counts the times chosen again (``rechoices``), so that a rerun
+    goes on from there instead of choosing again on the same measurements."""
     from deploy.budget import rechoose_over_budget
 
     path = rc.folder / "budget.json"
-    for i in range(1 + RECHOICES):
+    done = read_json(path, "measured budget").get("rechoices", 0) if path.exists() else 0
+    for i in range(min(done, RECHOICES), 1 + RECHOICES):
         st.results = _validate(rc, st.run, st.found["chosen"], st.finetuned or {}, st.table)
         if i == RECHOICES or rc.search.budget_candidates <= 0 or not path.exists():
             return
@@ -354,7 +356,8 @@ def _validate_step(rc: RunConfig, st: State) -> None:
         new = rechoose_over_budget(old, [r["measured_ms"] for r in st.results],
                                    st.found.get("front", []))
         if new != old:  # a choice replaced, or one marked as over its budget after all
-            atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": new})
+            atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": new,
+                                     "rechoices": i + 1})
             st.found["chosen"] = new
         moved = [(o, n) for o, n in zip(old, new) if n["config"] != o["config"]]
         if not moved:
