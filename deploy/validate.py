@@ -208,8 +208,10 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
         # a target that checks no accuracy (adb): the same file's top-1 on this machine
         here = " (here)" if r.get("top1_measured_on") == "here" else ""
         se = f" ± {r['top1_se']:.2f}" if r.get("top1_se") is not None else ""
+        same = f" (= {r['same_as']})" if r.get("same_as") else ""  # one subnet, two budgets
         lines.append(
-            f"| {r['label']} | {f(r['budget_ms'])} | `{r['summary']}` | {r['macs'] / 1e6:.2f} | "
+            f"| {r['label']}{same} | {f(r['budget_ms'])} | `{r['summary']}` | "
+            f"{r['macs'] / 1e6:.2f} | "
             f"{r['params'] / 1e6:.3f} | {f(r['predicted_ms'], '{:.3f}')} | "
             f"{r['measured_ms']:.3f} | {f(r['error_pct'], '{:+.1f}%')} | "
             f"{'–' if r['within_10pct'] is None else ('yes' if r['within_10pct'] else 'no')} | "

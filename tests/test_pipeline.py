@@ -301,3 +301,47 @@ def test_budgets_that_chose_one_subnet_fine_tune_it_once(tmp_path, monkeypatch, 
     steps._finetune(rc, tmp_path, chosen)
     assert trained == ["a", "b"]
     assert capsys.readouterr().out.count(": done") == 3
+
+
+def test_budgets_that_chose_one_subnet_export_and_measure_it_once(tmp_path, monkeypatch, capsys):
+    """The export + measure step exports and times a subnet that two budgets chose once:
+    the second budget's row is the first's measurement under its own label and budget
+    (``same_as``), its bundle a copy in its own folder. One subnet, one measured latency
+    (it used to be timed once per budget, and the report gave it two latencies)."""
+    import deploy.validate
+    import ofa.pipeline.steps as steps
+    from ofa.pipeline import RunConfig
+    from ofa.train.run import TrainConfig
+
+    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
+    rc.folder.mkdir()
+    got = []
+
+    def validate(run, rows, out, target, **kw):
+        got.append([r["label"] for r in rows])
+        res = []
+        for i, r in enumerate(rows):
+            (out / r["label"]).mkdir(parents=True)
+            (out / r["label"] / "model.onnx").write_bytes(r["config"]["n"].encode())
+            res.append({"label": r["label"], "budget_ms": r["budget_ms"], "config": r["config"],
+                        "measured_ms": 0.5 + i, "model": str(out / r["label"] / "model.onnx")})
+        return res
+
+    class Table:
+        probe: dict = {}
+
+    monkeypatch.setattr(deploy.validate, "validate_subnets", validate)
+    chosen = [{"label": f"budget{i}", "budget_ms": float(i), "config": {"n": n}}
+              for i, n in ((1, "a"), (2, "b"), (3, "b"))]
+    res = steps._validate(rc, tmp_path, chosen, {}, Table())
+    assert got == [["budget1", "budget2"]]
+    assert "2 subnets on local (1 chosen by more than one budget, measured once)" in \
+        capsys.readouterr().out
+    assert [(r["label"], r["budget_ms"], r["measured_ms"]) for r in res] == [
+        ("budget1", 1.0, 0.5), ("budget2", 2.0, 1.5), ("budget3", 3.0, 1.5)]
+    assert res[2]["same_as"] == "budget2" and "same_as" not in res[1]
+    copy = Path(res[2]["model"])
+    assert copy == rc.folder / "models" / "budget3" / "model.onnx" and copy.read_bytes() == b"b"
+    assert not list((rc.folder / "models").glob("*.partial"))
+    saved = json.loads((rc.folder / "validation.json").read_text())["subnets"]
+    assert [r["label"] for r in saved] == ["budget1", "budget2", "budget3"]

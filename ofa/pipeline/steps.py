@@ -233,10 +233,17 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                 and old.get("speed") == [rc.search.speed, table.probe.get("ms")]:
             log("export + measure: done")
             return old["subnets"]
-    log(f"export + measure: {len(chosen)} subnets on {rc.deploy.target}")
+    first: dict[str, dict[str, Any]] = {}  # a subnet chosen by several budgets: its first row
+    for c in chosen:
+        first.setdefault(json.dumps(c["config"], sort_keys=True), c)
+    rows = list(first.values())
+    log(f"export + measure: {len(rows)} subnets on {rc.deploy.target}"
+        + (f" ({len(chosen) - len(rows)} chosen by more than one budget, measured once)"
+           if len(rows) < len(chosen) else ""))
     target = parse_target(rc.deploy.target, **rc.deploy.target_options)
-    models = {label: load_finetuned(f)[0] for label, f in finetuned.items()}
-    res = validate_subnets(run, chosen, rc.folder / "models", target, data=rc.train.data,
+    models = {r["label"]: load_finetuned(finetuned[r["label"]])[0] for r in rows
+              if r["label"] in finetuned}
+    res = validate_subnets(run, rows, rc.folder / "models", target, data=rc.train.data,
                            runtime=rc.deploy.runtime, threads=rc.deploy.threads,
                            formats=tuple(rc.deploy.formats),
                            protocol=TimingProtocol(**rc.deploy.bench_protocol), models=models,
@@ -245,7 +252,11 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            speed={"speed": rc.search.speed, "states": table.probe.get("ms")},
                            # one process per subnet: none waits for a second round of
                            # conversions (no slower than one process per core on 2 cores)
-                           jobs=max(default_jobs(), len(chosen)))
+                           jobs=max(default_jobs(), len(rows)))
+    done = {r["label"]: r for r in res}
+    res = [done[c["label"]] if c["label"] in done else _same_subnet(
+        rc.folder / "models", done[first[json.dumps(c["config"], sort_keys=True)]["label"]], c)
+        for c in chosen]
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
@@ -255,6 +266,20 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                              "precision": rc.deploy.precision,
                              "speed": [rc.search.speed, table.probe.get("ms")]})
     return res
+
+
+def _same_subnet(models: Path, r: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """The result of ``row``, whose subnet an earlier budget chose and ``r`` measured: the
+    same measurement with ``row``'s label and budget (``same_as``: ``r``'s label) and the
+    bundle copied to ``models/<label>`` (to a ``.partial`` folder, then renamed)."""
+    src, dst = models / r["label"], models / row["label"]
+    part = dst.with_name(dst.name + ".partial")
+    for f in (part, dst):
+        shutil.rmtree(f, ignore_errors=True)
+    shutil.copytree(src, part)
+    part.rename(dst)
+    return {**r, "label": row["label"], "budget_ms": row.get("budget_ms"),
+            "model": str(dst / Path(r["model"]).relative_to(src)), "same_as": r["label"]}
 
 
 @dataclass
