@@ -36,21 +36,31 @@ ROOT = Path(__file__).resolve().parents[1]
 QUICK = TimingProtocol(warmup=1, runs=3, trials=1)
 
 
+def _export_task(run: str, cfg: dict, folder: str, fmts: tuple[str, ...]) -> dict:
+    """One bundle of :func:`bundles` (a converter-pool task: plain arguments)."""
+    from ofa.space import SubnetConfig
+
+    return export_subnet(run, SubnetConfig.from_dict(cfg), folder, formats=fmts,
+                         parity_images=100, calib_images=32, progress=False)
+
+
 @pytest.fixture(scope="module")
 def bundles(tiny_run, tmp_path_factory):
     """2 random subnets (depth 2, to keep TFLite conversion quick) exported as fp32 ONNX +
-    TFLite; the first also as int8."""
+    TFLite; the first also as int8. The two exports run side by side, one process each."""
+    from deploy.export import converter_pool
+
     space = get_space("mbv3-digits", resolutions=(12, 16))
     g = random.Random(5)
     out = tmp_path_factory.mktemp("bundles")
-    reps = []
+    tasks = []
     for i in range(2):
         cfg = space.sample(g, depth_list=[2])
         fmts = ("onnx-fp32", "tflite-fp32") + (("onnx-int8", "tflite-int8") if i == 0 else ())
-        reps.append((out / f"s{i}", export_subnet(tiny_run, cfg, out / f"s{i}", formats=fmts,
-                                                  parity_images=100, calib_images=32,
-                                                  progress=False)))
-    return reps
+        tasks.append((str(tiny_run), cfg.to_dict(), str(out / f"s{i}"), fmts))
+    with converter_pool(2) as convert:
+        reps = list(convert(_export_task, *zip(*tasks)))
+    return [(out / f"s{i}", rep) for i, rep in enumerate(reps)]
 
 
 def test_exports_match_pytorch(bundles):
