@@ -18,7 +18,7 @@ from typing import Any
 
 from deploy.ontarget.runtimes import TimingProtocol
 from ofa.errors import InputError
-from ofa.fileio import atomic_write_json, read_json
+from ofa.fileio import atomic_write_dir, atomic_write_json, read_json
 from ofa.lifetime import default_jobs
 from ofa.pipeline.config import RANK_TAU, RunConfig, default_samples, log
 from ofa.pipeline.report import write_report
@@ -189,21 +189,13 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
     from ofa.train.finetune import FINETUNE_CKPT, FINETUNE_JSON, FinetuneConfig, finetune
 
     out: dict[str, Path] = {}
-    for i, row in enumerate(chosen):
+    for row, same in zip(chosen, _first_choosers(chosen)):
         folder = rc.folder / "finetuned" / row["label"]
         done = folder / FINETUNE_JSON
-        same = next((c["label"] for c in chosen[:i] if c["config"] == row["config"]), None)
         if done.exists() and read_json(done, "fine-tune").get("subnet") == row["config"]:
             log(f"fine-tune {row['label']}: done")
-        elif same is not None:  # copied whole, then renamed: never half a folder
-            part = folder.with_name(folder.name + ".partial")
-            for f in (part, folder):
-                shutil.rmtree(f, ignore_errors=True)
-            shutil.copytree(out[same], part)
-            info = read_json(part / FINETUNE_JSON, "fine-tune")
-            atomic_write_json(part / FINETUNE_JSON, {
-                **info, "config": {**info["config"], "out": str(folder)}, "copied_from": same})
-            part.rename(folder)
+        elif same != row["label"]:
+            _copy_finetune(out[same], folder, same)
             log(f"fine-tune {row['label']}: the subnet of {same}, its fine-tune copied")
         else:
             if done.exists():  # another subnet was chosen since: start again
@@ -233,10 +225,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                 and old.get("speed") == [rc.search.speed, table.probe.get("ms")]:
             log("export + measure: done")
             return old["subnets"]
-    first: dict[str, dict[str, Any]] = {}  # a subnet chosen by several budgets: its first row
-    for c in chosen:
-        first.setdefault(json.dumps(c["config"], sort_keys=True), c)
-    rows = list(first.values())
+    firsts = _first_choosers(chosen)  # a subnet that several budgets chose: measured once
+    rows = [c for c, f in zip(chosen, firsts) if f == c["label"]]
     log(f"export + measure: {len(rows)} subnets on {rc.deploy.target}"
         + (f" ({len(chosen) - len(rows)} chosen by more than one budget, measured once)"
            if len(rows) < len(chosen) else ""))
@@ -254,9 +244,8 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            # conversions (no slower than one process per core on 2 cores)
                            jobs=max(default_jobs(), len(rows)))
     done = {r["label"]: r for r in res}
-    res = [done[c["label"]] if c["label"] in done else _same_subnet(
-        rc.folder / "models", done[first[json.dumps(c["config"], sort_keys=True)]["label"]], c)
-        for c in chosen]
+    res = [done[f] if f == c["label"] else _same_subnet(rc.folder / "models", done[f], c)
+           for c, f in zip(chosen, firsts)]
     for r in res:  # top-1 before (supernet subnet, BN recalibrated) and after fine-tuning
         if r["label"] in finetuned:
             ft = read_json(finetuned[r["label"]] / "finetune.json", "fine-tune")
@@ -268,16 +257,36 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
     return res
 
 
+def _copy_finetune(src: Path, folder: Path, same: str) -> None:
+    """Budget ``same``'s fine-tune folder ``src`` copied whole to ``folder``
+    (:func:`ofa.fileio.atomic_write_dir`: never half a folder), its ``finetune.json`` naming
+    its own folder and ``copied_from``."""
+    from ofa.train.finetune import FINETUNE_JSON
+
+    def copy(tmp: Path) -> None:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        info = read_json(tmp / FINETUNE_JSON, "fine-tune")
+        atomic_write_json(tmp / FINETUNE_JSON, {
+            **info, "config": {**info["config"], "out": str(folder)}, "copied_from": same})
+
+    atomic_write_dir(folder, copy)
+
+
+def _first_choosers(chosen: list[dict[str, Any]]) -> list[str]:
+    """Per chosen row, the label of the first row that chose the same subnet (its own label
+    when it is the first): budgets above the Pareto front's end all choose its last subnet,
+    which is fine-tuned, exported and measured once."""
+    first: dict[str, str] = {}
+    return [first.setdefault(json.dumps(c["config"], sort_keys=True), c["label"])
+            for c in chosen]
+
+
 def _same_subnet(models: Path, r: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
     """The result of ``row``, whose subnet an earlier budget chose and ``r`` measured: the
     same measurement with ``row``'s label and budget (``same_as``: ``r``'s label) and the
-    bundle copied to ``models/<label>`` (to a ``.partial`` folder, then renamed)."""
+    bundle copied to ``models/<label>`` (:func:`ofa.fileio.atomic_write_dir`)."""
     src, dst = models / r["label"], models / row["label"]
-    part = dst.with_name(dst.name + ".partial")
-    for f in (part, dst):
-        shutil.rmtree(f, ignore_errors=True)
-    shutil.copytree(src, part)
-    part.rename(dst)
+    atomic_write_dir(dst, lambda tmp: shutil.copytree(src, tmp, dirs_exist_ok=True))
     return {**r, "label": row["label"], "budget_ms": row.get("budget_ms"),
             "model": str(dst / Path(r["model"]).relative_to(src)), "same_as": r["label"]}
 
