@@ -164,25 +164,38 @@ def quota_switch(name: str, quota_us: int, seed: int, period: float, start_on: b
         on = not on
 
 
-def _probe_mean_ms(core: int, n: int = 3000) -> float:
-    """The reference probe's mean invoke (ms) over ``n`` back-to-back invokes in this
-    process on ``core``: the mean, since a bandwidth limit stalls a few invokes for the rest
-    of the period and leaves the others, and the median would not see it."""
-    from deploy.probe import load_probe
-
+@contextlib.contextmanager
+def _pinned(core: int) -> Iterator[None]:
+    """This process on ``core`` for the ``with`` block, then back where it was."""
     old = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {core})
     try:
-        rt, x = load_probe("onnxruntime", 1, "fp32")
-        rt.set_input(x)
-        for _ in range(200):
-            rt.invoke()
-        t = time.perf_counter()
-        for _ in range(n):
-            rt.invoke()
-        return (time.perf_counter() - t) / n * 1e3
+        yield
     finally:
         os.sched_setaffinity(0, old)
+
+
+def _probe(precision: str = "fp32"):
+    """The reference probe (onnxruntime, one thread) loaded, its input set, warmed up."""
+    from deploy.probe import load_probe
+
+    rt, x = load_probe("onnxruntime", 1, precision)
+    rt.set_input(x)
+    for _ in range(200):
+        rt.invoke()
+    return rt
+
+
+def _invoke_ms(rt, n: int):
+    """``n`` back-to-back invokes of a loaded runtime, each in ms (a numpy array)."""
+    import numpy as np
+
+    ts = np.empty(n)
+    for i in range(n):
+        t = time.perf_counter()
+        rt.invoke()
+        ts[i] = time.perf_counter() - t
+    return ts * 1e3
 
 
 @contextlib.contextmanager
@@ -194,19 +207,23 @@ def _quota_harness(factor: float, core: int, seed: int, period: float, always_on
     q = CpuQuota()
     proc = None
     try:
-        base = _probe_mean_ms(core)
-        quota, got = int(q.PERIOD_US / factor), 1.0
-        q.join()
-        try:
-            while True:
-                q.set(quota)
-                got = _probe_mean_ms(core) / base
-                if got >= factor or quota * 0.96 < 1000:
-                    break
-                quota = int(quota * 0.96)
-        finally:
-            q.set(None)
-            q.leave()
+        # the mean: a bandwidth limit stalls a few invokes for the rest of the period and
+        # leaves the others, and the median would not see it
+        with _pinned(core):
+            rt = _probe()
+            base = _invoke_ms(rt, 3000).mean()
+            quota, got = int(q.PERIOD_US / factor), 1.0
+            q.join()
+            try:
+                while True:
+                    q.set(quota)
+                    got = _invoke_ms(rt, 3000).mean() / base
+                    if got >= factor or quota * 0.96 < 1000:
+                        break
+                    quota = int(quota * 0.96)
+            finally:
+                q.set(None)
+                q.leave()
         info.update(cgroup=str(q.dir), period_us=q.PERIOD_US, quota_us=quota,
                     probe_slowdown_on=got, cgroup_version=2 if q.v2 else 1)
         proc = subprocess.Popen([sys.executable, __file__, "_quota", q.dir.name, str(quota),
@@ -240,33 +257,17 @@ def calibrate_idle(factor: float, core: int = 0, busy_us: float = 50.0) -> tuple
     measured, not computed."""
     import numpy as np
 
-    from deploy.probe import load_probe
-
-    old = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {core})
-    rt, x = load_probe("onnxruntime", 1, "fp32")
-    rt.set_input(x)
-
-    def med() -> float:
-        ts = []
-        for _ in range(1500):
-            t = time.perf_counter()
-            rt.invoke()
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts))
-
-    try:
-        base = med()
+    with _pinned(core):
+        rt = _probe()
+        base = np.median(_invoke_ms(rt, 1500))
         best = (0.0, 1.0)
         for idle in (800, 600, 400, 300, 200, 150, 100, 70, 50):
             with harness_idle(idle, core, busy_us):
-                got = med() / base
+                got = float(np.median(_invoke_ms(rt, 1500)) / base)
             best = (idle, got)
             if got >= factor:
                 break
         return best
-    finally:
-        os.sched_setaffinity(0, old)
 
 
 @contextlib.contextmanager
@@ -284,29 +285,19 @@ def harness_idle(idle_us: float, core: int, busy_us: float = 50.0, seed: int = 0
 
 
 def probe_slowdown(factor: float, core: int = 0, kind: str = "competitor") -> dict:
-    """The reference probe's median (ms), harness off and on (always on), on ``core``."""
+    """The reference probe's invoke (ms), harness off and on (always on), on ``core``: the
+    median under the competitor, the mean under a quota (see :func:`_quota_harness`)."""
     import numpy as np
 
-    from deploy.probe import load_probe
-
+    stat = np.mean if kind == "quota" else np.median
     os.sched_setaffinity(0, {core})
     out = {}
-    for name, prec in (("onnxruntime", "fp32"), ("onnxruntime", "int8")):
-        rt, x = load_probe(name, 1, prec)
-        rt.set_input(x)
-
-        def med(rt=rt) -> float:
-            ts = []
-            for _ in range(2000):
-                t = time.perf_counter()
-                rt.invoke()
-                ts.append(time.perf_counter() - t)
-            return float(np.median(ts) * 1e3)
-
-        off = med()
+    for prec in ("fp32", "int8"):
+        rt = _probe(prec)
+        off = float(stat(_invoke_ms(rt, 2000)))
         with harness(factor, core, always_on=True, kind=kind, join_self=True):
-            on = med()
-        out[f"{name}-{prec}"] = {"off_ms": off, "on_ms": on, "slowdown": on / off}
+            on = float(stat(_invoke_ms(rt, 2000)))
+        out[f"onnxruntime-{prec}"] = {"off_ms": off, "on_ms": on, "slowdown": on / off}
     return out
 
 
