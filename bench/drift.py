@@ -94,15 +94,8 @@ def harness(factor: float, core: int = 0, seed: int = 0, period: float = 4.0,
     info.update(busy_us=busy_us, idle_us=None, realtime=_can_realtime())
     idle, got = calibrate_idle(factor, core, busy_us)
     info.update(idle_us=idle, probe_slowdown_on=got)
-    args = [sys.executable, __file__, "_compete", str(core), str(busy_us), str(idle),
-            str(seed), str(1e9 if always_on else period), str(int(always_on))]
-    proc = subprocess.Popen(args)
-    try:
-        time.sleep(0.3)
+    with harness_idle(idle, core, busy_us, seed, 1e9 if always_on else period, always_on):
         yield info
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 class CpuQuota:
