@@ -69,6 +69,7 @@ CASES: tuple[Case, ...] = (
     _c("train", *_TRAIN, "--ckpt-every", "-1"),
     _c("train", *_TRAIN, "--eval-images", "-5"),
     _c("train", *_TRAIN, "--seed", "-1"),
+    _c("train", *_TRAIN, "--recal-images", "0"),
     # --- eval --------------------------------------------------------------------------
     _c("eval", "eval", "--checkpoint", "missing_run"),
     _c("eval", "eval", "--checkpoint", "{run}", "--subnet", "missing.json"),
@@ -82,6 +83,8 @@ CASES: tuple[Case, ...] = (
     _c("predictor", "predictor", "build", "--checkpoint", "{run}", "--device", "tpu"),
     _c("finetune", "finetune", "--checkpoint", "{run}", "--subnet", "min", "--out", "ft",
        "--precision", "fp8"),  # the old spelling of --autocast is checked as well
+    _c("finetune", "finetune", "--checkpoint", "{run}", "--subnet", "min", "--out", "ft",
+       "--recal-images", "-5"),
     # --- latency tables ----------------------------------------------------------------
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--runs", "0", "--out", "{good}"),
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--warmup", "-1", "--out", "{good}"),

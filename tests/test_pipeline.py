@@ -11,7 +11,8 @@ from ofa.cli import main
 
 TINY = ["run", "--name", "t", "--resolutions", "12,16", "--epochs", "0.3", "--samples", "12",
         "--lut-runs", "3", "--lut-calib", "3", "--generations", "2", "--population", "16",
-        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32"]
+        "--runs", "3", "--warmup", "1", "--trials", "1", "--formats", "onnx-fp32",
+        "--recal-images", "256"]
 SHORTLIST = ["--shortlist", "3"]  # the first run (and its re-run) measure shortlists
 
 
@@ -32,6 +33,10 @@ def test_run_writes_every_artifact(tiny_job: Path):
               "report.md", "pareto.png"):
         assert (d / f).is_file(), f
     assert (d / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # --recal-images: the supernet's BN recalibrations and the predictor's subnets
+    assert json.loads((d / "supernet/run.json").read_text())["config"]["recal_images"] == 256
+    assert json.loads((d / "supernet/acc_predictor.dataset.jsonl").read_text().splitlines()[0])[
+        "recal_images"] == 256
     # the block models (converted beside training, then by the table step) went with it
     assert not (d / "latency_table.json.models").exists()
     rep = json.loads((d / "report.json").read_text())
@@ -180,6 +185,7 @@ def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     assert "supernet reused from" in md and "## Fine-tuning" in md
     for r in rep["subnets"]:  # fine-tuned, then exported and measured as such
         ft = json.loads((d / "finetuned" / r["label"] / "finetune.json").read_text())
+        assert ft["config"]["recal_images"] == 256  # --recal-images reaches the fine-tunes
         assert ft["subnet"] == r["config"] and r["finetune"]["top1_after"] == ft["top1_after"]
         assert json.loads((d / "models" / r["label"] / "export.json").read_text())["finetuned"]
         assert r["measured_top1"] == pytest.approx(r["supernet_top1"])  # ONNX == PyTorch

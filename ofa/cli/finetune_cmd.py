@@ -22,6 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scratch", action="store_true", help="re-initialise the subnet's "
                    "weights first: the train-from-scratch baseline (use with --no-kd)")
     p.add_argument("--data", help="override the run's --data path")
+    p.add_argument("--recal-images", type=int_range(1, 1_000_000), default=None,
+                   help="training images for each BN recalibration (default: the run's)")
     p.add_argument("--seed", type=SEED, default=0)
     add_compute_args(p)
     p.add_argument("--ckpt-every", type=int_range(0), default=0,
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         data=args.data, device=args.device, autocast=autocast_of(args),
         ckpt_every=args.ckpt_every,
-        max_steps=args.max_steps), resume=args.resume)
+        max_steps=args.max_steps, recal_images=args.recal_images), resume=args.resume)
     if "stopped_at" in info:
         print(f"stopped at step {info['stopped_at']}; continue with --resume")
     else:

@@ -79,7 +79,8 @@ def run_config(args: argparse.Namespace):
     return RunConfig(
         name=args.name, root=args.root, supernet=args.supernet,
         train=train_config(args, deployed=True),
-        predictor=PredictorSettings(samples=args.samples),
+        predictor=PredictorSettings(samples=args.samples, **(
+            {} if args.recal_images is None else {"recal_images": args.recal_images})),
         table=TableSettings(path=args.table, tables_dir=args.tables_dir,
                             protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
                                       "trials": TimingProtocol.trials},
@@ -93,7 +94,7 @@ def run_config(args: argparse.Namespace):
                               target_options=target_options(args), formats=args.formats,
                               bench_protocol={"warmup": args.warmup, "runs": args.runs,
                                               "trials": args.trials}),
-        finetune_epochs=args.finetune_epochs)
+        finetune_epochs=args.finetune_epochs, finetune_recal_images=args.recal_images)
 
 
 def run(args: argparse.Namespace) -> int:

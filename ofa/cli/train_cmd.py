@@ -30,6 +30,10 @@ def add_training_args(p: argparse.ArgumentParser, deployed: bool = False) -> Non
     p.add_argument("--seed", type=SEED, default=0)
     p.add_argument("--resolutions", type=int_list(8, 4096),
                    help="override the space's resolutions, e.g. 16,20")
+    p.add_argument("--recal-images", type=int_range(1, 1_000_000), default=None,
+                   help="training images for each BN recalibration of a subnet (evaluated, "
+                   "fine-tuned or exported; default 2000, and 500 per subnet measured for "
+                   "`ofa run`'s accuracy predictor)")
     add_compute_args(p, workers=True, deployed=deployed)
 
 
@@ -60,6 +64,8 @@ def train_config(args: argparse.Namespace, deployed: bool = False):
 
     own = {k: getattr(args, k) for k in ("out", "ckpt_every", "eval_images", "max_steps")
            if hasattr(args, k)}
+    if args.recal_images is not None:
+        own["recal_images"] = args.recal_images
     over = {"resolutions": args.resolutions} if args.resolutions else {}
     return TrainConfig(space=args.space, space_overrides=over, dataset=args.dataset,
                        data=args.data, schedule=args.schedule, epochs=args.epochs,

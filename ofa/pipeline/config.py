@@ -76,7 +76,8 @@ class RunConfig:
     imported run folder: no training) or the training of one (``train``, the
     :class:`ofa.train.run.TrainConfig` of ``ofa train``; its ``out`` is set to the run
     folder's ``supernet/``), and the settings of the predictor, table, search, deployment
-    and fine-tuning (``finetune_epochs``; 0: no fine-tuning step) steps.
+    and fine-tuning (``finetune_epochs``; 0: no fine-tuning step; ``finetune_recal_images``:
+    the images of each BN recalibration there, None: the supernet run's) steps.
     """
 
     name: str = "demo"
@@ -88,6 +89,7 @@ class RunConfig:
     search: SearchSettings = field(default_factory=SearchSettings)
     deploy: DeploySettings = field(default_factory=DeploySettings)
     finetune_epochs: float = 0.0
+    finetune_recal_images: int | None = None
 
     def __post_init__(self) -> None:
         self.train = dataclasses.replace(self.train, out=str(self.folder / "supernet"))

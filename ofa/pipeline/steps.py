@@ -204,7 +204,8 @@ def _finetune(rc: RunConfig, run: Path, chosen: list[dict[str, Any]]) -> dict[st
             finetune(FinetuneConfig(run=str(run), subnet=row["config"], out=str(folder),
                                     epochs=rc.finetune_epochs, batch_size=rc.train.batch_size,
                                     seed=rc.train.seed, data=rc.train.data, device=rc.train.device,
-                                    autocast=rc.train.autocast),
+                                    autocast=rc.train.autocast,
+                                    recal_images=rc.finetune_recal_images),
                      resume=(folder / FINETUNE_CKPT).exists())
         out[row["label"]] = folder
     return out

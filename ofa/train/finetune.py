@@ -71,6 +71,7 @@ class FinetuneConfig:
     scratch: bool = False  # re-initialise the subnet's weights: the train-from-scratch baseline
     ckpt_every: int = 0  # steps; 0 = once per epoch
     max_steps: int | None = None
+    recal_images: int | None = None  # per BN recalibration; None: the supernet run's
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.epochs) and self.epochs > 0):
@@ -79,6 +80,8 @@ class FinetuneConfig:
             raise InputError(f"lr must be a finite number > 0, got {self.lr}")
         if self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.recal_images is not None and self.recal_images < 1:
+            raise InputError(f"recal images must be >= 1, got {self.recal_images}")
 
 
 class _Finetuner:
@@ -94,7 +97,7 @@ class _Finetuner:
         sched = load_schedule(tcfg.schedule)
         self.smoothing, self.kd_ratio = sched.label_smoothing, sched.kd_ratio
         self.momentum, self.wd = sched.momentum, sched.weight_decay
-        self.recal_images = tcfg.recal_images
+        self.recal_images = cfg.recal_images or tcfg.recal_images
         self.model = recalibrated_subnet(net, self.sub_cfg, self.data, self.recal_images)
         if cfg.scratch:  # the same architecture, none of the supernet's weights
             for m in self.model.modules():
