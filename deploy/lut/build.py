@@ -254,24 +254,23 @@ def _device_time(spent: dict[str, float], blocks: int, where: str) -> str:
 def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
                 threads: int = 1, protocol: TimingProtocol | None = None, calib: int = 10,
                 seed: int = 0, target: Target | None = None, batch: int = 32,
-                precision: str = "fp32", jobs: int = 1) -> LatencyTable:
+                precision: str = "fp32", jobs: int = 1, calib_repeats: int = 3
+                ) -> LatencyTable:
     """Measure every block shape and write the table to ``out`` (resumable).
 
     ``precision``: ``fp32`` or ``int8`` (blocks and calibration subnets in the int8 format
     of ``runtime``, see the module docstring); recorded in the table's context. ``jobs``:
-    processes converting models, one pool for the blocks and the calibration subnets. A
-    build on this machine converts every model first (into :func:`block_models_dir`; those
+    processes converting models, one pool for blocks and calibration subnets. A build on
+    this machine converts every model first (into :func:`block_models_dir`; those
     :func:`convert_blocks` converted ahead are used), then times the blocks, ``batch`` at a
     time in a seeded shuffled order (a drift spreads over stages and resolutions), and the
-    calibration subnets right after: the table is timed in one short window.
-
+    calibration subnets right after (``calib_repeats`` passes, :func:`calibrate`).
     Entries are kept in ``<out>.partial.json`` after each batch (converted models in
     :func:`block_models_dir` until the table is written), so a killed build, or one whose
     device went away, resumes. ``target`` (SSH or adb, :mod:`deploy.targets`; None: this
     machine): the blocks are converted here and timed there as soon as a batch is ready
-    (:func:`_build_on_device`); the device's facts go into the table's context and one
-    printed line says where the device time went. The ``build`` record says where the time
-    went (``docs/formats.md``). Returns the finished :class:`LatencyTable`.
+    (:func:`_build_on_device`), the device's facts go into the table's context and one
+    line says where the device time went (the ``build`` record, ``docs/formats.md``).
 
     Raises:
         ValueError: resolutions outside the space, an unknown runtime or a precision it has
@@ -304,7 +303,8 @@ def build_table(space: SearchSpace, resolutions: list[int], runtime: str, out: s
         if calib > 0 and state.get("calibration"):  # measured before the build was stopped
             table.calibration = state["calibration"]
         elif calib > 0:
-            calibrate(table, space, calib, protocol, seed, target, jobs, convert, models)
+            calibrate(table, space, calib, protocol, seed, target, jobs, convert, models,
+                      calib_repeats)
             state["calibration"] = table.calibration
             job.save()
     table.save(out)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from deploy.lut.convert import calibration_configs
-from deploy.lut.measure import _measure_configs, measure_subnets
+from deploy.lut.measure import _measure_configs, measure_subnets, repeat_protocol, repeated
 from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import probe_summary
 from deploy.targets import Target
@@ -35,7 +35,7 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
               protocol: TimingProtocol | None = None, seed: int = 0,
               target: Target | None = None, jobs: int = 1,
               convert: Callable[..., Any] | None = None,
-              models: Path | None = None) -> LatencyTable:
+              models: Path | None = None, repeats: int = 3) -> LatencyTable:
     """Fit the table's calibration ``measured = a * sum ** p`` (ms) on this machine, in place.
 
     Measures ``k`` seeded random subnets plus the largest and the smallest end to end in the
@@ -45,16 +45,29 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     effects) and, for a table copied from another machine of the same type, its speed.
     ``target``: measure on that device (see :func:`build_table`). ``convert``: an open
     converter pool's map (else ``jobs`` processes are started); ``models``: a folder holding
-    the subnets' models converted ahead (:func:`convert_blocks`). Returns ``table``.
+    the subnets' models converted ahead (:func:`convert_blocks`).
+
+    ``repeats``: each subnet timed that many times, one pass over all of them after the
+    other, its median timing kept (:func:`deploy.lut.measure.repeated`). A single pass
+    sees the device in one speed state for its few seconds, and every prediction of the
+    table inherits what that state did to whole subnets in probe units: under the drift
+    harness (``bench/drift.py``, 1.64x competitor) one pass put the calibration subnets
+    ~10% above what the validation measured later (``docs/benchmarks.md``).
+    Returns ``table``.
+
+    Raises:
+        ValueError: ``repeats`` outside 1-20.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = protocol or TimingProtocol.from_fields(table.protocol)
+    protocol = repeat_protocol(protocol or TimingProtocol.from_fields(table.protocol), repeats)
     cfgs = calibration_configs(space, table.resolutions, k, seed)
-    m = _measure_configs(space, cfgs, runtime, threads, protocol, "calibration", target,
-                         table.context.get("precision", "fp32"), jobs, convert, models)
+    m = repeated(lambda folder: _measure_configs(
+        space, cfgs, runtime, threads, protocol, "calibration", target,
+        table.context.get("precision", "fp32"), jobs, convert, folder), repeats, models)
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
-    table.calibration = {**fit_calibration(raw, measured), "unit": table.unit, "fitted_on": [
+    table.calibration = {**fit_calibration(raw, measured), "unit": table.unit,
+                         "repeats": repeats, "fitted_on": [
         {"config": c.to_dict(), "sum": s, "measured": v, "measured_ms": ms}
         for c, s, v, ms in zip(cfgs, raw, measured, m["ms"])]}
     return table

@@ -45,6 +45,9 @@ def _add_build(sub: Any) -> None:
     b.add_argument("--trials", type=int_range(1, 1000), default=TimingProtocol.trials)
     b.add_argument("--calib", type=int_range(0, 10_000), default=10,
                    help="whole subnets for calibration (0 = none)")
+    b.add_argument("--calib-repeats", type=int_range(1, 20), default=3,
+                   help="passes timing the calibration subnets, each subnet's median kept "
+                   "(one pass sees the device in one speed state)")
     b.add_argument("--batch", type=int_range(1, 10_000), default=32,
                    help="blocks timed together in interleaved trials (the partial table is "
                    "saved after each batch): per request to the agent on a --target "
@@ -65,6 +68,8 @@ def _add_calibrate(sub: Any) -> None:
     c.add_argument("table")
     c.add_argument("--calib", type=int_range(1, 10_000), default=10,
                    help="random subnets (+ largest, smallest)")
+    c.add_argument("--repeats", type=int_range(1, 20), default=3,
+                   help="passes timing the calibration subnets, each subnet's median kept")
     c.add_argument("--seed", type=SEED, default=0)
     c.add_argument("--out", help="where to write the recalibrated table (default: in place)")
     c.add_argument("--force", action="store_true", help="calibrate a table measured on "
@@ -159,7 +164,8 @@ def _build(args: argparse.Namespace, target) -> int:
     t = build_table(space, res, args.runtime, args.out, threads=args.threads,
                     protocol=TimingProtocol(args.warmup, args.runs, args.trials),
                     calib=args.calib, target=target, batch=args.batch,
-                    precision=args.precision, jobs=args.jobs)
+                    precision=args.precision, jobs=args.jobs,
+                    calib_repeats=args.calib_repeats)
     n = sum(len(g) for g in t.entries.values())
     print(f"wrote {args.out}: {n} entries ({t.describe()}); calibration "
           f"{t.calibration_text()}")
@@ -200,7 +206,8 @@ def _calibrate(args: argparse.Namespace, target) -> int:
     else:
         table, space = _table_and_space(args, target)
         old = table.calibration_text()
-        calibrate(table, space, args.calib, seed=args.seed, target=target, jobs=args.jobs)
+        calibrate(table, space, args.calib, seed=args.seed, target=target, jobs=args.jobs,
+                  repeats=args.repeats)
     out = args.out or args.table
     table.save(out)
     print(f"wrote {out}: calibration {old} -> {table.calibration_text()} "
