@@ -95,6 +95,8 @@ CASES: tuple[Case, ...] = (
        "--out", "{good}"),
     _c("tables", "lut", "build", "--space", "mbv3-nope", "--out", "{good}"),
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--calib", "-1", "--out", "{good}"),
+    _c("tables", "lut", "build", "--space", "mbv3-digits", "--calib-repeats", "0",
+       "--out", "{good}"),
     _c("tables", "lut", "build", "--space", "mbv3-digits", "--target", "potato",
        "--out", "{good}"),
     _c("tables", "lut", "import-ofa", "missing_dir", "--out", "{good}"),

@@ -171,6 +171,7 @@ def test_cli_calibrate_refits_a_copied_table(tiny_table, tmp_path, capsys):
     assert main(["lut", "calibrate", str(copied), "--calib", "2", "--out", str(new)]) == 0
     t = LatencyTable.load(new)
     assert len(t.calibration["fitted_on"]) == 4  # 2 random + largest + smallest
+    assert t.calibration["repeats"] == 3  # passes over them, each one's median kept
     assert t.calibration["a"] != 3.0 and t.entries == LatencyTable.load(copied).entries
     assert json.loads(copied.read_text())["calibration"]["a"] == 3.0  # --out: source kept
     for f in t.calibration["fitted_on"]:  # the fit explains the subnets it was fitted on

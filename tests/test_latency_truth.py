@@ -433,6 +433,38 @@ def test_repeated_timings_keep_each_models_median(monkeypatch):
         measure.measure_subnets(table, space, [], repeats=0)
 
 
+def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
+    """`calibrate` times its subnets in 3 passes (the default) and fits each subnet's median
+    pass: one pass that put the subnets 30% higher in probe units moves no point of the
+    fit."""
+    import importlib
+
+    from conftest import synthetic_table
+
+    from deploy.lut.convert import calibration_configs
+    from ofa.space import get_space
+    from search.latency import LatencyPredictor
+
+    calibrate_mod = importlib.import_module("deploy.lut.calibrate")  # not the function
+    space = get_space("mbv3-digits", resolutions=[12])
+    table = synthetic_table(space)
+    truth = 1.2 * LatencyPredictor(table, space, calibrated=False).units_many(
+        calibration_configs(space, [12], 4, 0))
+    passes = iter([1.0, 1.3, 1.02])
+
+    def fake_measure(*args, **kw):
+        f = next(passes)
+        return {"ms": list(truth * f), "rel": list(truth * f), "probe_ms": [0.1]}
+
+    monkeypatch.setattr(calibrate_mod, "_measure_configs", fake_measure)
+    cal = calibrate_mod.calibrate(table, space, 4).calibration
+    assert cal["repeats"] == 3 and len(cal["fitted_on"]) == 6  # 4 + the largest, smallest
+    assert [f["measured"] for f in cal["fitted_on"]] == pytest.approx(list(truth * 1.02))
+    assert cal["p"] == pytest.approx(1.0) and cal["a"] == pytest.approx(1.2 * 1.02)
+    with pytest.raises(ValueError, match="repeats must be in 1-20"):
+        calibrate_mod.calibrate(table, space, 4, repeats=21)
+
+
 def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
     """The final measurement is the arbiter: the subnet it puts over its budget gives way to
     the budget's most accurate candidate that meets it with the margin (its own measurement

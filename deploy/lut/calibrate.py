@@ -49,11 +49,11 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
 
     ``repeats``: each subnet timed that many times, one pass over all of them after the
     other, its median timing kept (:func:`deploy.lut.measure.repeated`). A single pass
-    sees the device in one speed state for its few seconds, and every prediction of the
-    table inherits what that state did to whole subnets in probe units: under the drift
-    harness (``bench/drift.py``, 1.64x competitor) one pass put the calibration subnets
-    ~10% above what the validation measured later (``docs/benchmarks.md``).
-    Returns ``table``.
+    sees the device for a few seconds, and every prediction of the table inherits what
+    those seconds did to whole subnets in probe units: under the drift harness
+    (``bench/drift.py``, 1.64x competitor) one pass put the calibration subnets ~10% above
+    what the validation measured minutes later; passes back to back narrow that, they do
+    not remove it (``docs/benchmarks.md``). Returns ``table``.
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
