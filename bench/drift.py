@@ -24,7 +24,9 @@ sets differently; the quota does not, so the two kinds tell drift from that effe
         --factor 1.5 -n 100 [--code OLD_CHECKOUT] --out bench/results/drift_lut_X.json
 
 ``lut`` builds a table (``ofa lut build``) and validates it (``ofa lut validate -n N``), both as
-subprocesses pinned to the timed core, with the harness off and on; ``--code DIR`` runs the
+subprocesses pinned to the timed core, with the harness off and on (``--verify K``: ``ofa lut
+verify -k K`` in between, as where a table is used, and the validation judges what it kept
+or adapted); ``--code DIR`` runs the
 ``ofa`` of another checkout (the code before probe-relative timing) the same way instead
 (``--with-self``: both); ``--device "--target ssh://..."`` builds and validates on a device
 (the harness then slows only this machine's side; the emulated Pi's speed follows this
@@ -382,10 +384,18 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
         build += ["--resolutions", a.resolutions]
     device = shlex.split(a.device)  # a device's --target arguments, to both commands
     repeats = ["--repeats", str(a.repeats)] if a.repeats > 1 else []  # older code lacks it
+    used = work / f"{tag}.verified.json"  # --verify: the table as `ofa lut verify` left it
+    used.unlink(missing_ok=True)
     with harness(factor, a.core, a.seed, a.period, kind=a.kind) as info:
         build_s = _ofa(code, [*build, *device], a.core, log, info.get("cgroup"))
-        validate_s = _ofa(code, ["lut", "validate", str(table), "-n", str(a.n), "--out",
-                                 str(rep), "--json", *repeats, *device],
+        if a.verify:
+            info["verify_s"] = _ofa(code, ["lut", "verify", str(table), "-k", str(a.verify),
+                                           "--out", str(used), *device],
+                                    a.core, log, info.get("cgroup"))
+            info["verified"] = (json.loads(used.read_text())["context"]["verified"]
+                                if used.is_file() else {"action": "rebuild"})  # not written
+        validate_s = _ofa(code, ["lut", "validate", str(used if used.is_file() else table), "-n",
+                                 str(a.n), "--out", str(rep), "--json", *repeats, *device],
                           a.core, log, info.get("cgroup"))
     return lut_row(tag, code, info, build_s, validate_s, table, rep)
 
@@ -474,6 +484,10 @@ def main() -> int:
     lt.add_argument("-n", type=int, default=100)
     lt.add_argument("--repeats", type=int, default=1,
                     help="ofa lut validate --repeats: each subnet timed this often, median kept")
+    lt.add_argument("--verify", type=int, default=0, metavar="K",
+                    help="between build and validation, `ofa lut verify -k K` (what a table "
+                    "gets where it is used: kept or adapted by K subnets measured then); "
+                    "the validation then judges the table it wrote")
     lt.add_argument("--code", action="append", default=[],
                     help="run the ofa of this checkout instead of this one's (repeatable; "
                     "add --with-self to run this one too)")
