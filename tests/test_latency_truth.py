@@ -434,9 +434,9 @@ def test_repeated_timings_keep_each_models_median(monkeypatch):
 
 
 def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
-    """`calibrate` times its subnets in 3 passes (the default) and fits each subnet's median
-    pass: one pass that put the subnets 30% higher in probe units moves no point of the
-    fit."""
+    """`calibrate` times its subnets in 3 passes (the default) of 4 of the protocol's 10
+    trials each and fits each subnet's median pass: one pass that put the subnets 30%
+    higher in probe units moves no point of the fit."""
     import importlib
 
     from conftest import synthetic_table
@@ -450,15 +450,17 @@ def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
     table = synthetic_table(space)
     truth = 1.2 * LatencyPredictor(table, space, calibrated=False).units_many(
         calibration_configs(space, [12], 4, 0))
-    passes = iter([1.0, 1.3, 1.02])
+    passes, trials = iter([1.0, 1.3, 1.02]), []
 
     def fake_measure(*args, **kw):
+        trials.append(args[4].trials)  # the protocol of this pass
         f = next(passes)
         return {"ms": list(truth * f), "rel": list(truth * f), "probe_ms": [0.1]}
 
     monkeypatch.setattr(calibrate_mod, "_measure_configs", fake_measure)
     cal = calibrate_mod.calibrate(table, space, 4).calibration
     assert cal["repeats"] == 3 and len(cal["fitted_on"]) == 6  # 4 + the largest, smallest
+    assert trials == [4, 4, 4]  # 10 trials spread over the passes: about one pass's work
     assert [f["measured"] for f in cal["fitted_on"]] == pytest.approx(list(truth * 1.02))
     assert cal["p"] == pytest.approx(1.0) and cal["a"] == pytest.approx(1.2 * 1.02)
     with pytest.raises(ValueError, match="repeats must be in 1-20"):

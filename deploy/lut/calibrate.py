@@ -10,6 +10,7 @@ Kendall τ, probe-relative and absolute, and a scatter plot.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -47,8 +48,11 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     converter pool's map (else ``jobs`` processes are started); ``models``: a folder holding
     the subnets' models converted ahead (:func:`convert_blocks`).
 
-    ``repeats``: each subnet timed that many times, one pass over all of them after the
-    other, its median timing kept (:func:`deploy.lut.measure.repeated`). A single pass
+    ``repeats``: each subnet timed in that many passes over all of them, one after the
+    other, its median pass kept (:func:`deploy.lut.measure.repeated`); each pass times
+    ``ceil(trials / repeats)`` trials (at least 3), so the passes cost about what one pass
+    of all the trials did, which matters on a slow board (where an invoke takes 0.2 s, 12
+    subnets x 10 trials x 18 invokes are 7 minutes a pass). A single pass
     sees the device for a few seconds, and every prediction of the table inherits what
     those seconds did to whole subnets in probe units: under the drift harness
     (``bench/drift.py``, 1.64x competitor) one pass put the calibration subnets ~10% above
@@ -59,7 +63,10 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
         ValueError: ``repeats`` outside 1-20.
     """
     runtime, threads = table.context["runtime"], int(table.context["threads"])
-    protocol = repeat_protocol(protocol or TimingProtocol.from_fields(table.protocol), repeats)
+    protocol = protocol or TimingProtocol.from_fields(table.protocol)
+    if repeats > 1:  # the timed work of one pass, spread over `repeats`
+        protocol = dataclasses.replace(protocol, trials=max(3, -(-protocol.trials // repeats)))
+    protocol = repeat_protocol(protocol, repeats)
     cfgs = calibration_configs(space, table.resolutions, k, seed)
     m = repeated(lambda folder: _measure_configs(
         space, cfgs, runtime, threads, protocol, "calibration", target,
