@@ -26,8 +26,8 @@ sets differently; the quota does not, so the two kinds tell drift from that effe
 ``lut`` builds a table (``ofa lut build``) and validates it (``ofa lut validate -n N``), both as
 subprocesses pinned to the timed core, with the harness off and on (``--verify K``: ``ofa lut
 verify -k K`` in between, as where a table is used, and the validation judges what it kept
-or adapted); ``--code DIR`` runs the
-``ofa`` of another checkout (the code before probe-relative timing) the same way instead
+or adapted); ``--code DIR`` runs the ``ofa`` of another checkout (the code before
+probe-relative timing) the same way instead
 (``--with-self``: both); ``--device "--target ssh://..."`` builds and validates on a device
 (the harness then slows only this machine's side; the emulated Pi's speed follows this
 machine's load by itself). ``run`` runs ``ofa run --supernet RUN`` under the harness. It prints a
