@@ -376,7 +376,8 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
     table = work / f"{tag}.json"
     rep = work / f"{tag}.validate.json"
     log = work / f"{tag}.log"
-    for p in (table, rep):
+    used = work / f"{tag}.verified.json"  # --verify: the table as `ofa lut verify` left it
+    for p in (table, rep, used):
         p.unlink(missing_ok=True)
     build = ["lut", "build", "--space", a.space, "--runtime", a.runtime, "--precision",
              a.precision, "--out", str(table)]
@@ -384,8 +385,6 @@ def lut_case(a: argparse.Namespace, code: Path, factor: float, tag: str, work: P
         build += ["--resolutions", a.resolutions]
     device = shlex.split(a.device)  # a device's --target arguments, to both commands
     repeats = ["--repeats", str(a.repeats)] if a.repeats > 1 else []  # older code lacks it
-    used = work / f"{tag}.verified.json"  # --verify: the table as `ofa lut verify` left it
-    used.unlink(missing_ok=True)
     with harness(factor, a.core, a.seed, a.period, kind=a.kind) as info:
         build_s = _ofa(code, [*build, *device], a.core, log, info.get("cgroup"))
         if a.verify:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from deploy.lut.convert import calibration_configs
-from deploy.lut.measure import _measure_configs, measure_subnets, repeat_protocol, repeated
+from deploy.lut.measure import _measure_configs, measure_subnets, repeated
 from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import probe_summary
 from deploy.targets import Target
@@ -66,11 +66,11 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     protocol = protocol or TimingProtocol.from_fields(table.protocol)
     if repeats > 1:  # the timed work of one pass, spread over `repeats`
         protocol = dataclasses.replace(protocol, trials=max(3, -(-protocol.trials // repeats)))
-    protocol = repeat_protocol(protocol, repeats)
     cfgs = calibration_configs(space, table.resolutions, k, seed)
-    m = repeated(lambda folder: _measure_configs(
-        space, cfgs, runtime, threads, protocol, "calibration", target,
-        table.context.get("precision", "fp32"), jobs, convert, folder), repeats, models)
+    m = repeated(lambda p, folder: _measure_configs(
+        space, cfgs, runtime, threads, p, "calibration", target,
+        table.context.get("precision", "fp32"), jobs, convert, folder), protocol, repeats,
+        models)
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
     table.calibration = {**fit_calibration(raw, measured), "unit": table.unit,

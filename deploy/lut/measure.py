@@ -210,34 +210,22 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
         ValueError: ``repeats`` outside 1-20.
         deploy.targets.TargetError: the device could not measure.
     """
-    protocol = protocol or TimingProtocol.from_fields(table.protocol)
-    args = (space, cfgs, table.context["runtime"], int(table.context["threads"]),
-            repeat_protocol(protocol, repeats), desc, target,
-            table.context.get("precision", "fp32"), jobs)
-    return repeated(lambda folder: _measure_configs(*args, models=folder), repeats)
+    args = (space, cfgs, table.context["runtime"], int(table.context["threads"]))
+    rest = (desc, target, table.context.get("precision", "fp32"), jobs)
+    return repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder),
+                    protocol or TimingProtocol.from_fields(table.protocol), repeats)
 
 
-def repeat_protocol(protocol: TimingProtocol, repeats: int) -> TimingProtocol:
-    """``protocol`` for one of ``repeats`` timings of the same models: re-timed at most
-    :data:`REPEAT_RETIME` times when ``repeats`` > 1 (see :func:`measure_subnets`).
-
-    Raises:
-        ValueError: ``repeats`` outside 1-20.
-    """
-    if not 1 <= repeats <= 20:
-        raise InputError(f"repeats must be in 1-20, got {repeats}")
-    if repeats == 1:
-        return protocol
-    return dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
-
-
-def repeated(measure: Callable[[Path | None], dict[str, list[float]]],
-             repeats: int, models: Path | None = None) -> dict[str, list[float]]:
-    """``measure(folder)`` (answers as :func:`_measure_configs`) run ``repeats`` times one
-    after the other, each model's median timing kept (:func:`deploy.probe.median_repeat`:
-    its ``ms`` and ``rel`` from the same timing; ``probe_ms`` of every timing). The models
-    are exported once: into ``models`` when given, else into a temporary folder (a single
-    timing gets ``models`` as it is, None included).
+def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[float]]],
+             protocol: TimingProtocol, repeats: int,
+             models: Path | None = None) -> dict[str, list[float]]:
+    """``measure(protocol, folder)`` (answers as :func:`_measure_configs`) run ``repeats``
+    times one after the other, each model's median timing kept
+    (:func:`deploy.probe.median_repeat`: its ``ms`` and ``rel`` from the same timing;
+    ``probe_ms`` of every timing). With ``repeats`` > 1 each timing is re-timed at most
+    :data:`REPEAT_RETIME` times (see :func:`measure_subnets`). The models are exported
+    once: into ``models`` when given, else into a temporary folder (a single timing gets
+    ``models`` as it is, None included).
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -245,9 +233,10 @@ def repeated(measure: Callable[[Path | None], dict[str, list[float]]],
     if not 1 <= repeats <= 20:
         raise InputError(f"repeats must be in 1-20, got {repeats}")
     if repeats == 1:
-        return measure(models)
+        return measure(protocol, models)
+    protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
-        runs = [measure(models or Path(tmp)) for _ in range(repeats)]
+        runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
     pick = median_repeat([r["rel"] for r in runs])
     return {"ms": [runs[k]["ms"][i] for i, k in enumerate(pick)],
             "rel": [runs[k]["rel"][i] for i, k in enumerate(pick)],

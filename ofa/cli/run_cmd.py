@@ -79,8 +79,8 @@ def run_config(args: argparse.Namespace):
     return RunConfig(
         name=args.name, root=args.root, supernet=args.supernet,
         train=train_config(args, deployed=True),
-        predictor=PredictorSettings(samples=args.samples, **(
-            {} if args.recal_images is None else {"recal_images": args.recal_images})),
+        predictor=PredictorSettings(samples=args.samples, recal_images=(
+            args.recal_images or PredictorSettings.recal_images)),
         table=TableSettings(path=args.table, tables_dir=args.tables_dir,
                             protocol={"warmup": TimingProtocol.warmup, "runs": args.lut_runs,
                                       "trials": TimingProtocol.trials},
