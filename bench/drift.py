@@ -409,7 +409,7 @@ def lut_row(tag: str, code: Path, info: dict, build_s: float | None,
            "validate_s": validate_s, "retimed": t.get("build", {}).get("retimed"),
            "table_speed": probe, "validate_speed": r.get("speed"),
            "probe_share": t.get("build", {}).get("probe_share")}
-    for k in ("relative", "absolute", "calibrated", "raw"):
+    for k in ("relative", "relative_probe", "absolute", "calibrated", "raw"):
         if r.get(k):
             row[k] = {m: r[k][m] for m in ("within_5pct", "within_10pct", "rmspe",
                                            "kendall_tau")}

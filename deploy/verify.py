@@ -13,7 +13,11 @@ reference probe (``deploy/probe.py``), half to fit and half to test:
 - **rebuild**: neither holds; the caller builds a table on the device.
 
 In every case the device's speed states measured now (the probe's times) replace the
-table's, so its ms are this device's. The CPU model string decides nothing.
+table's, so its ms are this device's. The CPU model string decides nothing. The verdict
+judges the subnets' probe units as timed; a table adapted (or kept without one) records
+the reference subnet's probe units measured beside them (``calibration.reference``,
+:func:`deploy.lut.measure.at_reference`): the state its predictions now state, to which
+the measurements that follow are brought.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from deploy.lut import measure_subnets
+from deploy.lut import measure_subnets, table_reference
 from deploy.probe import probe_summary
 from deploy.targets import Target
 from deploy.validate import REPEATS
@@ -156,7 +160,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     cfgs = verify_configs(space, table.resolutions, k, seed)
     m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="verify",
                         repeats=REPEATS)
-    meas = np.asarray(m["rel"] if table.probe else m["ms"])
+    meas = np.asarray(m.get("rel_probe", m["rel"]) if table.probe else m["ms"])
     pred = LatencyPredictor(table, space).units_many(cfgs)
     action, reason, fit = judge(pred, meas, np.array([c.r for c in cfgs]), tolerance, share)
     out = copy.deepcopy(table)
@@ -165,6 +169,13 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
                      "build_ms": table.probe["ms"]}
     if action == "adapted":
         out.calibration = {**out.calibration, **fit}
+    if "reference_rel" in m and (action == "adapted" or
+                                 "reference" not in table.calibration):
+        # the state of the measurements the scale was fitted on
+        seen = np.asarray(m["reference_rel"])
+        out.calibration = {**out.calibration, "reference": {
+            "config": table_reference(table, space).to_dict(), "rel": float(np.median(seen)),
+            "range": [float(seen.min()), float(seen.max())], "measured": where}}
     details = {"action": action, "reason": reason, "k": k, "seed": seed, "fit": fit,
                "unit": table.unit,
                "subnets": [{"config": c.to_dict(), "predicted": float(p), "measured": float(v),

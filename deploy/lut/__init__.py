@@ -20,9 +20,16 @@ from deploy.lut.convert import (
     periodic_weights,
     representative_set,
 )
-from deploy.lut.measure import measure_module, measure_subnets, runtime_context
+from deploy.lut.measure import (
+    at_reference,
+    measure_module,
+    measure_subnets,
+    runtime_context,
+    table_reference,
+)
 
-__all__ = ["measure_module", "measure_subnets", "build_table", "block_models_dir",
+__all__ = ["measure_module", "measure_subnets", "at_reference", "table_reference",
+           "build_table", "block_models_dir",
            "convert_blocks", "calibration_configs", "calibrate", "fit_calibration",
            "refit_calibration", "validate_table", "runtime_context", "representative_set",
            "periodic_weights", "block_layout", "PRECISIONS"]

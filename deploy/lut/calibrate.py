@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from deploy.lut.convert import calibration_configs
-from deploy.lut.measure import _measure_configs, measure_subnets, repeated
+from deploy.lut.convert import calibration_configs, reference_config
+from deploy.lut.measure import _measure_configs, at_reference, measure_subnets, repeated
 from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import probe_summary
 from deploy.targets import Target
@@ -57,7 +57,15 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     those seconds did to whole subnets in probe units: under the drift harness
     (``bench/drift.py``, 1.64x competitor) one pass put the calibration subnets ~10% above
     what the validation measured minutes later; passes back to back narrow that, they do
-    not remove it (``docs/benchmarks.md``). Returns ``table``.
+    not remove it (``docs/benchmarks.md``).
+
+    A table with probe data times its reference subnet
+    (:func:`deploy.lut.convert.reference_config`) in every batch, brings each subnet's
+    probe units to the reference's median state over the calibration
+    (:func:`deploy.lut.measure.at_reference`) and records that state in
+    ``calibration.reference`` (``config``, ``rel``, ``range``): later measurements are
+    brought to it, so that the state of the device's caches and memory in the calibration's
+    seconds is the one every prediction states (``docs/latency.md``). Returns ``table``.
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -67,14 +75,22 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     if repeats > 1:  # the timed work of one pass, spread over `repeats`
         protocol = dataclasses.replace(protocol, trials=max(3, -(-protocol.trials // repeats)))
     cfgs = calibration_configs(space, table.resolutions, k, seed)
+    ref = reference_config(space, table.resolutions) if table.probe else None
     m = repeated(lambda p, folder: _measure_configs(
         space, cfgs, runtime, threads, p, "calibration", target,
-        table.context.get("precision", "fp32"), jobs, convert, folder), protocol, repeats,
-        models)
+        table.context.get("precision", "fp32"), jobs, convert, folder, ref), protocol,
+        repeats, models)
+    reference: dict[str, Any] = {}
+    if ref is not None:
+        seen = np.asarray(m["reference_rel"])
+        reference = {"config": ref.to_dict(), "rel": float(np.median(seen)),
+                     "range": [float(seen.min()), float(seen.max())]}
+        m["rel"] = at_reference(m, reference["rel"])
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
     table.calibration = {**fit_calibration(raw, measured), "unit": table.unit,
-                         "repeats": repeats, "fitted_on": [
+                         "repeats": repeats,
+                         **({"reference": reference} if reference else {}), "fitted_on": [
         {"config": c.to_dict(), "sum": s, "measured": v, "measured_ms": ms}
         for c, s, v, ms in zip(cfgs, raw, measured, m["ms"])]}
     return table
@@ -95,7 +111,9 @@ def refit_calibration(table: LatencyTable) -> LatencyTable:
     table.calibration = {**fit_calibration([f.get("sum", f.get("sum_ms")) for f in pts],
                                            [f.get("measured", f.get("measured_ms"))
                                             for f in pts]),
-                         "unit": table.unit, "fitted_on": pts}
+                         "unit": table.unit,
+                         **({"reference": table.calibration["reference"]}
+                            if "reference" in table.calibration else {}), "fitted_on": pts}
     return table
 
 
@@ -142,10 +160,14 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     a table cannot be judged more finely than its validation.
 
     Reported separately: ``relative`` (calibrated prediction in probe units against each
-    subnet's measured time in probe units: what a change of the device's speed cannot
-    move), ``absolute`` (calibrated ms at the table's nominal speed against the ms measured
+    subnet's measured time in probe units, brought to the calibration's reference state
+    where the table recorded one: what a change of the device's speed cannot move),
+    ``relative_probe`` (the same against the probe units as timed, without the reference
+    subnet), ``absolute`` (calibrated ms at the table's nominal speed against the ms measured
     now: what also depends on the device's speed now), ``raw`` (block sums, in the table's
-    unit), and ``speed``: the probe's speed states in this run beside the table's. For a
+    unit), and ``speed``: the probe's speed states in this run beside the table's, and the
+    reference subnet's probe units now over the calibration's (``reference_now_vs_table``,
+    the state of what the probe does not see). For a
     table without probe data, ``relative`` is None and ``raw``/``calibrated`` are in ms.
     Optionally a scatter plot PNG.
 
@@ -162,19 +184,27 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     cal = LatencyPredictor(table, space, calibrated=True).units_many(cfgs)
     cal_ms = table.to_ms(cal)
     now = probe_summary(m["probe_ms"])
+    recorded = (table.calibration.get("reference") or {}).get("rel")
+    as_timed = np.asarray(m.get("rel_probe", rel))
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
               "repeats": repeats, "unit": table.unit,
               "relative": relative_error_report(cal, rel) if table.probe else None,
+              "relative_probe": (relative_error_report(cal, as_timed) if table.probe
+                                 else None),
               "absolute": relative_error_report(cal_ms, ms),
               "raw": relative_error_report(raw, units),
               "calibrated": relative_error_report(cal, units),
               "speed": {"now": now, "table": table.probe.get("ms") if table.probe else None,
                         "now_vs_table": (now["median"] / table.probe_ms()
-                                         if table.probe else None)},
+                                         if table.probe else None),
+                        "reference_now_vs_table": (
+                            float(np.median(m["reference_rel"])) / recorded
+                            if recorded and "reference_rel" in m else None)},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
-                           "measured_rel": float(r), "raw": float(w), "calibrated": float(p),
-                           "calibrated_ms": float(q)}
-                          for c, a, r, w, p, q in zip(cfgs, ms, rel, raw, cal, cal_ms)]}
+                           "measured_rel": float(r), "measured_rel_probe": float(t),
+                           "raw": float(w), "calibrated": float(p), "calibrated_ms": float(q)}
+                          for c, a, r, t, w, p, q in zip(cfgs, ms, rel, as_timed, raw, cal,
+                                                         cal_ms)]}
     if plot:
         _scatter(units, raw, cal, Path(plot), table.describe(), table.unit)
         report["plot"] = str(plot)

@@ -239,6 +239,20 @@ def calibration_configs(space: SearchSpace, resolutions: list[int], k: int,
     return cfgs + [space.max_subnet(max(res)), space.min_subnet(min(res))]
 
 
+def reference_config(space: SearchSpace, resolutions: list[int]) -> SubnetConfig:
+    """The reference subnet of a table over ``resolutions``: the middle choice of every
+    elastic dimension (kernel, expand ratio, depth; the upper one of an even count) at the
+    middle resolution. Timed beside every batch of whole subnets (:func:`deploy.lut.measure.
+    measure_subnets`), it carries what the small probe does not see: a change of the
+    device's speed for models of the space's size (cache and memory shared with
+    neighbours) that moves every whole subnet alike (``docs/latency.md``)."""
+    def mid(values: list[Any]) -> Any:
+        return sorted(values)[len(values) // 2]
+
+    return space.config(mid(space.ks_list), mid(space.expand_list), mid(space.depth_list),
+                        mid(list(resolutions)))
+
+
 def convert_blocks(space: SearchSpace, resolutions: list[int], runtime: str, out: str | Path,
                    precision: str = "fp32", jobs: int = 1, calib: int = 10, seed: int = 0,
                    progress: bool = True) -> int:

@@ -4,7 +4,11 @@ in interleaved trials beside the reference probe (``measure_subnets``), here or 
 Whole subnets (calibration, validation, measured budgets) are exported first and then timed
 :data:`SUBNET_BATCH` at a time in interleaved trials, so that a drift of the machine's speed
 reaches them alike and does not favour the subnets timed first; each gets its time in ms and
-in probe units (``deploy/probe.py``).
+in probe units (``deploy/probe.py``). Each batch also times the table's reference subnet
+(:func:`deploy.lut.convert.reference_config`): the small probe follows the device's speed,
+the reference follows what moves whole subnets of the space and not the probe (cache and
+memory shared with neighbours), and a table's measurements are brought to the state of its
+calibration by it (:func:`at_reference`, ``docs/latency.md``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from deploy.formats import format_for
-from deploy.lut.convert import _export, _export_subnets, _subnet, block_layout
+from deploy.lut.convert import _export, _export_subnets, _subnet, block_layout, reference_config
 from deploy.ontarget.facts import machine_facts
 from deploy.ontarget.runtimes import (
     Runtime,
@@ -38,7 +42,8 @@ from ofa.errors import InputError
 from ofa.space import SearchSpace, SubnetConfig
 from search.latency_table import LatencyTable
 
-__all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets"]
+__all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets",
+           "at_reference", "table_reference"]
 
 # whole subnets timed together beside the probe: each batch short enough (seconds) that a
 # change of the device's speed during it is rare and timing it again is cheap
@@ -116,7 +121,8 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
                      protocol: TimingProtocol, desc: str, target: Target | None = None,
                      precision: str = "fp32", jobs: int = 1,
                      convert: Callable[..., Any] | None = None,
-                     models: Path | None = None) -> dict[str, list[float]]:
+                     models: Path | None = None,
+                     reference: SubnetConfig | None = None) -> dict[str, list[float]]:
     """Whole-subnet latency of every config, end to end, beside the reference probe.
 
     Every subnet is exported (by ``jobs`` processes) and loaded first and then timed in
@@ -127,63 +133,92 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
     this process, on a device target batch after batch (``Target.bench_many``).
     ``convert``: an open converter pool's map to export with (else one is started for
     ``jobs``). ``models``: a folder to export into whose files already there
-    are used (else a temporary one).
+    are used (else a temporary one). ``reference``: a subnet timed first in every batch
+    (after the probe); its probe units in each subnet's batch come back as
+    ``reference_rel``.
 
-    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}``: each subnet's statistic (ms)
-    and its time in probe units, and the probe's medians (ms) over the measurement (its
-    speed states)."""
+    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}`` (and ``reference_rel``):
+    each subnet's statistic (ms) and its time in probe units, and the probe's medians (ms)
+    over the measurement (its speed states)."""
     protocol = dataclasses.replace(protocol, probe=True)
+    every = [*cfgs, reference] if reference is not None else list(cfgs)
     with tempfile.TemporaryDirectory() as tmp:
         if not times_files(runtime) and target is None:
             loaded = [_loaded(_subnet(space, c, i), (1, 3, c.r, c.r), runtime, threads,
-                              Path(tmp) / f"s{i}", precision) for i, c in enumerate(cfgs)]
+                              Path(tmp) / f"s{i}", precision) for i, c in enumerate(every)]
             rts, xs = [r for r, _ in loaded], [x for _, x in loaded]
         else:
-            paths = _export_subnets(space, cfgs, format_for(runtime, precision),
+            paths = _export_subnets(space, every, format_for(runtime, precision),
                                     models or Path(tmp), desc, jobs, convert)
             if target is not None:
-                return _timed_on(target, paths, runtime, threads, precision, protocol, desc)
+                return _timed_on(target, paths, runtime, threads, precision, protocol, desc,
+                                 reference is not None)
             rts, xs = [], []
-            for c, path in zip(cfgs, paths):
+            for c, path in zip(every, paths):
                 rt = get_runtime(runtime, threads)
                 rt.load(str(path))
                 rts.append(rt)
                 xs.append(_random_input(rt, (1, 3, c.r, c.r)))
-        return _timed_here(rts, xs, runtime, threads, precision, protocol, desc)
+        return _timed_here(rts, xs, runtime, threads, precision, protocol, desc,
+                           reference is not None)
+
+
+def _batches(n: int, with_reference: bool) -> list[tuple[list[int], int | None]]:
+    """Indices of ``n`` models (the reference last when ``with_reference``) in timing
+    batches of :data:`SUBNET_BATCH` subnets: (the batch's models in timing order, the
+    reference's position in it or None)."""
+    m = n - 1 if with_reference else n
+    return [([n - 1, *range(i, min(i + SUBNET_BATCH, m))] if with_reference
+             else list(range(i, min(i + SUBNET_BATCH, m))), 0 if with_reference else None)
+            for i in range(0, m, SUBNET_BATCH)]
+
+
+def _collect(out: dict[str, list[float]], stats: list[dict[str, Any]], ref: int | None,
+             statistic: str) -> None:
+    """One timed batch's rows (probe first, taken out) into :func:`_measure_configs`'
+    answer."""
+    rows = [st for j, st in enumerate(stats) if j != ref]
+    out["ms"] += [st[statistic] for st in rows]
+    out["rel"] += [st["rel"] for st in rows]
+    if ref is not None:
+        out.setdefault("reference_rel", []).extend([stats[ref]["rel"]] * len(rows))
 
 
 def _timed_on(target: Target, paths: list[Path], runtime: str, threads: int, precision: str,
-              protocol: TimingProtocol, desc: str) -> dict[str, list[float]]:
-    """The subnet models ``paths`` timed on ``target`` beside the probe,
-    :data:`SUBNET_BATCH` per request, the agent's progress shown here
-    (:func:`deploy.targets.base.device_progress`); answers as :func:`_measure_configs`."""
+              protocol: TimingProtocol, desc: str, with_reference: bool = False
+              ) -> dict[str, list[float]]:
+    """The subnet models ``paths`` (the reference's last when ``with_reference``) timed on
+    ``target`` beside the probe, :data:`SUBNET_BATCH` per request, the agent's progress
+    shown here (:func:`deploy.targets.base.device_progress`); answers as
+    :func:`_measure_configs`."""
     probed = ProbedTarget(target, runtime, precision)
     out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
+    plan = _batches(len(paths), with_reference)
     with device_progress(probed, desc):
-        batches = [probed.bench_many(paths[i:i + SUBNET_BATCH], threads, protocol)
-                   for i in range(0, len(paths), SUBNET_BATCH)]
-    for rows in batches:
-        out["ms"] += [r["latency_ms"][protocol.statistic] for r in rows]
-        out["rel"] += [r["latency_ms"]["rel"] for r in rows]
+        batches = [probed.bench_many([paths[j] for j in idx], threads, protocol)
+                   for idx, _ in plan]
+    for rows, (_, ref) in zip(batches, plan):
+        _collect(out, [r["latency_ms"] for r in rows], ref, protocol.statistic)
         out["probe_ms"] += list(rows[0]["probe"]["trial_means"]) if rows else []
     return out
 
 
 def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads: int,
-                precision: str, protocol: TimingProtocol, desc: str
-                ) -> dict[str, list[float]]:
-    """The loaded subnets ``rts`` (inputs ``xs``) timed in this process beside the probe,
-    :data:`SUBNET_BATCH` per batch; answers as :func:`_measure_configs`."""
+                precision: str, protocol: TimingProtocol, desc: str,
+                with_reference: bool = False) -> dict[str, list[float]]:
+    """The loaded subnets ``rts`` (inputs ``xs``; the reference's last when
+    ``with_reference``) timed in this process beside the probe, :data:`SUBNET_BATCH` per
+    batch; answers as :func:`_measure_configs`."""
     prt, px = load_probe(runtime, threads, precision)
     out: dict[str, list[float]] = {"ms": [], "rel": [], "probe_ms": []}
-    with tqdm(total=len(rts) * protocol.trials, leave=False,
+    plan = _batches(len(rts), with_reference)
+    with tqdm(total=sum(len(idx) for idx, _ in plan) * protocol.trials, leave=False,
               desc=f"{desc}: time ({protocol.trials} interleaved trials, probe)") as bar:
-        for i in range(0, len(rts), SUBNET_BATCH):
-            head, *stats = time_interleaved([prt, *rts[i:i + SUBNET_BATCH]],
-                                            [px, *xs[i:i + SUBNET_BATCH]], protocol,
+        for idx, ref in plan:
+            head, *stats = time_interleaved([prt, *(rts[j] for j in idx)],
+                                            [px, *(xs[j] for j in idx)], protocol,
                                             progress=bar.update)
-            out["ms"] += [st[protocol.statistic] for st in stats]
-            out["rel"] += [st["rel"] for st in stats]
+            _collect(out, stats, ref, protocol.statistic)
             out["probe_ms"] += head["trial_means"]
     return out
 
@@ -204,7 +239,14 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     whose probe often moves more than the bound within a few seconds, re-timing every repeat
     up to 3 times spent three quarters of a 12-subnet verification (83 s, 2026-12-06).
 
-    Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does.
+    A table with probe data also times its reference subnet in every batch
+    (:func:`table_reference`): ``reference_rel`` holds its probe units beside each subnet,
+    ``rel_probe`` each subnet's probe units as timed, and ``rel`` them brought to the
+    state of the table's calibration where it recorded one (:func:`at_reference`; else as
+    timed).
+
+    Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does, and for a
+    table with probe data ``rel_probe`` and ``reference_rel``.
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -212,8 +254,42 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     """
     args = (space, cfgs, table.context["runtime"], int(table.context["threads"]))
     rest = (desc, target, table.context.get("precision", "fp32"), jobs)
-    return repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder),
-                    protocol or TimingProtocol.from_fields(table.protocol), repeats)
+    ref = table_reference(table, space) if table.probe else None
+    m = repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder,
+                                                    reference=ref),
+                 protocol or TimingProtocol.from_fields(table.protocol), repeats)
+    if ref is not None:
+        recorded = (table.calibration.get("reference") or {}).get("rel")
+        m["rel_probe"] = m["rel"]
+        m["rel"] = at_reference(m, recorded) if recorded else list(m["rel"])
+    return m
+
+
+def table_reference(table: LatencyTable, space: SearchSpace) -> SubnetConfig:
+    """The reference subnet ``table``'s measurements are timed beside: the one its
+    calibration recorded (``calibration.reference.config``), else
+    :func:`deploy.lut.convert.reference_config` of its resolutions."""
+    rec = (table.calibration.get("reference") or {}).get("config")
+    return SubnetConfig.from_dict(rec) if rec else reference_config(space, table.resolutions)
+
+
+def at_reference(m: dict[str, list[float]], reference_rel: float) -> list[float]:
+    """Each subnet's probe units ``m["rel"]`` brought to the state in which the reference
+    subnet took ``reference_rel`` probe units: ``rel * reference_rel / m["reference_rel"]``
+    (the reference timed in the subnet's batch). Whole subnets of one space moved alike
+    when the device slowed them and not the probe: on this project's 2-core VM, 8 cifar
+    subnets timed in 54 batches over 17 minutes moved together by 4.9% (s.d. of a batch's
+    mean offset, in probe units), by 1.0-1.5% against any one of them
+    (``bench/reference_tracking.py``).
+
+    Raises:
+        ValueError: a measurement without ``reference_rel``, or a non-positive value.
+    """
+    ref = m.get("reference_rel")
+    if not ref or len(ref) != len(m["rel"]) or reference_rel <= 0 or min(ref) <= 0:
+        raise InputError("bringing probe units to a reference state needs the reference "
+                         "subnet's positive probe units beside every subnet")
+    return [r * reference_rel / q for r, q in zip(m["rel"], ref)]
 
 
 def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[float]]],
@@ -237,9 +313,12 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
         runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
-    pick = median_repeat([r["rel"] for r in runs])
-    return {"ms": [runs[k]["ms"][i] for i, k in enumerate(pick)],
-            "rel": [runs[k]["rel"][i] for i, k in enumerate(pick)],
+    keys = ["ms", "rel", *(["reference_rel"] if all("reference_rel" in r for r in runs)
+                           else [])]
+    # the median by the units that hold: against the reference where it was timed
+    pick = median_repeat([[a / b for a, b in zip(r["rel"], r.get("reference_rel", ()))]
+                          if "reference_rel" in keys else r["rel"] for r in runs])
+    return {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in keys},
             "probe_ms": [v for r in runs for v in r["probe_ms"]]}
 
 

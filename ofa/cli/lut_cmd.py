@@ -232,6 +232,8 @@ def _validate(args: argparse.Namespace, target) -> int:
     unit = "probe units" if rep["unit"] == "probe" else "ms"
     rows = [(f"raw block sum ({unit})", rep["raw"]),
             ("probe-relative (calibrated)", rep["relative"]),
+            *([("  without the reference subnet", rep["relative_probe"])]
+              if rep["speed"].get("reference_now_vs_table") else []),
             ("absolute ms at the table's speed", rep["absolute"])]
     for name, m in rows:
         if m is not None:
@@ -269,4 +271,7 @@ def speed_line(speed: dict) -> str:
                  f"({speed['now_vs_table']:.2f}x slower now)" if speed["now_vs_table"] >= 1
                  else f"; the table's build: {speed['table']['median']:.4f} ms "
                  f"({1 / speed['now_vs_table']:.2f}x faster now)")
+    if speed.get("reference_now_vs_table"):
+        line += (f"; reference subnet {speed['reference_now_vs_table']:.3f}x its "
+                 "calibration's probe units")
     return line
