@@ -24,6 +24,7 @@ from deploy.targets.base import device_progress
 from ofa.errors import InputError
 from ofa.fileio import atomic_write_json, atomic_write_text
 from ofa.space import SubnetConfig
+from search.latency_table import LatencyTable
 
 __all__ = ["validate_subnets", "markdown_table", "write_validation", "top1_standard_error"]
 
@@ -60,7 +61,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
                      models: dict[str, Any] | None = None,
                      precision: str = "fp32", jobs: int = 1,
                      ms_per_unit: float | None = None,
-                     speed: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+                     speed: dict[str, Any] | None = None,
+                     table: LatencyTable | None = None) -> list[dict[str, Any]]:
     """Export and measure each search row (``{"config", "acc", "latency_ms", ...}`` plus an
     optional ``"budget_ms"``/``"label"``) on ``target``; bundles go to ``out/<label>/`` and
     are reused when already complete (same config, files intact). ``data`` overrides the
@@ -86,7 +88,12 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     model's time in probe units converted at that speed, so that prediction and
     measurement meet at one speed whatever the device's speed was during this run (the ms
     as timed now stay in ``measured_now_ms``); ``speed``: the speed states the conversion
-    came from, kept in each row.
+    came from, kept in each row. ``table``: the latency table the predictions came from;
+    where its calibration recorded a reference state (``calibration.reference``,
+    :func:`deploy.lut.measure.at_reference`) its reference subnet is timed in every batch
+    too and each model's probe units are brought to that state (the median over the
+    batches of its units over the reference's), as the table's own measurements are; the
+    units as timed stay in ``measured_rel_probe``.
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -102,14 +109,59 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     bundles = _bundles(run, rows, Path(out), formats, data, models or {}, jobs, progress)
     protocol = protocol or TimingProtocol()
     paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
+    recorded = (table.calibration.get("reference") or {}) if table is not None else {}
+    ref = ([_reference_model(table, Path(out), runtime, precision)]
+           if recorded and table.probe else [])
     with device_progress(target, "final measurement"):
-        timed = ProbedTarget(target, runtime, precision).bench_many(paths, threads, protocol,
-                                                                    repeats=REPEATS)
+        timed = ProbedTarget(target, runtime, precision).bench_many([*ref, *paths], threads,
+                                                                    protocol, repeats=REPEATS)
+    if ref:
+        timed = _at_reference(timed[1:], timed[0], recorded["rel"])
     # top-1 of the same files on the bundles' evaluation images, after the timing
     accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     return [_result(row, bundle, model, t, acc, protocol, ms_per_unit, speed, target.name,
                     fmt)
             for row, bundle, model, t, acc in zip(rows, bundles, paths, timed, accs)]
+
+
+def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: str) -> Path:
+    """``table``'s reference subnet (:func:`deploy.lut.table_reference`) exported for
+    ``runtime`` at ``precision`` into ``out/reference/`` (periodic weights: a latency does
+    not depend on them); an existing file is reused."""
+    from deploy.lut import table_reference
+    from deploy.lut.convert import _export, _subnet
+    from ofa.space import SearchSpace
+
+    space = SearchSpace.from_dict(table.space)
+    cfg = table_reference(table, space)
+    fmt = format_for(runtime, precision)
+    path = out / "reference" / f"reference-{cfg.r}{fmt.suffix}"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _export(_subnet(space, cfg, 0), (1, 3, cfg.r, cfg.r), fmt, path)
+    return path
+
+
+def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float
+                  ) -> list[dict[str, Any]]:
+    """``rows`` (one per model, :meth:`deploy.probe.ProbedTarget.bench_many`) with each
+    ``latency_ms.rel`` brought to the reference state ``state``: the median over the
+    batches of the model's probe units over the reference's in the same batch, times
+    ``state``; the units as timed kept as ``rel_probe``."""
+    import numpy as np
+
+    def units(row: dict[str, Any]) -> np.ndarray:
+        lat = row["latency_ms"]
+        return np.asarray(lat.get("rel_repeats") or [lat["rel"]], dtype=float)
+
+    base = units(ref)
+    out = []
+    for r in rows:
+        lat = r["latency_ms"]
+        rel = float(np.median(units(r) / base)) * state
+        out.append({**r, "latency_ms": {**lat, "rel": rel, "rel_probe": lat["rel"]},
+                    "reference": {"rel": ref["latency_ms"]["rel"], "state": state}})
+    return out
 
 
 #: the final measurement times its models in this many batches, one after the other, and
@@ -180,7 +232,8 @@ def _result(row: dict[str, Any], bundle: list[Any], model: Path, t: dict[str, An
         "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
         "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
         "predicted_ms": pred, "measured_ms": m, "measured_now_ms": now,
-        "measured_rel": lat["rel"], "speed": speed, "measured_p90_ms": lat.get("p90"),
+        "measured_rel": lat["rel"], "measured_rel_probe": lat.get("rel_probe", lat["rel"]),
+        "speed": speed, "measured_p90_ms": lat.get("p90"),
         "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,
         "predicted_acc": row.get("acc"), "supernet_top1": rep["supernet_top1"],
         "measured_top1": top1, "top1_measured_on": top1_on, "top1_images": images,

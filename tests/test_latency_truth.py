@@ -467,6 +467,137 @@ def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
         calibrate_mod.calibrate(table, space, 4, repeats=21)
 
 
+def test_a_slow_down_the_probe_misses_is_carried_by_the_reference_subnet(monkeypatch):
+    """The device slows whole subnets 1.3x and not the probe (caches and memory shared with
+    a neighbour: `bench/reference_tracking.py`): their probe units move 30%, and brought to
+    the first measurement's state by the reference subnet timed in every batch
+    (`at_reference`) they stay within 3%. 18 subnets make two batches (16 + 2), each with
+    the reference."""
+    import deploy.lut.measure as measure
+    from deploy.lut import at_reference
+
+    slow = [1.0]
+    monkeypatch.setattr(measure, "load_probe",
+                        lambda *a, **k: (DriftingRuntime(0.1, lambda t: 1.0), np.zeros(1)))
+    works = [0.3 + 0.02 * i for i in range(18)]
+    rts = [DriftingRuntime(w, lambda t: slow[0]) for w in [*works, 0.45]]  # reference last
+    proto = TimingProtocol(warmup=1, runs=4, trials=7, probe=True, retime=0)
+
+    def timed():
+        return measure._timed_here(rts, [np.zeros(1)] * len(rts), "drifting", 1, "fp32",
+                                   proto, "test", with_reference=True)
+
+    first = timed()
+    slow[0] = 1.3
+    second = timed()
+    assert len(first["rel"]) == 18 and len(second["reference_rel"]) == 18
+    state = float(np.median(first["reference_rel"]))
+    assert state == pytest.approx(4.5, rel=0.03)
+    moved = np.array(second["rel"]) / np.array(first["rel"])
+    assert moved.min() > 1.2, moved
+    held = np.array(at_reference(second, state)) / np.array(at_reference(first, state))
+    assert np.abs(held - 1).max() < 0.03, held
+    with pytest.raises(ValueError, match="reference subnet's positive probe units"):
+        at_reference({"rel": [1.0]}, state)
+
+
+def test_the_final_measurement_brings_each_batch_to_the_reference_state():
+    """The final measurement's rows (3 batches each) are brought to the table's reference
+    state batch by batch: a subnet whose second batch ran 20% slower together with the
+    reference keeps its units; the units as timed stay beside."""
+    from deploy.validate import _at_reference
+
+    ref = {"latency_ms": {"rel": 4.0, "rel_repeats": [4.0, 4.8, 3.9]}}
+    rows = [{"latency_ms": {"rel": 10.0, "rel_repeats": [10.0, 12.0, 9.75]}},
+            {"latency_ms": {"rel": 2.0}}]  # one timing: no repeats recorded
+    ref_one = {"latency_ms": {"rel": 4.0}}
+    got = _at_reference(rows[:1], ref, 5.0)[0]["latency_ms"]
+    assert got["rel"] == pytest.approx(12.5) and got["rel_probe"] == 10.0
+    assert _at_reference(rows[1:], ref_one, 5.0)[0]["latency_ms"]["rel"] == pytest.approx(2.5)
+
+
+def _probe_table(space):
+    from conftest import synthetic_table
+
+    from deploy.probe import probe_summary
+
+    table = synthetic_table(space)  # in ms: its entries in units of a 0.1 ms probe
+    for group in table.entries.values():
+        for e in group.values():
+            e["rel"] = e["median"] / 0.1
+    table.probe = {"id": "probe-v1", "ms": probe_summary([0.1])}
+    return table
+
+
+def test_calibration_records_its_reference_state_and_later_measurements_meet_it(monkeypatch):
+    """`calibrate` times the table's reference subnet beside its subnets and fits them at
+    the reference's median state over its 3 passes (the passes moved everything alike:
+    each fits the same), recording it in `calibration.reference`; a later measurement
+    taken while whole subnets ran 1.25x slower in probe units is brought back to it, its
+    units as timed kept beside."""
+    import importlib
+
+    import deploy.lut.measure as measure
+    from deploy.lut.convert import calibration_configs, reference_config
+    from ofa.space import get_space
+    from search.latency import LatencyPredictor
+
+    calibrate_mod = importlib.import_module("deploy.lut.calibrate")
+    space = get_space("mbv3-digits", resolutions=[12])
+    table = _probe_table(space)
+    truth = 1.2 * LatencyPredictor(table, space, calibrated=False).units_many(
+        calibration_configs(space, [12], 4, 0))
+    passes, refs = iter([1.0, 1.1, 0.9]), []
+
+    def fake_measure(*args, **kw):
+        refs.append(args[11])  # the reference subnet timed with them
+        f = next(passes)
+        return {"ms": list(truth * f * 0.1), "rel": list(truth * f), "probe_ms": [0.1],
+                "reference_rel": [5.0 * f] * len(truth)}
+
+    monkeypatch.setattr(calibrate_mod, "_measure_configs", fake_measure)
+    cal = calibrate_mod.calibrate(table, space, 4).calibration
+    assert refs == [reference_config(space, [12])] * 3
+    assert cal["reference"]["config"] == reference_config(space, [12]).to_dict()
+    assert cal["reference"]["rel"] == pytest.approx(5.0)
+    assert cal["reference"]["range"] == pytest.approx([4.5, 5.5])
+    assert [f["measured"] for f in cal["fitted_on"]] == pytest.approx(list(truth))
+    assert cal["a"] == pytest.approx(1.2) and cal["p"] == pytest.approx(1.0)
+    monkeypatch.setattr(measure, "_measure_configs", lambda *a, **kw: {
+        "ms": [0.25], "rel": [2.5], "probe_ms": [0.1], "reference_rel": [6.25]})
+    got = measure.measure_subnets(table, space, [space.min_subnet(12)])
+    assert got["rel"] == pytest.approx([2.0]) and got["rel_probe"] == [2.5]
+
+
+def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatch):
+    """A table without a reference state is kept on measurements that match it and gets the
+    reference's state of that verification; measured again with every whole subnet and the
+    reference 1.3x slower in probe units, it is adapted by 1.3 and records the new state."""
+    import deploy.verify
+    from deploy.verify import verify_configs, verify_table
+    from ofa.space import get_space
+    from search.latency import LatencyPredictor
+
+    space = get_space("mbv3-digits", resolutions=[12, 16])
+    table = _probe_table(space)
+    factors = iter([1.0, 1.3])
+
+    def fake(tab, sp, cfgs, **kw):
+        f = next(factors)
+        pred = LatencyPredictor(table, sp).units_many(cfgs) * f
+        return {"ms": list(pred * 0.1), "rel": list(pred), "rel_probe": list(pred),
+                "probe_ms": [0.1], "reference_rel": [4.0 * f] * len(cfgs)}
+
+    monkeypatch.setattr(deploy.verify, "measure_subnets", fake)
+    assert len(verify_configs(space, [12, 16], 8)) == 8
+    v = verify_table(table, space, k=8)
+    assert v.action == "kept" and v.table.calibration["reference"]["rel"] == 4.0
+    v2 = verify_table(v.table, space, k=8)
+    assert v2.action == "adapted", v2.line()
+    assert v2.table.calibration["scale"] == pytest.approx(1.3)
+    assert v2.table.calibration["reference"]["rel"] == pytest.approx(5.2)
+
+
 def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
     """The final measurement is the arbiter: the subnet it puts over its budget gives way to
     the budget's most accurate candidate that meets it with the margin (its own measurement

@@ -39,6 +39,12 @@ def test_run_writes_every_artifact(tiny_job: Path):
         "recal_images"] == 256
     # the block models (converted beside training, then by the table step) went with it
     assert not (d / "latency_table.json.models").exists()
+    # the table's reference subnet: its state recorded by the calibration, and timed beside
+    # the final measurement, whose probe units are brought to that state
+    ref = json.loads((d / "latency_table.json").read_text())["calibration"]["reference"]
+    assert ref["rel"] > 0 and ref["range"][0] <= ref["rel"] <= ref["range"][1]
+    for v in json.loads((d / "validation.json").read_text())["subnets"]:
+        assert v["measured_rel_probe"] > 0 and v["measurement"]["reference"]["state"] == ref["rel"]
     rep = json.loads((d / "report.json").read_text())
     assert rep["kind"] == "ofa-edge-report"
     assert len(rep["budgets_ms"]) == 3 and rep["budgets_ms"] == sorted(rep["budgets_ms"])

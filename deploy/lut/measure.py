@@ -258,7 +258,7 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     m = repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder,
                                                     reference=ref),
                  protocol or TimingProtocol.from_fields(table.protocol), repeats)
-    if ref is not None:
+    if ref is not None and m["rel"]:
         recorded = (table.calibration.get("reference") or {}).get("rel")
         m["rel_probe"] = m["rel"]
         m["rel"] = at_reference(m, recorded) if recorded else list(m["rel"])
@@ -278,9 +278,9 @@ def at_reference(m: dict[str, list[float]], reference_rel: float) -> list[float]
     subnet took ``reference_rel`` probe units: ``rel * reference_rel / m["reference_rel"]``
     (the reference timed in the subnet's batch). Whole subnets of one space moved alike
     when the device slowed them and not the probe: on this project's 2-core VM, 8 cifar
-    subnets timed in 54 batches over 17 minutes moved together by 4.9% (s.d. of a batch's
-    mean offset, in probe units), by 1.0-1.5% against any one of them
-    (``bench/reference_tracking.py``).
+    subnets timed in 60 batches over 10 minutes moved together by 4.1% (s.d. of a batch's
+    mean offset, in probe units), by 1.6% against the reference subnet
+    (``bench/reference_tracking.py``, ``docs/benchmarks.md``).
 
     Raises:
         ValueError: a measurement without ``reference_rel``, or a non-positive value.

@@ -64,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
                                ms_per_unit=table.probe_ms(speed) if table and table.probe
                                else None,
                                speed={"speed": speed,
-                                      "states": table.probe.get("ms") if table else None})
+                                      "states": table.probe.get("ms") if table else None},
+                               table=table)
     except TargetError as exc:
         raise CliError(str(exc)) from None
     write_validation(out, args.out, f"{args.result} on {args.target}")

@@ -241,6 +241,7 @@ def _validate(rc: RunConfig, run: Path, chosen: list[dict[str, Any]],
                            precision=rc.deploy.precision,
                            ms_per_unit=table.probe_ms(rc.search.speed) if table.probe else None,
                            speed={"speed": rc.search.speed, "states": table.probe.get("ms")},
+                           table=table,
                            # one process per subnet: none waits for a second round of
                            # conversions (no slower than one process per core on 2 cores)
                            jobs=max(default_jobs(), len(rows)))
