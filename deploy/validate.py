@@ -88,12 +88,8 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     model's time in probe units converted at that speed, so that prediction and
     measurement meet at one speed whatever the device's speed was during this run (the ms
     as timed now stay in ``measured_now_ms``); ``speed``: the speed states the conversion
-    came from, kept in each row. ``table``: the latency table the predictions came from;
-    where its calibration recorded a reference state (``calibration.reference``,
-    :func:`deploy.lut.measure.at_reference`) its reference subnet is timed in every batch
-    too and each model's probe units are brought to that state (the median over the
-    batches of its units over the reference's), as the table's own measurements are; the
-    units as timed stay in ``measured_rel_probe``.
+    came from, kept in each row. ``table``: the latency table the predictions came from,
+    whose reference subnet is timed beside them where it recorded a state (:func:`_timed`).
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
     predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
@@ -109,19 +105,29 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     bundles = _bundles(run, rows, Path(out), formats, data, models or {}, jobs, progress)
     protocol = protocol or TimingProtocol()
     paths = [folder / rep["models"][fmt]["path"] for _, _, folder, rep in bundles]
-    recorded = (table.calibration.get("reference") or {}) if table is not None else {}
-    ref = ([_reference_model(table, Path(out), runtime, precision)]
-           if recorded and table.probe else [])
-    with device_progress(target, "final measurement"):
-        timed = ProbedTarget(target, runtime, precision).bench_many([*ref, *paths], threads,
-                                                                    protocol, repeats=REPEATS)
-    if ref:
-        timed = _at_reference(timed[1:], timed[0], recorded["rel"])
+    timed = _timed(target, paths, runtime, precision, threads, protocol, table, Path(out))
     # top-1 of the same files on the bundles' evaluation images, after the timing
     accs = target.top1(paths, [folder / "eval.npz" for _, _, folder, _ in bundles], threads)
     return [_result(row, bundle, model, t, acc, protocol, ms_per_unit, speed, target.name,
                     fmt)
             for row, bundle, model, t, acc in zip(rows, bundles, paths, timed, accs)]
+
+
+def _timed(target: Target, paths: list[Path], runtime: str, precision: str, threads: int,
+           protocol: TimingProtocol, table: LatencyTable | None, out: Path
+           ) -> list[dict[str, Any]]:
+    """The models ``paths`` timed on ``target`` beside the probe, :data:`REPEATS` times
+    (:meth:`deploy.probe.ProbedTarget.bench_many`), one row each. Where ``table`` recorded
+    a reference state (``calibration.reference``, :func:`deploy.lut.measure.at_reference`)
+    its reference subnet is timed first in every batch and each model's probe units are
+    brought to that state (:func:`_at_reference`), as the table's own measurements are."""
+    recorded = (table.calibration.get("reference") or {}) if table is not None else {}
+    ref = ([_reference_model(table, out, runtime, precision)]
+           if table is not None and recorded and table.probe else [])
+    with device_progress(target, "final measurement"):
+        timed = ProbedTarget(target, runtime, precision).bench_many([*ref, *paths], threads,
+                                                                    protocol, repeats=REPEATS)
+    return _at_reference(timed[1:], timed[0], recorded["rel"]) if ref else timed
 
 
 def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: str) -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from deploy.lut import measure_subnets, table_reference
+from deploy.lut.calibrate import reference_state
 from deploy.probe import probe_summary
 from deploy.targets import Target
 from deploy.validate import REPEATS
@@ -172,10 +173,8 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     if "reference_rel" in m and (action == "adapted" or
                                  "reference" not in table.calibration):
         # the state of the measurements the scale was fitted on
-        seen = np.asarray(m["reference_rel"])
-        out.calibration = {**out.calibration, "reference": {
-            "config": table_reference(table, space).to_dict(), "rel": float(np.median(seen)),
-            "range": [float(seen.min()), float(seen.max())], "measured": where}}
+        out.calibration = {**out.calibration, "reference": reference_state(
+            table_reference(table, space), m["reference_rel"], measured=where)}
     details = {"action": action, "reason": reason, "k": k, "seed": seed, "fit": fit,
                "unit": table.unit,
                "subnets": [{"config": c.to_dict(), "predicted": float(p), "measured": float(v),

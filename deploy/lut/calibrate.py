@@ -24,12 +24,13 @@ from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import probe_summary
 from deploy.targets import Target
 from ofa.errors import InputError
-from ofa.space import SearchSpace
+from ofa.space import SearchSpace, SubnetConfig
 from search.latency import LatencyPredictor
 from search.latency_table import LatencyTable
 from search.metrics import relative_error_report
 
-__all__ = ["calibrate", "refit_calibration", "fit_calibration", "validate_table"]
+__all__ = ["calibrate", "refit_calibration", "fit_calibration", "validate_table",
+           "reference_state"]
 
 
 def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
@@ -80,11 +81,8 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
         space, cfgs, runtime, threads, p, "calibration", target,
         table.context.get("precision", "fp32"), jobs, convert, folder, ref), protocol,
         repeats, models)
-    reference: dict[str, Any] = {}
-    if ref is not None:
-        seen = np.asarray(m["reference_rel"])
-        reference = {"config": ref.to_dict(), "rel": float(np.median(seen)),
-                     "range": [float(seen.min()), float(seen.max())]}
+    reference = reference_state(ref, m["reference_rel"]) if ref is not None else {}
+    if reference:
         m["rel"] = at_reference(m, reference["rel"])
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
@@ -94,6 +92,14 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
         {"config": c.to_dict(), "sum": s, "measured": v, "measured_ms": ms}
         for c, s, v, ms in zip(cfgs, raw, measured, m["ms"])]}
     return table
+
+
+def reference_state(ref: SubnetConfig, seen: list[float], **more: Any) -> dict[str, Any]:
+    """A table's ``calibration.reference``: the reference subnet ``ref`` and the median
+    (``rel``) and range of its probe units ``seen`` over a measurement's batches."""
+    a = np.asarray(seen, dtype=float)
+    return {"config": ref.to_dict(), "rel": float(np.median(a)),
+            "range": [float(a.min()), float(a.max())], **more}
 
 
 def refit_calibration(table: LatencyTable) -> LatencyTable:
@@ -160,16 +166,13 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     a table cannot be judged more finely than its validation.
 
     Reported separately: ``relative`` (calibrated prediction in probe units against each
-    subnet's measured time in probe units, brought to the calibration's reference state
-    where the table recorded one: what a change of the device's speed cannot move),
-    ``relative_probe`` (the same against the probe units as timed, without the reference
-    subnet), ``absolute`` (calibrated ms at the table's nominal speed against the ms measured
-    now: what also depends on the device's speed now), ``raw`` (block sums, in the table's
-    unit), and ``speed``: the probe's speed states in this run beside the table's, and the
-    reference subnet's probe units now over the calibration's (``reference_now_vs_table``,
-    the state of what the probe does not see). For a
-    table without probe data, ``relative`` is None and ``raw``/``calibrated`` are in ms.
-    Optionally a scatter plot PNG.
+    subnet's measured probe units, brought to the table's reference state where it has
+    one: what a change of the device's speed cannot move), ``relative_probe`` (against the
+    units as timed), ``absolute`` (calibrated ms at the table's nominal speed against the
+    ms measured now), ``raw`` (block sums, in the table's unit), and ``speed``: the probe's
+    speed states now beside the table's, and the reference's probe units now over the
+    table's (``reference_now_vs_table``). For a table without probe data, ``relative`` is
+    None and ``raw``/``calibrated`` are in ms. Optionally a scatter plot PNG.
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
