@@ -433,23 +433,29 @@ def test_repeated_timings_keep_each_models_median(monkeypatch):
         measure.measure_subnets(table, space, [], repeats=0)
 
 
-def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
-    """`calibrate` times its subnets in 3 passes (the default) of 4 of the protocol's 10
-    trials each and fits each subnet's median pass: one pass that put the subnets 30%
-    higher in probe units moves no point of the fit."""
+def _calibration_case(make_table):
+    """The module ``deploy.lut.calibrate`` (not the function), a digits space @12, a table
+    of it from ``make_table`` and its 4 + 2 calibration subnets' true units (1.2 x sums)."""
     import importlib
-
-    from conftest import synthetic_table
 
     from deploy.lut.convert import calibration_configs
     from ofa.space import get_space
     from search.latency import LatencyPredictor
 
-    calibrate_mod = importlib.import_module("deploy.lut.calibrate")  # not the function
     space = get_space("mbv3-digits", resolutions=[12])
-    table = synthetic_table(space)
+    table = make_table(space)
     truth = 1.2 * LatencyPredictor(table, space, calibrated=False).units_many(
         calibration_configs(space, [12], 4, 0))
+    return importlib.import_module("deploy.lut.calibrate"), space, table, truth
+
+
+def test_calibration_keeps_each_subnets_median_pass(monkeypatch):
+    """`calibrate` times its subnets in 3 passes (the default) of 4 of the protocol's 10
+    trials each and fits each subnet's median pass: one pass that put the subnets 30%
+    higher in probe units moves no point of the fit."""
+    from conftest import synthetic_table
+
+    calibrate_mod, space, table, truth = _calibration_case(synthetic_table)
     passes, trials = iter([1.0, 1.3, 1.02]), []
 
     def fake_measure(*args, **kw):
@@ -535,18 +541,10 @@ def test_calibration_records_its_reference_state_and_later_measurements_meet_it(
     each fits the same), recording it in `calibration.reference`; a later measurement
     taken while whole subnets ran 1.25x slower in probe units is brought back to it, its
     units as timed kept beside."""
-    import importlib
-
     import deploy.lut.measure as measure
-    from deploy.lut.convert import calibration_configs, reference_config
-    from ofa.space import get_space
-    from search.latency import LatencyPredictor
+    from deploy.lut.convert import reference_config
 
-    calibrate_mod = importlib.import_module("deploy.lut.calibrate")
-    space = get_space("mbv3-digits", resolutions=[12])
-    table = _probe_table(space)
-    truth = 1.2 * LatencyPredictor(table, space, calibrated=False).units_many(
-        calibration_configs(space, [12], 4, 0))
+    calibrate_mod, space, table, truth = _calibration_case(_probe_table)
     passes, refs = iter([1.0, 1.1, 0.9]), []
 
     def fake_measure(*args, **kw):
