@@ -453,41 +453,40 @@ def test_models_loaded_from_bytes_match_their_files(bundles):
     assert res["models"][0]["model_bytes"] < res["models"][1]["model_bytes"]  # int8, fp32
 
 
-def test_periodic_weights_keep_block_latency_and_compress(tmp_path):
-    """Blocks timed for a table carry a repeated weight tile: the same latency as random
-    weights (ONNX Runtime fp32 and int8, in interleaved trials; loose bounds for shared CI
-    machines) and the exported files compress > 20x (fp32; > 10x int8, whose per-channel
+def test_periodic_weights_keep_the_graph_and_compress(tmp_path):
+    """Blocks timed for a table carry a repeated weight tile: exported (ONNX fp32 and int8)
+    they are the same graph as with random weights, node for node and tensor shape for
+    tensor shape, which is what a runtime's kernels and so the latency depend on (measured:
+    trained and periodic exports of one subnet time within 2-3%, `bench/final_measurement.py`,
+    `docs/benchmarks.md`), and the files compress > 20x (fp32; > 10x int8, whose per-channel
     scales differ), so device batches are small."""
     import zlib
 
-    from scipy.stats import kendalltau
+    import onnx
 
     from deploy.lut.convert import _export, periodic_weights
     from ofa.static import build_layer
 
+    def graph(path):
+        g = onnx.load(str(path)).graph
+        return ([(n.op_type, [a.name for a in n.attribute]) for n in g.node],
+                sorted(tuple(t.dims) for t in g.initializer))
+
     shapes = get_space("mbv3-cifar", resolutions=[32]).all_block_shapes([32])[1::12]
     for precision in ("fp32", "int8"):
-        rts, xs, raw, packed = [], [], 0, 0
-        for kind in ("random", "periodic"):
-            for j, s in enumerate(shapes):
+        raw, packed = 0, 0
+        for j, s in enumerate(shapes):
+            paths = {}
+            for kind in ("random", "periodic"):
                 torch.manual_seed(j)
                 m = build_layer(s).eval()
                 m = periodic_weights(m) if kind == "periodic" else m
-                path = tmp_path / f"{kind}{j}_{precision}.onnx"
+                paths[kind] = tmp_path / f"{kind}{j}_{precision}.onnx"
                 _export(m, (1, s.in_ch, s.in_size, s.in_size), format_for("onnxruntime", precision),
-                        path)
-                if kind == "periodic":
-                    data = path.read_bytes()
-                    raw, packed = raw + len(data), packed + len(zlib.compress(data))
-                rt = get_runtime("onnxruntime")
-                rt.load(str(path))
-                x = np.random.default_rng(0).standard_normal(rt.input_shape)
-                rts.append(rt)
-                xs.append(rt.prepare(x.astype(np.float32)))
-        st = time_interleaved(rts, xs, TimingProtocol(warmup=3, runs=20, trials=6))
-        med = np.array([s["median"] for s in st]).reshape(2, -1)
-        assert 0.8 < np.median(med[1] / med[0]) < 1.25, (precision, med)
-        assert kendalltau(med[0], med[1])[0] > 0.6, (precision, med)
+                        paths[kind])
+            assert graph(paths["random"]) == graph(paths["periodic"]), (precision, s.key())
+            data = paths["periodic"].read_bytes()
+            raw, packed = raw + len(data), packed + len(zlib.compress(data))
         assert raw / packed > {"fp32": 20, "int8": 10}[precision], (precision, raw, packed)
 
 
