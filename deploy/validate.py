@@ -121,9 +121,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     a reference state (``calibration.reference``, :func:`deploy.lut.measure.at_reference`)
     its reference subnet is timed first in every batch and each model's probe units are
     brought to that state (:func:`_at_reference`), as the table's own measurements are."""
-    recorded = (table.calibration.get("reference") or {}) if table is not None else {}
-    ref = ([_reference_model(table, out, runtime, precision)]
-           if table is not None and recorded and table.probe else [])
+    recorded = table.reference if table is not None and table.probe else {}
+    ref = [_reference_model(table, out, runtime, precision)] if recorded else []
     with device_progress(target, "final measurement"):
         timed = ProbedTarget(target, runtime, precision).bench_many([*ref, *paths], threads,
                                                                     protocol, repeats=REPEATS)
@@ -132,39 +131,38 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
 
 def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: str) -> Path:
     """``table``'s reference subnet (:func:`deploy.lut.table_reference`) exported for
-    ``runtime`` at ``precision`` into ``out/reference/`` (periodic weights: a latency does
-    not depend on them); an existing file is reused."""
+    ``runtime`` at ``precision`` into ``out/reference/`` as a table's subnets are
+    (:func:`deploy.lut.convert._export_subnets`: periodic weights, an existing file
+    reused)."""
     from deploy.lut import table_reference
-    from deploy.lut.convert import _export, _subnet
+    from deploy.lut.convert import _export_subnets
     from ofa.space import SearchSpace
 
     space = SearchSpace.from_dict(table.space)
-    cfg = table_reference(table, space)
-    fmt = format_for(runtime, precision)
-    path = out / "reference" / f"reference-{cfg.r}{fmt.suffix}"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _export(_subnet(space, cfg, 0), (1, 3, cfg.r, cfg.r), fmt, path)
-    return path
+    return _export_subnets(space, [table_reference(table, space)],
+                           format_for(runtime, precision), out / "reference", "reference",
+                           1)[0]
 
 
 def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float
                   ) -> list[dict[str, Any]]:
     """``rows`` (one per model, :meth:`deploy.probe.ProbedTarget.bench_many`) with each
     ``latency_ms.rel`` brought to the reference state ``state``: the median over the
-    batches of the model's probe units over the reference's in the same batch, times
-    ``state``; the units as timed kept as ``rel_probe``."""
+    batches of its units brought there by the reference in the same batch
+    (:func:`deploy.lut.measure.at_reference`); the units as timed kept as ``rel_probe``."""
     import numpy as np
 
-    def units(row: dict[str, Any]) -> np.ndarray:
+    from deploy.lut import at_reference
+
+    def units(row: dict[str, Any]) -> list[float]:
         lat = row["latency_ms"]
-        return np.asarray(lat.get("rel_repeats") or [lat["rel"]], dtype=float)
+        return list(lat.get("rel_repeats") or [lat["rel"]])
 
     base = units(ref)
     out = []
     for r in rows:
         lat = r["latency_ms"]
-        rel = float(np.median(units(r) / base)) * state
+        rel = float(np.median(at_reference({"rel": units(r), "reference_rel": base}, state)))
         out.append({**r, "latency_ms": {**lat, "rel": rel, "rel_probe": lat["rel"]},
                     "reference": {"rel": ref["latency_ms"]["rel"], "state": state}})
     return out

@@ -171,7 +171,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     if action == "adapted":
         out.calibration = {**out.calibration, **fit}
     if "reference_rel" in m and (action == "adapted" or
-                                 "reference" not in table.calibration):
+                                 not table.reference):
         # the state of the measurements the scale was fitted on
         out.calibration = {**out.calibration, "reference": reference_state(
             table_reference(table, space), m["reference_rel"], measured=where)}

@@ -98,6 +98,12 @@ class LatencyTable:
         """One invoke's overhead in the table's unit."""
         return self.overhead_rel if self.probe else self.overhead_ms
 
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The reference subnet's state its predictions state (``calibration.reference``:
+        ``config``, ``rel`` in probe units, ``range``; ``docs/latency.md``), or ``{}``."""
+        return self.calibration.get("reference") or {}
+
     def probe_ms(self, speed: str = "nominal") -> float:
         """ms per probe unit at ``speed``: ``nominal`` (the probe's median time over the
         build's batches, or over the measurements that verified the table on this device)

@@ -118,8 +118,8 @@ def refit_calibration(table: LatencyTable) -> LatencyTable:
                                            [f.get("measured", f.get("measured_ms"))
                                             for f in pts]),
                          "unit": table.unit,
-                         **({"reference": table.calibration["reference"]}
-                            if "reference" in table.calibration else {}), "fitted_on": pts}
+                         **({"reference": table.reference} if table.reference else {}),
+                         "fitted_on": pts}
     return table
 
 
@@ -187,7 +187,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
     cal = LatencyPredictor(table, space, calibrated=True).units_many(cfgs)
     cal_ms = table.to_ms(cal)
     now = probe_summary(m["probe_ms"])
-    recorded = (table.calibration.get("reference") or {}).get("rel")
+    recorded = table.reference.get("rel")
     as_timed = np.asarray(m.get("rel_probe", rel))
     report = {"table": table.source, "context": table.describe(), "n": n, "seed": seed,
               "repeats": repeats, "unit": table.unit,

@@ -74,8 +74,9 @@ def periodic_weights(model: nn.Module, period: int = WEIGHT_PERIOD, seed: int = 
     sparsity, no value-dependent paths; values stay far from the denormal range), and a
     repeated tile compresses with zlib (25-35x fp32 ONNX and TFLite files, ~10x int8, whose
     per-channel scales differ), so a batch of blocks sent to a device is a few percent of its
-    bytes (``tests/test_deploy.py`` checks the latencies match random weights). The range
-    per tensor is kept so int8 quantisation sees ordinary scales.
+    bytes (``tests/test_deploy.py`` checks the exported graph is the one random weights
+    give; ``bench/final_measurement.py`` that trained and periodic exports time alike).
+    The range per tensor is kept so int8 quantisation sees ordinary scales.
 
     Raises:
         ValueError: ``period < 2``.

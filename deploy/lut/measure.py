@@ -259,7 +259,7 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
                                                     reference=ref),
                  protocol or TimingProtocol.from_fields(table.protocol), repeats)
     if ref is not None and m["rel"]:
-        recorded = (table.calibration.get("reference") or {}).get("rel")
+        recorded = table.reference.get("rel")
         m["rel_probe"] = m["rel"]
         m["rel"] = at_reference(m, recorded) if recorded else list(m["rel"])
     return m
@@ -269,7 +269,7 @@ def table_reference(table: LatencyTable, space: SearchSpace) -> SubnetConfig:
     """The reference subnet ``table``'s measurements are timed beside: the one its
     calibration recorded (``calibration.reference.config``), else
     :func:`deploy.lut.convert.reference_config` of its resolutions."""
-    rec = (table.calibration.get("reference") or {}).get("config")
+    rec = table.reference.get("config")
     return SubnetConfig.from_dict(rec) if rec else reference_config(space, table.resolutions)
 
 
