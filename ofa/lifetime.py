@@ -12,7 +12,10 @@ workers of ``ofa/data.py``, the background block conversion of ``ofa run``) call
   command's to handle: the command cleans up and exits 130 / 143 in one line, and its
   workers follow it through the parent-death signal instead of dying first and turning the
   clean exit into a "worker killed by signal" traceback; a SIGTERM from a parent that stays
-  (multiprocessing terminating its workers at exit) ends the worker after the grace.
+  (multiprocessing terminating its workers at exit) ends the worker after the grace;
+- a helper thread of the worker whose peer went away (multiprocessing's fd-sharing thread,
+  serving a batch to a parent that the group signal is ending) ends without a traceback
+  (:func:`quiet_peer_errors`), so that the command's one line stays the last thing printed.
 
 Numpy-free and torch-free; the device agent has its own watch (``deploy/ontarget/agent.py``).
 """
@@ -26,7 +29,8 @@ import sys
 import threading
 import time
 
-__all__ = ["worker_lifetime", "die_with_parent", "lifetime_init", "default_jobs"]
+__all__ = ["worker_lifetime", "die_with_parent", "lifetime_init", "default_jobs",
+           "quiet_peer_errors"]
 
 _PR_SET_PDEATHSIG = 1
 TERM_GRACE_S = 5.0  # a worker told to end by SIGTERM waits this long for its parent to go
@@ -60,13 +64,25 @@ def die_with_parent(sig: int = signal.SIGKILL, poll_s: float = 1.0,
     return how
 
 
+def quiet_peer_errors(kind: type[BaseException], exc: BaseException, tb: object) -> None:
+    """A ``sys.excepthook`` for a process whose peers may die under it: a connection that
+    broke (``BrokenPipeError``, ``ConnectionError``, ``EOFError``) is dropped without a
+    traceback, anything else is printed as usual. multiprocessing's fd-sharing thread
+    (``multiprocessing/resource_sharer.py``) reports its errors through ``sys.excepthook``;
+    its peer dying with a group signal is no error of this process."""
+    if not issubclass(kind, (BrokenPipeError, ConnectionError, EOFError)):
+        sys.__excepthook__(kind, exc, tb)  # type: ignore[arg-type]
+
+
 def worker_lifetime(*_: object, parent: int | None = None) -> None:
     """The first call of every worker process (usable as a ``worker_init_fn`` or a pool
-    ``initializer``: positional arguments are ignored): ignore SIGINT/SIGTERM, die with the
+    ``initializer``: positional arguments are ignored): ignore SIGINT/SIGTERM, drop the
+    tracebacks of broken connections (:func:`quiet_peer_errors`), die with the
     parent (:func:`die_with_parent`, SIGKILL: the worker holds nothing to clean up that its
     parent does not). ``parent``: the parent's pid as the parent saw it (pass
     ``os.getpid()`` from there, e.g. with :func:`functools.partial`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.excepthook = quiet_peer_errors  # the worker's peer is its parent, or its parent's
     parent = parent or os.getppid()
 
     def on_term(signum: int, frame: object) -> None:

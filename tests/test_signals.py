@@ -162,3 +162,30 @@ def test_a_signal_to_the_process_group_ends_training_in_one_line(tmp_path, sig, 
     while _alive(kids) and time.time() - t < 10:
         time.sleep(0.2)
     assert not _alive(kids)
+
+
+_PEER_GONE = """
+import os, socket, sys, time
+from multiprocessing import resource_sharer
+from ofa.lifetime import worker_lifetime
+worker_lifetime()
+r, w = os.pipe()
+address = resource_sharer.DupFd(r)._id[0]  # starts the fd-sharing thread of this process
+s = socket.socket(socket.AF_UNIX)
+s.connect(address)
+s.close()  # a parent that dies before it takes the batch's file descriptor
+time.sleep(1.0)
+sys.excepthook(ValueError, ValueError("not a peer's error"), None)
+"""
+
+
+def test_a_worker_whose_parent_went_prints_no_traceback():
+    """The group-signal race that `test_a_signal_to_the_process_group_ends_training_in_one_line`
+    meets now and then, made certain: a DataLoader worker serves a batch's file descriptor
+    through multiprocessing's fd-sharing thread, the parent dies mid-handshake; the worker
+    prints no traceback for the broken connection, and still prints any other error."""
+    res = subprocess.run([sys.executable, "-c", _PEER_GONE], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "EOFError" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines() == ["ValueError: not a peer's error"]

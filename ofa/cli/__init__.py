@@ -16,11 +16,12 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ofa.cli.args import CliError
 from ofa.errors import InputError
 from ofa.fileio import clear_interrupts, note_interrupt
+from ofa.lifetime import quiet_peer_errors
 
 __all__ = ["main", "build_parser", "COMMANDS", "CliError"]
 
@@ -56,16 +57,8 @@ class _Terminated(KeyboardInterrupt):
 
 def _on_signal(signum: int, frame: object) -> None:
     note_interrupt(signum)  # remembered, in case a library swallows the exception
-    sys.excepthook = _quiet_broken_pipes
+    sys.excepthook = quiet_peer_errors  # helper threads whose peer died with the signal
     raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _quiet_broken_pipes(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-    """The excepthook once the command is interrupted: a helper thread whose peer died
-    with the signal (multiprocessing's fd-sharing thread serving a DataLoader worker of the
-    same process group) ends without a traceback; anything else is printed as usual."""
-    if not issubclass(kind, (BrokenPipeError, ConnectionError, EOFError)):
-        sys.__excepthook__(kind, exc, tb)
 
 
 BUG_EXIT = 70  # EX_SOFTWARE (sysexits.h): an internal error, not the user's input
