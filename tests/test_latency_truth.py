@@ -136,22 +136,55 @@ def test_judge_keeps_adapts_and_rebuilds():
     pred = g.uniform(1, 5, 12)
     res = np.array([12, 16, 20] * 4)
     action, reason, fit = judge(pred, pred * g.normal(1, 0.02, 12), res)
-    assert action == "kept" and fit == {} and "6 of 6" in reason
+    assert action == "kept" and fit == {} and "12 of 12" in reason
     action, _, fit = judge(pred, pred * 1.4 * g.normal(1, 0.02, 12), res)
     assert action == "adapted" and fit["scale"] == pytest.approx(1.4, rel=0.05)
-    # another device whose resolutions scale differently: per-resolution scales
-    per = np.array([{12: 0.7, 16: 1.0, 20: 1.5}[r] for r in res])
     # within the tolerance as it is, but every subnet 6% slower here: the offset is removed
     action, reason, fit = judge(pred, pred * 1.06 * g.normal(1, 0.01, 12), res)
-    assert action == "adapted" and "6 of 6" in reason and fit["scale"] == pytest.approx(
+    assert action == "adapted" and "12 of 12" in reason and fit["scale"] == pytest.approx(
         1.06, rel=0.02)
+    # another device whose resolutions scale differently: per-resolution scales
+    per = np.array([{12: 0.7, 16: 1.0, 20: 1.5}[r] for r in res])
     action, reason, fit = judge(pred, pred * per, res)
-    assert action == "adapted" and "per-resolution" in reason
-    assert fit["resolution_scale"][20] == pytest.approx(1.5)
+    assert action == "adapted" and "resolution scales" in reason
+    assert fit["resolution_scale"] == pytest.approx({12: 0.7, 16: 1.0, 20: 1.5})
     action, reason, _ = judge(pred, g.uniform(1, 5, 12), res)  # no relation: rebuild
     assert action == "rebuild" and "need 80%" in reason
     with pytest.raises(ValueError, match="4 or more"):
         judge(pred[:3], pred[:3], res[:3])
+    with pytest.raises(ValueError, match="positive"):
+        judge(pred, -pred, res)
+
+
+def test_judge_adapts_the_one_resolution_a_table_gets_wrong():
+    """The 12 subnets of a verification of the shipped digits table on a 2-core EPYC VM
+    (`ofa run`, docs/latency.md): 11 of 12 within ±10% as it is, but the four at 20 px all
+    predicted 5-15% high. That resolution gets its own scale, the others none."""
+    pred = np.array([3.956, 4.893, 9.385, 5.199, 5.175, 6.758, 3.783, 5.474, 7.395, 5.271,
+                     4.883, 9.063])
+    meas = np.array([4.154, 5.23, 8.671, 5.205, 5.162, 6.674, 3.632, 5.508, 6.731, 5.063,
+                     4.522, 8.039])
+    res = np.array([12, 16, 20] * 4)
+    action, reason, fit = judge(pred, meas, res)
+    assert action == "adapted" and reason.startswith("11 of 12 subnets within ±10% as it is")
+    scales = fit["resolution_scale"]
+    assert scales[12] == scales[16] == 1.0 and scales[20] == pytest.approx(0.926, abs=0.001)
+
+
+def test_judge_rarely_fits_a_scale_to_timing_noise():
+    """Measurements that scatter 4% around a right table (the timing noise of a
+    verification on a busy VM): a scale is fitted in under 10% of 400 verifications, and
+    never one over 10%."""
+    g = np.random.default_rng(1)
+    res = np.array([12, 16, 20] * 4)
+    fitted = []
+    for _ in range(400):
+        pred = g.uniform(1, 5, 12)
+        action, _, fit = judge(pred, pred * np.exp(g.normal(0, 0.04, 12)), res)
+        if fit:
+            fitted.append(max(abs(s - 1) for s in (fit.get("resolution_scale") or
+                                                    {0: fit["scale"]}).values()))
+    assert len(fitted) < 40 and max(fitted) < 0.10
 
 
 @settings(max_examples=200, deadline=None)
@@ -257,10 +290,10 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, 
     v2 = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=8)
     assert v2.action == "adapted", v2.line()
     # its calibrated predictions are 1.5 ** p times the table's (a * raw ** p), so the scale
-    # is what the table's own fit half (subnets 0, 2, 4, 6) measured over predicted, / 1.5 ** p
+    # is what the table's own 8 subnets measured over predicted (geometric mean), / 1.5 ** p
     # (1 / 1.5 when the table built here is exact)
-    first = v.details["subnets"][:8:2]
-    own = np.median([s["measured"] / s["predicted"] for s in first])
+    first = v.details["subnets"][:8]
+    own = np.exp(np.mean([np.log(s["measured"] / s["predicted"]) for s in first]))
     p = table.calibration.get("p", 1.0)
     assert v2.table.calibration["scale"] == pytest.approx(own / 1.5 ** p, rel=1e-6)
     g = np.random.default_rng(0)
@@ -433,6 +466,27 @@ def test_repeated_timings_keep_each_models_median(monkeypatch):
         measure.measure_subnets(table, space, [], repeats=0)
 
 
+def test_a_repeated_measurements_state_is_the_median_of_every_timing():
+    """Three timings of two subnets beside the reference subnet: each subnet's picked timing
+    may come from the one batch that ran slow (reference 6.0 there, 5.0 in the others); the
+    state of the measurement is the median over all six reference timings, 5.0."""
+    from deploy.lut.measure import repeated
+
+    runs = iter([([10.0, 20.0], [5.0, 5.0]), ([12.0, 24.6], [6.0, 6.0]),
+                 ([10.2, 19.0], [5.0, 5.0])])
+
+    def fake(protocol, folder):
+        rel, ref = next(runs)
+        return {"ms": [r / 10 for r in rel], "rel": rel, "probe_ms": [0.1],
+                "reference_rel": ref}
+
+    got = repeated(fake, TimingProtocol(), 3)
+    # by units against the reference: subnet 0 2.0, 2.0, 2.04 -> the slow batch's (2.0)
+    assert got["reference_rel"] == [6.0, 5.0] and got["rel"] == [12.0, 20.0]
+    assert sorted(got["reference_seen"]) == [5.0] * 4 + [6.0] * 2
+    assert float(np.median(got["reference_seen"])) == 5.0
+
+
 def _calibration_case(make_table):
     """The module ``deploy.lut.calibrate`` (not the function), a digits space @12, a table
     of it from ``make_table`` and its 4 + 2 calibration subnets' true units (1.2 x sums)."""
@@ -570,7 +624,10 @@ def test_calibration_records_its_reference_state_and_later_measurements_meet_it(
 def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatch):
     """A table without a reference state is kept on measurements that match it and gets the
     reference's state of that verification; measured again with every whole subnet and the
-    reference 1.3x slower in probe units, it is adapted by 1.3 and records the new state."""
+    reference 1.3x slower in probe units, it is adapted by 1.3 and records the new state.
+    Verified again where its 12 px subnets run 1.1x slower still, the scales compose
+    (12 px: 1.43, 16 px: 1.3): a verification's fit multiplies the predictions as they
+    were, scale included."""
     import deploy.verify
     from deploy.verify import verify_configs, verify_table
     from ofa.space import get_space
@@ -578,11 +635,12 @@ def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatc
 
     space = get_space("mbv3-digits", resolutions=[12, 16])
     table = _probe_table(space)
-    factors = iter([1.0, 1.3])
+    factors = iter([{12: 1.0, 16: 1.0}, {12: 1.3, 16: 1.3}, {12: 1.43, 16: 1.3}])
 
     def fake(tab, sp, cfgs, **kw):
-        f = next(factors)
-        pred = LatencyPredictor(table, sp).units_many(cfgs) * f
+        by_r = next(factors)
+        f = by_r[16]
+        pred = LatencyPredictor(table, sp).units_many(cfgs) * [by_r[c.r] for c in cfgs]
         return {"ms": list(pred * 0.1), "rel": list(pred), "rel_probe": list(pred),
                 "probe_ms": [0.1], "reference_rel": [4.0 * f] * len(cfgs)}
 
@@ -594,6 +652,10 @@ def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatc
     assert v2.action == "adapted", v2.line()
     assert v2.table.calibration["scale"] == pytest.approx(1.3)
     assert v2.table.calibration["reference"]["rel"] == pytest.approx(5.2)
+    v3 = verify_table(v2.table, space, k=8)
+    assert v3.action == "adapted" and "resolution scales" in v3.reason, v3.line()
+    assert "scale" not in v3.table.calibration
+    assert v3.table.calibration["resolution_scale"] == pytest.approx({12: 1.43, 16: 1.3})
 
 
 def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():

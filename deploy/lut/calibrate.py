@@ -81,7 +81,7 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
         space, cfgs, runtime, threads, p, "calibration", target,
         table.context.get("precision", "fp32"), jobs, convert, folder, ref), protocol,
         repeats, models)
-    reference = reference_state(ref, m["reference_rel"]) if ref is not None else {}
+    reference = reference_state(ref, m["reference_seen"]) if ref is not None else {}
     if reference:
         m["rel"] = at_reference(m, reference["rel"])
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
@@ -201,7 +201,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
                         "now_vs_table": (now["median"] / table.probe_ms()
                                          if table.probe else None),
                         "reference_now_vs_table": (
-                            float(np.median(m["reference_rel"])) / recorded
+                            float(np.median(m["reference_seen"])) / recorded
                             if recorded and "reference_rel" in m else None)},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
                            "measured_rel": float(r), "measured_rel_probe": float(t),

@@ -246,7 +246,8 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     timed).
 
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does, and for a
-    table with probe data ``rel_probe`` and ``reference_rel``.
+    table with probe data ``rel_probe``, ``reference_rel`` and ``reference_seen``
+    (:func:`repeated`).
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -298,8 +299,12 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     """``measure(protocol, folder)`` (answers as :func:`_measure_configs`) run ``repeats``
     times one after the other, each model's median timing kept
     (:func:`deploy.probe.median_repeat`: its ``ms`` and ``rel`` from the same timing;
-    ``probe_ms`` of every timing). With ``repeats`` > 1 each timing is re-timed at most
-    :data:`REPEAT_RETIME` times (see :func:`measure_subnets`). The models are exported
+    ``probe_ms`` of every timing). Where the reference subnet was timed,
+    ``reference_seen`` holds its probe units in every timing (beside each subnet, picked or
+    not): the state of the measurement as a whole is their median, which the picked
+    timings' ``reference_rel`` can miss (three picked from the same upset batch). With
+    ``repeats`` > 1 each timing is re-timed at most :data:`REPEAT_RETIME` times (see
+    :func:`measure_subnets`). The models are exported
     once: into ``models`` when given, else into a temporary folder (a single timing gets
     ``models`` as it is, None included).
 
@@ -309,7 +314,8 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     if not 1 <= repeats <= 20:
         raise InputError(f"repeats must be in 1-20, got {repeats}")
     if repeats == 1:
-        return measure(protocol, models)
+        m = measure(protocol, models)
+        return {**m, "reference_seen": list(m["reference_rel"])} if "reference_rel" in m else m
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
         runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
@@ -318,8 +324,11 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     # the median by the units that hold: against the reference where it was timed
     pick = median_repeat([[a / b for a, b in zip(r["rel"], r.get("reference_rel", ()))]
                           if "reference_rel" in keys else r["rel"] for r in runs])
-    return {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in keys},
-            "probe_ms": [v for r in runs for v in r["probe_ms"]]}
+    out = {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in keys},
+           "probe_ms": [v for r in runs for v in r["probe_ms"]]}
+    if "reference_rel" in keys:  # the state of every timing, not of the picked ones
+        out["reference_seen"] = [v for r in runs for v in r["reference_rel"]]
+    return out
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
