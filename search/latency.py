@@ -82,8 +82,9 @@ class LatencyPredictor:
     Args:
         table: the lookup table (its context is checked against ``space``).
         space: the search space; only resolutions present in the table can be predicted.
-        calibrated: apply the table's calibration ``a * raw ** p + b``
-            (:meth:`search.latency_table.LatencyTable.calibrated`).
+        calibrated: apply the table's calibration ``a * raw ** p + b + w * mparams``
+            (:meth:`search.latency_table.LatencyTable.calibrated`; ``mparams``, the
+            subnet's parameters in millions, another :class:`BlockSum`).
         speed: the device speed a table in probe units converts to ms at (``nominal`` or
             ``sustained``, :meth:`search.latency_table.LatencyTable.probe_ms`).
 
@@ -103,6 +104,10 @@ class LatencyPredictor:
                              f"(table {table.resolutions}, space {list(space.resolutions)})")
         self.calibrated = calibrated
         self.sum = BlockSum(space, lambda r, s: table.net(r, s.key()), self.resolutions)
+        # the parameters (millions) of a calibration with a weights term
+        self.mparams = (BlockSum(space, lambda r, s: s.params(space.divisor) / 1e6,
+                                 self.resolutions)
+                        if calibrated and table.calibration.get("w") else None)
         self.overhead = table.overhead
         self.encoder = ArchEncoder(space)
 
@@ -129,7 +134,8 @@ class LatencyPredictor:
         raw = raw + self.overhead
         if not self.calibrated:
             return raw
-        return self.table.calibrated(raw) * self.table.scale(enc["r"])
+        mparams = self.mparams(enc) if self.mparams is not None else None
+        return self.table.calibrated(raw, mparams) * self.table.scale(enc["r"])
 
     def units_many(self, cfgs: Sequence[SubnetConfig]) -> np.ndarray:
         """:meth:`units_encoded` of configs."""

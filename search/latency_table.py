@@ -283,15 +283,30 @@ class LatencyTable:
                 speed: str = "nominal") -> float:
         """One subnet's latency in ms at ``speed`` (:meth:`probe_ms`)."""
         raw = self.predict_raw(space, cfg)
-        val = (float(self.calibrated(np.asarray(raw))) * self.scale(cfg.r) if calibrated
-               else raw)
+        val = (float(self.calibrated(np.asarray(raw), space.params(cfg) / 1e6))
+               * self.scale(cfg.r) if calibrated else raw)
         return float(self.to_ms(val, speed))
 
-    def calibrated(self, raw: np.ndarray) -> np.ndarray:
-        """``a * raw ** p + b`` (ms, any shape) with the table's calibration (``p`` = 1 and a
-        straight line for tables fitted before the power law)."""
+    def calibrated(self, raw: np.ndarray, mparams: Any = None) -> np.ndarray:
+        """``a * raw ** p + b + w * mparams`` (the table's unit, any shape) with the table's
+        calibration: ``raw`` block sums, ``mparams`` the subnets' parameters in millions
+        (the weights a whole subnet reads, which its blocks timed alone found in a core's
+        cache: ``deploy/lut/calibrate.py``, :func:`fit_calibration`). ``p`` = 1 and a
+        straight line for tables fitted before the power law; ``w`` = 0 for tables fitted
+        without the weights.
+
+        Raises:
+            TableError: the calibration has a weights term and ``mparams`` is None.
+        """
         c = self.calibration
-        return float(c["a"]) * np.power(raw, float(c.get("p", 1.0))) + float(c["b"])
+        out = float(c["a"]) * np.power(raw, float(c.get("p", 1.0))) + float(c["b"])
+        w = float(c.get("w", 0.0))
+        if w:
+            if mparams is None:
+                raise TableError(f"{self.source or 'table'}: its calibration has a weights "
+                                 "term; the subnets' parameters are needed")
+            out = out + w * np.asarray(mparams, dtype=np.float64)
+        return out
 
     def scale(self, r: Any) -> Any:
         """The factor a verification on another device fitted (``deploy/verify.py``) at
@@ -307,7 +322,8 @@ class LatencyTable:
     def calibration_text(self) -> str:
         """The calibration in one short phrase, e.g. ``a=0.970 p=1.084 b=0.000 ms``."""
         c = self.calibration
-        return f"a={float(c['a']):.3f} p={float(c.get('p', 1.0)):.3f} b={float(c['b']):.3f} ms"
+        text = f"a={float(c['a']):.3f} p={float(c.get('p', 1.0)):.3f} b={float(c['b']):.3f} ms"
+        return text + (f" w={float(c['w']):.3f}/Mparams" if c.get("w") else "")
 
     def describe(self) -> str:
         c = self.context

@@ -178,7 +178,8 @@ def test_cli_calibrate_refits_a_copied_table(tiny_table, tmp_path, capsys):
         pred = LatencyPredictor(t, space).predict(SubnetConfig.from_dict(f["config"]))
         cal = t.calibration
         assert cal["unit"] == "probe"  # fitted in probe units, converted at the build's speed
-        units = cal["a"] * f["sum"] ** cal["p"] + cal["b"]
+        units = cal["a"] * f["sum"] ** cal["p"] + cal["b"] + cal["w"] * f["mparams"]
+        assert f["mparams"] == space.params(SubnetConfig.from_dict(f["config"])) / 1e6
         assert pred == pytest.approx(units * t.probe_ms())
     copied.write_text(out.read_text()[:200])
     capsys.readouterr()
@@ -334,6 +335,40 @@ def test_calibration_power_law_fits_whole_subnets_against_block_sums():
     assert narrow["p"] == 1.0
     steep = fit_calibration([0.1, 1.0], [0.01, 10.0])  # p 2 at most
     assert steep["p"] == 2.0
+
+
+def test_calibration_weights_term_recovers_a_cost_per_parameter(tiny_table):
+    """Whole subnets that pay 0.5 units per million parameters beyond their block sums
+    (weights read from memory, not a core's cache): the fit finds the term, within 5%, and
+    explains the subnets within 1%; subnets without such a cost get a term near 0. A table
+    with the term predicts the same through the vectorised predictor and one at a time."""
+    import numpy as np
+
+    from deploy.lut import fit_calibration
+
+    g = np.random.default_rng(3)
+    raw, mparams = g.uniform(20, 50, 12), g.uniform(2.4, 5.2, 12)
+    meas = 0.9 * raw ** 1.05 + 0.5 * mparams
+    c = fit_calibration(raw, meas, mparams)
+    assert c["fit"] == "log-power+weights" and c["w"] == pytest.approx(0.5, rel=0.05)
+    pred = c["a"] * raw ** c["p"] + c["w"] * mparams
+    assert np.abs(pred / meas - 1).max() < 0.01
+    none = fit_calibration(raw, 0.9 * raw ** 1.05, mparams)
+    assert none["w"] < 0.02 * np.min(raw / mparams)
+    assert fit_calibration(raw, meas)["w"] == 0.0  # no parameters given: the power alone
+    with pytest.raises(ValueError, match="parameter count"):
+        fit_calibration(raw, meas, -mparams)
+
+    space, out, _ = tiny_table
+    t = LatencyTable.load(out)
+    t.calibration = {**t.calibration, "a": 1.0, "p": 1.0, "b": 0.0, "w": 0.3}
+    cfgs = [space.sample(random.Random(i), r=12) for i in range(5)]
+    many = LatencyPredictor(t, space).predict_many(cfgs)
+    one = [t.predict(space, c) for c in cfgs]
+    raw_only = LatencyPredictor(t, space, calibrated=False).predict_many(cfgs)
+    assert many == pytest.approx(one)
+    assert many - raw_only == pytest.approx(
+        [0.3 * space.params(c) / 1e6 * t.probe_ms() for c in cfgs])
 
 
 def test_litert_blocks_are_timed_channels_last(tmp_path):
