@@ -444,6 +444,14 @@ KIND_HELP = ("competitor: a real-time process on the timed core in short duty cy
              "a cgroup CPU limit on the timed processes (no other work on the core)")
 
 
+def _cases(text: str) -> list[str]:
+    """``--cases``: ``off``, ``on`` or both, comma-separated (``both`` reads as ``off,on``)."""
+    cases = ["off", "on"] if text == "both" else text.split(",")
+    if not cases or any(c not in ("off", "on") for c in cases):
+        raise argparse.ArgumentTypeError(f"cases are off, on or off,on; got {text!r}")
+    return cases
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -491,7 +499,8 @@ def main() -> int:
                     help="run the ofa of this checkout instead of this one's (repeatable; "
                     "add --with-self to run this one too)")
     lt.add_argument("--with-self", action="store_true")
-    lt.add_argument("--cases", default="off,on", help="harness off, on, or both")
+    lt.add_argument("--cases", default="off,on", type=_cases,
+                    help="harness off, on, or both: off | on | off,on (the default)")
     lt.add_argument("--device", default="",
                     help="the device's --target arguments, as one string (for example what "
                     "`python tools/emulated_pi.py start` prints); default: this machine")
@@ -571,7 +580,7 @@ def main() -> int:
     rows = json.loads(Path(a.out).read_text())["rows"] if Path(a.out).is_file() else []
     codes = [*map(Path, a.code)]
     for code in ([ROOT] if a.with_self or not codes else []) + codes:
-        for case in a.cases.split(","):
+        for case in a.cases:
             factor = a.factor if case == "on" else 1.0
             tag = f"{'new' if code == ROOT else code.name}-{case}"
             if tag in {r["tag"] for r in rows}:
