@@ -64,8 +64,7 @@ def _add_build(sub: Any) -> None:
 def _add_calibrate(sub: Any) -> None:
     c = sub.add_parser("calibrate", help="refit a table's calibration a*sum^p + w*Mparams "
                        "on whole subnets measured here (e.g. a shipped table on another "
-                       "machine of "
-                       "its type)")
+                       "machine of its type)")
     c.add_argument("table")
     c.add_argument("--calib", type=int_range(1, 10_000), default=10,
                    help="random subnets (+ largest, smallest)")
