@@ -211,18 +211,20 @@ def judge(pred: np.ndarray, meas: np.ndarray, res: np.ndarray, tolerance: float 
 
 
 def _compose(table: LatencyTable, entry: dict[str, Any]) -> dict[str, Any]:
-    """The calibration entries of ``table`` with the verification's ``entry`` applied on
-    top of the scale(s) it already has (its predictions, which the entry multiplies,
-    include them): ``scale`` when both are one scale, else ``resolution_scale`` for every
-    resolution of the table."""
-    old = table.calibration.get("resolution_scale")
-    if "scale" in entry and not old:
-        return {"scale": float(table.scale(table.resolutions[0])) * entry["scale"]}
+    """``table``'s calibration with the verification's ``entry`` applied on top of the
+    scale(s) it already has (its predictions, which the entry multiplies, include them):
+    one ``scale`` when both are one scale, else ``resolution_scale`` for every resolution
+    of the table (and no ``scale``)."""
+    cal = dict(table.calibration)
+    if "scale" in entry and not cal.get("resolution_scale"):
+        cal["scale"] = float(cal.get("scale", 1.0)) * entry["scale"]
+        return cal
     new = entry.get("resolution_scale") or {}
     one = float(entry.get("scale", 1.0))
-    return {"scale": None, "resolution_scale": {
-        int(r): float(table.scale(r)) * float(new.get(int(r), one))
-        for r in table.resolutions}}
+    cal.pop("scale", None)
+    cal["resolution_scale"] = {int(r): float(table.scale(r)) * float(new.get(int(r), one))
+                               for r in table.resolutions}
+    return cal
 
 
 def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int = 4321,
@@ -248,7 +250,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     cfgs = verify_configs(space, table.resolutions, k, seed)
     m = measure_subnets(table, space, cfgs, target=target, jobs=jobs, desc="verify",
                         repeats=REPEATS)
-    seen = m.get("reference_seen") or m.get("reference_rel")
+    seen = m.get("reference_seen")
     if table.probe and seen:
         # each subnet brought to the median state of the verification's own timings (not
         # the table's: a device whose whole subnets run slower than the table's needs a
@@ -265,9 +267,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
         out.probe = {**out.probe, "ms": probe_summary(m["probe_ms"]), "measured": where,
                      "build_ms": table.probe["ms"]}
     if action == "adapted":
-        composed = _compose(table, fit)
-        out.calibration = {key: v for key, v in {**out.calibration, **composed}.items()
-                           if v is not None}
+        out.calibration = _compose(table, fit)
     if table.probe and seen and (action == "adapted" or not table.reference):
         # the state of the measurements the scale was fitted on
         out.calibration = {**out.calibration, "reference": reference_state(

@@ -283,8 +283,9 @@ class LatencyTable:
                 speed: str = "nominal") -> float:
         """One subnet's latency in ms at ``speed`` (:meth:`probe_ms`)."""
         raw = self.predict_raw(space, cfg)
-        val = (float(self.calibrated(np.asarray(raw), space.params(cfg) / 1e6))
-               * self.scale(cfg.r) if calibrated else raw)
+        mparams = space.params(cfg) / 1e6 if self.calibration.get("w") else None
+        val = (float(self.calibrated(np.asarray(raw), mparams)) * self.scale(cfg.r)
+               if calibrated else raw)
         return float(self.to_ms(val, speed))
 
     def calibrated(self, raw: np.ndarray, mparams: Any = None) -> np.ndarray:

@@ -647,7 +647,8 @@ def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatc
         f = by_r[16]
         pred = LatencyPredictor(table, sp).units_many(cfgs) * [by_r[c.r] for c in cfgs]
         return {"ms": list(pred * 0.1), "rel": list(pred), "rel_probe": list(pred),
-                "probe_ms": [0.1], "reference_rel": [4.0 * f] * len(cfgs)}
+                "probe_ms": [0.1], "reference_rel": [4.0 * f] * len(cfgs),
+                "reference_seen": [4.0 * f] * len(cfgs)}
 
     monkeypatch.setattr(deploy.verify, "measure_subnets", fake)
     assert len(verify_configs(space, [12, 16], 8)) == 8

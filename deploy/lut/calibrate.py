@@ -246,7 +246,7 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
                                          if table.probe else None),
                         "reference_now_vs_table": (
                             float(np.median(m["reference_seen"])) / recorded
-                            if recorded and "reference_rel" in m else None)},
+                            if recorded and "reference_seen" in m else None)},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
                            "measured_rel": float(r), "measured_rel_probe": float(t),
                            "raw": float(w), "calibrated": float(p), "calibrated_ms": float(q)}
