@@ -126,7 +126,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     with device_progress(target, "final measurement"):
         timed = ProbedTarget(target, runtime, precision).bench_many([*ref, *paths], threads,
                                                                     protocol, repeats=REPEATS)
-    return _at_reference(timed[1:], timed[0], recorded["rel"]) if ref else timed
+    return (_at_reference(timed[1:], timed[0], recorded["rel"], table.reference_weight)
+            if ref else timed)
 
 
 def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: str) -> Path:
@@ -144,12 +145,13 @@ def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: st
                            1)[0]
 
 
-def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float
-                  ) -> list[dict[str, Any]]:
+def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float,
+                  weight: float = 1.0) -> list[dict[str, Any]]:
     """``rows`` (one per model, :meth:`deploy.probe.ProbedTarget.bench_many`) with each
     ``latency_ms.rel`` brought to the reference state ``state``: the median over the
-    batches of its units brought there by the reference in the same batch
-    (:func:`deploy.lut.measure.at_reference`); the units as timed kept as ``rel_probe``."""
+    batches of its units brought there by the reference in the same batch, as far as the
+    table's ``weight`` says the subnets follow it (:func:`deploy.lut.measure.at_reference`);
+    the units as timed kept as ``rel_probe``."""
     import numpy as np
 
     from deploy.lut import at_reference
@@ -162,9 +164,11 @@ def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float
     out = []
     for r in rows:
         lat = r["latency_ms"]
-        rel = float(np.median(at_reference({"rel": units(r), "reference_rel": base}, state)))
+        rel = float(np.median(at_reference({"rel": units(r), "reference_rel": base}, state,
+                                           weight)))
         out.append({**r, "latency_ms": {**lat, "rel": rel, "rel_probe": lat["rel"]},
-                    "reference": {"rel": ref["latency_ms"]["rel"], "state": state}})
+                    "reference": {"rel": ref["latency_ms"]["rel"], "state": state,
+                                  "weight": weight}})
     return out
 
 

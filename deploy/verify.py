@@ -19,9 +19,11 @@ In every case the device's speed states measured now (the probe's times) replace
 table's, so its ms are this device's. The CPU model string decides nothing. The verdict
 judges the subnets' probe units as timed, each brought to the median state of the
 verification's own timings (the reference subnet's probe units beside it,
-:func:`deploy.lut.measure.at_reference`); a table adapted (or kept without one) records
-that state (``calibration.reference``): the one its predictions now state, to which the
-measurements that follow are brought.
+:func:`deploy.lut.measure.at_reference`, as far as the table's recorded weight says its
+subnets follow the reference, or, for a table that recorded none, as far as the
+verification's own passes show: :func:`deploy.lut.measure.tracking_weight`); a table
+adapted (or kept without one) records that state and weight (``calibration.reference``):
+the one its predictions now state, to which the measurements that follow are brought.
 """
 
 from __future__ import annotations
@@ -257,7 +259,7 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
         # scale), so that one upset batch does not move the subnets timed in it
         meas = np.asarray(at_reference({"rel": m.get("rel_probe", m["rel"]),
                                         "reference_rel": m["reference_rel"]},
-                                       float(np.median(seen))))
+                                       float(np.median(seen)), m["reference_weight"]))
     else:
         meas = np.asarray(m.get("rel_probe", m["rel"]) if table.probe else m["ms"])
     pred = LatencyPredictor(table, space).units_many(cfgs)
@@ -271,7 +273,8 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
     if table.probe and seen and (action == "adapted" or not table.reference):
         # the state of the measurements the scale was fitted on
         out.calibration = {**out.calibration, "reference": reference_state(
-            table_reference(table, space), seen, measured=where)}
+            table_reference(table, space), seen, weight=m["reference_weight"],
+            measured=where)}
     details = {"action": action, "reason": reason, "k": k, "seed": seed, "fit": fit,
                "unit": table.unit,
                "subnets": [{"config": c.to_dict(), "predicted": float(p), "measured": float(v),

@@ -104,6 +104,13 @@ class LatencyTable:
         ``config``, ``rel`` in probe units, ``range``; ``docs/latency.md``), or ``{}``."""
         return self.calibration.get("reference") or {}
 
+    @property
+    def reference_weight(self) -> float:
+        """The share of the reference subnet's movement its subnets follow
+        (``calibration.reference.weight``, ``deploy.lut.measure.tracking_weight``); 1 for a
+        table that recorded none (calibrated before the weight was estimated)."""
+        return float(self.reference.get("weight", 1.0))
+
     def probe_ms(self, speed: str = "nominal") -> float:
         """ms per probe unit at ``speed``: ``nominal`` (the probe's median time over the
         build's batches, or over the measurements that verified the table on this device)

@@ -626,6 +626,57 @@ def test_calibration_records_its_reference_state_and_later_measurements_meet_it(
     assert got["rel"] == pytest.approx([2.0]) and got["rel_probe"] == [2.5]
 
 
+def test_the_reference_weight_is_the_share_of_its_movement_the_subnets_follow():
+    """`tracking_weight` over 12 subnets x 3 passes (a calibration's): subnets that move
+    with the reference give 1; subnets that keep their probe units (1% noise) while the
+    reference moves by +-4% give under 0.15 (int8 and digits subnets on this project's VM);
+    half-followers about 0.5; a reference that did not move, or one pass, leave the prior 1."""
+    from deploy.lut.measure import tracking_weight
+
+    g = np.random.default_rng(0)
+    base = g.uniform(20, 60, 12)
+    ref = np.array([[46.0 * f] * 12 for f in (1.04, 1.0, 0.96)])
+    noise = np.exp(g.normal(0, 0.01, (3, 12)))
+    follow = base * ref / 46.0
+    assert tracking_weight(follow, ref) == pytest.approx(1.0)
+    assert tracking_weight(base * noise, ref) < 0.15
+    half = base * np.sqrt(ref / 46.0) * noise
+    assert 0.3 < tracking_weight(half, ref) < 0.7
+    assert tracking_weight(base * noise, np.full((3, 12), 46.0)) == 1.0
+    assert tracking_weight(base[None], ref[:1]) == 1.0
+
+
+def test_a_calibration_whose_subnets_do_not_follow_the_reference_is_not_moved_by_it(
+        monkeypatch):
+    """The reference moves 8% over the calibration's 3 passes, its subnets keep their
+    probe units (what int8 cifar subnets did under the drift harness, 2026-12-07): the
+    calibration records a weight under 0.15 and fits the subnets' units nearly as timed
+    (within 1%, where the full correction would have moved one pass's subnets 4%); a later
+    measurement whose reference moved 6% moves its subnets by at most 1%."""
+    import deploy.lut.measure as measure
+
+    calibrate_mod, space, table, truth = _calibration_case(_probe_table)
+    g = np.random.default_rng(1)
+    passes = iter([1.04, 1.0, 0.96])
+
+    def fake_measure(*args, **kw):
+        f = next(passes)
+        rel = truth * np.exp(g.normal(0, 0.005, len(truth)))
+        return {"ms": list(rel * 0.1), "rel": list(rel), "probe_ms": [0.1],
+                "reference_rel": [46.0 * f] * len(truth)}
+
+    monkeypatch.setattr(calibrate_mod, "_measure_configs", fake_measure)
+    cal = calibrate_mod.calibrate(table, space, 4).calibration
+    assert cal["reference"]["weight"] < 0.15
+    assert np.asarray([f["measured"] for f in cal["fitted_on"]]) / truth == pytest.approx(
+        np.ones(len(truth)), abs=0.01)
+    monkeypatch.setattr(measure, "_measure_configs", lambda *a, **kw: {
+        "ms": [0.25], "rel": [2.5], "probe_ms": [0.1], "reference_rel": [46.0 * 1.06]})
+    got = measure.measure_subnets(table, space, [space.min_subnet(12)])
+    assert got["reference_weight"] == cal["reference"]["weight"]
+    assert got["rel"][0] == pytest.approx(2.5, rel=0.01) and got["rel_probe"] == [2.5]
+
+
 def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatch):
     """A table without a reference state is kept on measurements that match it and gets the
     reference's state of that verification; measured again with every whole subnet and the
@@ -648,7 +699,7 @@ def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatc
         pred = LatencyPredictor(table, sp).units_many(cfgs) * [by_r[c.r] for c in cfgs]
         return {"ms": list(pred * 0.1), "rel": list(pred), "rel_probe": list(pred),
                 "probe_ms": [0.1], "reference_rel": [4.0 * f] * len(cfgs),
-                "reference_seen": [4.0 * f] * len(cfgs)}
+                "reference_seen": [4.0 * f] * len(cfgs), "reference_weight": 1.0}
 
     monkeypatch.setattr(deploy.verify, "measure_subnets", fake)
     assert len(verify_configs(space, [12, 16], 8)) == 8

@@ -66,7 +66,10 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     (:func:`deploy.lut.measure.at_reference`) and records that state in
     ``calibration.reference`` (``config``, ``rel``, ``range``): later measurements are
     brought to it, so that the state of the device's caches and memory in the calibration's
-    seconds is the one every prediction states (``docs/latency.md``). Returns ``table``.
+    seconds is the one every prediction states (``docs/latency.md``). How far the subnets
+    follow the reference is estimated from the passes (``weight``,
+    :func:`deploy.lut.measure.tracking_weight`): 1 brings them all the way, 0 leaves the
+    probe's units as timed. Returns ``table``.
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -80,10 +83,11 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
     m = repeated(lambda p, folder: _measure_configs(
         space, cfgs, runtime, threads, p, "calibration", target,
         table.context.get("precision", "fp32"), jobs, convert, folder, ref), protocol,
-        repeats, models)
-    reference = reference_state(ref, m["reference_seen"]) if ref is not None else {}
+        repeats, models, weight=None)
+    reference = (reference_state(ref, m["reference_seen"], weight=m["reference_weight"])
+                 if ref is not None else {})
     if reference:
-        m["rel"] = at_reference(m, reference["rel"])
+        m["rel"] = at_reference(m, reference["rel"], reference["weight"])
     measured = m["rel"] if table.probe else m["ms"]  # in the table's unit
     raw = LatencyPredictor(table, space, calibrated=False).units_many(cfgs).tolist()
     mparams = [space.params(c) / 1e6 for c in cfgs]
@@ -96,8 +100,9 @@ def calibrate(table: LatencyTable, space: SearchSpace, k: int = 10,
 
 
 def reference_state(ref: SubnetConfig, seen: list[float], **more: Any) -> dict[str, Any]:
-    """A table's ``calibration.reference``: the reference subnet ``ref`` and the median
-    (``rel``) and range of its probe units ``seen`` over a measurement's batches."""
+    """A table's ``calibration.reference``: the reference subnet ``ref``, the median
+    (``rel``) and range of its probe units ``seen`` over a measurement's batches, and
+    ``more`` (``weight``: :func:`deploy.lut.measure.tracking_weight`)."""
     a = np.asarray(seen, dtype=float)
     return {"config": ref.to_dict(), "rel": float(np.median(a)),
             "range": [float(a.min()), float(a.max())], **more}
@@ -246,12 +251,15 @@ def validate_table(table: LatencyTable, space: SearchSpace, n: int = 100, seed: 
                                          if table.probe else None),
                         "reference_now_vs_table": (
                             float(np.median(m["reference_seen"])) / recorded
-                            if recorded and "reference_seen" in m else None)},
+                            if recorded and "reference_seen" in m else None),
+                        "reference_weight": m.get("reference_weight")},
               "samples": [{"config": c.to_dict(), "measured_ms": float(a),
                            "measured_rel": float(r), "measured_rel_probe": float(t),
+                           **({"reference_rel": float(b)} if b is not None else {}),
                            "raw": float(w), "calibrated": float(p), "calibrated_ms": float(q)}
-                          for c, a, r, t, w, p, q in zip(cfgs, ms, rel, as_timed, raw, cal,
-                                                         cal_ms)]}
+                          for c, a, r, t, b, w, p, q in zip(
+                              cfgs, ms, rel, as_timed, m.get("reference_rel", [None] * n),
+                              raw, cal, cal_ms)]}
     if plot:
         _scatter(units, raw, cal, Path(plot), table.describe(), table.unit)
         report["plot"] = str(plot)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from ofa.space import SearchSpace, SubnetConfig
 from search.latency_table import LatencyTable
 
 __all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets",
-           "at_reference", "table_reference"]
+           "at_reference", "table_reference", "tracking_weight"]
 
 # whole subnets timed together beside the probe: each batch short enough (seconds) that a
 # change of the device's speed during it is rare and timing it again is cheap
@@ -242,12 +242,12 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     A table with probe data also times its reference subnet in every batch
     (:func:`table_reference`): ``reference_rel`` holds its probe units beside each subnet,
     ``rel_probe`` each subnet's probe units as timed, and ``rel`` them brought to the
-    state of the table's calibration where it recorded one (:func:`at_reference`; else as
-    timed).
+    state of the table's calibration where it recorded one, with the weight it recorded
+    (:func:`at_reference`; else as timed).
 
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does, and for a
-    table with probe data ``rel_probe``, ``reference_rel`` and ``reference_seen``
-    (:func:`repeated`).
+    table with probe data ``rel_probe``, ``reference_rel``, ``reference_seen`` and
+    ``reference_weight`` (the table's, else the one these timings show: :func:`repeated`).
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -256,13 +256,16 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     args = (space, cfgs, table.context["runtime"], int(table.context["threads"]))
     rest = (desc, target, table.context.get("precision", "fp32"), jobs)
     ref = table_reference(table, space) if table.probe else None
+    recorded = table.reference.get("rel")
+    weight = table.reference_weight if recorded else None
     m = repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder,
                                                     reference=ref),
-                 protocol or TimingProtocol.from_fields(table.protocol), repeats)
+                 protocol or TimingProtocol.from_fields(table.protocol), repeats,
+                 weight=weight)
     if ref is not None and m["rel"]:
-        recorded = table.reference.get("rel")
         m["rel_probe"] = m["rel"]
-        m["rel"] = at_reference(m, recorded) if recorded else list(m["rel"])
+        m["rel"] = (at_reference(m, recorded, m["reference_weight"]) if recorded
+                    else list(m["rel"]))
     return m
 
 
@@ -274,35 +277,80 @@ def table_reference(table: LatencyTable, space: SearchSpace) -> SubnetConfig:
     return SubnetConfig.from_dict(rec) if rec else reference_config(space, table.resolutions)
 
 
-def at_reference(m: dict[str, list[float]], reference_rel: float) -> list[float]:
+def at_reference(m: dict[str, list[float]], reference_rel: float,
+                 weight: float = 1.0) -> list[float]:
     """Each subnet's probe units ``m["rel"]`` brought to the state in which the reference
-    subnet took ``reference_rel`` probe units: ``rel * reference_rel / m["reference_rel"]``
-    (the reference timed in the subnet's batch). Whole subnets of one space moved alike
-    when the device slowed them and not the probe: on this project's 2-core VM, 8 cifar
-    subnets timed in 60 batches over 10 minutes moved together by 4.1% (s.d. of a batch's
-    mean offset, in probe units), by 1.6% against the reference subnet
-    (``bench/reference_tracking.py``, ``docs/benchmarks.md``).
+    subnet took ``reference_rel`` probe units: ``rel * (reference_rel / m["reference_rel"])
+    ** weight`` (the reference timed in the subnet's batch). ``weight`` is the share of the
+    reference's movement the subnets follow (:func:`tracking_weight`, recorded by a table's
+    calibration as ``calibration.reference.weight``; 1 where none was recorded). Whole
+    cifar fp32 subnets moved alike when the device slowed them and not the probe: on this
+    project's 2-core VM, 8 of them timed in 60 batches over 10 minutes moved together by
+    4.1% (s.d. of a batch's mean offset, in probe units), by 1.6% against the reference
+    subnet; int8 ones by 2.0% against either (``bench/reference_tracking.py``,
+    ``docs/benchmarks.md``).
 
     Raises:
-        ValueError: a measurement without ``reference_rel``, or a non-positive value.
+        ValueError: a measurement without ``reference_rel``, a non-positive value, or a
+            ``weight`` outside 0-1.
     """
     ref = m.get("reference_rel")
     if not ref or len(ref) != len(m["rel"]) or reference_rel <= 0 or min(ref) <= 0:
         raise InputError("bringing probe units to a reference state needs the reference "
                          "subnet's positive probe units beside every subnet")
-    return [r * reference_rel / q for r, q in zip(m["rel"], ref)]
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"a reference weight must be in 0-1, got {weight}")
+    return [r * (reference_rel / q) ** weight for r, q in zip(m["rel"], ref)]
+
+
+#: prior of :func:`tracking_weight`: the subnets follow all of the reference's movement
+#: (weight 1, what cifar fp32 subnets did), with this standard deviation
+WEIGHT_PRIOR_SD = 0.5
+
+
+def tracking_weight(rel: Sequence[Sequence[float]], ref: Sequence[Sequence[float]]) -> float:
+    """The share of the reference subnet's movement in probe units that the subnets follow,
+    from one measurement's passes: ``rel[pass][subnet]`` the subnets' probe units and
+    ``ref[pass][subnet]`` the reference's in the same batch. Each subnet's log units and
+    its reference's are centred on their means over the passes; the weight is the slope of
+    the one on the other through the origin (least squares over every subnet and pass),
+    shrunk towards 1 as a normal prior of s.d. :data:`WEIGHT_PRIOR_SD` against the slope's
+    own variance (the residual variance over the sum of squared reference offsets), and
+    clipped to 0-1. 1 with fewer than two passes or nothing to estimate from.
+
+    The slope is also the weight that brings the subnets' variance over the passes lowest:
+    a reference timed in the same few trials carries noise of its own, which lowers it
+    (errors in variables). Cifar fp32 subnets followed the reference (its correction
+    halved their spread); int8 ones and digits ones follow the probe already, and a full
+    correction only adds the reference's noise (``docs/latency.md``).
+    """
+    y, x = np.log(np.asarray(rel, dtype=float)), np.log(np.asarray(ref, dtype=float))
+    if y.ndim != 2 or y.shape != x.shape or y.shape[0] < 2:
+        return 1.0
+    y, x = y - y.mean(axis=0), x - x.mean(axis=0)
+    sxx, sxy = float((x * x).sum()), float((x * y).sum())
+    dof = y.size - y.shape[1] - 1
+    if dof < 1:
+        return 1.0
+    slope = sxy / sxx if sxx > 0 else 1.0
+    shrink = float(((y - slope * x) ** 2).sum()) / dof / WEIGHT_PRIOR_SD ** 2
+    if sxx + shrink <= 0:
+        return 1.0
+    return float(np.clip((sxy + shrink) / (sxx + shrink), 0.0, 1.0))
 
 
 def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[float]]],
              protocol: TimingProtocol, repeats: int,
-             models: Path | None = None) -> dict[str, list[float]]:
+             models: Path | None = None, weight: float | None = 1.0) -> dict[str, Any]:
     """``measure(protocol, folder)`` (answers as :func:`_measure_configs`) run ``repeats``
     times one after the other, each model's median timing kept
     (:func:`deploy.probe.median_repeat`: its ``ms`` and ``rel`` from the same timing;
     ``probe_ms`` of every timing). Where the reference subnet was timed,
     ``reference_seen`` holds its probe units in every timing (beside each subnet, picked or
     not): the state of the measurement as a whole is their median, which the picked
-    timings' ``reference_rel`` can miss (three picked from the same upset batch). With
+    timings' ``reference_rel`` can miss (three picked from the same upset batch); the
+    median is picked in units brought by the reference with ``weight`` (None: the weight
+    these timings show, :func:`tracking_weight`, returned as ``reference_weight``). With
     ``repeats`` > 1 each timing is re-timed at most :data:`REPEAT_RETIME` times (see
     :func:`measure_subnets`). The models are exported
     once: into ``models`` when given, else into a temporary folder (a single timing gets
@@ -315,20 +363,28 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
         raise InputError(f"repeats must be in 1-20, got {repeats}")
     if repeats == 1:
         m = measure(protocol, models)
-        return {**m, "reference_seen": list(m["reference_rel"])} if "reference_rel" in m else m
+        if "reference_rel" not in m:
+            return m
+        return {**m, "reference_seen": list(m["reference_rel"]),
+                "reference_weight": 1.0 if weight is None else weight}
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
         runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
-    keys = ["ms", "rel", *(["reference_rel"] if all("reference_rel" in r for r in runs)
-                           else [])]
-    # the median by the units that hold: against the reference where it was timed
-    pick = median_repeat([[a / b for a, b in zip(r["rel"], r.get("reference_rel", ()))]
-                          if "reference_rel" in keys else r["rel"] for r in runs])
-    out = {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in keys},
-           "probe_ms": [v for r in runs for v in r["probe_ms"]]}
-    if "reference_rel" in keys:  # the state of every timing, not of the picked ones
-        out["reference_seen"] = [v for r in runs for v in r["reference_rel"]]
-    return out
+    if not all("reference_rel" in r for r in runs):
+        pick = median_repeat([r["rel"] for r in runs])
+        return {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in ("ms", "rel")},
+                "probe_ms": [v for r in runs for v in r["probe_ms"]]}
+    if weight is None:
+        weight = tracking_weight([r["rel"] for r in runs], [r["reference_rel"] for r in runs])
+    # the median by the units that hold: brought by the reference as far as it is followed
+    pick = median_repeat([[a / b ** weight for a, b in zip(r["rel"], r["reference_rel"])]
+                          for r in runs])
+    return {**{key: [runs[k][key][i] for i, k in enumerate(pick)]
+               for key in ("ms", "rel", "reference_rel")},
+            "probe_ms": [v for r in runs for v in r["probe_ms"]],
+            # the state of every timing, not of the picked ones
+            "reference_seen": [v for r in runs for v in r["reference_rel"]],
+            "reference_weight": weight}
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
