@@ -108,6 +108,17 @@ def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
     assert out[0]["share"] < 0.3, out[0]["share"]  # the fixed interval: 52%
     for s in out[1:]:
         assert s["rel"] == pytest.approx(0.25, rel=0.1)
+    assert out[0]["timed_ms"] == pytest.approx(n * 60 + 3 * 24 * 15, rel=0.15)
+
+
+def test_a_builds_probe_share_weighs_each_batch_by_its_timed_work():
+    """A first batch of 8 short blocks (40% probe, 100 ms) and three of 32 (10%, 900 ms
+    each): the build's share is 11%, not the batches' mean 17.5%; a build state saved
+    before the weights (bare shares) falls back to the mean."""
+    from deploy.lut.build import probe_share
+
+    assert probe_share([[0.4, 100.0]] + [[0.1, 900.0]] * 3) == pytest.approx(310 / 2800)
+    assert probe_share([0.4, [0.1, 900.0]]) == pytest.approx(0.25)
 
 
 def test_device_timing_shows_the_agents_progress_here(capsys):

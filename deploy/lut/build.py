@@ -109,6 +109,19 @@ def _entry(st: dict[str, Any]) -> dict[str, Any]:
     return {k: st.get(k) for k in ("median", "mean", "std", "p90", "count", "rel")}
 
 
+def probe_share(shares: list[Any]) -> float:
+    """The probe's share of a build's timed work from its batches' ``[share, timed_ms]``:
+    each batch weighted by its timed work, so that a short first batch (:data:`FIRST_BATCH`
+    blocks, whose share is the largest) weighs what it cost; the plain mean of the shares
+    where some batch has no weight (a build state saved before the weights, a bare
+    share). The plain mean put an emulated-Pi digits build at 19% (``docs/benchmarks.md``).
+    """
+    if not all(isinstance(s, (list, tuple)) for s in shares):
+        return float(np.mean([s[0] if isinstance(s, (list, tuple)) else s for s in shares]))
+    pairs = np.asarray(shares, dtype=float)
+    return float((pairs[:, 0] * pairs[:, 1]).sum() / pairs[:, 1].sum())
+
+
 def _probe_done(state: dict[str, Any], probe: dict[str, Any]) -> None:
     """Record a timed batch's probe: its mean invoke (as probe units are means: the
     device's speed in that batch), its share of the timed work, how often the batch was
@@ -116,8 +129,9 @@ def _probe_done(state: dict[str, Any], probe: dict[str, Any]) -> None:
     state.setdefault("probe_ms", []).append(probe["mean"])
     for k in ("retimed", "dropped"):
         state[k] = state.get(k, 0) + int(probe.get(k, 0))
-    if probe.get("share") is not None:
-        state.setdefault("probe_shares", []).append(probe["share"])
+    if probe.get("share") is not None:  # with the batch's timed work (ms) as its weight
+        state.setdefault("probe_shares", []).append([probe["share"],
+                                                     probe.get("timed_ms", 1.0)])
 
 
 def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any],
@@ -418,7 +432,7 @@ def _table_of(state: dict[str, Any], build: dict[str, Any], space: SearchSpace,
     build["retimed"] = state.get("retimed", 0)
     build["dropped"] = state.get("dropped", 0)
     if state.get("probe_shares"):  # the probe's part of the blocks' timed work
-        build["probe_share"] = round(float(np.mean(state["probe_shares"])), 4)
+        build["probe_share"] = round(probe_share(state["probe_shares"]), 4)
     return LatencyTable(context=state["context"], space=space.to_dict(),
                         resolutions=sorted(resolutions), entries=state["entries"],
                         protocol=asdict(protocol), overhead_ms=state["overhead_ms"],

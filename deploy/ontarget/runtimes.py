@@ -546,7 +546,8 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
     the probe's trial means timed just before and after it, the median over its steady
     trials (``steady``, :func:`steady_trials`; all of them where none is steady;
     :func:`time_interleaved`). The probe's own dict (the first) gains ``rel`` 1.0,
-    ``trial_means`` and ``share`` (its part of the timed work)."""
+    ``trial_means``, ``share`` (its part of the timed work) and ``timed_ms`` (that work,
+    ms: the batch's weight in a build's share)."""
     out = []
     for i, (t, b) in enumerate(zip(times, before)):  # each trial against the probe around it
         st: dict[str, Any] = stats_ms([v for trial in t for v in trial])
@@ -558,5 +559,5 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
     total = sum(v for t in times for trial in t for v in trial)
     extra = sum(samples[len(times[0]):]) * runs  # the probe's timings between trials
     share = (sum(v for trial in times[0] for v in trial) + extra) / (total + extra)
-    out[0].update(rel=1.0, trial_means=samples, share=share)
+    out[0].update(rel=1.0, trial_means=samples, share=share, timed_ms=total + extra)
     return out
