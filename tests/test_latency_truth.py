@@ -111,6 +111,25 @@ def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
     assert out[0]["timed_ms"] == pytest.approx(n * 60 + 3 * 24 * 15, rel=0.15)
 
 
+def test_on_a_slow_device_a_trials_start_times_the_probe_only_when_it_is_due():
+    """The slow device above over 8 trials: the models' work per trial (24 x 3 ms x 5 =
+    360 ms) is under the probe's interval (10 x its 60 ms trial), so a trial's start skips
+    the probe until it is due: one timing per 600 ms of models, about 6 with the first and
+    the last, not one per trial and one after (9), a share near 11% against 16%; every
+    model's trial still lies between two probe timings and its probe units are right."""
+    probe = DriftingRuntime(12.0, lambda t: 1.0)
+    models = [DriftingRuntime(3.0, lambda t: 1.0) for _ in range(24)]
+    rts = [probe, *models]
+    out = time_interleaved(rts, [np.zeros(1)] * len(rts),
+                           TimingProtocol(warmup=0, runs=5, trials=8, probe=True, retime=0))
+    n = len(out[0]["trial_means"])
+    assert n <= 8, n
+    assert out[0]["share"] == pytest.approx(n * 60 / (n * 60 + 8 * 24 * 15), rel=0.15)
+    assert out[0]["share"] < 0.14, out[0]["share"]
+    for s in out[1:]:
+        assert s["rel"] == pytest.approx(0.25, rel=0.1)
+
+
 def test_a_builds_probe_share_weighs_each_batch_by_its_timed_work():
     """A first batch of 8 short blocks (40% probe, 100 ms) and three of 32 (10%, 900 ms
     each): the build's share is 11%, not the batches' mean 17.5%; a build state saved

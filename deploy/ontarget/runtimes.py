@@ -395,11 +395,11 @@ def probe_interval_s(probe_trial_s: float) -> float:
     """How long (s) a trial runs other models before the probe is timed again: at least
     :data:`PROBE_INTERVAL_S`, and :data:`PROBE_SPACING` times the probe's last trial
     (``probe_trial_s``, s), so that on a slow device, where one probe trial takes longer
-    than the fixed interval, the probe is not timed before every model. Its share of the
-    timed work is then the timing at each trial's start plus at most 1 / (1 + 10) = 9%:
-    on the emulated Pi (``tools/emulated_pi.py``, probe 26 ms, 32 digits blocks of 0.3-18
-    ms), 6 left 19% (one re-time per trial), and the fixed 50 ms 78-83%
-    (``docs/benchmarks.md``)."""
+    than the fixed interval, the probe is not timed before every model, nor at a trial's
+    start before it is due (:func:`_trials`). Its share of the timed work is then at most
+    about 1 / (1 + 10) = 9%: on the emulated Pi (``tools/emulated_pi.py``, probe 26 ms, 32
+    digits blocks of 0.3-18 ms), a spacing of 6 left 19% (one re-time per trial), a timing
+    at every trial's start 12-16%, and the fixed 50 ms 78-83% (``docs/benchmarks.md``)."""
     return max(PROBE_INTERVAL_S, PROBE_SPACING * probe_trial_s)
 
 
@@ -412,7 +412,12 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
     each other model and trial the index of the sample timed just before it, ``before``:
     the probe is timed at the start of every trial, again whenever
     :func:`probe_interval_s` passed since it was last timed (a trial of many large models),
-    and once after the last trial, so every model's trial lies between two samples."""
+    and once after the last trial, so every model's trial lies between two samples. On a
+    slow device, where the interval is set by the probe's own trial (longer than
+    :data:`PROBE_INTERVAL_S`), a trial's start skips the probe when it was timed less than
+    the interval ago: its share of the timed work is then at most about 1 / (1 +
+    :data:`PROBE_SPACING`), where one timing per trial cost the emulated Pi's digits build
+    16% (a 26 ms probe beside 32 blocks of 0.3-22 ms, ``docs/benchmarks.md``)."""
     times: list[list[list[float]]] = [[] for _ in rts]
     samples: list[float] = []
     before: list[list[int]] = [[] for _ in rts]
@@ -421,6 +426,9 @@ def _trials(rts: Sequence[Runtime], p: TimingProtocol,
     for _ in range(p.trials):
         for i, rt in enumerate(rts):
             t0 = time.perf_counter()
+            if (p.probe and i == 0 and samples and interval > PROBE_INTERVAL_S
+                    and t0 - last <= interval):
+                continue  # a slow device: the probe is not due yet
             if p.probe and i > 0 and t0 - last > interval:
                 samples.append(float(np.mean(_timed(rts[0], p))))
                 last = time.perf_counter()
@@ -556,8 +564,8 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
         keep = steady[i] if steady is not None and steady[i].any() else slice(None)
         st["rel"] = float(np.median(rels[keep]))
         out.append(st)
-    total = sum(v for t in times for trial in t for v in trial)
-    extra = sum(samples[len(times[0]):]) * runs  # the probe's timings between trials
-    share = (sum(v for trial in times[0] for v in trial) + extra) / (total + extra)
-    out[0].update(rel=1.0, trial_means=samples, share=share, timed_ms=total + extra)
+    models = sum(v for t in times[1:] for trial in t for v in trial)
+    probe = sum(samples) * runs  # every probe timing: `runs` invokes of its sample's mean
+    out[0].update(rel=1.0, trial_means=samples, share=probe / (models + probe),
+                  timed_ms=models + probe)
     return out

@@ -274,4 +274,6 @@ def speed_line(speed: dict) -> str:
     if speed.get("reference_now_vs_table"):
         line += (f"; reference subnet {speed['reference_now_vs_table']:.3f}x its "
                  "calibration's probe units")
+        if speed.get("reference_weight") is not None:
+            line += f", followed with weight {speed['reference_weight']:.2f}"
     return line
