@@ -89,45 +89,44 @@ def test_a_batch_whose_probe_moved_during_most_trials_is_timed_again():
     assert out[1]["rel"] == pytest.approx(3.0, rel=0.03)
 
 
-def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
+def _slow_device_batch(trials: int) -> tuple[list[dict], int]:
     """A device where one probe trial (5 x 12 ms) outlasts the fixed 50 ms re-time interval,
-    as on the emulated Pi: the probe is re-timed after 10 of its own trials' time instead of
-    before every model, so here it is timed at each trial's start and once after the last
-    (4 x 60 ms against 3 x 360 ms of models: a share of 18%), where the fixed interval
-    timed it about 20 times (52%), and the models' probe units are still right. The share is
-    compared with what the count of probe timings gives (a busy machine can add one); three
-    trials, so that a model's median is not the one trial the scheduler preempted."""
+    as on the emulated Pi, beside 24 models of 3 ms (360 ms of models a trial): the batch's
+    statistics and how many times the probe was timed."""
     probe = DriftingRuntime(12.0, lambda t: 1.0)
     models = [DriftingRuntime(3.0, lambda t: 1.0) for _ in range(24)]
     rts = [probe, *models]
-    out = time_interleaved(rts, [np.zeros(1)] * len(rts),
-                           TimingProtocol(warmup=0, runs=5, trials=3, probe=True, retime=0))
+    out = time_interleaved(rts, [np.zeros(1)] * len(rts), TimingProtocol(
+        warmup=0, runs=5, trials=trials, probe=True, retime=0))
     n = len(out[0]["trial_means"])
-    assert n <= 3 * 2 + 1, n  # at most one re-time per trial, not one every 50 ms (20)
-    assert out[0]["share"] == pytest.approx(n * 60 / (n * 60 + 3 * 24 * 15), rel=0.15)
-    assert out[0]["share"] < 0.3, out[0]["share"]  # the fixed interval: 52%
+    assert out[0]["share"] == pytest.approx(n * 60 / (n * 60 + trials * 24 * 15), rel=0.15)
+    assert out[0]["timed_ms"] == pytest.approx(n * 60 + trials * 24 * 15, rel=0.15)
     for s in out[1:]:
         assert s["rel"] == pytest.approx(0.25, rel=0.1)
-    assert out[0]["timed_ms"] == pytest.approx(n * 60 + 3 * 24 * 15, rel=0.15)
+    return out, n
+
+
+def test_on_a_slow_device_the_probe_keeps_to_a_small_share_of_the_timed_work():
+    """The slow device: the probe is re-timed after 10 of its own trials' time (600 ms)
+    instead of before every model, so over 3 trials it is timed 2-4 times, where the fixed
+    interval timed it about 20 times (52%), and the models' probe units are still right.
+    The share is compared with what the count of probe timings gives (a busy machine can
+    add one); three trials, so that a model's median is not the one trial the scheduler
+    preempted."""
+    out, n = _slow_device_batch(3)
+    assert n <= 3 * 2 + 1, n  # at most one re-time per trial, not one every 50 ms (20)
+    assert out[0]["share"] < 0.3, out[0]["share"]  # the fixed interval: 52%
 
 
 def test_on_a_slow_device_a_trials_start_times_the_probe_only_when_it_is_due():
-    """The slow device above over 8 trials: the models' work per trial (24 x 3 ms x 5 =
-    360 ms) is under the probe's interval (10 x its 60 ms trial), so a trial's start skips
-    the probe until it is due: one timing per 600 ms of models, about 6 with the first and
-    the last, not one per trial and one after (9), a share near 11% against 16%; every
-    model's trial still lies between two probe timings and its probe units are right."""
-    probe = DriftingRuntime(12.0, lambda t: 1.0)
-    models = [DriftingRuntime(3.0, lambda t: 1.0) for _ in range(24)]
-    rts = [probe, *models]
-    out = time_interleaved(rts, [np.zeros(1)] * len(rts),
-                           TimingProtocol(warmup=0, runs=5, trials=8, probe=True, retime=0))
-    n = len(out[0]["trial_means"])
+    """The slow device over 8 trials: the models' work per trial (360 ms) is under the
+    probe's interval (600 ms), so a trial's start skips the probe until it is due: one
+    timing per 600 ms of models, about 6 with the first and the last, not one per trial
+    and one after (9), a share near 11% against 16%; every model's trial still lies
+    between two probe timings and its probe units are right."""
+    out, n = _slow_device_batch(8)
     assert n <= 8, n
-    assert out[0]["share"] == pytest.approx(n * 60 / (n * 60 + 8 * 24 * 15), rel=0.15)
     assert out[0]["share"] < 0.14, out[0]["share"]
-    for s in out[1:]:
-        assert s["rel"] == pytest.approx(0.25, rel=0.1)
 
 
 def test_a_builds_probe_share_weighs_each_batch_by_its_timed_work():
