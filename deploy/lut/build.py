@@ -113,8 +113,9 @@ def probe_share(shares: list[Any]) -> float:
     """The probe's share of a build's timed work from its batches' ``[share, timed_ms]``:
     each batch weighted by its timed work, so that a short first batch (:data:`FIRST_BATCH`
     blocks, whose share is the largest) weighs what it cost; the plain mean of the shares
-    where some batch has no weight (a build state saved before the weights, a bare
-    share). The plain mean put an emulated-Pi digits build at 19% (``docs/benchmarks.md``).
+    where some batch has no weight (a bare share: a build state saved before the weights,
+    or a batch whose probe statistics carry no ``timed_ms``). The plain mean put an
+    emulated-Pi digits build at 19% (``docs/benchmarks.md``).
     """
     if not all(isinstance(s, (list, tuple)) for s in shares):
         return float(np.mean([s[0] if isinstance(s, (list, tuple)) else s for s in shares]))
@@ -130,8 +131,8 @@ def _probe_done(state: dict[str, Any], probe: dict[str, Any]) -> None:
     for k in ("retimed", "dropped"):
         state[k] = state.get(k, 0) + int(probe.get(k, 0))
     if probe.get("share") is not None:  # with the batch's timed work (ms) as its weight
-        state.setdefault("probe_shares", []).append([probe["share"],
-                                                     probe.get("timed_ms", 1.0)])
+        state.setdefault("probe_shares", []).append(
+            [probe["share"], probe["timed_ms"]] if "timed_ms" in probe else probe["share"])
 
 
 def _batch_done(state: dict[str, Any], probe: dict[str, Any], ov: dict[str, Any],
