@@ -356,6 +356,8 @@ def test_calibration_weights_term_recovers_a_cost_per_parameter(tiny_table):
     none = fit_calibration(raw, 0.9 * raw ** 1.05, mparams)
     assert none["w"] < 0.02 * np.min(raw / mparams)
     assert fit_calibration(raw, meas)["w"] == 0.0  # no parameters given: the power alone
+    few = fit_calibration(raw[:7], meas[:7], mparams[:7])  # too few for three parameters
+    assert few["fit"] == "log-power" and few["w"] == 0.0
     with pytest.raises(ValueError, match="parameter count"):
         fit_calibration(raw, meas, -mparams)
 
