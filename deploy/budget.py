@@ -118,9 +118,14 @@ def _choice(budget_ms: float, rows: Sequence[Row], margin: float) -> Row:
         pick = min(rows, key=lambda r: float(r["measured_ms"]))
     return {**pick, "budget_ms": budget_ms, "met": met,
             "margin_pct": 100.0 * (budget_ms - float(pick["measured_ms"])) / budget_ms,
-            "candidates": [{"config": r["config"], "acc": r["acc"],
-                            "latency_ms": r["latency_ms"],
-                            "measured_ms": r["measured_ms"]} for r in rows]}
+            "candidates": [_brief(r) for r in rows]}
+
+
+def _brief(r: Row) -> Row:
+    """A candidate as a chosen row lists it: config, acc, predicted and measured ms (and
+    ``estimated`` where the measured ms is an estimate)."""
+    out = {k: r[k] for k in ("config", "acc", "latency_ms", "measured_ms")}
+    return {**out, "estimated": True} if r.get("estimated") else out
 
 
 def _with(pool: Sequence[Row], measured: dict[str, float]) -> list[Row]:
@@ -134,9 +139,13 @@ def rechoose_over_budget(chosen: Sequence[Row], final_ms: Sequence[float | None]
     whose ``final_ms`` exceeds its ``budget_ms`` chooses again among its ``candidates``,
     every chosen config's measurement now the larger of its two (the one the budget step
     took and the final one), with ``margin`` (:func:`choose_measured_budget`). A row that met
-    its budget, or whose budget has no better candidate, is returned as it was (a row with
-    no candidate meeting its budget any more comes back as its fastest, ``met`` False).
-    ``known``: search rows whose other fields a new choice takes (matched by config).
+    its budget is returned as it was. Where no candidate meets the budget any more, the
+    most accurate of ``known`` (search rows with predictions, the Pareto front) not yet
+    measured whose prediction, scaled by the over-budget subnet's final over predicted
+    time, meets it with the margin is chosen, its ``measured_ms`` that estimate and
+    ``estimated`` True until the final measurement times it (:func:`settle_estimates`);
+    where none does either, the row comes back as the fastest candidate, ``met`` False.
+    ``known``: also the rows whose other fields a new choice takes (matched by config).
 
     Returns one row per budget, in order; a new choice has ``rechosen`` True and
     ``final_over_ms`` (the final measurement that put the old one over).
@@ -159,10 +168,53 @@ def rechoose_over_budget(chosen: Sequence[Row], final_ms: Sequence[float | None]
         cands = [{**c, "measured_ms": max(float(c["measured_ms"]), worst.get(_key(c), 0.0))}
                  for c in r["candidates"]]
         new = _choice(b, cands, margin)
+        if not new["met"]:
+            new = _scaled_from_front(b, r, float(f), known, cands, margin) or new
         if _key(new) == _key(r):  # nothing better: it stays, now known to be over
             out.append({**r, "met": False, "final_over_ms": float(f)})
             continue
         keep = {k: r[k] for k in ("label", "search_choice", "shortlist") if k in r}
         out.append({**keep, **full.get(_key(new), {}), **new, "rechosen": True,
                     "final_over_ms": float(f)})
+    return out
+
+
+def _scaled_from_front(budget_ms: float, over: Row, final_ms: float, known: Sequence[Row],
+                       cands: Sequence[Row], margin: float) -> Row | None:
+    """The most accurate row of ``known`` not among ``cands`` whose prediction times
+    ``final_ms / over["latency_ms"]`` (how much slower than predicted the final measurement
+    found ``over``) meets ``budget_ms`` with ``margin``, as a chosen row with that estimate
+    as ``measured_ms`` and ``estimated`` True; None when none does."""
+    ratio = max(1.0, final_ms / float(over["latency_ms"]))
+    seen = {_key(c) for c in cands}
+    rows = [{**k, "measured_ms": float(k["latency_ms"]) * ratio} for k in known
+            if _key(k) not in seen]
+    pick = choose_measured_budget(budget_ms, rows, margin)
+    if pick is None:
+        return None
+    return {**pick, "budget_ms": budget_ms, "met": True, "estimated": True,
+            "margin_pct": 100.0 * (budget_ms - float(pick["measured_ms"])) / budget_ms,
+            "candidates": [*(_brief(c) for c in cands),
+                           _brief({**pick, "estimated": True})]}
+
+
+def settle_estimates(chosen: Sequence[Row], final_ms: Sequence[float | None]) -> list[Row]:
+    """``chosen`` with every row whose ``measured_ms`` was an estimate
+    (:func:`rechoose_over_budget`) given its final measurement instead: ``measured_ms``,
+    ``margin_pct`` and ``met`` from it, ``estimated`` dropped. Other rows as they were.
+
+    Raises:
+        ValueError: as many final measurements as chosen rows are needed.
+    """
+    if len(final_ms) != len(chosen):
+        raise InputError(f"{len(chosen)} chosen subnets but {len(final_ms)} final measurements")
+    out = []
+    for r, f in zip(chosen, final_ms):
+        if not r.get("estimated") or f is None:
+            out.append(r)
+            continue
+        b = float(r["budget_ms"])
+        rest = {k: v for k, v in r.items() if k != "estimated"}
+        out.append({**rest, "measured_ms": float(f), "met": float(f) <= b,
+                    "margin_pct": 100.0 * (b - float(f)) / b})
     return out

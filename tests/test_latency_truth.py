@@ -795,25 +795,41 @@ def test_verify_judges_units_as_timed_and_records_the_state_it_fitted(monkeypatc
 def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
     """The final measurement is the arbiter: the subnet it puts over its budget gives way to
     the budget's most accurate candidate that meets it with the margin (its own measurement
-    now the larger of its two); a subnet within its budget stays; one with no other
-    candidate stays, marked as not met."""
-    from deploy.budget import rechoose_over_budget
+    now the larger of its two); a subnet within its budget stays. With no candidate left,
+    the most accurate subnet of the front whose prediction, scaled by how much slower the
+    final measurement found the one over, meets it, chosen on that estimate until its own
+    final measurement settles it; with none of those either, the subnet stays, marked as
+    not met."""
+    from deploy.budget import rechoose_over_budget, settle_estimates
 
     def cand(name, acc, ms):
         return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
 
     a, b, c, d = cand("a", 80, 0.96), cand("b", 78, 0.90), cand("c", 70, 0.80), cand("d", 90, 1.5)
+    g = cand("g", 60, 0.45)
     chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "candidates": [a, b, c]},
               {**d, "budget_ms": 2.0, "label": "budget2", "met": True, "candidates": [d]},
-              {**a, "budget_ms": 1.0, "label": "budget3", "met": True, "candidates": [a]}]
-    known = [{**b, "macs": 5e6}]
-    new = rechoose_over_budget(chosen, [1.02, 1.6, 1.02], known)
+              {**a, "budget_ms": 1.0, "label": "budget3", "met": True, "candidates": [a]},
+              {**g, "budget_ms": 0.5, "label": "budget4", "met": True, "candidates": [g]}]
+    known = [{**b, "macs": 5e6}, {**cand("f", 85, 0.95), "macs": 6e6}]
+    new = rechoose_over_budget(chosen, [1.02, 1.6, 1.02, 0.6], known)
     assert new[0]["config"] == {"n": "b"} and new[0]["rechosen"] and new[0]["met"]
     assert new[0]["label"] == "budget1" and new[0]["macs"] == 5e6
     assert new[0]["final_over_ms"] == 1.02 and new[0]["measured_ms"] <= 1.0 * (1 - MARGIN)
     assert next(x for x in new[0]["candidates"] if x["config"] == {"n": "a"})[
         "measured_ms"] == 1.02  # the final measurement, the larger
+    assert "estimated" not in new[0]
     assert new[1] is chosen[1]
-    assert new[2]["config"] == {"n": "a"} and new[2]["met"] is False and "rechosen" not in new[2]
-    with pytest.raises(ValueError, match="3 chosen subnets but 2 final"):
+    # budget3: a ran 1.02/0.96 of its prediction; f (0.95 -> 1.009) would not meet 1.0 with
+    # the margin, b (0.90 -> 0.956) does
+    assert new[2]["config"] == {"n": "b"} and new[2]["rechosen"] and new[2]["estimated"]
+    assert new[2]["measured_ms"] == pytest.approx(0.90 * 1.02 / 0.96) and new[2]["macs"] == 5e6
+    assert new[2]["label"] == "budget3" and new[2]["final_over_ms"] == 1.02
+    # budget4: g ran 1.33x its prediction; no subnet of the front is predicted fast enough
+    assert new[3]["config"] == {"n": "g"} and new[3]["met"] is False and "rechosen" not in new[3]
+    settled = settle_estimates(new, [0.93, 1.6, 0.94, 0.6])
+    assert settled[:2] == new[:2] and settled[3] is new[3]
+    assert settled[2]["measured_ms"] == 0.94 and settled[2]["met"] and "estimated" not in settled[2]
+    assert settle_estimates(new, [0.93, 1.6, 1.01, 0.6])[2]["met"] is False
+    with pytest.raises(ValueError, match="4 chosen subnets but 2 final"):
         rechoose_over_budget(chosen, [1.0, 1.0])

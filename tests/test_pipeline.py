@@ -238,6 +238,44 @@ def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, 
     assert "the final measurement put budget1 at 1.040 ms, over it" in capsys.readouterr().out
 
 
+def test_a_budget_without_candidates_left_chooses_from_the_front_and_measures_it(
+        tmp_path, monkeypatch, capsys):
+    """The budget's only candidate measures over it at the end: the step takes the front's
+    subnet that the final measurement's slow-down says should meet it, measures it, and
+    budget.json keeps its final measurement (not the estimate it was chosen on)."""
+    import ofa.pipeline.steps as steps
+    from ofa.pipeline import RunConfig
+    from ofa.train.run import TrainConfig
+
+    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
+    rc.folder.mkdir()
+
+    def cand(name, acc, ms):
+        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
+
+    a, e = cand("a", 80, 0.95), cand("e", 75, 0.80)
+    chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "margin_pct": 5.0,
+               "search_choice": a["config"], "candidates": [a]}]
+    (rc.folder / "budget.json").write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
+    final = {"a": 1.10, "e": 0.88}
+    calls = []
+
+    def validate(rc_, run, rows, finetuned, table):
+        calls.append([r["config"]["n"] for r in rows])
+        return [{"label": r["label"], "budget_ms": r["budget_ms"],
+                 "measured_ms": final[r["config"]["n"]]} for r in rows]
+
+    monkeypatch.setattr(steps, "_validate", validate)
+    st = steps.State(found={"chosen": chosen, "front": [a, e]})
+    steps._validate_step(rc, st)
+    assert calls == [["a"], ["e"]]
+    saved = json.loads((rc.folder / "budget.json").read_text())["chosen"][0]
+    assert saved["config"] == {"n": "e"} and saved["rechosen"] and saved["met"]
+    assert saved["measured_ms"] == 0.88 and "estimated" not in saved
+    out = capsys.readouterr().out
+    assert "one of the Pareto front, its prediction scaled by that to 0.926 ms" in out
+
+
 def test_a_rerun_after_every_rechoice_was_spent_chooses_nothing_again(tmp_path, monkeypatch):
     """Every candidate of budget1 measures over it at the end: the step chooses again
     RECHOICES times, then keeps the last. Run again (as a rerun of `ofa run` does, with what

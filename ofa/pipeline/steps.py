@@ -374,19 +374,27 @@ RECHOICES = 2
 
 
 def _validate_step(rc: RunConfig, st: State) -> None:
-    """Export and measure the chosen subnets; with a measured budget, the final measurement
-    is its arbiter: a subnet it puts over its budget is replaced by the budget's next
-    candidate (:func:`deploy.budget.rechoose_over_budget`, ``budget.json`` rewritten, the new
-    one fine-tuned when the run fine-tunes) and measured in turn, up to :data:`RECHOICES`
-    times. ``budget.json`` counts the times chosen again (``rechoices``), so that a rerun
-    goes on from there instead of choosing again on the same measurements."""
-    from deploy.budget import rechoose_over_budget
+    """Export and measure the chosen subnets; with a measured budget, the final measurement is
+    its arbiter: a subnet it puts over its budget is replaced by the budget's next candidate, or
+    where none is left one of the Pareto front that its final measurement says should meet it
+    (:func:`deploy.budget.rechoose_over_budget`, ``budget.json`` rewritten, the new one
+    fine-tuned when the run fine-tunes) and measured in turn (a choice made on an estimate then
+    takes its final measurement, :func:`deploy.budget.settle_estimates`), up to
+    :data:`RECHOICES` times. ``budget.json`` counts the times chosen again (``rechoices``), so
+    that a rerun goes on from there instead of choosing again on the same measurements."""
+    from deploy.budget import rechoose_over_budget, settle_estimates
 
     path = rc.folder / "budget.json"
     done = read_json(path, "measured budget").get("rechoices", 0) if path.exists() else 0
     for i in range(min(done, RECHOICES), 1 + RECHOICES):
         st.results = _validate(rc, st.run, st.found["chosen"], st.finetuned or {}, st.table)
-        if i == RECHOICES or rc.search.budget_candidates <= 0 or not path.exists():
+        if rc.search.budget_candidates <= 0 or not path.exists():
+            return
+        settled = settle_estimates(st.found["chosen"], [r["measured_ms"] for r in st.results])
+        if settled != st.found["chosen"]:  # a choice made on an estimate, now measured
+            atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": settled})
+            st.found["chosen"] = settled
+        if i == RECHOICES:
             return
         old = st.found["chosen"]
         new = rechoose_over_budget(old, [r["measured_ms"] for r in st.results],
@@ -399,9 +407,13 @@ def _validate_step(rc: RunConfig, st: State) -> None:
         if not moved:
             return
         for o, n in moved:
+            how = ("of the Pareto front, its prediction scaled by that to "
+                   f"{n['measured_ms']:.3f} ms" if n.get("estimated") else
+                   f"measured at {n['measured_ms']:.3f} ms"
+                   + ("" if n["met"] else " (the fastest candidate: none meets it)"))
             log(f"measured budget {n['budget_ms']:g} ms: the final measurement put "
                 f"{o['label']} at {n['final_over_ms']:.3f} ms, over it; choosing again: one "
-                f"measured at {n['measured_ms']:.3f} ms")
+                + how)
         if rc.finetune_epochs > 0:
             st.finetuned = _finetune(rc, st.run, new)
 
