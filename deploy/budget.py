@@ -201,7 +201,8 @@ def _scaled_from_front(budget_ms: float, over: Row, final_ms: float, known: Sequ
 def settle_estimates(chosen: Sequence[Row], final_ms: Sequence[float | None]) -> list[Row]:
     """``chosen`` with every row whose ``measured_ms`` was an estimate
     (:func:`rechoose_over_budget`) given its final measurement instead: ``measured_ms``,
-    ``margin_pct`` and ``met`` from it, ``estimated`` dropped. Other rows as they were.
+    ``margin_pct`` and ``met`` from it, ``estimated`` dropped (from its own entry among its
+    ``candidates`` too). Other rows as they were.
 
     Raises:
         ValueError: as many final measurements as chosen rows are needed.
@@ -215,6 +216,8 @@ def settle_estimates(chosen: Sequence[Row], final_ms: Sequence[float | None]) ->
             continue
         b = float(r["budget_ms"])
         rest = {k: v for k, v in r.items() if k != "estimated"}
+        cands = [_brief({**c, "estimated": False, "measured_ms": float(f)})
+                 if _key(c) == _key(r) else c for c in r.get("candidates", [])]
         out.append({**rest, "measured_ms": float(f), "met": float(f) <= b,
-                    "margin_pct": 100.0 * (b - float(f)) / b})
+                    "margin_pct": 100.0 * (b - float(f)) / b, "candidates": cands})
     return out

@@ -830,6 +830,8 @@ def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
     settled = settle_estimates(new, [0.93, 1.6, 0.94, 0.6])
     assert settled[:2] == new[:2] and settled[3] is new[3]
     assert settled[2]["measured_ms"] == 0.94 and settled[2]["met"] and "estimated" not in settled[2]
+    assert settled[2]["candidates"][-1] == {"config": {"n": "b"}, "acc": 78,
+                                            "latency_ms": 0.90, "measured_ms": 0.94}
     assert settle_estimates(new, [0.93, 1.6, 1.01, 0.6])[2]["met"] is False
     with pytest.raises(ValueError, match="4 chosen subnets but 2 final"):
         rechoose_over_budget(chosen, [1.0, 1.0])
