@@ -201,27 +201,27 @@ def test_run_reuses_a_trained_supernet(tiny_job: Path, capsys):
     assert not (root / "bad").exists()
 
 
-def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, monkeypatch,
-                                                                      capsys):
-    """`ofa run`'s export + measure step: the final measurement puts budget1's subnet over
-    its budget; the step chooses the budget's next candidate, rewrites budget.json, measures
-    again and keeps what meets the budget (deploy.budget.rechoose_over_budget)."""
+def _cand(name: str, acc: float, ms: float) -> dict:
+    """A measured-budget candidate whose prediction and measurement are ``ms``."""
+    return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
+
+
+def _rechoice_case(tmp_path, monkeypatch, candidates, final):
+    """`ofa run`'s export + measure step set up for budget1 (1.0 ms, the first candidate
+    chosen): budget.json written, the final measurement faked by ``final`` (name -> ms).
+    Returns (run config, the step module, the names measured per call, budget.json)."""
     import ofa.pipeline.steps as steps
     from ofa.pipeline import RunConfig
     from ofa.train.run import TrainConfig
 
     rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
     rc.folder.mkdir()
-
-    def cand(name, acc, ms):
-        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
-
-    a, b = cand("a", 80, 0.95), cand("b", 78, 0.90)
-    chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "margin_pct": 5.0,
-               "search_choice": a["config"], "candidates": [a, b]}]
-    (rc.folder / "budget.json").write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
-    final = {"a": 1.04, "b": 0.93}
-    calls = []
+    first = candidates[0]
+    chosen = [{**first, "budget_ms": 1.0, "label": "budget1", "met": True, "margin_pct": 5.0,
+               "search_choice": first["config"], "candidates": candidates}]
+    path = rc.folder / "budget.json"
+    path.write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
+    calls: list[list[str]] = []
 
     def validate(rc_, run, rows, finetuned, table):
         calls.append([r["config"]["n"] for r in rows])
@@ -229,10 +229,21 @@ def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, 
                  "measured_ms": final[r["config"]["n"]]} for r in rows]
 
     monkeypatch.setattr(steps, "_validate", validate)
-    st = steps.State(found={"chosen": chosen, "front": [a, b]})
+    return rc, steps, calls, path
+
+
+def test_a_subnet_measured_over_its_budget_at_the_end_is_chosen_again(tmp_path, monkeypatch,
+                                                                      capsys):
+    """`ofa run`'s export + measure step: the final measurement puts budget1's subnet over
+    its budget; the step chooses the budget's next candidate, rewrites budget.json, measures
+    again and keeps what meets the budget (deploy.budget.rechoose_over_budget)."""
+    a, b = _cand("a", 80, 0.95), _cand("b", 78, 0.90)
+    rc, steps, calls, path = _rechoice_case(tmp_path, monkeypatch, [a, b],
+                                            {"a": 1.04, "b": 0.93})
+    st = steps.State(found={"chosen": json.loads(path.read_text())["chosen"], "front": [a, b]})
     steps._validate_step(rc, st)
     assert calls == [["a"], ["b"]] and st.results[0]["measured_ms"] == 0.93
-    saved = json.loads((rc.folder / "budget.json").read_text())
+    saved = json.loads(path.read_text())
     assert saved["key"] == {"k": 1} and saved["chosen"][0]["config"] == {"n": "b"}
     assert saved["chosen"][0]["rechosen"] and saved["chosen"][0]["final_over_ms"] == 1.04
     assert "the final measurement put budget1 at 1.040 ms, over it" in capsys.readouterr().out
@@ -243,33 +254,12 @@ def test_a_budget_without_candidates_left_chooses_from_the_front_and_measures_it
     """The budget's only candidate measures over it at the end: the step takes the front's
     subnet that the final measurement's slow-down says should meet it, measures it, and
     budget.json keeps its final measurement (not the estimate it was chosen on)."""
-    import ofa.pipeline.steps as steps
-    from ofa.pipeline import RunConfig
-    from ofa.train.run import TrainConfig
-
-    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
-    rc.folder.mkdir()
-
-    def cand(name, acc, ms):
-        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
-
-    a, e = cand("a", 80, 0.95), cand("e", 75, 0.80)
-    chosen = [{**a, "budget_ms": 1.0, "label": "budget1", "met": True, "margin_pct": 5.0,
-               "search_choice": a["config"], "candidates": [a]}]
-    (rc.folder / "budget.json").write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
-    final = {"a": 1.10, "e": 0.88}
-    calls = []
-
-    def validate(rc_, run, rows, finetuned, table):
-        calls.append([r["config"]["n"] for r in rows])
-        return [{"label": r["label"], "budget_ms": r["budget_ms"],
-                 "measured_ms": final[r["config"]["n"]]} for r in rows]
-
-    monkeypatch.setattr(steps, "_validate", validate)
-    st = steps.State(found={"chosen": chosen, "front": [a, e]})
+    a, e = _cand("a", 80, 0.95), _cand("e", 75, 0.80)
+    rc, steps, calls, path = _rechoice_case(tmp_path, monkeypatch, [a], {"a": 1.10, "e": 0.88})
+    st = steps.State(found={"chosen": json.loads(path.read_text())["chosen"], "front": [a, e]})
     steps._validate_step(rc, st)
     assert calls == [["a"], ["e"]]
-    saved = json.loads((rc.folder / "budget.json").read_text())["chosen"][0]
+    saved = json.loads(path.read_text())["chosen"][0]
     assert saved["config"] == {"n": "e"} and saved["rechosen"] and saved["met"]
     assert saved["measured_ms"] == 0.88 and "estimated" not in saved
     out = capsys.readouterr().out
@@ -281,38 +271,19 @@ def test_a_rerun_after_every_rechoice_was_spent_chooses_nothing_again(tmp_path, 
     RECHOICES times, then keeps the last. Run again (as a rerun of `ofa run` does, with what
     the measured-budget step reads back from budget.json), it measures and chooses nothing
     more and leaves budget.json as it was (a rerun used to start choosing again)."""
-    import ofa.pipeline.steps as steps
-    from ofa.pipeline import RunConfig
-    from ofa.train.run import TrainConfig
-
-    rc = RunConfig(name="r", root=str(tmp_path), train=TrainConfig(space="mbv3-digits"))
-    rc.folder.mkdir()
-
-    def cand(name, acc, ms):
-        return {"config": {"n": name}, "acc": acc, "latency_ms": ms, "measured_ms": ms}
-
-    pool = [cand("a", 80, 0.95), cand("b", 79, 0.93), cand("c", 78, 0.91), cand("d", 77, 0.9)]
-    chosen = [{**pool[0], "budget_ms": 1.0, "label": "budget1", "met": True,
-               "margin_pct": 5.0, "search_choice": pool[0]["config"], "candidates": pool}]
-    path = rc.folder / "budget.json"
-    path.write_text(json.dumps({"key": {"k": 1}, "chosen": chosen}))
-    final = {"a": 1.04, "b": 1.05, "c": 1.06, "d": 1.07}
-    calls = []
-
-    def validate(rc_, run, rows, finetuned, table):
-        calls.append(rows[0]["config"]["n"])
-        return [{"label": r["label"], "budget_ms": r["budget_ms"],
-                 "measured_ms": final[r["config"]["n"]]} for r in rows]
-
-    monkeypatch.setattr(steps, "_validate", validate)
+    pool = [_cand("a", 80, 0.95), _cand("b", 79, 0.93), _cand("c", 78, 0.91),
+            _cand("d", 77, 0.9)]
+    rc, steps, calls, path = _rechoice_case(tmp_path, monkeypatch, pool,
+                                            {"a": 1.04, "b": 1.05, "c": 1.06, "d": 1.07})
+    chosen = json.loads(path.read_text())["chosen"]
     steps._validate_step(rc, steps.State(found={"chosen": chosen, "front": pool}))
-    assert calls == ["a", "b", "c"]  # chosen again twice (RECHOICES), the last one kept
+    assert calls == [["a"], ["b"], ["c"]]  # chosen again twice (RECHOICES), the last kept
     saved = path.read_text()
     assert json.loads(saved)["rechoices"] == steps.RECHOICES
     calls.clear()
     again = steps.State(found={"chosen": json.loads(saved)["chosen"], "front": pool})
     steps._validate_step(rc, again)
-    assert calls == ["c"] and again.results[0]["measured_ms"] == 1.06
+    assert calls == [["c"]] and again.results[0]["measured_ms"] == 1.06
     assert path.read_text() == saved
 
 
