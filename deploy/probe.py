@@ -34,7 +34,7 @@ from deploy.torch_runtime import TorchRuntime
 from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
-           "ProbedTarget", "probe_summary", "median_repeat"]
+           "ProbedTarget", "probe_summary", "median_repeat", "combine_repeats"]
 
 PROBE_ID = "probe-v1"  # change the name whenever the network below changes
 PROBE_INPUT = (1, 3, 24, 24)  # NCHW
@@ -147,6 +147,30 @@ def median_repeat(values: Sequence[Sequence[float]]) -> list[int]:
             for m in range(len(values[0]))]
 
 
+def combine_repeats(batches: Sequence[Sequence[dict[str, Any]]],
+                    statistic: str) -> list[dict[str, Any]]:
+    """``batches[repeat][model]``, rows of the same models timed one batch after another
+    (:meth:`ProbedTarget.bench_many`), as one row per model: the row of its median repeat
+    (:func:`median_repeat`, by ``rel``; by ``statistic`` where the target gives no probe
+    units) with every repeat's value added to ``latency_ms`` as ``rel_repeats`` (or
+    ``<statistic>_repeats``). A single batch is returned as it is.
+
+    Raises:
+        ValueError: no batch, or batches of different lengths.
+    """
+    if len(batches) == 1:
+        return list(batches[0])
+    key = ("rel" if all("rel" in r["latency_ms"] for b in batches for r in b)
+           else statistic)
+    values = [[float(r["latency_ms"][key]) for r in b] for b in batches]
+    out = []
+    for m, k in enumerate(median_repeat(values)):
+        row = dict(batches[k][m])
+        row["latency_ms"] = {**row["latency_ms"], f"{key}_repeats": [v[m] for v in values]}
+        out.append(row)
+    return out
+
+
 class ProbedTarget:
     """A :class:`deploy.targets.Target` whose every timed batch carries the probe: the probe
     file goes first, the protocol says so (``probe=True``), and the probe's row is taken out
@@ -202,17 +226,7 @@ class ProbedTarget:
         batches = [self._split(self.target.bench_many([self.probe, *map(Path, models)],
                                                       threads, probed))
                    for _ in range(repeats)]
-        if repeats == 1:
-            return batches[0]
-        key = ("rel" if all("rel" in r["latency_ms"] for b in batches for r in b)
-               else probed.statistic)
-        values = [[float(r["latency_ms"][key]) for r in b] for b in batches]
-        out = []
-        for m, k in enumerate(median_repeat(values)):
-            row = dict(batches[k][m])
-            row["latency_ms"] = {**row["latency_ms"], f"{key}_repeats": [v[m] for v in values]}
-            out.append(row)
-        return out
+        return combine_repeats(batches, probed.statistic)
 
     def bench_batches(self, batches: Iterable[list[Path]], threads: int = 1,
                       protocol: TimingProtocol | None = None

@@ -18,7 +18,7 @@ from deploy.bundle import export_subnet, read_bundle
 from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.ontarget.runtimes import TimingProtocol
-from deploy.probe import ProbedTarget
+from deploy.probe import ProbedTarget, combine_repeats
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from ofa.errors import InputError
@@ -121,10 +121,11 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     """The models ``paths`` timed on ``target`` beside the probe, :data:`REPEATS` times
     (:meth:`deploy.probe.ProbedTarget.bench_many`; :data:`EXTRA_REPEATS` more when some
     model's batches span more than :data:`SETTLED_SPREAD`, :func:`_unsettled`), one row
-    each. Where ``table`` recorded
-    a reference state (``calibration.reference``, :func:`deploy.lut.measure.at_reference`)
-    its reference subnet is timed first in every batch and each model's probe units are
-    brought to that state (:func:`_at_reference`), as the table's own measurements are."""
+    each: its median batch over all of them (:func:`deploy.probe.combine_repeats`). Where
+    ``table`` recorded a reference state (``calibration.reference``,
+    :func:`deploy.lut.measure.at_reference`) its reference subnet is timed first in every
+    batch and each model's probe units are brought to that state (:func:`_at_reference`), as
+    the table's own measurements are."""
     recorded = table.reference if table is not None and table.probe else {}
     ref = [_reference_model(table, out, runtime, precision)] if recorded else []
     probed, models = ProbedTarget(target, runtime, precision), [*ref, *paths]
@@ -133,12 +134,16 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
         return (_at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
                 if ref else rows)
 
+    def timed(n: int) -> list[list[dict[str, Any]]]:
+        return [probed.bench_many(models, threads, protocol) for _ in range(n)]
+
     with device_progress(target, "final measurement"):
-        timed = probed.bench_many(models, threads, protocol, repeats=REPEATS)
-        if _unsettled(settled(timed)):
-            more = probed.bench_many(models, threads, protocol, repeats=EXTRA_REPEATS)
-            timed = _merged(timed, more)
-    return settled(timed)
+        batches = timed(REPEATS)
+        rows = settled(combine_repeats(batches, protocol.statistic))
+        if _unsettled(rows):
+            batches += timed(EXTRA_REPEATS)
+            rows = settled(combine_repeats(batches, protocol.statistic))
+    return rows
 
 
 def _unsettled(rows: list[dict[str, Any]]) -> bool:
@@ -149,20 +154,6 @@ def _unsettled(rows: list[dict[str, Any]]) -> bool:
         if units and max(units) > (1.0 + SETTLED_SPREAD) * min(units):
             return True
     return False
-
-
-def _merged(first: list[dict[str, Any]], more: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each model's row of ``first`` with the probe units of ``more``'s batches added to
-    its ``rel_repeats`` and ``rel`` their median over every batch
-    (:meth:`deploy.probe.ProbedTarget.bench_many` rows of the same models, in order)."""
-    import numpy as np
-
-    out = []
-    for a, b in zip(first, more, strict=True):
-        units = [*a["latency_ms"]["rel_repeats"], *b["latency_ms"]["rel_repeats"]]
-        out.append({**a, "latency_ms": {**a["latency_ms"], "rel_repeats": units,
-                                        "rel": float(np.median(units))}})
-    return out
 
 
 def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: str) -> Path:

@@ -618,43 +618,41 @@ def test_a_final_measurement_whose_batches_disagree_is_timed_in_two_more(monkeyp
 
     import deploy.validate as validate
 
-    script: list[list[list[float]]] = []  # per call: per model, its batches' probe units
-    calls: list[int] = []
+    script: list[list[float]] = []  # per model, its batches' probe units
+    calls: list[int] = []  # the models timed, per batch
 
     class Scripted:
         def __init__(self, *args, **kw):
             pass
 
         def bench_many(self, models, threads, protocol, repeats=1):
-            calls.append(repeats)
-            units = script[len(calls) - 1]
-            assert len(units) == len(models) and all(len(u) == repeats for u in units)
-            return [{"latency_ms": {"rel": float(np.median(u)), "rel_repeats": list(u)}}
-                    for u in units]
+            assert repeats == 1 and len(script) == len(models)
+            calls.append(len(models))
+            return [{"latency_ms": {"rel": u[len(calls) - 1]}} for u in script]
 
     monkeypatch.setattr(validate, "ProbedTarget", Scripted)
     monkeypatch.setattr(validate, "_reference_model", lambda *a: Path("reference.onnx"))
     target = SimpleNamespace(name="fake")
     proto = TimingProtocol()
-    script[:] = [[[11.1, 13.3, 14.0], [5.0, 5.1, 5.0]], [[12.2, 12.0], [5.0, 5.0]]]
+    script[:] = [[11.1, 13.3, 14.0, 12.2, 12.0], [5.0, 5.1, 5.0, 5.0, 5.0]]
     rows = validate._timed(target, [Path("a"), Path("b")], "onnxruntime", "fp32", 1, proto,
                            None, Path("."))
-    assert calls == [3, 2]
+    assert calls == [2] * 5  # three batches, then two more
     assert [r["latency_ms"]["rel"] for r in rows] == [12.2, 5.0]
     assert rows[0]["latency_ms"]["rel_repeats"] == [11.1, 13.3, 14.0, 12.2, 12.0]
     calls.clear()
-    script[:] = [[[11.0, 11.5, 11.9], [5.0, 5.1, 5.0]]]  # 8% apart: settled
+    script[:] = [[11.0, 11.5, 11.9], [5.0, 5.1, 5.0]]  # 8% apart: settled
     rows = validate._timed(target, [Path("a"), Path("b")], "onnxruntime", "fp32", 1, proto,
                            None, Path("."))
-    assert calls == [3] and rows[0]["latency_ms"]["rel"] == 11.5
+    assert calls == [2] * 3 and rows[0]["latency_ms"]["rel"] == 11.5
     calls.clear()
     # the second batch 20% slower for the reference and the model alike: settled at the
     # reference state (4.0 units), no more batches
     table = SimpleNamespace(probe={"ms": {}}, reference={"rel": 4.0}, reference_weight=1.0)
-    script[:] = [[[4.0, 4.8, 4.0], [10.0, 12.0, 10.2]]]
+    script[:] = [[4.0, 4.8, 4.0], [10.0, 12.0, 10.2]]
     rows = validate._timed(target, [Path("a")], "onnxruntime", "fp32", 1, proto, table,
                            Path("."))
-    assert calls == [3] and rows[0]["latency_ms"]["rel"] == pytest.approx(10.0)
+    assert calls == [2] * 3 and rows[0]["latency_ms"]["rel"] == pytest.approx(10.0)
     assert rows[0]["latency_ms"]["rel_batches"] == pytest.approx([10.0, 10.0, 10.2])
 
 
