@@ -18,7 +18,7 @@ from typing import Any
 from ofa.errors import InputError
 
 __all__ = ["candidates_near", "choose_measured_budget", "measure_budgets", "rechoose_over_budget",
-           "MARGIN"]
+           "settle_estimates", "margin_pct", "MARGIN"]
 
 Row = dict[str, Any]  # a search row: {"config", "acc", "latency_ms", ...}
 
@@ -117,8 +117,13 @@ def _choice(budget_ms: float, rows: Sequence[Row], margin: float) -> Row:
     if pick is None:
         pick = min(rows, key=lambda r: float(r["measured_ms"]))
     return {**pick, "budget_ms": budget_ms, "met": met,
-            "margin_pct": 100.0 * (budget_ms - float(pick["measured_ms"])) / budget_ms,
+            "margin_pct": margin_pct(budget_ms, pick["measured_ms"]),
             "candidates": [_brief(r) for r in rows]}
+
+
+def margin_pct(budget_ms: float, measured_ms: float) -> float:
+    """How far ``measured_ms`` is under ``budget_ms``, % of the budget (negative: over)."""
+    return 100.0 * (budget_ms - float(measured_ms)) / budget_ms
 
 
 def _brief(r: Row) -> Row:
@@ -181,21 +186,17 @@ def rechoose_over_budget(chosen: Sequence[Row], final_ms: Sequence[float | None]
 
 def _scaled_from_front(budget_ms: float, over: Row, final_ms: float, known: Sequence[Row],
                        cands: Sequence[Row], margin: float) -> Row | None:
-    """The most accurate row of ``known`` not among ``cands`` whose prediction times
-    ``final_ms / over["latency_ms"]`` (how much slower than predicted the final measurement
-    found ``over``) meets ``budget_ms`` with ``margin``, as a chosen row with that estimate
-    as ``measured_ms`` and ``estimated`` True; None when none does."""
+    """The most accurate row of ``known`` not among ``cands`` (none of which meets the
+    budget) whose prediction times ``final_ms / over["latency_ms"]`` (how much slower than
+    predicted the final measurement found ``over``) meets ``budget_ms`` with ``margin``, as
+    :func:`_choice` makes a chosen row, with that estimate as ``measured_ms`` and
+    ``estimated`` True; None when none does."""
     ratio = max(1.0, final_ms / float(over["latency_ms"]))
     seen = {_key(c) for c in cands}
-    rows = [{**k, "measured_ms": float(k["latency_ms"]) * ratio} for k in known
-            if _key(k) not in seen]
+    rows = [{**k, "measured_ms": float(k["latency_ms"]) * ratio, "estimated": True}
+            for k in known if _key(k) not in seen]
     pick = choose_measured_budget(budget_ms, rows, margin)
-    if pick is None:
-        return None
-    return {**pick, "budget_ms": budget_ms, "met": True, "estimated": True,
-            "margin_pct": 100.0 * (budget_ms - float(pick["measured_ms"])) / budget_ms,
-            "candidates": [*(_brief(c) for c in cands),
-                           _brief({**pick, "estimated": True})]}
+    return None if pick is None else _choice(budget_ms, [*cands, pick], margin)
 
 
 def settle_estimates(chosen: Sequence[Row], final_ms: Sequence[float | None]) -> list[Row]:
@@ -219,5 +220,5 @@ def settle_estimates(chosen: Sequence[Row], final_ms: Sequence[float | None]) ->
         cands = [_brief({**c, "estimated": False, "measured_ms": float(f)})
                  if _key(c) == _key(r) else c for c in r.get("candidates", [])]
         out.append({**rest, "measured_ms": float(f), "met": float(f) <= b,
-                    "margin_pct": 100.0 * (b - float(f)) / b, "candidates": cands})
+                    "margin_pct": margin_pct(b, f), "candidates": cands})
     return out

@@ -121,7 +121,7 @@ def _verified(table, args: argparse.Namespace, target, speed: str, rows: list[di
 def _budget_lines(out: list[dict]) -> list[str]:
     """Per budget of the result: the most accurate subnet measured within it, with
     :data:`deploy.budget.MARGIN` to spare."""
-    from deploy.budget import MARGIN, choose_measured_budget
+    from deploy.budget import MARGIN, choose_measured_budget, margin_pct
 
     lines = []
     for b in sorted({r["budget_ms"] for r in out if r.get("budget_ms")}):
@@ -129,6 +129,6 @@ def _budget_lines(out: list[dict]) -> list[str]:
         pick = choose_measured_budget(b, rows)
         lines.append(f"budget {b:g} ms: " + (
             f"{pick['label']} measured {pick['measured_ms']:.3f} ms "
-            f"({100 * (b - pick['measured_ms']) / b:+.1f}% margin)" if pick else
+            f"({margin_pct(b, pick['measured_ms']):+.1f}% margin)" if pick else
             f"no subnet of the result measured {100 * MARGIN:.0f}% or more under it"))
     return lines

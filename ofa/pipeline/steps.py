@@ -390,15 +390,15 @@ def _validate_step(rc: RunConfig, st: State) -> None:
         st.results = _validate(rc, st.run, st.found["chosen"], st.finetuned or {}, st.table)
         if rc.search.budget_candidates <= 0 or not path.exists():
             return
-        settled = settle_estimates(st.found["chosen"], [r["measured_ms"] for r in st.results])
+        final = [r["measured_ms"] for r in st.results]
+        settled = settle_estimates(st.found["chosen"], final)
         if settled != st.found["chosen"]:  # a choice made on an estimate, now measured
             atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": settled})
             st.found["chosen"] = settled
         if i == RECHOICES:
             return
         old = st.found["chosen"]
-        new = rechoose_over_budget(old, [r["measured_ms"] for r in st.results],
-                                   st.found.get("front", []))
+        new = rechoose_over_budget(old, final, st.found.get("front", []))
         if new != old:  # a choice replaced, or one marked as over its budget after all
             atomic_write_json(path, {**read_json(path, "measured budget"), "chosen": new,
                                      "rechoices": i + 1})
