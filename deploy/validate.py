@@ -12,13 +12,14 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from deploy.bundle import export_subnet, read_bundle
 from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.ontarget.runtimes import TimingProtocol
-from deploy.probe import ProbedTarget, combine_repeats
+from deploy.probe import FAST_WAIT, ProbedTarget, combine_repeats, fast_state
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from ofa.errors import InputError
@@ -94,9 +95,11 @@ def validate_subnets(run: str | Path, rows: list[dict[str, Any]], out: str | Pat
     whose reference subnet is timed beside them where it recorded a state (:func:`_timed`).
 
     Returns one result row per subnet: ``label, budget_ms, summary, macs, params,
-    predicted_ms, measured_ms, error_pct, within_10pct, predicted_acc, supernet_top1,
-    measured_top1, top1_measured_on, top1_images, top1_se (points,
-    :func:`top1_standard_error`), sizes (bytes per format), measurement (agent JSON)``.
+    predicted_ms, predicted_table_ms`` (the table's own prediction where ``predicted_ms``
+    was adapted by the measured budget, ``table_ms``), ``measured_ms, error_pct,
+    within_10pct, predicted_acc, supernet_top1, measured_top1, top1_measured_on,
+    top1_images, top1_se (points, :func:`top1_standard_error`), sizes (bytes per format),
+    measurement (agent JSON)``.
 
     Raises:
         deploy.targets.TargetError: the target could not measure.
@@ -125,25 +128,59 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     ``table`` recorded a reference state (``calibration.reference``,
     :func:`deploy.lut.measure.at_reference`) its reference subnet is timed first in every
     batch and each model's probe units are brought to that state (:func:`_at_reference`), as
-    the table's own measurements are."""
+    the table's own measurements are.
+
+    Where ``table`` holds this device's speed states (``probe.ms``: its build here, or the
+    verification that adapted it here), the rows come from the batches timed at the
+    device's fast state (:func:`_fast_batches`): while fewer than :data:`REPEATS` were,
+    up to :data:`deploy.probe.FAST_WAIT` more batches are timed, one at a time. Each row's
+    ``fast_state`` says what was kept."""
     recorded = table.reference if table is not None and table.probe else {}
+    fastest = (table.probe.get("ms", {}).get("fastest") if table is not None and table.probe
+               else None)
     ref = [_reference_model(table, out, runtime, precision)] if recorded else []
     probed, models = ProbedTarget(target, runtime, precision), [*ref, *paths]
 
-    def settled(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return (_at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
-                if ref else rows)
+    def settled(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        kept, state = _fast_batches(batches, fastest)
+        rows = combine_repeats(kept, protocol.statistic)
+        if ref:
+            rows = _at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
+        return [{**r, "fast_state": state} for r in rows] if state else rows
 
     def timed(n: int) -> list[list[dict[str, Any]]]:
         return [probed.bench_many(models, threads, protocol) for _ in range(n)]
 
     with device_progress(target, "final measurement"):
         batches = timed(REPEATS)
-        rows = settled(combine_repeats(batches, protocol.statistic))
+        for _ in range(FAST_WAIT):
+            state = _fast_batches(batches, fastest)[1]
+            if not state or state["at_fast"] >= REPEATS:
+                break
+            batches += timed(1)
+        rows = settled(batches)
         if _unsettled(rows):
             batches += timed(EXTRA_REPEATS)
-            rows = settled(combine_repeats(batches, protocol.statistic))
+            rows = settled(batches)
     return rows
+
+
+def _batch_probe_ms(batch: list[dict[str, Any]]) -> float | None:
+    """The probe's median trial mean (ms) in one timed batch (None: no probe recorded)."""
+    means = (batch[0].get("probe") or {}).get("trial_means") if batch else None
+    return float(np.median(means)) if means else None
+
+
+def _fast_batches(batches: list[list[dict[str, Any]]], fastest: float | None
+                  ) -> tuple[list[list[dict[str, Any]]], dict[str, Any] | None]:
+    """The batches timed at the device's fast state (:func:`deploy.probe.fast_state`,
+    ``fastest``: the device's fastest probe time known, ms) and what was kept (None: the
+    state is unknown, all batches kept); all of them where none was at the fast state."""
+    state = fast_state([_batch_probe_ms(b) for b in batches], fastest)
+    if state is None:
+        return batches, None
+    at = state.pop("at")
+    return ([b for b, a in zip(batches, at) if a] if any(at) else batches), state
 
 
 def _unsettled(rows: list[dict[str, Any]]) -> bool:
@@ -179,8 +216,6 @@ def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float,
     table's ``weight`` says the subnets follow it (:func:`deploy.lut.measure.at_reference`);
     each batch's units brought there kept as ``rel_batches``, the units as timed as
     ``rel_probe``."""
-    import numpy as np
-
     from deploy.lut import at_reference
 
     def units(row: dict[str, Any]) -> list[float]:
@@ -277,7 +312,8 @@ def _result(row: dict[str, Any], bundle: list[Any], model: Path, t: dict[str, An
     return {
         "label": label, "budget_ms": row.get("budget_ms"), "summary": cfg.summary(),
         "config": cfg.to_dict(), "macs": rep["macs"], "params": rep["params"],
-        "predicted_ms": pred, "measured_ms": m, "measured_now_ms": now,
+        "predicted_ms": pred, "predicted_table_ms": row.get("table_ms", pred),
+        "measured_ms": m, "measured_now_ms": now,
         "measured_rel": lat["rel"], "measured_rel_probe": lat.get("rel_probe", lat["rel"]),
         "speed": speed, "measured_p90_ms": lat.get("p90"),
         "error_pct": err, "within_10pct": None if err is None else abs(err) <= 10,

@@ -521,6 +521,36 @@ def test_a_repeated_measurements_state_is_the_median_of_every_timing():
     assert float(np.median(got["reference_seen"])) == 5.0
 
 
+def test_a_repeated_measurement_waits_for_the_fast_state():
+    """Given the device's fastest probe time (0.10 ms), three timings taken while the probe
+    ran 1.6x slower are followed by more, one at a time, until three are at the fast state;
+    the medians come from those only, the speed states from every timing."""
+    from deploy.lut.measure import repeated
+    from deploy.probe import FAST_WAIT
+
+    timings = [(0.16, [14.0]), (0.16, [15.5]), (0.16, [13.0]), (0.11, [12.0]),
+               (0.16, [16.0]), (0.10, [12.4]), (0.105, [12.2])]
+    calls: list[int] = []
+
+    def fake(protocol, folder):
+        p, rel = timings[len(calls)]
+        calls.append(1)
+        return {"ms": [r * p for r in rel], "rel": rel, "probe_ms": [p, p]}
+
+    got = repeated(fake, TimingProtocol(), 3, fastest=0.10)
+    assert len(calls) == 7 and got["rel"] == [12.2]
+    assert got["fast_state"]["at_fast"] == 3 and got["fast_state"]["batches"] == 7
+    assert len(got["probe_ms"]) == 14  # every timing's probe, slow ones included
+    calls.clear()
+    timings[:] = [(0.16, [14.0 + i / 10]) for i in range(3 + FAST_WAIT)]
+    got = repeated(fake, TimingProtocol(), 3, fastest=0.10)  # it stays slow: all kept
+    assert len(calls) == 3 + FAST_WAIT and got["fast_state"]["at_fast"] == 0
+    assert got["rel"] == [14.4]
+    calls.clear()
+    got = repeated(fake, TimingProtocol(), 3)  # no speed states known: three timings
+    assert len(calls) == 3 and "fast_state" not in got and got["rel"] == [14.1]
+
+
 def _calibration_case(make_table):
     """The module ``deploy.lut.calibrate`` (not the function), a digits space @12, a table
     of it from ``make_table`` and its 4 + 2 calibration subnets' true units (1.2 x sums)."""
@@ -654,6 +684,59 @@ def test_a_final_measurement_whose_batches_disagree_is_timed_in_two_more(monkeyp
                            Path("."))
     assert calls == [2] * 3 and rows[0]["latency_ms"]["rel"] == pytest.approx(10.0)
     assert rows[0]["latency_ms"]["rel_batches"] == pytest.approx([10.0, 10.0, 10.2])
+
+
+def test_a_final_measurement_waits_for_the_device_fast_state(monkeypatch):
+    """A final measurement timed while the device is slowed (the probe 1.7x slower than
+    the fastest state the table recorded here) times more batches, one at a time, until
+    three are at the fast state, and keeps only those; a device that stays slow costs
+    FAST_WAIT batches and keeps all of them."""
+    from types import SimpleNamespace
+
+    import deploy.validate as validate
+    from deploy.probe import FAST_WAIT
+
+    probe: list[float] = []  # the probe's ms in each batch
+    units: list[float] = []  # the model's probe units in each batch
+    calls: list[int] = []
+
+    class Scripted:
+        def __init__(self, *args, **kw):
+            pass
+
+        def bench_many(self, models, threads, protocol, repeats=1):
+            i = len(calls)
+            calls.append(len(models))
+            return [{"latency_ms": {"rel": units[i]}, "probe": {"trial_means": [probe[i]]}}]
+
+    monkeypatch.setattr(validate, "ProbedTarget", Scripted)
+    target = SimpleNamespace(name="fake")
+    table = SimpleNamespace(probe={"ms": {"fastest": 0.10}}, reference={})
+
+    def timed():
+        calls.clear()
+        return validate._timed(target, [Path("a")], "onnxruntime", "fp32", 1,
+                               TimingProtocol(), table, Path("."))[0]
+
+    probe[:] = [0.17, 0.17, 0.17, 0.17, 0.105, 0.11, 0.098, 0.17]
+    units[:] = [14.0, 16.0, 13.0, 15.5, 12.2, 12.0, 12.1, 15.0]
+    row = timed()
+    assert len(calls) == 7  # three batches, four more until three were at the fast state
+    assert row["latency_ms"]["rel"] == 12.1
+    assert row["latency_ms"]["rel_repeats"] == [12.2, 12.0, 12.1]
+    state = row["fast_state"]
+    assert state["at_fast"] == 3 and state["batches"] == 7
+    assert state["fastest_ms"] == 0.098  # a batch faster than the table's fastest
+    probe[:] = [0.17] * 9
+    units[:] = [14.0, 13.5, 14.2, 14.1, 13.9, 14.0, 13.8, 14.3, 14.0]
+    row = timed()
+    assert len(calls) == 3 + FAST_WAIT == 9
+    assert row["fast_state"]["at_fast"] == 0 and row["latency_ms"]["rel"] == 14.0
+    # no speed states recorded here: three batches, as before
+    table.probe = {}
+    units[:] = [14.0, 13.5, 14.2]
+    row = timed()
+    assert len(calls) == 3 and "fast_state" not in row and row["latency_ms"]["rel"] == 14.0
 
 
 def _probe_table(space):
@@ -833,3 +916,36 @@ def test_a_subnet_the_final_measurement_puts_over_its_budget_is_replaced():
     assert settle_estimates(new, [0.93, 1.6, 1.01, 0.6])[2]["met"] is False
     with pytest.raises(ValueError, match="4 chosen subnets but 2 final"):
         rechoose_over_budget(chosen, [1.0, 1.0])
+
+
+def test_a_chosen_subnets_prediction_is_scaled_by_the_other_candidates_only():
+    """Five candidates over two budgets measured 0.90-0.96 of their predictions (one 1.30):
+    each chosen row's prediction is scaled by the median ratio of the *other* candidates, its
+    own measurement left out; with fewer others than the least, the table's prediction
+    stays. A front subnet chosen later on an estimate scales the table's prediction."""
+    from deploy.budget import rechoose_over_budget, scale_by_candidates
+
+    def cand(name, ms, ratio):
+        return {"config": {"n": name}, "acc": 70, "latency_ms": ms, "measured_ms": ms * ratio}
+
+    a, b, c = cand("a", 1.0, 0.90), cand("b", 0.8, 0.92), cand("c", 0.7, 1.30)
+    d, e = cand("d", 2.0, 0.94), cand("e", 1.8, 0.96)
+    chosen = [{**a, "budget_ms": 1.0, "candidates": [a, b, c]},
+              {**d, "budget_ms": 2.0, "candidates": [d, e, b]}]  # b measured for both
+    got = scale_by_candidates(chosen)
+    # a: the others b, c, d, e -> median of 0.92, 1.30, 0.94, 0.96 = 0.95
+    assert got[0]["table_ms"] == 1.0 and got[0]["latency_ms"] == pytest.approx(0.95)
+    assert got[0]["candidate_scale"] == {"scale": pytest.approx(0.95), "candidates": 4}
+    # d: the others a, b, c, e -> median of 0.90, 0.92, 1.30, 0.96 = 0.94
+    assert got[1]["latency_ms"] == pytest.approx(2.0 * 0.94)
+    assert got[0]["measured_ms"] == chosen[0]["measured_ms"]  # measurements untouched
+    kept = scale_by_candidates(chosen, least=5)
+    assert [r["latency_ms"] for r in kept] == [1.0, 2.0] and "candidate_scale" not in kept[0]
+    assert scale_by_candidates(got) == got  # the table's prediction is what is scaled
+    # the final measurement puts a at 1.05 (1.05x the table, 1.105x the scaled prediction):
+    # a front subnet's table prediction is scaled by 1.05, not 1.105
+    row = {**got[0], "candidates": [a]}
+    new = rechoose_over_budget([row], [1.05], [{**cand("f", 0.90, 1.0), "acc": 75}])[0]
+    assert new["config"] == {"n": "f"} and new["measured_ms"] == pytest.approx(0.90 * 1.05)
+    with pytest.raises(ValueError, match="least >= 1"):
+        scale_by_candidates(chosen, least=0)

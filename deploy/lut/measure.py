@@ -34,7 +34,7 @@ from deploy.ontarget.runtimes import (
     time_interleaved,
     times_files,
 )
-from deploy.probe import ProbedTarget, load_probe, median_repeat
+from deploy.probe import FAST_WAIT, ProbedTarget, fast_state, load_probe, median_repeat
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from deploy.torch_runtime import TorchRuntime
@@ -226,7 +226,7 @@ def _timed_here(rts: list[Runtime], xs: list[np.ndarray], runtime: str, threads:
 def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetConfig],
                     target: Target | None = None, jobs: int = 1, desc: str = "measure",
                     protocol: TimingProtocol | None = None,
-                    repeats: int = 1) -> dict[str, list[float]]:
+                    repeats: int = 1, fastest: float | None = None) -> dict[str, Any]:
     """Whole subnets measured beside the reference probe in ``table``'s context (runtime,
     threads, precision, protocol), on ``target`` (None: this machine, in process), with
     periodic weights (a latency does not depend on the values, :func:`periodic_weights`).
@@ -238,6 +238,8 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     the median over the repeats already drops one upset batch, and on this project's VM,
     whose probe often moves more than the bound within a few seconds, re-timing every repeat
     up to 3 times spent three quarters of a 12-subnet verification (83 s, 2026-12-06).
+    ``fastest``: the device's fastest probe time known (ms, its speed states measured
+    here); the repeats then wait for its fast state as :func:`repeated` says.
 
     A table with probe data also times its reference subnet in every batch
     (:func:`table_reference`): ``reference_rel`` holds its probe units beside each subnet,
@@ -261,7 +263,7 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     m = repeated(lambda p, folder: _measure_configs(*args, p, *rest, models=folder,
                                                     reference=ref),
                  protocol or TimingProtocol.from_fields(table.protocol), repeats,
-                 weight=weight)
+                 weight=weight, fastest=fastest)
     if ref is not None and m["rel"]:
         m["rel_probe"] = m["rel"]
         m["rel"] = (at_reference(m, recorded, m["reference_weight"]) if recorded
@@ -341,7 +343,8 @@ def tracking_weight(rel: Sequence[Sequence[float]], ref: Sequence[Sequence[float
 
 def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[float]]],
              protocol: TimingProtocol, repeats: int,
-             models: Path | None = None, weight: float | None = 1.0) -> dict[str, Any]:
+             models: Path | None = None, weight: float | None = 1.0,
+             fastest: float | None = None) -> dict[str, Any]:
     """``measure(protocol, folder)`` (answers as :func:`_measure_configs`) run ``repeats``
     times one after the other, each model's median timing kept
     (:func:`deploy.probe.median_repeat`: its ``ms`` and ``rel`` from the same timing;
@@ -356,6 +359,13 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     once: into ``models`` when given, else into a temporary folder (a single timing gets
     ``models`` as it is, None included).
 
+    ``fastest`` (ms: the device's fastest probe time known, from its speed states measured
+    here) with ``repeats`` > 1: while fewer than ``repeats`` timings were at the device's
+    fast state (:func:`deploy.probe.fast_state`, by each timing's probe median), up to
+    :data:`deploy.probe.FAST_WAIT` more are timed, one at a time, and the medians are taken
+    over the timings at the fast state (over all where none was); ``fast_state`` says what
+    was kept.
+
     Raises:
         ValueError: ``repeats`` outside 1-20.
     """
@@ -368,12 +378,24 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
         return {**m, "reference_seen": list(m["reference_rel"]),
                 "reference_weight": 1.0 if weight is None else weight}
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
+    state = None
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
         runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
+        for _ in range(FAST_WAIT if fastest else 0):
+            state = _run_state(runs, fastest)
+            if state is None or state["at_fast"] >= repeats:
+                break
+            runs.append(measure(protocol, models or Path(tmp)))
+    seen = [v for r in runs for v in r["probe_ms"]]  # the speed states of every timing
+    state = _run_state(runs, fastest) if fastest else None
+    if state is not None:
+        at = state.pop("at")
+        runs = [r for r, a in zip(runs, at) if a] if any(at) else runs
+    extra = {"fast_state": state} if state is not None else {}
     if not all("reference_rel" in r for r in runs):
         pick = median_repeat([r["rel"] for r in runs])
         return {**{key: [runs[k][key][i] for i, k in enumerate(pick)] for key in ("ms", "rel")},
-                "probe_ms": [v for r in runs for v in r["probe_ms"]]}
+                "probe_ms": seen, **extra}
     if weight is None:
         weight = tracking_weight([r["rel"] for r in runs], [r["reference_rel"] for r in runs])
     # the median by the units that hold: brought by the reference as far as it is followed
@@ -381,10 +403,18 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
                           for r in runs])
     return {**{key: [runs[k][key][i] for i, k in enumerate(pick)]
                for key in ("ms", "rel", "reference_rel")},
-            "probe_ms": [v for r in runs for v in r["probe_ms"]],
-            # the state of every timing, not of the picked ones
+            "probe_ms": seen,
+            # the state of every timing kept, not of the picked ones
             "reference_seen": [v for r in runs for v in r["reference_rel"]],
-            "reference_weight": weight}
+            "reference_weight": weight, **extra}
+
+
+def _run_state(runs: Sequence[dict[str, Any]], fastest: float | None
+               ) -> dict[str, Any] | None:
+    """:func:`deploy.probe.fast_state` of a repeated measurement's timings (each timing's
+    state: its probe median)."""
+    return fast_state([float(np.median(r["probe_ms"])) if r["probe_ms"] else None
+                       for r in runs], fastest)
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:

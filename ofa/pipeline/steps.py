@@ -134,11 +134,13 @@ def _search(rc: RunConfig, run: Path, space, acc, lat, budgets: list[float]
 
 def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str, Any]
                       ) -> list[dict[str, Any]]:
-    """Each budget's candidates measured on the target beside the probe, converted to ms
-    at ``rc.search.speed``; the most accurate that meets its budget as measured
-    (:func:`deploy.budget.measure_budgets`). Kept in ``budget.json`` (skipped when the
-    search, table and speed are the same)."""
-    from deploy.budget import measure_budgets
+    """Each budget's candidates measured on the target beside the probe (at the device's
+    fast state where it comes within a few timings: :func:`deploy.lut.measure.repeated`),
+    converted to ms at ``rc.search.speed``; the most accurate that meets its budget as measured
+    (:func:`deploy.budget.measure_budgets`), its prediction adapted by the other candidates'
+    measurements (:func:`deploy.budget.scale_by_candidates`). Kept in ``budget.json``
+    (skipped when the search, table and speed are the same)."""
+    from deploy.budget import measure_budgets, scale_by_candidates
     from deploy.lut import measure_subnets
     from deploy.targets import parse_target
     from deploy.validate import REPEATS
@@ -154,17 +156,25 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
     d = rc.deploy
     target = None if d.target == "local" else parse_target(d.target, **d.target_options)
     per_unit = table.probe_ms(rc.search.speed)
+    fastest = table.probe["ms"].get("fastest") if table.probe else None  # measured here
 
     def measure(cfgs: list[dict[str, Any]]) -> list[float]:
         log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.deploy.target} beside "
              "the probe")
         m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
                             target=target, jobs=default_jobs(), desc="budget candidates",
-                            repeats=REPEATS)  # as steady as the final measurement
+                            # as steady as the final measurement, at the same fast state
+                            repeats=REPEATS, fastest=fastest)
+        fs = m.get("fast_state")
+        if fs and fs["batches"] > REPEATS:
+            log(f"measured budget: {fs['batches']} timings, {fs['at_fast']} at the device's "
+                f"fast state (probe within {fs['bound']:g}x of {fs['fastest_ms']:.4f} ms)"
+                + (" kept" if fs["at_fast"] else "; none was, all kept"))
         return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
 
-    rows = measure_budgets([c["budget_ms"] for c in found["chosen"]],
-                           found["chosen"], found["front"], measure, k=rc.search.budget_candidates)
+    rows = scale_by_candidates(measure_budgets(
+        [c["budget_ms"] for c in found["chosen"]], found["chosen"], found["front"], measure,
+        k=rc.search.budget_candidates))
     chosen = []
     for old, row in zip(found["chosen"], rows):
         moved = row["config"] != old["config"]
@@ -172,7 +182,10 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
              f"{len(row['candidates'])} candidates, chose one measured at "
              f"{row['measured_ms']:.3f} ms ({row['margin_pct']:+.1f}% margin)"
              + (" instead of the search's choice" if moved else "")
-             + ("" if row["met"] else "; NONE met the budget as measured: the fastest"))
+             + ("" if row["met"] else "; NONE met the budget as measured: the fastest")
+             + (f"; its prediction {row['table_ms']:.3f} ms x {row['candidate_scale']['scale']:.3f}"
+                f" (the other {row['candidate_scale']['candidates']} candidates' measured over "
+                f"predicted) = {row['latency_ms']:.3f} ms" if "candidate_scale" in row else ""))
         # the budget's shortlist stays with it, also when a candidate from elsewhere won
         keep = {k: old[k] for k in ("shortlist",) if k in old}
         chosen.append({**row, **keep, "label": old["label"], "search_choice": old["config"]})
