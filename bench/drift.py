@@ -428,6 +428,10 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
     rep = json.loads((work / name / "report.json").read_text())
     subs = [{"label": r["label"], "budget_ms": r["budget_ms"], "predicted_ms": r["predicted_ms"],
              "measured_ms": r["measured_ms"], "error_pct": r["error_pct"],
+             # the table's own prediction, before the measured budget adapted it
+             "table_error_pct": _error_pct(r.get("predicted_table_ms"), r["measured_ms"]),
+             "fast_state": {k: v for k, v in (r["measurement"].get("fast_state") or {}).items()
+                            if k in ("batches", "at_fast")},
              "within_budget": r["budget_ms"] is None or r["measured_ms"] <= r["budget_ms"]}
             for r in rep["subnets"]]
     budget = work / name / "budget.json"  # the arbiter: choices the final measurement overturned
@@ -438,6 +442,11 @@ def run_case(a: argparse.Namespace, code: Path, i: int, work: Path) -> dict:
             "all_within_10pct": rep["summary"]["all_within_10pct"],
             "all_within_budget": all(x["within_budget"] for x in subs), "subnets": subs,
             "table": rep.get("table", {}).get("speed_text")}
+
+
+def _error_pct(predicted: float | None, measured: float) -> float | None:
+    """(predicted - measured) / measured, % (None without a prediction)."""
+    return None if predicted is None else (predicted - measured) / measured * 100
 
 
 KIND_HELP = ("competitor: a real-time process on the timed core in short duty cycles; quota: "

@@ -176,7 +176,7 @@ def scale_by_candidates(chosen: Sequence[Row], least: int = SCALE_CANDIDATES) ->
     out = []
     for r in chosen:
         table_ms = float(r.get("table_ms", r["latency_ms"]))
-        others = sorted(v for k, v in ratios.items() if k != _key(r))
+        others = [v for k, v in ratios.items() if k != _key(r)]
         if len(others) < least:
             out.append({**r, "table_ms": table_ms})
             continue

@@ -134,7 +134,7 @@ def probe_summary(batch_ms: Iterable[float]) -> dict[str, float]:
 
 #: a timing whose probe ran within this factor of the device's fastest state is at the fast
 #: state (:func:`fast_state`): the drift harness slows the probe by 1.5x or more
-#: (``bench/drift.py``), this project's VM's own steps by up to 1.3x
+#: (``bench/drift.py``), while batches timed in one state differ by a few per cent
 FAST_BOUND = 1.2
 
 #: a repeated measurement that waits for the fast state times at most this many timings
