@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -35,7 +35,9 @@ from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
            "ProbedTarget", "probe_summary", "median_repeat", "combine_repeats", "fast_state",
-           "FAST_BOUND", "FAST_WAIT"]
+           "wait_for_fast_state", "kept_at_fast_state", "FAST_BOUND", "FAST_WAIT"]
+
+T = TypeVar("T")
 
 PROBE_ID = "probe-v1"  # change the name whenever the network below changes
 PROBE_INPUT = (1, 3, 24, 24)  # NCHW
@@ -172,6 +174,32 @@ def fast_state(probe_ms: Sequence[float | None], fastest: float | None
     at = [p <= FAST_BOUND * fast for p in ms]
     return {"fastest_ms": fast, "bound": FAST_BOUND, "batches": len(ms),
             "at_fast": int(sum(at)), "probe_ms": ms, "at": at}
+
+
+def wait_for_fast_state(timings: list[T], probe_ms: Callable[[T], float | None],
+                        fastest: float | None, want: int, more: Callable[[], T]) -> list[T]:
+    """``timings`` (of the same models, timed one after the other) extended by ``more()``,
+    one timing at a time, while fewer than ``want`` of them are at the device's fast state
+    (:func:`fast_state`; ``probe_ms`` gives a timing's probe median, ms), at most
+    :data:`FAST_WAIT` times. Unchanged where the state is unknown."""
+    for _ in range(FAST_WAIT):
+        state = fast_state([probe_ms(t) for t in timings], fastest)
+        if state is None or state["at_fast"] >= want:
+            break
+        timings.append(more())
+    return timings
+
+
+def kept_at_fast_state(timings: Sequence[T], probe_ms: Callable[[T], float | None],
+                       fastest: float | None) -> tuple[list[T], dict[str, Any] | None]:
+    """The timings taken at the device's fast state (:func:`fast_state`; all of them where
+    none was) and the state without its ``at`` list (None, all kept: the state is
+    unknown)."""
+    state = fast_state([probe_ms(t) for t in timings], fastest)
+    if state is None:
+        return list(timings), None
+    at = state.pop("at")
+    return ([t for t, a in zip(timings, at) if a] if any(at) else list(timings)), state
 
 
 def median_repeat(values: Sequence[Sequence[float]]) -> list[int]:

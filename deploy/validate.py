@@ -19,7 +19,12 @@ from deploy.bundle import export_subnet, read_bundle
 from deploy.export import converter_pool
 from deploy.formats import format_for
 from deploy.ontarget.runtimes import TimingProtocol
-from deploy.probe import FAST_WAIT, ProbedTarget, combine_repeats, fast_state
+from deploy.probe import (
+    ProbedTarget,
+    combine_repeats,
+    kept_at_fast_state,
+    wait_for_fast_state,
+)
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from ofa.errors import InputError
@@ -132,9 +137,10 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
 
     Where ``table`` holds this device's speed states (``probe.ms``: its build here, or the
     verification that adapted it here), the rows come from the batches timed at the
-    device's fast state (:func:`_fast_batches`): while fewer than :data:`REPEATS` were,
-    up to :data:`deploy.probe.FAST_WAIT` more batches are timed, one at a time. Each row's
-    ``fast_state`` says what was kept."""
+    device's fast state (:func:`deploy.probe.kept_at_fast_state`): while fewer than
+    :data:`REPEATS` were, up to :data:`deploy.probe.FAST_WAIT` more batches are timed, one
+    at a time (:func:`deploy.probe.wait_for_fast_state`). Each row's ``fast_state`` says
+    what was kept."""
     recorded = table.reference if table is not None and table.probe else {}
     fastest = (table.probe.get("ms", {}).get("fastest") if table is not None and table.probe
                else None)
@@ -142,7 +148,7 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     probed, models = ProbedTarget(target, runtime, precision), [*ref, *paths]
 
     def settled(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-        kept, state = _fast_batches(batches, fastest)
+        kept, state = kept_at_fast_state(batches, _batch_probe_ms, fastest)
         rows = combine_repeats(kept, protocol.statistic)
         if ref:
             rows = _at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
@@ -152,12 +158,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
         return [probed.bench_many(models, threads, protocol) for _ in range(n)]
 
     with device_progress(target, "final measurement"):
-        batches = timed(REPEATS)
-        for _ in range(FAST_WAIT):
-            state = _fast_batches(batches, fastest)[1]
-            if not state or state["at_fast"] >= REPEATS:
-                break
-            batches += timed(1)
+        batches = wait_for_fast_state(timed(REPEATS), _batch_probe_ms, fastest, REPEATS,
+                                      lambda: timed(1)[0])
         rows = settled(batches)
         if _unsettled(rows):
             batches += timed(EXTRA_REPEATS)
@@ -169,18 +171,6 @@ def _batch_probe_ms(batch: list[dict[str, Any]]) -> float | None:
     """The probe's median trial mean (ms) in one timed batch (None: no probe recorded)."""
     means = (batch[0].get("probe") or {}).get("trial_means") if batch else None
     return float(np.median(means)) if means else None
-
-
-def _fast_batches(batches: list[list[dict[str, Any]]], fastest: float | None
-                  ) -> tuple[list[list[dict[str, Any]]], dict[str, Any] | None]:
-    """The batches timed at the device's fast state (:func:`deploy.probe.fast_state`,
-    ``fastest``: the device's fastest probe time known, ms) and what was kept (None: the
-    state is unknown, all batches kept); all of them where none was at the fast state."""
-    state = fast_state([_batch_probe_ms(b) for b in batches], fastest)
-    if state is None:
-        return batches, None
-    at = state.pop("at")
-    return ([b for b, a in zip(batches, at) if a] if any(at) else batches), state
 
 
 def _unsettled(rows: list[dict[str, Any]]) -> bool:

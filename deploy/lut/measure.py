@@ -34,7 +34,13 @@ from deploy.ontarget.runtimes import (
     time_interleaved,
     times_files,
 )
-from deploy.probe import FAST_WAIT, ProbedTarget, fast_state, load_probe, median_repeat
+from deploy.probe import (
+    ProbedTarget,
+    kept_at_fast_state,
+    load_probe,
+    median_repeat,
+    wait_for_fast_state,
+)
 from deploy.targets import Target
 from deploy.targets.base import device_progress
 from deploy.torch_runtime import TorchRuntime
@@ -378,19 +384,12 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
         return {**m, "reference_seen": list(m["reference_rel"]),
                 "reference_weight": 1.0 if weight is None else weight}
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
-    state = None
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
-        runs = [measure(protocol, models or Path(tmp)) for _ in range(repeats)]
-        for _ in range(FAST_WAIT if fastest else 0):
-            state = _run_state(runs, fastest)
-            if state is None or state["at_fast"] >= repeats:
-                break
-            runs.append(measure(protocol, models or Path(tmp)))
+        runs = wait_for_fast_state([measure(protocol, models or Path(tmp))
+                                    for _ in range(repeats)], _run_probe_ms, fastest, repeats,
+                                   lambda: measure(protocol, models or Path(tmp)))
     seen = [v for r in runs for v in r["probe_ms"]]  # the speed states of every timing
-    state = _run_state(runs, fastest) if fastest else None
-    if state is not None:
-        at = state.pop("at")
-        runs = [r for r, a in zip(runs, at) if a] if any(at) else runs
+    runs, state = kept_at_fast_state(runs, _run_probe_ms, fastest)
     extra = {"fast_state": state} if state is not None else {}
     if not all("reference_rel" in r for r in runs):
         pick = median_repeat([r["rel"] for r in runs])
@@ -409,12 +408,9 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
             "reference_weight": weight, **extra}
 
 
-def _run_state(runs: Sequence[dict[str, Any]], fastest: float | None
-               ) -> dict[str, Any] | None:
-    """:func:`deploy.probe.fast_state` of a repeated measurement's timings (each timing's
-    state: its probe median)."""
-    return fast_state([float(np.median(r["probe_ms"])) if r["probe_ms"] else None
-                       for r in runs], fastest)
+def _run_probe_ms(run: dict[str, Any]) -> float | None:
+    """A timing's state: its probe median (ms; None without probe times)."""
+    return float(np.median(run["probe_ms"])) if run.get("probe_ms") else None
 
 
 def _context(runtime: str, threads: int, precision: str = "fp32") -> dict[str, Any]:
