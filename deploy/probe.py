@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,7 +36,8 @@ from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
            "ProbedTarget", "probe_summary", "median_repeat", "combine_repeats", "fast_state",
-           "wait_for_fast_state", "kept_at_fast_state", "FAST_BOUND", "FAST_WAIT"]
+           "wait_for_fast_state", "kept_at_fast_state", "FAST_BOUND", "FAST_WAIT",
+           "FAST_WAIT_S"]
 
 T = TypeVar("T")
 
@@ -146,6 +148,11 @@ FAST_BOUND = 1.2
 #: these timings and keeps all of them
 FAST_WAIT = 6
 
+#: ... and waits no longer than this (s): on a board whose batch of subnets takes minutes
+#: (12 subnets at 224 px on a Raspberry Pi 4, about 0.1 s an invoke), the wait would cost
+#: more than the measurement
+FAST_WAIT_S = 30.0
+
 
 def fast_state(probe_ms: Sequence[float | None], fastest: float | None
                ) -> dict[str, Any] | None:
@@ -176,17 +183,26 @@ def fast_state(probe_ms: Sequence[float | None], fastest: float | None
             "at_fast": int(sum(at)), "probe_ms": ms, "at": at}
 
 
-def wait_for_fast_state(timings: list[T], probe_ms: Callable[[T], float | None],
-                        fastest: float | None, want: int, more: Callable[[], T]) -> list[T]:
-    """``timings`` (of the same models, timed one after the other) extended by ``more()``,
-    one timing at a time, while fewer than ``want`` of them are at the device's fast state
-    (:func:`fast_state`; ``probe_ms`` gives a timing's probe median, ms), at most
-    :data:`FAST_WAIT` times. Unchanged where the state is unknown."""
+def wait_for_fast_state(time_one: Callable[[], T], n: int,
+                        probe_ms: Callable[[T], float | None], fastest: float | None,
+                        clock: Callable[[], float] = time.perf_counter) -> list[T]:
+    """``n`` timings of the same models, one after the other (``time_one()`` each), and
+    more while fewer than ``n`` of them are at the device's fast state (:func:`fast_state`;
+    ``probe_ms`` gives a timing's probe median, ms): at most :data:`FAST_WAIT` more, and
+    none that would take the wait past :data:`FAST_WAIT_S` seconds (by the last timing's
+    duration), so a slow device whose one batch takes minutes is not kept waiting. No more
+    where the state is unknown."""
+    start = clock()
+    timings = [time_one() for _ in range(n)]
+    each, waited = (clock() - start) / max(n, 1), 0.0
     for _ in range(FAST_WAIT):
         state = fast_state([probe_ms(t) for t in timings], fastest)
-        if state is None or state["at_fast"] >= want:
+        if state is None or state["at_fast"] >= n or waited + each > FAST_WAIT_S:
             break
-        timings.append(more())
+        t0 = clock()
+        timings.append(time_one())
+        each = clock() - t0
+        waited += each
     return timings
 
 

@@ -139,7 +139,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     verification that adapted it here), the rows come from the batches timed at the
     device's fast state (:func:`deploy.probe.kept_at_fast_state`): while fewer than
     :data:`REPEATS` were, up to :data:`deploy.probe.FAST_WAIT` more batches are timed, one
-    at a time (:func:`deploy.probe.wait_for_fast_state`). Each row's ``fast_state`` says
+    at a time, for at most :data:`deploy.probe.FAST_WAIT_S` s
+    (:func:`deploy.probe.wait_for_fast_state`). Each row's ``fast_state`` says
     what was kept."""
     recorded = table.reference if table is not None and table.probe else {}
     fastest = (table.probe.get("ms", {}).get("fastest") if table is not None and table.probe
@@ -158,8 +159,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
         return [probed.bench_many(models, threads, protocol) for _ in range(n)]
 
     with device_progress(target, "final measurement"):
-        batches = wait_for_fast_state(timed(REPEATS), _batch_probe_ms, fastest, REPEATS,
-                                      lambda: timed(1)[0])
+        batches = wait_for_fast_state(lambda: probed.bench_many(models, threads, protocol),
+                                      REPEATS, _batch_probe_ms, fastest)
         rows = settled(batches)
         if _unsettled(rows):
             batches += timed(EXTRA_REPEATS)

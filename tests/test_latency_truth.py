@@ -949,3 +949,27 @@ def test_a_chosen_subnets_prediction_is_scaled_by_the_other_candidates_only():
     assert new["config"] == {"n": "f"} and new["measured_ms"] == pytest.approx(0.90 * 1.05)
     with pytest.raises(ValueError, match="least >= 1"):
         scale_by_candidates(chosen, least=0)
+
+
+def test_the_wait_for_the_fast_state_is_bounded_in_time():
+    """A slow device whose timing takes 20 s: after its three, one more (20 s fits the 30 s
+    wait), then none (40 s would not); one of 5 s: the six more the count allows."""
+    from deploy.probe import FAST_WAIT, FAST_WAIT_S, wait_for_fast_state
+
+    class Device:  # every timing takes `took` s on its clock; the probe 2x slower, always
+        def __init__(self, took: float) -> None:
+            self.now, self.took = 0.0, took
+
+        def clock(self) -> float:
+            return self.now
+
+        def time_one(self) -> float:
+            self.now += self.took
+            return 0.2
+
+    for took, more in ((20.0, 1), (5.0, FAST_WAIT)):
+        d = Device(took)
+        got = wait_for_fast_state(d.time_one, 3, lambda p: p, 0.1, clock=d.clock)
+        assert len(got) == 3 + more and FAST_WAIT_S == 30.0
+    # the state unknown: the three asked for
+    assert len(wait_for_fast_state(lambda: None, 3, lambda p: p, 0.1)) == 3

@@ -368,7 +368,9 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     ``fastest`` (ms: the device's fastest probe time known, from its speed states measured
     here) with ``repeats`` > 1: while fewer than ``repeats`` timings were at the device's
     fast state (:func:`deploy.probe.fast_state`, by each timing's probe median), up to
-    :data:`deploy.probe.FAST_WAIT` more are timed, one at a time, and the medians are taken
+    :data:`deploy.probe.FAST_WAIT` more are timed, one at a time, for at most
+    :data:`deploy.probe.FAST_WAIT_S` s (:func:`deploy.probe.wait_for_fast_state`), and the
+    medians are taken
     over the timings at the fast state (over all where none was); ``fast_state`` says what
     was kept.
 
@@ -385,9 +387,8 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
                 "reference_weight": 1.0 if weight is None else weight}
     protocol = dataclasses.replace(protocol, retime=min(protocol.retime, REPEAT_RETIME))
     with tempfile.TemporaryDirectory() as tmp:  # exported once, timed `repeats` x
-        runs = wait_for_fast_state([measure(protocol, models or Path(tmp))
-                                    for _ in range(repeats)], _run_probe_ms, fastest, repeats,
-                                   lambda: measure(protocol, models or Path(tmp)))
+        runs = wait_for_fast_state(lambda: measure(protocol, models or Path(tmp)), repeats,
+                                   _run_probe_ms, fastest)
     seen = [v for r in runs for v in r["probe_ms"]]  # the speed states of every timing
     runs, state = kept_at_fast_state(runs, _run_probe_ms, fastest)
     extra = {"fast_state": state} if state is not None else {}
