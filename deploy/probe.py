@@ -169,8 +169,9 @@ def fast_state(probe_ms: Sequence[float | None], fastest: float | None
     slow every model as it slows the probe, and in its slow state a large subnet's probe
     units move by 10-20% from batch to batch: under the drift harness, 20 px digits
     subnets read 12.2-16.6 units in five batches timed with the probe 1.65x slower, and the
-    four ``ofa run`` subnets of fifteen that missed ±10% were all finally measured while the
-    probe ran 1.54-1.74x slower than its fastest state (``docs/benchmarks.md``). A clock
+    four ``ofa run`` subnets of 45 (fifteen runs) that came out more than 10% slower than
+    predicted were all finally measured while the probe ran 1.54-1.74x slower than its
+    fastest state (``docs/benchmarks.md``). A clock
     slowed alike for every cycle (a throttled board) moves no probe units: there a timing at
     any state is as good, and waiting for the fast state only costs time.
     """
