@@ -78,6 +78,16 @@ def test_run_writes_every_artifact(tiny_job: Path):
     # shortlist table lists the budgets whose shortlist was measured)
     assert "predicted vs measured" in md and len(re.findall(r"^\| budget\d ", md, re.M)) >= 6
     assert "## Measured budget" in md and "device speed: probe probe-v1" in md
+    # the final measurement at the device's fast state (the table built here knows it), and
+    # each chosen subnet's prediction next to the table's own where the budget scaled it
+    fs = rep["subnets"][0]["measurement"]["fast_state"]
+    assert 3 <= fs["batches"] <= 3 + 6 + 2 and 0 <= fs["at_fast"] <= fs["batches"]
+    assert f"Final measurement: {fs['batches']} batches timed, {fs['at_fast']} of them" in md
+    for r in rep["subnets"]:
+        scaled = next(m for m in budget if m["label"] == r["label"]).get("candidate_scale")
+        assert r["predicted_table_ms"] == pytest.approx(
+            r["predicted_ms"] / (scaled["scale"] if scaled else 1.0))
+        assert (f"{r['label']} {r['predicted_table_ms']:.3f}" in md) == (scaled is not None)
     # each budget's shortlist was measured on the hold-out split; the most accurate is chosen
     assert "## Shortlists measured on the hold-out split" in md
     margin = rep["predictor"]["rmse"]

@@ -85,11 +85,35 @@ def write_report(rc: RunConfig, info: dict[str, Any], results: list[dict[str, An
           f"{rep['summary']['min_measured_top1']:.2f}%. Exported top-1 is measured on "
           f"{results[0]['top1_images']} evaluation images; ± is its standard error, and two "
           "subnets whose top-1 differ by less than about twice that are not told apart by "
-          "this measurement.\n\n"
+          "this measurement.\n\n" + _measurement_md(results) +
           f"Pareto front (predicted): {len(front)} points. ![Pareto front](pareto.png)\n"
           + _budget_md(chosen) + _shortlist_md(chosen) + _finetune_md(results))
     atomic_write_text(folder / "report.md", md)
     return rep
+
+
+def _measurement_md(results: list[dict[str, Any]]) -> str:
+    """How the final measurement was taken and what the predictions are, or '': the batches
+    timed and kept at the device's fast state (``fast_state``, :mod:`deploy.validate`), and
+    the table's own predictions where the measured budget scaled them
+    (:func:`deploy.budget.scale_by_candidates`)."""
+    lines = []
+    fs = next((r["measurement"]["fast_state"] for r in results
+               if r.get("measurement", {}).get("fast_state")), None)
+    if fs:
+        lines.append(f"Final measurement: {fs['batches']} batches timed, {fs['at_fast']} of "
+                     f"them at the device's fast state (the probe within {fs['bound']:g}x of "
+                     f"{fs['fastest_ms']:.4f} ms)"
+                     + (", those kept" if fs["at_fast"] else "; none was, all kept")
+                     + " (`docs/latency.md`).")
+    scaled = [r for r in results if r.get("predicted_table_ms") is not None
+              and r["predicted_table_ms"] != r["predicted_ms"]]
+    if scaled:
+        lines.append("Predicted ms: the latency table's, scaled by how the other candidates "
+                     "the measured budget timed ran against it; the table's own: "
+                     + ", ".join(f"{r['label']} {r['predicted_table_ms']:.3f}" for r in scaled)
+                     + " ms.")
+    return "".join(f"{line}\n\n" for line in lines)
 
 
 def _md_section(title: str, header: list[str], rows: list[list[str]]) -> str:
