@@ -134,6 +134,12 @@ def _brief(r: Row) -> Row:
     return {**out, "estimated": True} if r.get("estimated") else out
 
 
+def _table_ms(r: Row) -> float:
+    """A row's prediction by the latency table itself (``table_ms`` where
+    :func:`scale_by_candidates` scaled ``latency_ms``)."""
+    return float(r.get("table_ms", r["latency_ms"]))
+
+
 def _with(pool: Sequence[Row], measured: dict[str, float]) -> list[Row]:
     return [{**r, "measured_ms": measured[_key(r)]} for r in pool if _key(r) in measured]
 
@@ -175,7 +181,7 @@ def scale_by_candidates(chosen: Sequence[Row], least: int = SCALE_CANDIDATES) ->
                 ratios[_key(c)] = float(c["measured_ms"]) / float(c["latency_ms"])
     out = []
     for r in chosen:
-        table_ms = float(r.get("table_ms", r["latency_ms"]))
+        table_ms = _table_ms(r)
         others = [v for k, v in ratios.items() if k != _key(r)]
         if len(others) < least:
             out.append({**r, "table_ms": table_ms})
@@ -241,7 +247,7 @@ def _scaled_from_front(budget_ms: float, over: Row, final_ms: float, known: Sequ
     measurement found ``over``) meets ``budget_ms`` with ``margin``, as
     :func:`_choice` makes a chosen row, with that estimate as ``measured_ms`` and
     ``estimated`` True; None when none does."""
-    ratio = max(1.0, final_ms / float(over.get("table_ms", over["latency_ms"])))
+    ratio = max(1.0, final_ms / _table_ms(over))
     seen = {_key(c) for c in cands}
     rows = [{**k, "measured_ms": float(k["latency_ms"]) * ratio, "estimated": True}
             for k in known if _key(k) not in seen]

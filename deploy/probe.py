@@ -36,8 +36,8 @@ from ofa.errors import InputError
 
 __all__ = ["PROBE_ID", "PROBE_INPUT", "probe_module", "probe_file", "load_probe",
            "ProbedTarget", "probe_summary", "median_repeat", "combine_repeats", "fast_state",
-           "wait_for_fast_state", "kept_at_fast_state", "FAST_BOUND", "FAST_WAIT",
-           "FAST_WAIT_S"]
+           "wait_for_fast_state", "kept_at_fast_state", "fast_state_text", "fastest_ms",
+           "FAST_BOUND", "FAST_WAIT", "FAST_WAIT_S"]
 
 T = TypeVar("T")
 
@@ -154,6 +154,15 @@ FAST_WAIT = 6
 FAST_WAIT_S = 30.0
 
 
+def fastest_ms(probe: dict[str, Any]) -> float | None:
+    """The device's fastest probe time (ms) in a latency table's probe record
+    (``LatencyTable.probe``: ``ms.fastest`` of :func:`probe_summary`, over its build or the
+    verification on this device), the fast state :func:`fast_state` compares with; None
+    without one."""
+    fast = (probe or {}).get("ms", {}).get("fastest")
+    return float(fast) if fast else None
+
+
 def fast_state(probe_ms: Sequence[float | None], fastest: float | None
                ) -> dict[str, Any] | None:
     """Which of several timings of the same models were taken at the device's fast state:
@@ -182,6 +191,14 @@ def fast_state(probe_ms: Sequence[float | None], fastest: float | None
     at = [p <= FAST_BOUND * fast for p in ms]
     return {"fastest_ms": fast, "bound": FAST_BOUND, "batches": len(ms),
             "at_fast": int(sum(at)), "probe_ms": ms, "at": at}
+
+
+def fast_state_text(state: dict[str, Any], what: str = "timings") -> str:
+    """A :func:`fast_state` in words: how many ``what`` were timed, how many at the fast
+    state, its bound and probe time, and what was kept."""
+    return (f"{state['batches']} {what} timed, {state['at_fast']} of them at the device's fast "
+            f"state (the probe within {state['bound']:g}x of {state['fastest_ms']:.4f} ms)"
+            + (", those kept" if state["at_fast"] else "; none was, all kept"))
 
 
 def wait_for_fast_state(time_one: Callable[[], T], n: int,

@@ -22,6 +22,7 @@ from deploy.ontarget.runtimes import TimingProtocol
 from deploy.probe import (
     ProbedTarget,
     combine_repeats,
+    fastest_ms,
     kept_at_fast_state,
     wait_for_fast_state,
 )
@@ -143,8 +144,7 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
     (:func:`deploy.probe.wait_for_fast_state`). Each row's ``fast_state`` says
     what was kept."""
     recorded = table.reference if table is not None and table.probe else {}
-    fastest = (table.probe.get("ms", {}).get("fastest") if table is not None and table.probe
-               else None)
+    fastest = fastest_ms(table.probe) if table is not None else None
     ref = [_reference_model(table, out, runtime, precision)] if recorded else []
     probed, models = ProbedTarget(target, runtime, precision), [*ref, *paths]
 
@@ -155,15 +155,14 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
             rows = _at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
         return [{**r, "fast_state": state} for r in rows] if state else rows
 
-    def timed(n: int) -> list[list[dict[str, Any]]]:
-        return [probed.bench_many(models, threads, protocol) for _ in range(n)]
+    def batch() -> list[dict[str, Any]]:
+        return probed.bench_many(models, threads, protocol)
 
     with device_progress(target, "final measurement"):
-        batches = wait_for_fast_state(lambda: probed.bench_many(models, threads, protocol),
-                                      REPEATS, _batch_probe_ms, fastest)
+        batches = wait_for_fast_state(batch, REPEATS, _batch_probe_ms, fastest)
         rows = settled(batches)
         if _unsettled(rows):
-            batches += timed(EXTRA_REPEATS)
+            batches += [batch() for _ in range(EXTRA_REPEATS)]
             rows = settled(batches)
     return rows
 

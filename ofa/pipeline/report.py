@@ -97,15 +97,14 @@ def _measurement_md(results: list[dict[str, Any]]) -> str:
     timed and kept at the device's fast state (``fast_state``, :mod:`deploy.validate`), and
     the table's own predictions where the measured budget scaled them
     (:func:`deploy.budget.scale_by_candidates`)."""
+    from deploy.probe import fast_state_text
+
     lines = []
     fs = next((r["measurement"]["fast_state"] for r in results
                if r.get("measurement", {}).get("fast_state")), None)
     if fs:
-        lines.append(f"Final measurement: {fs['batches']} batches timed, {fs['at_fast']} of "
-                     f"them at the device's fast state (the probe within {fs['bound']:g}x of "
-                     f"{fs['fastest_ms']:.4f} ms)"
-                     + (", those kept" if fs["at_fast"] else "; none was, all kept")
-                     + " (`docs/latency.md`).")
+        lines.append(f"Final measurement: {fast_state_text(fs, 'batches')} "
+                     "(`docs/latency.md`).")
     scaled = [r for r in results if r.get("predicted_table_ms") is not None
               and r["predicted_table_ms"] != r["predicted_ms"]]
     if scaled:

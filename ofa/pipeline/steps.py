@@ -142,6 +142,7 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
     (skipped when the search, table and speed are the same)."""
     from deploy.budget import measure_budgets, scale_by_candidates
     from deploy.lut import measure_subnets
+    from deploy.probe import fast_state_text, fastest_ms
     from deploy.targets import parse_target
     from deploy.validate import REPEATS
     from ofa.space import SubnetConfig
@@ -156,7 +157,6 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
     d = rc.deploy
     target = None if d.target == "local" else parse_target(d.target, **d.target_options)
     per_unit = table.probe_ms(rc.search.speed)
-    fastest = table.probe["ms"].get("fastest") if table.probe else None  # measured here
 
     def measure(cfgs: list[dict[str, Any]]) -> list[float]:
         log(f"measured budget: timing {len(cfgs)} candidate subnets on {rc.deploy.target} beside "
@@ -164,12 +164,10 @@ def _measured_budgets(rc: RunConfig, space, table: LatencyTable, found: dict[str
         m = measure_subnets(table, space, [SubnetConfig.from_dict(c) for c in cfgs],
                             target=target, jobs=default_jobs(), desc="budget candidates",
                             # as steady as the final measurement, at the same fast state
-                            repeats=REPEATS, fastest=fastest)
+                            repeats=REPEATS, fastest=fastest_ms(table.probe))
         fs = m.get("fast_state")
         if fs and fs["batches"] > REPEATS:
-            log(f"measured budget: {fs['batches']} timings, {fs['at_fast']} at the device's "
-                f"fast state (probe within {fs['bound']:g}x of {fs['fastest_ms']:.4f} ms)"
-                + (" kept" if fs["at_fast"] else "; none was, all kept"))
+            log(f"measured budget: {fast_state_text(fs)}")
         return [v * per_unit for v in m["rel"]] if table.probe else m["ms"]
 
     rows = scale_by_candidates(measure_budgets(
