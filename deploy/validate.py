@@ -152,7 +152,8 @@ def _timed(target: Target, paths: list[Path], runtime: str, precision: str, thre
         kept, state = kept_at_fast_state(batches, _batch_probe_ms, fastest)
         rows = combine_repeats(kept, protocol.statistic)
         if ref:
-            rows = _at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight)
+            rows = _at_reference(rows[1:], rows[0], recorded["rel"], table.reference_weight,
+                                 _batch_pairs(kept))
         return [{**r, "fast_state": state} for r in rows] if state else rows
 
     def batch() -> list[dict[str, Any]]:
@@ -198,15 +199,29 @@ def _reference_model(table: LatencyTable, out: Path, runtime: str, precision: st
                            1)[0]
 
 
+def _batch_pairs(batches: list[list[dict[str, Any]]]) -> list[list[list[list[float]]]]:
+    """For each model after the reference (the first of every batch), its
+    :func:`deploy.lut.measure.trial_pairs` with the reference in every batch:
+    ``[model][batch][trial] = [model's units, reference's units]``."""
+    from deploy.lut import trial_pairs
+
+    return [[trial_pairs(b[i]["latency_ms"], b[0]["latency_ms"]) for b in batches]
+            for i in range(1, len(batches[0]))] if batches else []
+
+
 def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float,
-                  weight: float = 1.0) -> list[dict[str, Any]]:
+                  weight: float = 1.0,
+                  pairs: list[list[list[list[float]]]] | None = None) -> list[dict[str, Any]]:
     """``rows`` (one per model, :meth:`deploy.probe.ProbedTarget.bench_many`) with each
-    ``latency_ms.rel`` brought to the reference state ``state``: the median over the
-    batches of its units brought there by the reference in the same batch, as far as the
-    table's ``weight`` says the subnets follow it (:func:`deploy.lut.measure.at_reference`);
-    each batch's units brought there kept as ``rel_batches``, the units as timed as
-    ``rel_probe``."""
+    ``latency_ms.rel`` brought to the reference state ``state`` as far as the table's
+    ``weight`` says the subnets follow it: the median over the batches of its units
+    brought there by the reference in the same batch (:func:`deploy.lut.measure.
+    at_reference`), or, where ``pairs`` (:func:`_batch_pairs`) holds the model's and the
+    reference's units trial by trial in every batch, the median over all those trials
+    (:func:`deploy.lut.measure.paired_at_reference`). Each batch's units brought there are
+    kept as ``rel_batches``, the units as timed as ``rel_probe``."""
     from deploy.lut import at_reference
+    from deploy.lut.measure import paired_at_reference
 
     def units(row: dict[str, Any]) -> list[float]:
         lat = row["latency_ms"]
@@ -214,10 +229,16 @@ def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float,
 
     base = units(ref)
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         lat = r["latency_ms"]
-        batches = at_reference({"rel": units(r), "reference_rel": base}, state, weight)
-        out.append({**r, "latency_ms": {**lat, "rel": float(np.median(batches)),
+        mine = pairs[i] if pairs and len(pairs) == len(rows) else None
+        if mine and all(mine):
+            batches = [paired_at_reference(p, state, weight) for p in mine]
+            rel = paired_at_reference([t for p in mine for t in p], state, weight)
+        else:
+            batches = at_reference({"rel": units(r), "reference_rel": base}, state, weight)
+            rel = float(np.median(batches))
+        out.append({**r, "latency_ms": {**lat, "rel": rel,
                                         "rel_batches": batches, "rel_probe": lat["rel"]},
                     "reference": {"rel": ref["latency_ms"]["rel"], "state": state,
                                   "weight": weight}})

@@ -258,7 +258,8 @@ def verify_table(table: LatencyTable, space: SearchSpace, k: int = 12, seed: int
         # the table's: a device whose whole subnets run slower than the table's needs a
         # scale), so that one upset batch does not move the subnets timed in it
         meas = np.asarray(at_reference({"rel": m.get("rel_probe", m["rel"]),
-                                        "reference_rel": m["reference_rel"]},
+                                        "reference_rel": m["reference_rel"],
+                                        "pairs": m.get("pairs")},
                                        float(np.median(seen)), m["reference_weight"]))
     else:
         meas = np.asarray(m.get("rel_probe", m["rel"]) if table.probe else m["ms"])

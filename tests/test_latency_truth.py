@@ -625,6 +625,62 @@ def test_a_slow_down_the_probe_misses_is_carried_by_the_reference_subnet(monkeyp
         at_reference({"rel": [1.0]}, state)
 
 
+def test_every_trial_keeps_its_probe_units_for_pairing_with_the_reference():
+    """A probed batch keeps each model's units trial by trial (`trial_rel`, `steady`), the
+    trials its `rel` is the median of; `trial_pairs` pairs two models' trials in which both
+    were steady (all where none was), and finds nothing to pair in rows without them."""
+    from deploy.lut import trial_pairs
+
+    out = _batch(lambda t: 1.0)
+    for row in out[1:]:
+        assert len(row["trial_rel"]) == len(row["steady"]) == 15
+        kept = [v for v, k in zip(row["trial_rel"], row["steady"]) if k]
+        assert row["rel"] == pytest.approx(float(np.median(kept)))
+    assert "trial_rel" not in out[0]
+    pairs = trial_pairs(out[2], out[4])
+    assert len(pairs) == sum(a and b for a, b in zip(out[2]["steady"], out[4]["steady"]))
+    assert np.median([a / b for a, b in pairs]) == pytest.approx(0.25, rel=0.03)
+    a = {"trial_rel": [1.0, 2.0, 3.0], "steady": [True, False, True]}
+    b = {"trial_rel": [4.0, 5.0, 6.0], "steady": [False, True, True]}
+    assert trial_pairs(a, b) == [[3.0, 6.0]]
+    assert trial_pairs({**a, "steady": [False] * 3}, b) == [[1.0, 4.0], [2.0, 5.0], [3.0, 6.0]]
+    assert trial_pairs({"rel": 2.0}, b) == [] and trial_pairs(a, {"trial_rel": [1.0]}) == []
+
+
+def test_a_state_change_within_a_batch_is_brought_to_the_reference_trial_by_trial():
+    """Whole subnets run 1.3x slower than the probe follows in some trials of a batch (a
+    competitor switched on during it). The reference subnet, timed first in each trial, saw
+    the slow state in 4 of 7 trials, a subnet timed later in the trial in 3 of 7: their
+    medians over the batch fall in different states and the batch-level form is 30% off,
+    while the trial-by-trial form (`pairs`) is right; the pooled median of two timings too,
+    and `repeated` pools the pairs of every timing it kept."""
+    from deploy.lut import at_reference
+    from deploy.lut.measure import paired_at_reference, repeated
+
+    slow = [1.3, 1.3, 1.3, 1.3, 1.0, 1.0, 1.0]  # the reference's trials
+    later = [1.3, 1.3, 1.3, 1.0, 1.0, 1.0, 1.0]  # the subnet's: the switch came between
+    ref_units = [5.0 * f for f in slow]
+    sub_units = [10.0 * f for f in later]
+    pairs = [[a, b] for a, b in zip(sub_units, ref_units)]
+    m = {"rel": [float(np.median(sub_units))], "reference_rel": [float(np.median(ref_units))],
+         "pairs": [pairs]}
+    batch_level = at_reference({k: m[k] for k in ("rel", "reference_rel")}, 5.0)[0]
+    assert batch_level == pytest.approx(10.0 / 1.3)  # the subnet fast, its reference slow
+    # trial by trial: 6 of 7 trials in one state for both, one mixed trial (3)
+    assert at_reference(m, 5.0)[0] == pytest.approx(10.0)
+    assert paired_at_reference(pairs, 5.0, weight=0.0) == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="positive pairs"):
+        paired_at_reference([], 5.0)
+    # pooled over the timings `repeated` keeps: the median over 14 trials, not of 2 medians
+    runs = iter([{"ms": [1.0], "rel": [10.0], "probe_ms": [0.1], "reference_rel": [5.0],
+                  "pairs": [[[10.0, 5.0], [11.0, 5.0]]]},
+                 {"ms": [1.1], "rel": [12.0], "probe_ms": [0.1], "reference_rel": [5.0],
+                  "pairs": [[[12.0, 5.0], [12.0, 5.0], [13.0, 5.0]]]}])
+    got = repeated(lambda p, f: next(runs), TimingProtocol(probe=True), 2)
+    assert got["pairs"] == [[[10.0, 5.0], [11.0, 5.0], [12.0, 5.0], [12.0, 5.0], [13.0, 5.0]]]
+    assert at_reference(got, 5.0) == [12.0]
+
+
 def test_the_final_measurement_brings_each_batch_to_the_reference_state():
     """The final measurement's rows (3 batches each) are brought to the table's reference
     state batch by batch: a subnet whose second batch ran 20% slower together with the
@@ -638,6 +694,15 @@ def test_the_final_measurement_brings_each_batch_to_the_reference_state():
     got = _at_reference(rows[:1], ref, 5.0)[0]["latency_ms"]
     assert got["rel"] == pytest.approx(12.5) and got["rel_probe"] == 10.0
     assert _at_reference(rows[1:], ref_one, 5.0)[0]["latency_ms"]["rel"] == pytest.approx(2.5)
+    # with both models' units trial by trial in every batch: each batch's median of its
+    # trials brought there, and the row's the median over all the trials of all batches
+    pairs = [[[[10.0, 4.0], [10.0, 5.0]], [[12.0, 4.8]], [[9.75, 3.9], [9.0, 3.9]]]]
+    got = _at_reference(rows[:1], ref, 5.0, pairs=pairs)[0]["latency_ms"]
+    assert got["rel_batches"] == pytest.approx([11.25, 12.5, (12.5 + 9.0 * 5 / 3.9) / 2])
+    assert got["rel"] == pytest.approx(12.5)  # of 12.5, 10.0, 12.5, 12.5, 11.54
+    # a batch without trial units (an older agent): the batch-level form for that row
+    assert _at_reference(rows[:1], ref, 5.0, pairs=[[[], *pairs[0][1:]]])[0][
+        "latency_ms"]["rel"] == pytest.approx(12.5)
 
 
 def test_a_final_measurement_whose_batches_disagree_is_timed_in_two_more(monkeypatch):

@@ -26,9 +26,10 @@ from deploy.lut.measure import (
     measure_subnets,
     runtime_context,
     table_reference,
+    trial_pairs,
 )
 
-__all__ = ["measure_module", "measure_subnets", "at_reference", "table_reference",
+__all__ = ["measure_module", "measure_subnets", "at_reference", "table_reference", "trial_pairs",
            "build_table", "block_models_dir",
            "convert_blocks", "calibration_configs", "calibrate", "fit_calibration",
            "refit_calibration", "validate_table", "runtime_context", "representative_set",

@@ -49,7 +49,8 @@ from ofa.space import SearchSpace, SubnetConfig
 from search.latency_table import LatencyTable
 
 __all__ = ["SUBNET_BATCH", "runtime_context", "measure_module", "measure_subnets",
-           "at_reference", "table_reference", "tracking_weight"]
+           "at_reference", "trial_pairs", "paired_at_reference", "table_reference",
+           "tracking_weight"]
 
 # whole subnets timed together beside the probe: each batch short enough (seconds) that a
 # change of the device's speed during it is rare and timing it again is cheap
@@ -143,9 +144,9 @@ def _measure_configs(space: SearchSpace, cfgs: list[SubnetConfig], runtime: str,
     (after the probe); its probe units in each subnet's batch come back as
     ``reference_rel``.
 
-    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}`` (and ``reference_rel``):
-    each subnet's statistic (ms) and its time in probe units, and the probe's medians (ms)
-    over the measurement (its speed states)."""
+    Returns ``{"ms": [...], "rel": [...], "probe_ms": [...]}`` (and ``reference_rel`` and
+    ``pairs``, :func:`trial_pairs`): each subnet's statistic (ms) and its time in probe
+    units, and the probe's medians (ms) over the measurement (its speed states)."""
     protocol = dataclasses.replace(protocol, probe=True)
     every = [*cfgs, reference] if reference is not None else list(cfgs)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +180,7 @@ def _batches(n: int, with_reference: bool) -> list[tuple[list[int], int | None]]
             for i in range(0, m, SUBNET_BATCH)]
 
 
-def _collect(out: dict[str, list[float]], stats: list[dict[str, Any]], ref: int | None,
+def _collect(out: dict[str, Any], stats: list[dict[str, Any]], ref: int | None,
              statistic: str) -> None:
     """One timed batch's rows (probe first, taken out) into :func:`_measure_configs`'
     answer."""
@@ -188,6 +189,45 @@ def _collect(out: dict[str, list[float]], stats: list[dict[str, Any]], ref: int 
     out["rel"] += [st["rel"] for st in rows]
     if ref is not None:
         out.setdefault("reference_rel", []).extend([stats[ref]["rel"]] * len(rows))
+        out.setdefault("pairs", []).extend(trial_pairs(st, stats[ref]) for st in rows)
+
+
+def trial_pairs(model: dict[str, Any], reference: dict[str, Any]) -> list[list[float]]:
+    """A model's probe units and the reference subnet's, trial by trial, in one timed batch
+    (``latency_ms`` dicts of :func:`deploy.ontarget.runtimes.time_interleaved`, which keep
+    ``trial_rel`` and ``steady``): ``[[model, reference], ...]`` over the trials in which
+    both were steady (every trial where there is none). Empty where either lacks trial
+    units (an agent of an older ofa-edge, ``benchmark_model`` on adb) or their trials
+    differ in number."""
+    a, b = model.get("trial_rel"), reference.get("trial_rel")
+    if not a or not b or len(a) != len(b):
+        return []
+    sa, sb = model.get("steady") or [True] * len(a), reference.get("steady") or [True] * len(b)
+    both = [bool(x and y) for x, y in zip(sa, sb)]
+    return [[float(x), float(y)] for x, y, k in zip(a, b, both if any(both) else [True] * len(a))
+            if k]
+
+
+def paired_at_reference(pairs: Sequence[Sequence[float]], reference_rel: float,
+                        weight: float = 1.0) -> float:
+    """One model's probe units brought to the state in which the reference subnet took
+    ``reference_rel`` probe units, trial by trial: the median over ``pairs`` (its units and
+    the reference's in the same trial, :func:`trial_pairs`, pooled over every timing of
+    it) of ``model * (reference_rel / reference) ** weight``. Trial by trial, because a
+    device whose state changes during a batch (a competitor switched on halfway) moves the
+    whole subnets' units in the trials it slowed and not in the others, and a ratio of
+    medians over the batch mixes the two states differently for the model and for the
+    reference; pooled, because a median over every trial of every timing is steadier than
+    the median of the timings' medians (``docs/benchmarks.md``, "Trial by trial").
+
+    Raises:
+        ValueError: no pair, or a non-positive value.
+    """
+    a = np.asarray(pairs, dtype=float)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != 2 or a.min() <= 0 or reference_rel <= 0:
+        raise InputError("bringing probe units to a reference state trial by trial needs "
+                         "positive pairs of the model's and the reference's units")
+    return float(np.median(a[:, 0] * (reference_rel / a[:, 1]) ** weight))
 
 
 def _timed_on(target: Target, paths: list[Path], runtime: str, threads: int, precision: str,
@@ -254,8 +294,9 @@ def measure_subnets(table: LatencyTable, space: SearchSpace, cfgs: list[SubnetCo
     (:func:`at_reference`; else as timed).
 
     Returns ``{"ms", "rel", "probe_ms"}`` as :func:`_measure_configs` does, and for a
-    table with probe data ``rel_probe``, ``reference_rel``, ``reference_seen`` and
-    ``reference_weight`` (the table's, else the one these timings show: :func:`repeated`).
+    table with probe data ``rel_probe``, ``reference_rel``, ``reference_seen``,
+    ``reference_weight`` (the table's, else the one these timings show: :func:`repeated`)
+    and ``pairs`` (pooled over the repeats, where the device gave trial units).
 
     Raises:
         ValueError: ``repeats`` outside 1-20.
@@ -298,6 +339,14 @@ def at_reference(m: dict[str, list[float]], reference_rel: float,
     subnet; int8 ones by 2.0% against either (``bench/reference_tracking.py``,
     ``docs/benchmarks.md``).
 
+    Where ``m`` also holds ``pairs`` (each subnet's units and the reference's trial by
+    trial, :func:`trial_pairs`, pooled over its timings by :func:`repeated`) for every
+    subnet, each subnet is brought there trial by trial instead
+    (:func:`paired_at_reference`): on this project's VM, for 100 cifar fp32 subnets timed
+    three times, that ranked them against their table at Kendall tau 0.888-0.930 where the
+    batch-level form gave 0.844-0.924 (four measurements, with and without the drift
+    harness, ``docs/benchmarks.md``).
+
     Raises:
         ValueError: a measurement without ``reference_rel``, a non-positive value, or a
             ``weight`` outside 0-1.
@@ -308,6 +357,9 @@ def at_reference(m: dict[str, list[float]], reference_rel: float,
                          "subnet's positive probe units beside every subnet")
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"a reference weight must be in 0-1, got {weight}")
+    pairs = m.get("pairs")
+    if pairs and len(pairs) == len(m["rel"]) and all(pairs):
+        return [paired_at_reference(p, reference_rel, weight) for p in pairs]
     return [r * (reference_rel / q) ** weight for r, q in zip(m["rel"], ref)]
 
 
@@ -359,7 +411,9 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     not): the state of the measurement as a whole is their median, which the picked
     timings' ``reference_rel`` can miss (three picked from the same upset batch); the
     median is picked in units brought by the reference with ``weight`` (None: the weight
-    these timings show, :func:`tracking_weight`, returned as ``reference_weight``). With
+    these timings show, :func:`tracking_weight`, returned as ``reference_weight``), and
+    each model's ``pairs`` (:func:`trial_pairs`) of every timing kept are pooled, for
+    :func:`at_reference` to bring it there trial by trial. With
     ``repeats`` > 1 each timing is re-timed at most :data:`REPEAT_RETIME` times (see
     :func:`measure_subnets`). The models are exported
     once: into ``models`` when given, else into a temporary folder (a single timing gets
@@ -401,9 +455,11 @@ def repeated(measure: Callable[[TimingProtocol, Path | None], dict[str, list[flo
     # the median by the units that hold: brought by the reference as far as it is followed
     pick = median_repeat([[a / b ** weight for a, b in zip(r["rel"], r["reference_rel"])]
                           for r in runs])
+    pooled = ({"pairs": [[p for r in runs for p in r["pairs"][i]] for i in range(len(pick))]}
+              if all(len(r.get("pairs") or []) == len(pick) for r in runs) else {})
     return {**{key: [runs[k][key][i] for i, k in enumerate(pick)]
                for key in ("ms", "rel", "reference_rel")},
-            "probe_ms": seen,
+            "probe_ms": seen, **pooled,
             # the state of every timing kept, not of the picked ones
             "reference_seen": [v for r in runs for v in r["reference_rel"]],
             "reference_weight": weight, **extra}

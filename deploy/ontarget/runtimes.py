@@ -467,7 +467,9 @@ def time_interleaved(rts: Sequence[Runtime], xs: Sequence[np.ndarray],
     With ``protocol.probe`` the first model is the reference probe: every dict also holds
     ``rel`` (the model's time in probe units: the median over trials of its trial mean
     over the mean of the probe's trial means timed just before and just after it, see
-    :func:`_trials`; 1.0 for the probe) and the probe's dict holds ``trial_means`` (ms,
+    :func:`_trials`; 1.0 for the probe; the units of every trial stay beside as
+    ``trial_rel``, with ``steady``, see :func:`_probe_relative`) and the probe's dict holds
+    ``trial_means`` (ms,
     every time the probe was timed, in order), ``spread`` (:func:`probe_spread`: the
     device's speed range during the batch), ``dropped`` (model trials left out of the
     medians, :func:`steady_trials`), ``retimed`` (how many times the batch was timed again
@@ -553,7 +555,10 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
     """Each model's statistics (ms) with ``rel``: per trial, its mean over the mean of
     the probe's trial means timed just before and after it, the median over its steady
     trials (``steady``, :func:`steady_trials`; all of them where none is steady;
-    :func:`time_interleaved`). The probe's own dict (the first) gains ``rel`` 1.0,
+    :func:`time_interleaved`); every trial's units and whether it was steady stay beside
+    as ``trial_rel`` and ``steady`` (trial by trial, so that two models of the batch can be
+    compared in the same trials: :func:`deploy.probe.trial_pairs`). The probe's own dict
+    (the first) gains ``rel`` 1.0,
     ``trial_means``, ``share`` (its part of the timed work) and ``timed_ms`` (that work,
     ms: the batch's weight in a build's share)."""
     out = []
@@ -563,6 +568,10 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
                          for trial, k in zip(t, b)])
         keep = steady[i] if steady is not None and steady[i].any() else slice(None)
         st["rel"] = float(np.median(rels[keep]))
+        if i:
+            st.update(trial_rel=rels.tolist(),
+                      steady=(steady[i] if steady is not None
+                              else np.ones(len(rels), dtype=bool)).tolist())
         out.append(st)
     models = sum(v for t in times[1:] for trial in t for v in trial)
     probe = sum(samples) * runs  # every probe timing: `runs` invokes of its sample's mean
