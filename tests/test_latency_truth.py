@@ -279,9 +279,12 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, 
     """A table built here verifies (kept or adapted); the same table with every block 1.5x
     slower in probe units is adapted by the scale that undoes the 1.5x on the first
     verification's measurements; one with random entries is
-    rebuilt. Each verdict is one line. The three verifications draw the same seeded subnets
-    (8 are the first 8 of 12): the second and third reuse the first's measurements, so that
-    only the tables differ between them."""
+    rebuilt. Each verdict is one line. The three verifications draw the same 12 seeded
+    subnets: the second and third reuse the first's measurements, so that only the tables
+    differ between them, and the 1.5x table is judged on the very timings on which the
+    table built here was kept or adapted (on 8 of them, a subnet whose real timing on this
+    VM strayed from its table by more than 10% decided it in two of seven clean-clone
+    runs: 6 of 8 within, 7 needed)."""
     import deploy.verify
     from deploy.lut import build_table
     from deploy.verify import verify_table
@@ -317,12 +320,13 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, 
     slow["overhead_rel"] *= 1.5
     from search.latency_table import LatencyTable
 
-    v2 = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=8)
+    v2 = verify_table(LatencyTable.from_dict(slow, "slow.json"), space, k=12)
     assert v2.action == "adapted", v2.line()
     # the scale is the geometric mean of measured over the slow table's predictions for the
-    # same 8 subnets (measured once, by the first verification): well under 1, its blocks
+    # same 12 subnets (measured once, by the first verification): well under 1, its blocks
     # 1.5x too slow (the calibration's weights term does not scale with them)
-    first = v.details["subnets"][:8]
+    first = v.details["subnets"]
+    assert len(first) == 12
     from ofa.space import SubnetConfig
     from search.latency import LatencyPredictor
 
@@ -335,7 +339,7 @@ def test_verify_keeps_or_adapts_a_table_here_and_rebuilds_a_wrong_one(tmp_path, 
     for group in wrong["entries"].values():
         for e in group.values():
             e["rel"] = float(g.uniform(0.05, 20.0))
-    v = verify_table(LatencyTable.from_dict(wrong, "wrong.json"), space, k=8)
+    v = verify_table(LatencyTable.from_dict(wrong, "wrong.json"), space, k=12)
     assert v.action == "rebuild" and "\n" not in v.line()
     assert len(measured) == 12  # the first verification's subnets, measured once
 

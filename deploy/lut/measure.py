@@ -343,9 +343,9 @@ def at_reference(m: dict[str, list[float]], reference_rel: float,
     trial, :func:`trial_pairs`, pooled over its timings by :func:`repeated`) for every
     subnet, each subnet is brought there trial by trial instead
     (:func:`paired_at_reference`): on this project's VM, for 100 cifar fp32 subnets timed
-    three times, that ranked them against their table at Kendall tau 0.888-0.930 where the
-    batch-level form gave 0.844-0.924 (four measurements, with and without the drift
-    harness, ``docs/benchmarks.md``).
+    three times, that ranked them against their table at Kendall tau 0.922 where the
+    batch-level form gave 0.892 (drift harness on) and 0.906 (off), RMSPE 2.4% and 2.1%
+    against 2.9% and 2.7% (``bench/trial_pairs.py``, ``docs/benchmarks.md``).
 
     Raises:
         ValueError: a measurement without ``reference_rel``, a non-positive value, or a

@@ -557,8 +557,8 @@ def _probe_relative(times: list[list[list[float]]], samples: list[float],
     trials (``steady``, :func:`steady_trials`; all of them where none is steady;
     :func:`time_interleaved`); every trial's units and whether it was steady stay beside
     as ``trial_rel`` and ``steady`` (trial by trial, so that two models of the batch can be
-    compared in the same trials: :func:`deploy.probe.trial_pairs`). The probe's own dict
-    (the first) gains ``rel`` 1.0,
+    compared in the same trials: :func:`deploy.lut.measure.trial_pairs`). The probe's own
+    dict (the first) gains ``rel`` 1.0,
     ``trial_means``, ``share`` (its part of the timed work) and ``timed_ms`` (that work,
     ms: the batch's weight in a build's share)."""
     out = []
