@@ -655,7 +655,7 @@ def test_a_state_change_within_a_batch_is_brought_to_the_reference_trial_by_tria
     """Whole subnets run 1.3x slower than the probe follows in some trials of a batch (a
     competitor switched on during it). The reference subnet, timed first in each trial, saw
     the slow state in 4 of 7 trials, a subnet timed later in the trial in 3 of 7: their
-    medians over the batch fall in different states and the batch-level form is 30% off,
+    medians over the batch fall in different states and the batch-level form is 1.3x low,
     while the trial-by-trial form (`pairs`) is right; the pooled median of two timings too,
     and `repeated` pools the pairs of every timing it kept."""
     from deploy.lut import at_reference
