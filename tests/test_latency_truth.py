@@ -368,6 +368,15 @@ def test_a_device_build_stopped_before_its_calibration_resumes(tmp_path):
                     target=LocalTarget())
     assert len(t.calibration["fitted_on"]) == 4 and t.build["blocks"] == 0
     assert t.entries == table["entries"] and not partial.exists()
+    # the device's answers carry each trial's units: a measurement there is brought to the
+    # table's reference state trial by trial, over the pooled trials of its two timings
+    from deploy.lut import at_reference, measure_subnets
+    from ofa.space import SubnetConfig
+
+    cfgs = [SubnetConfig.from_dict(f["config"]) for f in t.calibration["fitted_on"][:2]]
+    m = measure_subnets(t, space, cfgs, target=LocalTarget(), protocol=proto, repeats=2)
+    assert [1 <= len(p) <= 2 * proto.trials for p in m["pairs"]] == [True, True]
+    assert m["rel"] == at_reference(m, t.reference["rel"], t.reference_weight)
 
 
 def test_the_agent_reports_progress_and_the_host_waits_as_long_as_it_does(monkeypatch):
