@@ -77,19 +77,17 @@ def timed_passes(a: argparse.Namespace, work: Path) -> list[dict]:
 
 
 def combined(passes: list[dict], way: str, state: float, weight: float) -> np.ndarray:
-    """The subnets' units at the reference state from ``passes`` combined ``way``."""
-    from deploy.lut.measure import paired_at_reference
+    """The subnets' units at the reference state from ``passes`` combined ``way``, by
+    ``deploy.lut.at_reference`` itself (its batch form where it is given no pairs)."""
+    from deploy.lut import at_reference
 
     if way == "pooled":
-        return np.array([paired_at_reference([p for m in passes for p in m["pairs"][i]],
-                                             state, weight)
-                         for i in range(len(passes[0]["rel"]))])
-    if way == "trial":
-        each = [[paired_at_reference(pairs, state, weight) for pairs in m["pairs"]]
-                for m in passes]
-    else:
-        each = [[r * (state / q) ** weight for r, q in zip(m["rel"], m["reference_rel"])]
-                for m in passes]
+        n = len(passes[0]["rel"])
+        pooled = {**passes[0], "pairs": [[p for m in passes for p in m["pairs"][i]]
+                                         for i in range(n)]}
+        return np.asarray(at_reference(pooled, state, weight))
+    each = [at_reference(m if way == "trial" else {k: m[k] for k in ("rel", "reference_rel")},
+                         state, weight) for m in passes]
     return np.median(np.array(each), axis=0)
 
 

@@ -232,12 +232,11 @@ def _at_reference(rows: list[dict[str, Any]], ref: dict[str, Any], state: float,
     for i, r in enumerate(rows):
         lat = r["latency_ms"]
         mine = pairs[i] if pairs and len(pairs) == len(rows) else None
-        if mine and all(mine):
-            batches = [paired_at_reference(p, state, weight) for p in mine]
-            rel = paired_at_reference([t for p in mine for t in p], state, weight)
-        else:
-            batches = at_reference({"rel": units(r), "reference_rel": base}, state, weight)
-            rel = float(np.median(batches))
+        # each batch trial by trial where it has pairs (at_reference decides), else by batch
+        batches = at_reference({"rel": units(r), "reference_rel": base, "pairs": mine},
+                               state, weight)
+        rel = (paired_at_reference([t for p in mine for t in p], state, weight)
+               if mine and all(mine) else float(np.median(batches)))
         out.append({**r, "latency_ms": {**lat, "rel": rel,
                                         "rel_batches": batches, "rel_probe": lat["rel"]},
                     "reference": {"rel": ref["latency_ms"]["rel"], "state": state,
